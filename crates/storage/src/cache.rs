@@ -1,0 +1,1 @@
+//! The block cache (written by the sstable work).

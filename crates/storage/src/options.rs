@@ -1,0 +1,110 @@
+//! Configuration. Every knob documents its default and its trade-off.
+
+/// Largest user key the engine accepts, in bytes.
+pub const KEY_BYTES_MAX: usize = 64 * 1024;
+/// Largest value the engine accepts, in bytes.
+pub const VALUE_BYTES_MAX: usize = 16 * 1024 * 1024;
+/// Largest attached metadata (see [`crate::WriteBatch::set_metadata`]), in bytes.
+pub const METADATA_BYTES_MAX: usize = 64 * 1024;
+/// Number of levels in the tree (L0 to L6).
+pub const LEVELS: usize = 7;
+
+/// How a [`crate::Db`] is configured when opened.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Bytes a memtable holds before it is frozen and flushed. Default 64 MiB.
+    /// Larger means fewer, larger L0 files and less write amplification, at
+    /// the cost of memory and WAL replay time.
+    pub memtable_bytes_max: usize,
+    /// Frozen memtables allowed to wait for flushing before writes stall.
+    /// Default 2. Memory for memtables is at most
+    /// `memtable_bytes_max * (1 + immutable_memtables_max)`.
+    pub immutable_memtables_max: usize,
+    /// Target uncompressed size of a table data block. Default 4 KiB.
+    /// Larger blocks mean smaller indexes but more bytes read per point lookup.
+    pub block_bytes_target: usize,
+    /// Keys between restart points inside a block. Default 16. Fewer means
+    /// faster seeks within a block, more means better prefix compression.
+    pub block_restart_interval: usize,
+    /// Bloom filter bits per key. Default 10 (about 1% false positives).
+    /// 0 disables filters: every point miss then reads a data block.
+    pub bloom_bits_per_key: usize,
+    /// Byte capacity of the shared block cache. Default 64 MiB.
+    pub block_cache_bytes: usize,
+    /// Target size of a table written by compaction. Default 64 MiB.
+    pub table_bytes_target: u64,
+    /// L0 files that trigger an L0 -> L1 compaction. Default 4.
+    pub l0_compaction_trigger: usize,
+    /// L0 files at which each write is delayed by 1 ms. Default 20.
+    pub l0_slowdown_trigger: usize,
+    /// L0 files at which writes wait for compaction. Default 36.
+    pub l0_stop_trigger: usize,
+    /// Target size of L1; each deeper level is `level_size_ratio` times the
+    /// previous one. Default 256 MiB.
+    pub l1_bytes_target: u64,
+    /// Size ratio between adjacent levels. Default 10. Smaller ratios mean
+    /// more levels (slower reads), larger ratios more write amplification.
+    pub level_size_ratio: u64,
+    /// Background compaction threads (one more thread always flushes
+    /// memtables). Default 1.
+    pub compaction_threads: usize,
+    /// Create the database when the directory holds none. Default true.
+    pub create_if_missing: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            memtable_bytes_max: 64 << 20,
+            immutable_memtables_max: 2,
+            block_bytes_target: 4096,
+            block_restart_interval: 16,
+            bloom_bits_per_key: 10,
+            block_cache_bytes: 64 << 20,
+            table_bytes_target: 64 << 20,
+            l0_compaction_trigger: 4,
+            l0_slowdown_trigger: 20,
+            l0_stop_trigger: 36,
+            l1_bytes_target: 256 << 20,
+            level_size_ratio: 10,
+            compaction_threads: 1,
+            create_if_missing: true,
+        }
+    }
+}
+
+impl Options {
+    /// Checks that the knobs are consistent with each other.
+    pub fn validate(&self) -> crate::Result<()> {
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(crate::Error::InvalidArgument(format!("options: {what}")))
+            }
+        };
+        check(self.memtable_bytes_max >= 4096, "memtable_bytes_max must be at least 4096")?;
+        check(self.block_bytes_target >= 64, "block_bytes_target must be at least 64")?;
+        check(self.block_restart_interval >= 1, "block_restart_interval must be at least 1")?;
+        check(self.l0_compaction_trigger >= 1, "l0_compaction_trigger must be at least 1")?;
+        check(
+            self.l0_compaction_trigger <= self.l0_slowdown_trigger && self.l0_slowdown_trigger <= self.l0_stop_trigger,
+            "l0 triggers must satisfy compaction <= slowdown <= stop",
+        )?;
+        check(self.level_size_ratio >= 2, "level_size_ratio must be at least 2")?;
+        check(self.compaction_threads >= 1, "compaction_threads must be at least 1")?;
+        check(self.table_bytes_target >= 4096, "table_bytes_target must be at least 4096")
+    }
+}
+
+/// How one write is made durable.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    /// Return only after the write is on disk (the WAL is fsynced). Default
+    /// false: a process crash keeps the write, a machine crash may not.
+    pub sync: bool,
+    /// Skip the WAL: the write becomes durable only when the memtable that
+    /// holds it is flushed. For callers that keep their own log (Raft).
+    /// Default false.
+    pub disable_wal: bool,
+}
