@@ -1,1 +1,142 @@
-//! The block cache (written by the sstable work).
+//! The block cache: parsed, checksum-verified data blocks shared by all
+//! open tables, bounded by bytes.
+//!
+//! Keyed by `(file number, block offset)`; file numbers are never reused, so
+//! a key never names two different blocks. Eviction is `quick_cache`'s
+//! CLOCK-Pro-like policy, weighted by each block's size.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use quick_cache::sync::Cache;
+use quick_cache::Weighter;
+
+use crate::sstable::Block;
+
+/// Bytes charged per cached block beyond its contents: the `Block` handle,
+/// the shared-bytes header and the cache's own slot.
+const ENTRY_OVERHEAD_BYTES: u64 = 96;
+
+/// Block size assumed when telling the cache how many entries to expect.
+const BLOCK_BYTES_EXPECTED: usize = 4096;
+
+/// Identifies a block: the table's file number and the block's offset.
+type BlockKey = (u64, u64);
+
+/// Charges each block its size in bytes.
+#[derive(Debug, Clone, Copy)]
+struct BlockWeighter;
+
+impl Weighter<BlockKey, Block> for BlockWeighter {
+    fn weight(&self, _key: &BlockKey, block: &Block) -> u64 {
+        // Never zero: zero-weight entries would never be evicted.
+        block.size_bytes() as u64 + ENTRY_OVERHEAD_BYTES
+    }
+}
+
+/// A byte-bounded cache of data blocks, safe to share between threads.
+pub(crate) struct BlockCache {
+    /// The blocks.
+    cache: Cache<BlockKey, Block, BlockWeighter>,
+    /// Lookups that found their block.
+    hits: AtomicU64,
+    /// Lookups that did not.
+    misses: AtomicU64,
+}
+
+impl BlockCache {
+    /// A cache holding at most about `capacity_bytes` of blocks; 0 caches nothing.
+    pub(crate) fn new(capacity_bytes: usize) -> Self {
+        let items_expected = (capacity_bytes / BLOCK_BYTES_EXPECTED).max(1);
+        BlockCache {
+            cache: Cache::with_weighter(items_expected, capacity_bytes as u64, BlockWeighter),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The block at `block_offset` of table `file_number`, if cached.
+    pub(crate) fn get(&self, file_number: u64, block_offset: u64) -> Option<Block> {
+        let found = self.cache.get(&(file_number, block_offset));
+        // Statistics only: no ordering with other memory is needed.
+        let counter = if found.is_some() { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Caches `block`, evicting others if over capacity. A block larger than
+    /// the cache's share for it is not kept.
+    pub(crate) fn insert(&self, file_number: u64, block_offset: u64, block: Block) {
+        self.cache.insert((file_number, block_offset), block);
+    }
+
+    /// Lookups that found their block.
+    pub(crate) fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    /// Lookups that did not find their block.
+    pub(crate) fn misses(&self) -> u64 {
+        self.misses.load(Ordering::Relaxed)
+    }
+
+    /// Bytes charged for the blocks currently cached.
+    pub(crate) fn used_bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+}
+
+impl fmt::Debug for BlockCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockCache")
+            .field("capacity_bytes", &self.cache.capacity())
+            .field("used_bytes", &self.used_bytes())
+            .field("hits", &self.hits())
+            .field("misses", &self.misses())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sstable::tests_support::block_of_bytes;
+
+    #[test]
+    fn a_second_lookup_of_a_block_is_a_hit() {
+        // The cache exists to turn repeated reads of hot blocks into memory reads.
+        let cache = BlockCache::new(1 << 20);
+        assert!(cache.get(7, 0).is_none());
+        cache.insert(7, 0, block_of_bytes(4096));
+        assert!(cache.get(7, 0).is_some());
+        assert!(cache.get(7, 4096).is_none());
+        assert!(cache.get(8, 0).is_none());
+        assert_eq!((cache.hits(), cache.misses()), (1, 3));
+    }
+
+    #[test]
+    fn the_capacity_bound_is_respected() {
+        // Memory use must stay near the configured bound however many blocks pass through.
+        let capacity_bytes = 256 * 1024;
+        let cache = BlockCache::new(capacity_bytes);
+        for offset in 0..1000u64 {
+            cache.insert(1, offset * 4096, block_of_bytes(4000));
+        }
+        let used = cache.used_bytes();
+        println!("cache holds {used} of {capacity_bytes} bytes");
+        assert!(used > 0, "a non-empty cache holds something");
+        assert!(
+            used <= capacity_bytes as u64 + 4096,
+            "used {used} exceeds capacity {capacity_bytes}"
+        );
+    }
+
+    #[test]
+    fn a_zero_capacity_cache_caches_nothing() {
+        // Capacity 0 is a valid setting: every read goes to disk.
+        let cache = BlockCache::new(0);
+        cache.insert(1, 0, block_of_bytes(100));
+        assert!(cache.get(1, 0).is_none());
+        assert_eq!(cache.used_bytes(), 0);
+    }
+}

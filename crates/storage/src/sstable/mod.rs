@@ -1,1 +1,320 @@
-//! Sorted string tables (written by the sstable work).
+//! Sorted string tables: immutable files of sorted `(internal key, value)`
+//! entries, written once by [`TableBuilder`] and read by [`Table`].
+//!
+//! A table is data blocks, then a bloom filter block, then an index block,
+//! then a fixed-size footer. Every block is followed by a 5-byte trailer (a
+//! type byte and a CRC-32 of contents and type byte), checked on every read. The byte-level layout is in
+//! `docs/storage-format.md`, section "Tables".
+//!
+//! - `block`: the entry format shared by data and index blocks.
+//! - `bloom`: the filter over user keys.
+//! - `builder`: writes a table.
+//! - `reader`: opens a table, answers point lookups, iterates.
+
+mod block;
+mod bloom;
+mod builder;
+mod reader;
+
+pub(crate) use block::Block;
+pub(crate) use builder::TableBuilder;
+pub(crate) use reader::{Table, TableIter};
+
+use crate::coding::{put_varint, u32_le_at, u64_le_at, Decoder};
+
+/// The table format version this build writes and reads.
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// Identifies a table file; the last 8 bytes of every table.
+pub(crate) const TABLE_MAGIC: u64 = 0x7ab1_e5f0_0d1e_5b01;
+
+/// Bytes after each block on disk: type byte and CRC-32.
+pub(crate) const BLOCK_TRAILER_BYTES: u64 = 5;
+
+/// The only block type so far: stored as is, uncompressed.
+pub(crate) const BLOCK_TYPE_UNCOMPRESSED: u8 = 0;
+
+/// Bytes of the footer at the end of every table.
+pub(crate) const FOOTER_BYTES: usize = 56;
+
+/// Keys between restart points in the index block: one, so an index seek is
+/// a pure binary search.
+const INDEX_RESTART_INTERVAL: usize = 1;
+
+/// How tables are laid out; taken from [`crate::options::Options`].
+#[derive(Debug, Clone)]
+pub(crate) struct TableOptions {
+    /// Target uncompressed bytes of a data block (a block is cut once it
+    /// reaches this size, so it may exceed it by one entry).
+    pub block_bytes_target: usize,
+    /// Entries between restart points in a data block.
+    pub block_restart_interval: usize,
+    /// Bloom filter bits per user key; 0 writes no filter.
+    pub bloom_bits_per_key: usize,
+}
+
+impl From<&crate::options::Options> for TableOptions {
+    fn from(options: &crate::options::Options) -> Self {
+        TableOptions {
+            block_bytes_target: options.block_bytes_target,
+            block_restart_interval: options.block_restart_interval,
+            bloom_bits_per_key: options.bloom_bits_per_key,
+        }
+    }
+}
+
+/// What a finished table holds; the caller records it in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TableSummary {
+    /// Bytes of the table file.
+    pub file_bytes: u64,
+    /// The smallest internal key in the table.
+    pub smallest: Vec<u8>,
+    /// The largest internal key in the table.
+    pub largest: Vec<u8>,
+    /// Entries (puts and tombstones) in the table.
+    pub entries: u64,
+}
+
+/// Where a block lies in the file: its contents, without the trailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BlockHandle {
+    /// Offset of the block's first byte.
+    pub offset: u64,
+    /// Bytes of the block contents (the trailer follows them).
+    pub size: u64,
+}
+
+impl BlockHandle {
+    /// Appends the handle as two varints (the index block's values).
+    pub(crate) fn encode_to(&self, buf: &mut Vec<u8>) {
+        put_varint(buf, self.offset);
+        put_varint(buf, self.size);
+    }
+
+    /// Decodes a handle that must fill `bytes` exactly.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<BlockHandle> {
+        let mut decoder = Decoder::new(bytes);
+        let offset = decoder.varint()?;
+        let size = decoder.varint()?;
+        decoder.is_empty().then_some(BlockHandle { offset, size })
+    }
+
+    /// The offset just past the block's trailer; `None` on overflow.
+    pub(crate) fn end_with_trailer(&self) -> Option<u64> {
+        self.offset.checked_add(self.size)?.checked_add(BLOCK_TRAILER_BYTES)
+    }
+}
+
+/// The CRC-32 stored in a block trailer: over the contents, then the type byte.
+pub(crate) fn block_crc(contents: &[u8], block_type: u8) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(contents);
+    hasher.update(&[block_type]);
+    hasher.finalize()
+}
+
+/// The fixed-size record at the end of a table.
+///
+/// Layout (little-endian): filter offset u64, filter size u64, index offset
+/// u64, index size u64, entry count u64, crc32 u32, version u32, magic u64.
+/// Version and magic sit last so a future format can change everything
+/// before them; the CRC covers every other byte of the footer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Footer {
+    /// The filter block; size 0 when the table has no filter.
+    pub filter: BlockHandle,
+    /// The index block.
+    pub index: BlockHandle,
+    /// Entries in the table.
+    pub entries: u64,
+}
+
+/// Offset of the CRC inside the footer.
+const FOOTER_CRC_AT: usize = 40;
+/// Offset of the format version inside the footer.
+const FOOTER_VERSION_AT: usize = 44;
+/// Offset of the magic number inside the footer.
+const FOOTER_MAGIC_AT: usize = 48;
+const _: () = assert!(FOOTER_MAGIC_AT + 8 == FOOTER_BYTES);
+
+/// Why footer bytes were rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FooterError {
+    /// The magic number is not [`TABLE_MAGIC`]: not a table, or torn.
+    BadMagic,
+    /// A version this build does not read.
+    Version(u32),
+    /// The footer's CRC does not match its bytes.
+    Checksum {
+        /// Stored CRC.
+        expected: u32,
+        /// Computed CRC.
+        actual: u32,
+    },
+}
+
+impl Footer {
+    /// Encodes the footer for format version [`FORMAT_VERSION`].
+    pub(crate) fn encode(&self) -> [u8; FOOTER_BYTES] {
+        Self::encode_with_version(self, FORMAT_VERSION)
+    }
+
+    /// Encodes the footer claiming `version` (tests write foreign versions).
+    fn encode_with_version(&self, version: u32) -> [u8; FOOTER_BYTES] {
+        let mut out = [0u8; FOOTER_BYTES];
+        let fields = [
+            self.filter.offset,
+            self.filter.size,
+            self.index.offset,
+            self.index.size,
+            self.entries,
+        ];
+        for (i, field) in fields.iter().enumerate() {
+            out[i * 8..i * 8 + 8].copy_from_slice(&field.to_le_bytes());
+        }
+        out[FOOTER_VERSION_AT..FOOTER_MAGIC_AT].copy_from_slice(&version.to_le_bytes());
+        out[FOOTER_MAGIC_AT..].copy_from_slice(&TABLE_MAGIC.to_le_bytes());
+        let crc = footer_crc(&out);
+        out[FOOTER_CRC_AT..FOOTER_VERSION_AT].copy_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and verifies a footer: magic, then version, then CRC.
+    pub(crate) fn decode(bytes: &[u8; FOOTER_BYTES]) -> Result<Footer, FooterError> {
+        if u64_le_at(bytes, FOOTER_MAGIC_AT) != TABLE_MAGIC {
+            return Err(FooterError::BadMagic);
+        }
+        let version = u32_le_at(bytes, FOOTER_VERSION_AT);
+        if version != FORMAT_VERSION {
+            return Err(FooterError::Version(version));
+        }
+        let expected = u32_le_at(bytes, FOOTER_CRC_AT);
+        let actual = footer_crc(bytes);
+        if expected != actual {
+            return Err(FooterError::Checksum { expected, actual });
+        }
+        let field = |i: usize| u64_le_at(bytes, i * 8);
+        Ok(Footer {
+            filter: BlockHandle {
+                offset: field(0),
+                size: field(1),
+            },
+            index: BlockHandle {
+                offset: field(2),
+                size: field(3),
+            },
+            entries: field(4),
+        })
+    }
+}
+
+/// The footer CRC: over every footer byte except the CRC field itself.
+fn footer_crc(bytes: &[u8; FOOTER_BYTES]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[..FOOTER_CRC_AT]);
+    hasher.update(&bytes[FOOTER_VERSION_AT..]);
+    hasher.finalize()
+}
+
+/// Helpers for tests in this module and elsewhere in the crate.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::block::{Block, BlockBuilder};
+    use super::{Table, TableBuilder, TableOptions, TableSummary};
+    use crate::cache::BlockCache;
+    use crate::error::Result;
+    use crate::io::{AppendFile, ReadFile};
+    use crate::iterator::InternalIterator;
+    use crate::key::{internal_key, ValueKind};
+
+    /// An `(internal key, value)` pair.
+    pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
+    /// A valid block of about `bytes` bytes: one entry with a filler value.
+    pub(crate) fn block_of_bytes(bytes: usize) -> Block {
+        let mut builder = BlockBuilder::new(16);
+        builder.add(&internal_key(b"k", 1, ValueKind::Put), &vec![0xAB; bytes]);
+        Block::parse(bytes::Bytes::copy_from_slice(builder.finish())).expect("a fresh block parses")
+    }
+
+    /// The default layout: 4 KiB blocks, restarts every 16, 10 bloom bits per key.
+    pub(crate) fn default_options() -> TableOptions {
+        TableOptions::from(&crate::options::Options::default())
+    }
+
+    /// Writes `entries` (sorted) as a table at `path`.
+    pub(crate) fn write_table(path: &Path, entries: &[Entry], options: TableOptions) -> TableSummary {
+        let file = AppendFile::create_new(path).expect("create table file");
+        let mut builder = TableBuilder::new(file, options);
+        for (key, value) in entries {
+            builder.add(key, value).expect("add to table");
+        }
+        builder.finish().expect("finish table")
+    }
+
+    /// Opens the table at `path` as file number 1.
+    pub(crate) fn open_table(path: &Path, cache: &Arc<BlockCache>) -> Result<Arc<Table>> {
+        Ok(Arc::new(Table::open(ReadFile::open(path)?, 1, Arc::clone(cache))?))
+    }
+
+    /// Every entry of `table`, in iteration order.
+    pub(crate) fn scan(table: &Arc<Table>) -> Result<Vec<Entry>> {
+        let mut iter = table.iter();
+        iter.seek_to_first()?;
+        let mut out = Vec::new();
+        while iter.valid() {
+            out.push((iter.key().to_vec(), iter.value().to_vec()));
+            iter.next()?;
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn footer() -> Footer {
+        Footer {
+            filter: BlockHandle {
+                offset: 4096,
+                size: 130,
+            },
+            index: BlockHandle { offset: 4231, size: 77 },
+            entries: 1234,
+        }
+    }
+
+    #[test]
+    fn footers_round_trip() {
+        // The footer is the root of every read: it must decode to what was written.
+        assert_eq!(Footer::decode(&footer().encode()), Ok(footer()));
+    }
+
+    #[test]
+    fn footer_damage_is_classified() {
+        // Magic, version and CRC failures are distinct errors for the operator.
+        let mut bytes = footer().encode();
+        bytes[33] ^= 1;
+        assert!(matches!(Footer::decode(&bytes), Err(FooterError::Checksum { .. })));
+        let mut bytes = footer().encode();
+        bytes[FOOTER_BYTES - 1] ^= 1;
+        assert_eq!(Footer::decode(&bytes), Err(FooterError::BadMagic));
+        let bytes = footer().encode_with_version(2);
+        assert_eq!(Footer::decode(&bytes), Err(FooterError::Version(2)));
+    }
+
+    #[test]
+    fn block_handles_must_fill_their_bytes_exactly() {
+        // Trailing garbage after a handle in an index entry is corruption.
+        let mut buf = Vec::new();
+        BlockHandle { offset: 300, size: 7 }.encode_to(&mut buf);
+        assert_eq!(BlockHandle::decode(&buf), Some(BlockHandle { offset: 300, size: 7 }));
+        buf.push(0);
+        assert_eq!(BlockHandle::decode(&buf), None);
+    }
+}

@@ -1,0 +1,391 @@
+//! Writes a table: data blocks as entries arrive, then the filter, the
+//! index and the footer.
+
+use std::cmp::Ordering;
+
+use super::block::BlockBuilder;
+use super::bloom::FilterBuilder;
+use super::{
+    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, INDEX_RESTART_INTERVAL,
+};
+use crate::error::Result;
+use crate::io::AppendFile;
+use crate::key;
+
+/// Builds one table file from entries added in [`key::compare`] order.
+#[derive(Debug)]
+pub(crate) struct TableBuilder {
+    /// The file being written.
+    file: AppendFile,
+    /// Layout knobs.
+    options: TableOptions,
+    /// The data block being filled.
+    data_block: BlockBuilder,
+    /// One entry per finished data block: its last key and its handle.
+    index_block: BlockBuilder,
+    /// User keys of the whole table.
+    filter: FilterBuilder,
+    /// The first key added.
+    smallest: Vec<u8>,
+    /// The last key added (its allocation is reused).
+    last_key: Vec<u8>,
+    /// Entries added.
+    entries: u64,
+    /// Scratch space for encoding block handles.
+    handle_buf: Vec<u8>,
+}
+
+impl TableBuilder {
+    /// Starts a table in `file`, which must be empty.
+    pub(crate) fn new(file: AppendFile, options: TableOptions) -> Self {
+        assert_eq!(file.len_bytes(), 0, "a table must be written into an empty file");
+        assert!(options.block_bytes_target > 0, "block_bytes_target must be positive");
+        TableBuilder {
+            file,
+            data_block: BlockBuilder::new(options.block_restart_interval),
+            index_block: BlockBuilder::new(INDEX_RESTART_INTERVAL),
+            filter: FilterBuilder::new(options.bloom_bits_per_key),
+            options,
+            smallest: Vec::new(),
+            last_key: Vec::new(),
+            entries: 0,
+            handle_buf: Vec::new(),
+        }
+    }
+
+    /// Appends an entry. Panics unless `internal_key` is a valid internal key
+    /// sorting strictly after the previous one: the memtable and compaction
+    /// feed keys in order, so anything else is a bug.
+    pub(crate) fn add(&mut self, internal_key: &[u8], value: &[u8]) -> Result<()> {
+        assert!(
+            key::parse(internal_key).is_some(),
+            "table keys must be valid internal keys"
+        );
+        let user_key = key::user_key(internal_key);
+        if self.entries == 0 {
+            self.smallest.extend_from_slice(internal_key);
+            self.filter.add_key(user_key);
+        } else {
+            assert_eq!(
+                key::compare(&self.last_key, internal_key),
+                Ordering::Less,
+                "table keys must be added in strictly increasing order"
+            );
+            // Versions of one user key are adjacent: hash each user key once.
+            if key::user_key(&self.last_key) != user_key {
+                self.filter.add_key(user_key);
+            }
+        }
+        self.last_key.clear();
+        self.last_key.extend_from_slice(internal_key);
+        self.data_block.add(internal_key, value);
+        self.entries += 1;
+        if self.data_block.estimated_bytes() >= self.options.block_bytes_target {
+            self.flush_data_block()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes written so far plus the pending data block.
+    pub(crate) fn estimated_bytes(&self) -> u64 {
+        let pending = if self.data_block.is_empty() {
+            0
+        } else {
+            self.data_block.estimated_bytes()
+        };
+        self.file.len_bytes() + pending as u64
+    }
+
+    /// Entries added so far.
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Writes the pending data block and its index entry.
+    fn flush_data_block(&mut self) -> Result<()> {
+        if self.data_block.is_empty() {
+            return Ok(());
+        }
+        let handle = write_block(&mut self.file, self.data_block.finish(), BLOCK_TYPE_UNCOMPRESSED)?;
+        // The index key is the block's last key: >= everything in the block
+        // and < the first key of the next block, as a seek needs.
+        self.handle_buf.clear();
+        handle.encode_to(&mut self.handle_buf);
+        self.index_block.add(self.data_block.last_key(), &self.handle_buf);
+        self.data_block.reset();
+        Ok(())
+    }
+
+    /// Writes the last data block, the filter, the index and the footer, and
+    /// syncs the file. Panics if no entry was added: callers never finish
+    /// empty tables.
+    ///
+    /// Only the file is synced, not its directory: the caller syncs the
+    /// directory before recording the table in the manifest, so a crash
+    /// never leaves the manifest naming a table that is not durable.
+    pub(crate) fn finish(mut self) -> Result<TableSummary> {
+        assert!(self.entries > 0, "an empty table must not be finished");
+        self.flush_data_block()?;
+        let filter_contents = self.filter.finish();
+        let filter = if filter_contents.is_empty() {
+            // No filter: a zero-size handle, and no block (or trailer) on disk.
+            BlockHandle {
+                offset: self.file.len_bytes(),
+                size: 0,
+            }
+        } else {
+            write_block(&mut self.file, &filter_contents, BLOCK_TYPE_UNCOMPRESSED)?
+        };
+        let index = write_block(&mut self.file, self.index_block.finish(), BLOCK_TYPE_UNCOMPRESSED)?;
+        let footer = Footer {
+            filter,
+            index,
+            entries: self.entries,
+        };
+        self.file.append(&footer.encode())?;
+        // The table must be durable before anyone refers to it.
+        self.file.sync()?;
+        Ok(TableSummary {
+            file_bytes: self.file.len_bytes(),
+            smallest: self.smallest,
+            largest: self.last_key,
+            entries: self.entries,
+        })
+    }
+}
+
+/// Appends `contents` and its trailer (type byte, CRC-32 LE of contents and
+/// type) to `file`, returning where the contents went.
+fn write_block(file: &mut AppendFile, contents: &[u8], block_type: u8) -> Result<BlockHandle> {
+    let handle = BlockHandle {
+        offset: file.len_bytes(),
+        size: contents.len() as u64,
+    };
+    let mut trailer = [0u8; super::BLOCK_TRAILER_BYTES as usize];
+    trailer[0] = block_type;
+    trailer[1..].copy_from_slice(&block_crc(contents, block_type).to_le_bytes());
+    file.append(contents)?;
+    file.append(&trailer)?;
+    Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::super::tests_support::{default_options, open_table, scan, write_table, Entry};
+    use super::*;
+    use crate::cache::BlockCache;
+    use crate::io::AppendFile;
+    use crate::iterator::InternalIterator;
+    use crate::key::{internal_key, seek_key, SequenceNumber, ValueKind, SEQUENCE_MAX};
+
+    /// User key number `n`; only multiples of 3 are written, so `n + 1` is absent.
+    fn user(n: usize) -> Vec<u8> {
+        format!("user{n:07}").into_bytes()
+    }
+
+    /// One version of a user key: its sequence and, for puts, its value.
+    type Version = (SequenceNumber, Option<Vec<u8>>);
+
+    /// The versions of user key `3 * u`, newest first: some keys have three
+    /// versions with a tombstone in the middle, some end in a tombstone.
+    fn versions(u: usize) -> Vec<Version> {
+        let base = (u as u64) * 10 + 5;
+        let put = |seq: u64| {
+            (
+                seq,
+                Some(format!("value-{u}-{seq}-{}", "x".repeat(u % 40)).into_bytes()),
+            )
+        };
+        match u % 10 {
+            0 => vec![put(base + 2), (base + 1, None), put(base)],
+            3 => vec![(base + 1, None), put(base)],
+            _ => vec![put(base)],
+        }
+    }
+
+    /// The sorted table contents for `user_count` user keys.
+    fn table_entries(user_count: usize) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for u in 0..user_count {
+            for (seq, value) in versions(u) {
+                let kind = if value.is_some() {
+                    ValueKind::Put
+                } else {
+                    ValueKind::Delete
+                };
+                out.push((internal_key(&user(3 * u), seq, kind), value.unwrap_or_default()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_table_returns_every_version_at_its_snapshot_and_iterates_in_order() {
+        // The table is the durable copy of the memtable: every version must read back exactly.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("000001.sst");
+        let user_count = 7_700;
+        let entries = table_entries(user_count);
+        assert!(entries.len() >= 9_000, "the table should hold ~10k entries");
+        let summary = write_table(&path, &entries, default_options());
+        assert_eq!(summary.entries, entries.len() as u64);
+        assert_eq!(summary.smallest, entries[0].0);
+        assert_eq!(summary.largest, entries[entries.len() - 1].0);
+        let cache = Arc::new(BlockCache::new(64 << 20));
+        let table = open_table(&path, &cache).expect("open table");
+        assert_eq!(table.entries(), entries.len() as u64);
+        assert!(table.memory_bytes() > 0);
+
+        assert_eq!(scan(&table).expect("scan"), entries);
+        let blocks = cache.misses();
+        println!(
+            "{} entries in {blocks} data blocks, {} bytes",
+            entries.len(),
+            summary.file_bytes
+        );
+        assert!(blocks > 50, "the table should span many blocks");
+
+        for u in 0..user_count {
+            let key = user(3 * u);
+            let versions = versions(u);
+            let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX)).expect("get");
+            assert_eq!(
+                newest.as_ref().map(|(k, _)| k.clone()),
+                Some(expected_key(&key, &versions[0]))
+            );
+            for (i, version) in versions.iter().enumerate() {
+                let (found_key, found_value) = table
+                    .get(&key, &seek_key(&key, version.0))
+                    .expect("get")
+                    .expect("found");
+                assert_eq!(found_key, expected_key(&key, version), "user {u} version {i}");
+                assert_eq!(found_value, version.1.clone().unwrap_or_default());
+            }
+            let oldest = versions[versions.len() - 1].0;
+            assert_eq!(
+                table.get(&key, &seek_key(&key, oldest - 1)).expect("get"),
+                None,
+                "before the first write"
+            );
+            let absent = user(3 * u + 1);
+            assert_eq!(table.get(&absent, &seek_key(&absent, SEQUENCE_MAX)).expect("get"), None);
+        }
+        let past_end = user(3 * user_count);
+        assert_eq!(
+            table.get(&past_end, &seek_key(&past_end, SEQUENCE_MAX)).expect("get"),
+            None
+        );
+    }
+
+    /// The internal key stored for `version` of `user_key`.
+    fn expected_key(user_key: &[u8], version: &Version) -> Vec<u8> {
+        let kind = if version.1.is_some() {
+            ValueKind::Put
+        } else {
+            ValueKind::Delete
+        };
+        internal_key(user_key, version.0, kind)
+    }
+
+    #[test]
+    fn table_seeks_land_on_the_first_key_at_or_after_the_target() {
+        // Range scans and merges start with a seek: it must cross block boundaries correctly.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("000001.sst");
+        let entries = table_entries(3_000);
+        write_table(&path, &entries, default_options());
+        let cache = Arc::new(BlockCache::new(0));
+        let table = open_table(&path, &cache).expect("open table");
+        let mut iter = table.iter();
+        for (i, (key, _)) in entries.iter().enumerate().step_by(7) {
+            iter.seek(key).expect("seek");
+            assert_eq!(iter.key(), &key[..], "seek to entry {i}");
+            // Just past this user key's versions: the next user key's newest version.
+            let after = [key::user_key(key), b"!"].concat();
+            iter.seek(&seek_key(&after, SEQUENCE_MAX)).expect("seek");
+            let next = entries.iter().find(|(k, _)| key::user_key(k) > key::user_key(key));
+            match next {
+                Some((next_key, next_value)) => {
+                    assert_eq!(iter.key(), &next_key[..]);
+                    assert_eq!(iter.value(), &next_value[..]);
+                    iter.next().expect("next");
+                }
+                None => assert!(!iter.valid()),
+            }
+        }
+        iter.seek(&seek_key(b"zzz", SEQUENCE_MAX)).expect("seek");
+        assert!(!iter.valid());
+        iter.seek(&seek_key(b"", SEQUENCE_MAX)).expect("seek");
+        assert_eq!(iter.key(), &entries[0].0[..]);
+    }
+
+    #[test]
+    fn tables_without_filters_and_with_tiny_blocks_still_read_back() {
+        // bits_per_key 0 and one-entry blocks are legal extremes of the options.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("000001.sst");
+        let entries = table_entries(300);
+        let options = TableOptions {
+            block_bytes_target: 1,
+            block_restart_interval: 1,
+            bloom_bits_per_key: 0,
+        };
+        write_table(&path, &entries, options);
+        let cache = Arc::new(BlockCache::new(1 << 20));
+        let table = open_table(&path, &cache).expect("open table");
+        assert!(table.may_contain(b"anything"));
+        assert_eq!(scan(&table).expect("scan"), entries);
+        for (key, value) in &entries {
+            let user_key = key::user_key(key);
+            let seq = key::parse(key).expect("valid key").sequence;
+            assert_eq!(
+                table.get(user_key, &seek_key(user_key, seq)).expect("get"),
+                Some((key.clone(), value.clone()))
+            );
+        }
+    }
+
+    #[test]
+    fn estimated_bytes_grow_with_the_table() {
+        // Compaction cuts output tables by this estimate, so it must track what was written.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let mut builder = TableBuilder::new(file, default_options());
+        let mut last = 0;
+        for (key, value) in table_entries(1_000) {
+            builder.add(&key, &value).expect("add");
+            assert!(
+                builder.estimated_bytes() + 64 >= last,
+                "estimate shrank by more than a block trailer"
+            );
+            last = builder.estimated_bytes();
+        }
+        let entries = builder.entries();
+        let summary = builder.finish().expect("finish");
+        assert_eq!(summary.entries, entries);
+        assert!(summary.file_bytes >= last);
+    }
+
+    #[test]
+    #[should_panic(expected = "strictly increasing")]
+    fn adding_a_key_twice_panics() {
+        // A duplicate internal key means the caller lost track of sequence numbers: a bug.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let mut builder = TableBuilder::new(file, default_options());
+        let key = internal_key(b"k", 1, ValueKind::Put);
+        builder.add(&key, b"a").expect("add");
+        let _ = builder.add(&key, b"b");
+    }
+
+    #[test]
+    #[should_panic(expected = "empty table")]
+    fn finishing_an_empty_table_panics() {
+        // Callers never write empty tables; one would have no smallest or largest key.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let _ = TableBuilder::new(file, default_options()).finish();
+    }
+}
