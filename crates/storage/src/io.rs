@@ -33,34 +33,6 @@ impl AppendFile {
         })
     }
 
-    /// Opens an existing file to append after its first `len_bytes` bytes,
-    /// cutting off anything beyond (a torn tail found by recovery).
-    pub fn open_truncated(path: &Path, len_bytes: u64) -> Result<Self> {
-        let file = OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io("open", path, e))?;
-        file.set_len(len_bytes).map_err(|e| Error::io("truncate", path, e))?;
-        // The truncation must be durable before anything is appended after
-        // it, or a crash could resurrect the torn bytes behind new records.
-        file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
-        let mut out = AppendFile {
-            file,
-            path: path.to_path_buf(),
-            len_bytes,
-        };
-        out.seek_to_end()?;
-        Ok(out)
-    }
-
-    fn seek_to_end(&mut self) -> Result<()> {
-        use std::io::Seek;
-        self.file
-            .seek(std::io::SeekFrom::Start(self.len_bytes))
-            .map_err(|e| Error::io("seek", &self.path, e))?;
-        Ok(())
-    }
-
     /// Appends all of `bytes` (buffered by the OS until [`sync`](Self::sync)).
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
         self.file
@@ -72,19 +44,12 @@ impl AppendFile {
 
     /// Makes everything appended so far durable (`fdatasync`).
     pub fn sync(&mut self) -> Result<()> {
-        self.file
-            .sync_data()
-            .map_err(|e| Error::io("fsync", &self.path, e))
+        self.file.sync_data().map_err(|e| Error::io("fsync", &self.path, e))
     }
 
     /// Bytes in the file.
     pub fn len_bytes(&self) -> u64 {
         self.len_bytes
-    }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -100,10 +65,7 @@ impl ReadFile {
     /// Opens `path` for reading.
     pub fn open(path: &Path) -> Result<Self> {
         let file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len_bytes = file
-            .metadata()
-            .map_err(|e| Error::io("stat", path, e))?
-            .len();
+        let len_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
         Ok(ReadFile {
             file,
             path: path.to_path_buf(),
@@ -115,7 +77,11 @@ impl ReadFile {
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Error::corruption(&self.path, offset, format!("file ends within a {}-byte read", buf.len()))
+                Error::corruption(
+                    &self.path,
+                    offset,
+                    format!("file ends within a {}-byte read", buf.len()),
+                )
             } else {
                 Error::io("read", &self.path, e)
             }

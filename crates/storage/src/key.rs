@@ -109,9 +109,7 @@ fn trailer(internal: &[u8]) -> u64 {
 
 /// Orders encoded internal keys: user key ascending, then newest first.
 pub fn compare(a: &[u8], b: &[u8]) -> Ordering {
-    user_key(a)
-        .cmp(user_key(b))
-        .then_with(|| trailer(b).cmp(&trailer(a)))
+    user_key(a).cmp(user_key(b)).then_with(|| trailer(b).cmp(&trailer(a)))
 }
 
 /// An owned internal key whose `Ord` is [`compare`]; the memtable's key type.

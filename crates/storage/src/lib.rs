@@ -1,26 +1,69 @@
 //! An embedded, crash-safe LSM-tree key/value engine.
 //!
+//! ```no_run
+//! # fn main() -> storage::Result<()> {
+//! let db = storage::Db::open("/tmp/example-db", storage::Options::default())?;
+//! db.put(b"key", b"value")?;
+//! assert_eq!(db.get(b"key")?.as_deref(), Some(&b"value"[..]));
+//! for pair in db.scan(&b"a"[..]..&b"z"[..])?.take(10) {
+//!     let (key, value) = pair?;
+//!     println!("{key:?} = {value:?}");
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! # Layout
 //!
-//! - [`key`]: internal keys (user key, sequence, kind) and their order.
-//! - `coding`: varints and fixed-width integers for the binary formats.
-//! - `io`: the one seam through which every file is touched.
+//! - [`db`](Db): opening and recovery, reads, snapshots, checkpoints.
+//! - `write`: group commit, the WAL append, backpressure.
+//! - `background`: the flush thread and the compaction threads.
+//! - `memtable`: recent writes in a concurrent skip list.
+//! - `log`: record framing shared by the WAL and the manifest.
+//! - `batch`: [`WriteBatch`] and its WAL encoding.
+//! - `manifest`, `version`: which table files are live, changed atomically.
 //! - `sstable`: immutable sorted tables (blocks, bloom filter, index, footer).
 //! - `cache`: the byte-bounded block cache shared by all tables.
-//! - `iterator`: the cursor trait shared by memtables, tables and merges.
+//! - `compaction`: the pure picker and the table writer.
+//! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.
+//! - [`key`]: internal keys (user key, sequence, kind) and their order.
+//! - `io`: the one seam through which every file is touched.
 //!
 //! The on-disk formats are described byte by byte in `docs/storage-format.md`.
+//!
+//! # Durability
+//!
+//! A write with [`WriteOptions::sync`] survives a machine crash once it
+//! returns; without it, it survives a process crash. A write with
+//! [`WriteOptions::disable_wal`] survives any crash only once the memtable
+//! holding it is flushed; [`Db::flushed_metadata`] tells how far that is.
 
 #![deny(clippy::unwrap_used)]
 
+mod background;
+mod batch;
 mod cache;
 mod coding;
+mod compaction;
+mod db;
+mod db_iter;
 mod error;
 mod io;
 mod iterator;
 pub mod key;
+mod log;
+mod manifest;
+mod memtable;
+mod merge;
 mod options;
 mod sstable;
+mod stats;
+mod version;
+mod write;
 
+pub use batch::{WriteBatch, BATCH_BYTES_MAX};
+pub use db::{Db, Snapshot};
+pub use db_iter::DbIter;
 pub use error::{Error, Result};
 pub use options::{Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, VALUE_BYTES_MAX};
+pub use stats::{LevelStats, Stats};

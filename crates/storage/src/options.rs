@@ -83,17 +83,29 @@ impl Options {
                 Err(crate::Error::InvalidArgument(format!("options: {what}")))
             }
         };
-        check(self.memtable_bytes_max >= 4096, "memtable_bytes_max must be at least 4096")?;
+        check(
+            self.memtable_bytes_max >= 4096,
+            "memtable_bytes_max must be at least 4096",
+        )?;
         check(self.block_bytes_target >= 64, "block_bytes_target must be at least 64")?;
-        check(self.block_restart_interval >= 1, "block_restart_interval must be at least 1")?;
-        check(self.l0_compaction_trigger >= 1, "l0_compaction_trigger must be at least 1")?;
+        check(
+            self.block_restart_interval >= 1,
+            "block_restart_interval must be at least 1",
+        )?;
+        check(
+            self.l0_compaction_trigger >= 1,
+            "l0_compaction_trigger must be at least 1",
+        )?;
         check(
             self.l0_compaction_trigger <= self.l0_slowdown_trigger && self.l0_slowdown_trigger <= self.l0_stop_trigger,
             "l0 triggers must satisfy compaction <= slowdown <= stop",
         )?;
         check(self.level_size_ratio >= 2, "level_size_ratio must be at least 2")?;
         check(self.compaction_threads >= 1, "compaction_threads must be at least 1")?;
-        check(self.table_bytes_target >= 4096, "table_bytes_target must be at least 4096")
+        check(
+            self.table_bytes_target >= 4096,
+            "table_bytes_target must be at least 4096",
+        )
     }
 }
 

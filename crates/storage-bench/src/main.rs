@@ -1,0 +1,318 @@
+//! `storage-bench`: db_bench-style workloads against the storage engine.
+//!
+//! ```text
+//! storage-bench --benchmarks fillseq,fillrandom,overwrite,readrandom,seekrandom,readwhilewriting \
+//!     --num 2000000 --key-size 16 --value-size 100
+//! ```
+//!
+//! Each workload prints one line: ops/s, MB/s and p50/p99/p99.9 latency.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use storage::{Db, Options, WriteBatch, WriteOptions};
+
+/// db_bench-style benchmarks of the storage engine.
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+struct Args {
+    /// Comma-separated workloads: fillseq, fillrandom, overwrite, readrandom,
+    /// seekrandom (seek + `--seek-nexts` nexts), readwhilewriting, fillsync,
+    /// fillbatch (sync once per `--batch-size` puts).
+    #[arg(
+        long,
+        default_value = "fillseq,fillrandom,overwrite,readrandom,seekrandom,readwhilewriting"
+    )]
+    benchmarks: String,
+    /// Operations per workload.
+    #[arg(long, default_value_t = 1_000_000)]
+    num: u64,
+    /// Operations for the fillsync workload (fsync per write is slow).
+    #[arg(long, default_value_t = 20_000)]
+    sync_num: u64,
+    /// Key size in bytes (at least 8).
+    #[arg(long, default_value_t = 16)]
+    key_size: usize,
+    /// Value size in bytes.
+    #[arg(long, default_value_t = 100)]
+    value_size: usize,
+    /// Concurrent client threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Puts per batch in fillbatch.
+    #[arg(long, default_value_t = 100)]
+    batch_size: usize,
+    /// Entries read after each seek in seekrandom.
+    #[arg(long, default_value_t = 100)]
+    seek_nexts: usize,
+    /// Memtable size in MiB.
+    #[arg(long, default_value_t = 64)]
+    memtable_mb: usize,
+    /// Block cache size in MiB.
+    #[arg(long, default_value_t = 256)]
+    cache_mb: usize,
+    /// Bloom filter bits per key (0 = none).
+    #[arg(long, default_value_t = 10)]
+    bloom_bits: usize,
+    /// Compaction threads.
+    #[arg(long, default_value_t = 2)]
+    compaction_threads: usize,
+    /// Database directory (default: a fresh temporary directory).
+    #[arg(long)]
+    db: Option<PathBuf>,
+    /// Seed for the random key streams.
+    #[arg(long, default_value_t = 301)]
+    seed: u64,
+}
+
+struct Workload<'a> {
+    db: &'a Db,
+    args: &'a Args,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if args.key_size < 8 {
+        bail!("--key-size must be at least 8 bytes");
+    }
+    let temp = tempfile::tempdir().context("creating a temporary directory")?;
+    let dir = args.db.clone().unwrap_or_else(|| temp.path().join("db"));
+    let options = Options {
+        memtable_bytes_max: args.memtable_mb << 20,
+        block_cache_bytes: args.cache_mb << 20,
+        bloom_bits_per_key: args.bloom_bits,
+        compaction_threads: args.compaction_threads.max(1),
+        ..Options::default()
+    };
+    println!(
+        "storage-bench: keys {} B, values {} B, num {}, threads {}, memtable {} MiB, cache {} MiB, bloom {} bits/key",
+        args.key_size, args.value_size, args.num, args.threads, args.memtable_mb, args.cache_mb, args.bloom_bits
+    );
+    let mut db = Db::open(&dir, options.clone()).context("opening the database")?;
+    for name in args.benchmarks.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if matches!(name, "fillseq" | "fillrandom" | "fillsync" | "fillbatch") {
+            // Fill workloads start from an empty database, as db_bench's do.
+            drop(db);
+            std::fs::remove_dir_all(&dir).with_context(|| format!("clearing {}", dir.display()))?;
+            db = Db::open(&dir, options.clone()).context("reopening the database")?;
+        }
+        let workload = Workload { db: &db, args: &args };
+        workload.run(name)?;
+    }
+    let stats = db.stats();
+    let levels: Vec<String> = stats.levels.iter().map(|l| format!("{}", l.files)).collect();
+    println!(
+        "files per level [{}], stalls {} ({} ms), slowdowns {}, compactions {}, cache hits {} misses {}",
+        levels.join(" "),
+        stats.write_stalls,
+        stats.write_stall_micros / 1000,
+        stats.write_slowdowns,
+        stats.compactions,
+        stats.block_cache_hits,
+        stats.block_cache_misses
+    );
+    Ok(())
+}
+
+impl Workload<'_> {
+    fn run(&self, name: &str) -> Result<()> {
+        let a = self.args;
+        let report = match name {
+            "fillseq" => self.parallel(a.num, 1, |_, i, _| self.put(i, &WriteOptions::default()))?,
+            "fillrandom" | "overwrite" => self.parallel(a.num, a.threads, |rng, _, _| {
+                self.put(rng.u64(..a.num), &WriteOptions::default())
+            })?,
+            "fillsync" => {
+                let sync = WriteOptions {
+                    sync: true,
+                    disable_wal: false,
+                };
+                self.parallel(a.sync_num, a.threads, |rng, _, _| self.put(rng.u64(..a.num), &sync))?
+            }
+            "fillbatch" => {
+                let batches = a.num / a.batch_size as u64;
+                let mut report = self.parallel(batches, a.threads, |rng, _, _| self.put_batch(rng))?;
+                report.entries_per_op = a.batch_size as u64;
+                report
+            }
+            "readrandom" => self.parallel(a.num, a.threads, |rng, _, found| self.get(rng.u64(..a.num), found))?,
+            "seekrandom" => {
+                let ops = (a.num / 10).max(1);
+                self.parallel(ops, a.threads, |rng, _, found| self.seek(rng.u64(..a.num), found))?
+            }
+            "readwhilewriting" => self.read_while_writing()?,
+            other => bail!("unknown benchmark {other}"),
+        };
+        report.print(name, a);
+        Ok(())
+    }
+
+    fn key(&self, n: u64) -> Vec<u8> {
+        let mut key = format!("{n:0width$}", width = self.args.key_size).into_bytes();
+        key.truncate(self.args.key_size);
+        key
+    }
+
+    fn value(&self, n: u64) -> Vec<u8> {
+        let mut value = vec![b'v'; self.args.value_size];
+        for (i, b) in n.to_le_bytes().iter().enumerate().take(value.len()) {
+            value[i] = *b;
+        }
+        value
+    }
+
+    fn put(&self, n: u64, options: &WriteOptions) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(self.key(n), self.value(n));
+        Ok(self.db.write(batch, options)?)
+    }
+
+    fn put_batch(&self, rng: &mut fastrand::Rng) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        for _ in 0..self.args.batch_size {
+            let n = rng.u64(..self.args.num);
+            batch.put(self.key(n), self.value(n));
+        }
+        Ok(self.db.write(
+            batch,
+            &WriteOptions {
+                sync: true,
+                disable_wal: false,
+            },
+        )?)
+    }
+
+    fn get(&self, n: u64, found: &mut u64) -> Result<()> {
+        if self.db.get(&self.key(n))?.is_some() {
+            *found += 1;
+        }
+        Ok(())
+    }
+
+    fn seek(&self, n: u64, found: &mut u64) -> Result<()> {
+        let start = self.key(n);
+        for pair in self
+            .db
+            .scan((std::ops::Bound::Included(start.as_slice()), std::ops::Bound::Unbounded))?
+            .take(self.args.seek_nexts)
+        {
+            pair?;
+            *found += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs `ops` calls of `op` spread over `threads` threads.
+    fn parallel<F>(&self, ops: u64, threads: usize, op: F) -> Result<Report>
+    where
+        F: Fn(&mut fastrand::Rng, u64, &mut u64) -> Result<()> + Sync,
+    {
+        let threads = threads.max(1) as u64;
+        let started = Instant::now();
+        let results: Vec<Result<(Histogram<u64>, u64)>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads)
+                .map(|t| {
+                    let op = &op;
+                    scope.spawn(move || {
+                        let mut rng = fastrand::Rng::with_seed(self.args.seed + t);
+                        let mut histogram = new_histogram();
+                        let mut found = 0;
+                        let mut i = t;
+                        while i < ops {
+                            let op_started = Instant::now();
+                            op(&mut rng, i, &mut found)?;
+                            record(&mut histogram, op_started.elapsed());
+                            i += threads;
+                        }
+                        Ok((histogram, found))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|_| bail!("a bench thread panicked")))
+                .collect()
+        });
+        let elapsed = started.elapsed();
+        let mut histogram = new_histogram();
+        let mut found = 0;
+        for result in results {
+            let (h, f) = result?;
+            histogram.add(&h).context("merging histograms")?;
+            found += f;
+        }
+        Ok(Report {
+            ops,
+            elapsed,
+            histogram,
+            found,
+            entries_per_op: 1,
+        })
+    }
+
+    /// `threads` readers at full speed while one writer overwrites; reports the reads.
+    fn read_while_writing(&self) -> Result<Report> {
+        let stop = Arc::new(AtomicBool::new(false));
+        std::thread::scope(|scope| {
+            let writer = {
+                let stop = Arc::clone(&stop);
+                scope.spawn(move || -> Result<u64> {
+                    let mut rng = fastrand::Rng::with_seed(self.args.seed ^ 0xabc);
+                    let mut writes = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        self.put(rng.u64(..self.args.num), &WriteOptions::default())?;
+                        writes += 1;
+                    }
+                    Ok(writes)
+                })
+            };
+            let report = self.parallel(self.args.num, self.args.threads, |rng, _, found| {
+                self.get(rng.u64(..self.args.num), found)
+            });
+            stop.store(true, Ordering::Relaxed);
+            let writes = writer.join().unwrap_or_else(|_| bail!("the writer panicked"))?;
+            println!("readwhilewriting: {writes} background writes");
+            report
+        })
+    }
+}
+
+struct Report {
+    ops: u64,
+    elapsed: Duration,
+    histogram: Histogram<u64>,
+    found: u64,
+    entries_per_op: u64,
+}
+
+impl Report {
+    fn print(&self, name: &str, args: &Args) {
+        let secs = self.elapsed.as_secs_f64();
+        let ops_per_sec = self.ops as f64 / secs;
+        let entries_per_sec = ops_per_sec * self.entries_per_op as f64;
+        let mb_per_sec = entries_per_sec * (args.key_size + args.value_size) as f64 / 1e6;
+        let us = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
+        println!(
+            "{name:<18} {ops_per_sec:>10.0} ops/s {entries_per_sec:>10.0} entries/s {mb_per_sec:>7.1} MB/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  ({} ops in {secs:.2} s, {} found)",
+            us(0.5),
+            us(0.99),
+            us(0.999),
+            self.ops,
+            self.found
+        );
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("static histogram bounds are valid")
+}
+
+fn record(histogram: &mut Histogram<u64>, elapsed: Duration) {
+    let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX).max(1);
+    histogram.saturating_record(nanos);
+}

@@ -1,0 +1,374 @@
+//! Background threads: one flushes frozen memtables to L0, the others run
+//! compactions the picker chooses. Both install their results through the
+//! manifest and wake writers stalled on them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crate::compaction::picker::{self, FileSummary, Plan, Shape};
+use crate::compaction::{write_tables, DropPolicy};
+use crate::db::{wal_name, Inner, SuperVersion};
+use crate::error::{Error, Result};
+use crate::io;
+use crate::iterator::InternalIterator;
+use crate::memtable::Memtable;
+use crate::merge::{LevelIterator, MergingIterator};
+use crate::options::LEVELS;
+use crate::stats::Counters;
+use crate::version::{TableFile, Version, VersionEdit};
+
+/// How long an idle background thread sleeps before looking for work again.
+const IDLE_RECHECK: Duration = Duration::from_millis(500);
+
+/// Starts the flush thread and the compaction threads.
+pub(crate) fn spawn(inner: &Arc<Inner>) -> Result<Vec<JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    let flusher = Arc::clone(inner);
+    handles.push(spawn_named("storage-flush", move || flush_loop(&flusher))?);
+    for index in 0..inner.options.compaction_threads {
+        let compactor = Arc::clone(inner);
+        handles.push(spawn_named(&format!("storage-compact-{index}"), move || {
+            compaction_loop(&compactor)
+        })?);
+    }
+    Ok(handles)
+}
+
+fn spawn_named(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(body)
+        .map_err(|e| Error::io("spawn thread", name, e))
+}
+
+/// Records a background failure: writes are refused from now on.
+fn fail(inner: &Inner, error: &Error) {
+    if inner.stopping.load(Ordering::Acquire) {
+        return;
+    }
+    tracing::error!(%error, "background work failed; the database refuses writes until reopened");
+    inner.bg.lock().error.get_or_insert_with(|| error.to_string());
+    inner.bg_done.notify_all();
+}
+
+fn flush_loop(inner: &Inner) {
+    loop {
+        let oldest = {
+            let mut bg = inner.bg.lock();
+            loop {
+                if bg.shutting_down || bg.error.is_some() {
+                    return;
+                }
+                if let Some(oldest) = inner.super_version().imms.last().cloned() {
+                    break oldest;
+                }
+                inner.bg_work.wait_for(&mut bg, IDLE_RECHECK);
+            }
+        };
+        if let Err(error) = flush_memtable(inner, &oldest) {
+            return fail(inner, &error);
+        }
+        inner.bg.lock().compaction_wanted = true;
+        inner.bg_work.notify_all();
+        inner.bg_done.notify_all();
+    }
+}
+
+/// Writes the frozen memtable `imm` to L0 and drops it from memory and its
+/// WALs from disk.
+fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
+    let policy = DropPolicy {
+        smallest_snapshot: inner.smallest_snapshot(),
+        drop_tombstones: false,
+    };
+    let mut iter = imm.iter();
+    iter.seek_to_first()?;
+    let (outputs, _) = write_tables(
+        &inner.dir,
+        &mut iter,
+        policy,
+        inner.table_options.clone(),
+        u64::MAX,
+        &mut || inner.versions.lock().new_file_number(),
+    )?;
+
+    let mut versions = inner.versions.lock();
+    let added = outputs
+        .iter()
+        .map(|meta| Ok((0, versions.open_table(meta.clone())?)))
+        .collect::<Result<Vec<_>>>()?;
+    let sv = inner.super_version();
+    let position = sv
+        .imms
+        .iter()
+        .position(|m| Arc::ptr_eq(m, imm))
+        .expect("only the flush thread removes frozen memtables");
+    // The WAL of the next newer memtable is the oldest one still needed.
+    let next_wal = match position {
+        0 => sv.mem.wal_number(),
+        _ => sv.imms[position - 1].wal_number(),
+    };
+    let edit = VersionEdit {
+        log_number: Some(next_wal),
+        last_sequence: Some(imm.last_sequence()),
+        metadata: imm.metadata(),
+        new_files: outputs.iter().map(|m| (0, m.clone())).collect(),
+        ..VersionEdit::default()
+    };
+    let version = versions.log_and_apply(edit, &added)?;
+    {
+        let mut state = inner.state.write();
+        let imms = state.imms.iter().filter(|m| !Arc::ptr_eq(m, imm)).cloned().collect();
+        *state = Arc::new(SuperVersion {
+            mem: Arc::clone(&state.mem),
+            imms,
+            version,
+        });
+    }
+    drop(versions);
+    Counters::add(&inner.counters.flushes, 1);
+    // The manifest now says WALs below `next_wal` are not needed.
+    for name in io::list_dir(&inner.dir)? {
+        if let Some(number) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
+            if number < next_wal {
+                io::remove_if_exists(&inner.dir.join(wal_name(number)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn compaction_loop(inner: &Inner) {
+    loop {
+        let plan = {
+            let mut bg = inner.bg.lock();
+            loop {
+                if bg.shutting_down || bg.error.is_some() {
+                    return;
+                }
+                if bg.compaction_wanted {
+                    let version = inner.super_version().version.clone();
+                    match pick_and_reserve(inner, &mut bg, &version) {
+                        Some(plan) => break (plan, version),
+                        None => bg.compaction_wanted = false,
+                    }
+                }
+                inner.bg_work.wait_for(&mut bg, IDLE_RECHECK);
+            }
+        };
+        let (plan, version) = plan;
+        let result = run_compaction(inner, &plan, &version);
+        let mut bg = inner.bg.lock();
+        for number in plan.inputs.iter().chain(&plan.next_inputs) {
+            bg.busy_files.remove(number);
+        }
+        bg.compaction_wanted = true;
+        drop(bg);
+        inner.bg_done.notify_all();
+        inner.bg_work.notify_all();
+        if let Err(error) = result {
+            return fail(inner, &error);
+        }
+    }
+}
+
+fn summaries<'a>(version: &'a Version, busy: &std::collections::HashSet<u64>) -> [Vec<FileSummary<'a>>; LEVELS] {
+    std::array::from_fn(|level| {
+        version.levels[level]
+            .iter()
+            .map(|f| FileSummary {
+                number: f.meta.number,
+                size_bytes: f.meta.size_bytes,
+                smallest: f.meta.smallest_user_key(),
+                largest: f.meta.largest_user_key(),
+                busy: busy.contains(&f.meta.number),
+            })
+            .collect()
+    })
+}
+
+fn shape(inner: &Inner) -> Shape {
+    Shape {
+        l0_compaction_trigger: inner.options.l0_compaction_trigger,
+        l1_bytes_target: inner.options.l1_bytes_target,
+        level_size_ratio: inner.options.level_size_ratio,
+    }
+}
+
+fn pick_and_reserve(inner: &Inner, bg: &mut crate::db::BgState, version: &Version) -> Option<Plan> {
+    let plan = picker::pick(&summaries(version, &bg.busy_files), &shape(inner), &bg.cursors)?;
+    bg.busy_files
+        .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
+    Some(plan)
+}
+
+fn files_of(version: &Version, level: usize, numbers: &[u64]) -> Vec<Arc<TableFile>> {
+    version.levels[level]
+        .iter()
+        .filter(|f| numbers.contains(&f.meta.number))
+        .cloned()
+        .collect()
+}
+
+/// Carries out `plan` against `version` (whose files it names) and installs
+/// the result.
+fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
+    let inputs = files_of(version, plan.level, &plan.inputs);
+    let next_inputs = files_of(version, plan.output_level(), &plan.next_inputs);
+    assert_eq!(
+        inputs.len(),
+        plan.inputs.len(),
+        "a compaction plan names files missing from its version"
+    );
+    let mut edit = VersionEdit::default();
+    edit.deleted_files.extend(plan.inputs.iter().map(|&n| (plan.level, n)));
+    edit.deleted_files
+        .extend(plan.next_inputs.iter().map(|&n| (plan.output_level(), n)));
+
+    if plan.is_trivial_move() {
+        // One file with nothing below it to merge with: move, don't rewrite.
+        let file = &inputs[0];
+        edit.new_files.push((plan.output_level(), file.meta.clone()));
+        let moved = [(plan.output_level(), Arc::clone(file))];
+        install(inner, edit, &moved, &[])?;
+    } else {
+        let all: Vec<&Arc<TableFile>> = inputs.iter().chain(&next_inputs).collect();
+        let smallest = all.iter().map(|f| f.meta.smallest_user_key()).min().unwrap_or_default();
+        let largest = all.iter().map(|f| f.meta.largest_user_key()).max().unwrap_or_default();
+        let policy = DropPolicy {
+            smallest_snapshot: inner.smallest_snapshot(),
+            drop_tombstones: picker::is_bottommost(
+                &summaries(version, &Default::default()),
+                plan.output_level(),
+                smallest,
+                largest,
+            ),
+        };
+        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+        if plan.level == 0 {
+            children.extend(
+                inputs
+                    .iter()
+                    .map(|f| Box::new(f.table.iter()) as Box<dyn InternalIterator>),
+            );
+        } else {
+            children.push(Box::new(LevelIterator::new(inputs.clone())));
+        }
+        children.push(Box::new(LevelIterator::new(next_inputs.clone())));
+        let mut merged = MergingIterator::new(children);
+        merged.seek_to_first()?;
+        let (outputs, stats) = write_tables(
+            &inner.dir,
+            &mut merged,
+            policy,
+            inner.table_options.clone(),
+            inner.options.table_bytes_target,
+            &mut || inner.versions.lock().new_file_number(),
+        )?;
+        Counters::add(&inner.counters.compaction_bytes_written, stats.bytes_written);
+        let added = {
+            let versions = inner.versions.lock();
+            outputs
+                .iter()
+                .map(|meta| Ok((plan.output_level(), versions.open_table(meta.clone())?)))
+                .collect::<Result<Vec<_>>>()?
+        };
+        edit.new_files = outputs.iter().map(|m| (plan.output_level(), m.clone())).collect();
+        let obsolete: Vec<Arc<TableFile>> = inputs.iter().chain(&next_inputs).cloned().collect();
+        install(inner, edit, &added, &obsolete)?;
+    }
+    if let Some(largest) = inputs.iter().map(|f| f.meta.largest_user_key()).max() {
+        inner.bg.lock().cursors[plan.level] = largest.to_vec();
+    }
+    Counters::add(&inner.counters.compactions, 1);
+    Ok(())
+}
+
+/// Logs `edit`, publishes the new version, and marks `obsolete` files for
+/// deletion once the last reader lets go of them.
+fn install(
+    inner: &Inner,
+    edit: VersionEdit,
+    added: &[(usize, Arc<TableFile>)],
+    obsolete: &[Arc<TableFile>],
+) -> Result<()> {
+    let mut versions = inner.versions.lock();
+    let version = versions.log_and_apply(edit, added)?;
+    {
+        let mut state = inner.state.write();
+        *state = Arc::new(SuperVersion {
+            mem: Arc::clone(&state.mem),
+            imms: state.imms.clone(),
+            version,
+        });
+    }
+    drop(versions);
+    // Only now is the edit that drops these files durable.
+    for file in obsolete {
+        file.mark_obsolete();
+    }
+    Ok(())
+}
+
+/// Compacts every level into the next, top to bottom, in the caller's
+/// thread, waiting for background compactions that hold needed files.
+pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
+    for level in 0..LEVELS - 1 {
+        loop {
+            let mut bg = inner.bg.lock();
+            if let Some(message) = &bg.error {
+                return Err(Error::Background(message.clone()));
+            }
+            let version = inner.super_version().version.clone();
+            let deepest = (0..LEVELS).rev().find(|&l| !version.levels[l].is_empty()).unwrap_or(0);
+            // Everything ends up in the deepest level holding data (at least L1).
+            if level >= deepest.max(1) || version.levels[level].is_empty() {
+                break;
+            }
+            let files = summaries(&version, &bg.busy_files);
+            let Some(plan) = manual_plan(&files, level) else {
+                // A background compaction owns some of the files: wait for it.
+                inner.bg_done.wait_for(&mut bg, IDLE_RECHECK);
+                continue;
+            };
+            bg.busy_files
+                .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
+            drop(bg);
+            let result = run_compaction(inner, &plan, &version);
+            let mut bg = inner.bg.lock();
+            for number in plan.inputs.iter().chain(&plan.next_inputs) {
+                bg.busy_files.remove(number);
+            }
+            drop(bg);
+            inner.bg_done.notify_all();
+            result?;
+        }
+    }
+    Ok(())
+}
+
+/// All of `level` merged with what it overlaps below, if none of it is busy.
+fn manual_plan(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize) -> Option<Plan> {
+    let files = &levels[level];
+    if files.iter().any(|f| f.busy) {
+        return None;
+    }
+    let smallest = files.iter().map(|f| f.smallest).min()?;
+    let largest = files.iter().map(|f| f.largest).max()?;
+    let mut next_inputs = Vec::new();
+    for file in &levels[level + 1] {
+        if file.smallest <= largest && file.largest >= smallest {
+            if file.busy {
+                return None;
+            }
+            next_inputs.push(file.number);
+        }
+    }
+    Some(Plan {
+        level,
+        inputs: files.iter().map(|f| f.number).collect(),
+        next_inputs,
+    })
+}

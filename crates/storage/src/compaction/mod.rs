@@ -1,0 +1,114 @@
+//! Compaction: merging sorted runs into new tables, dropping what no reader
+//! can see any more. Flushes use the same table writer.
+//!
+//! - [`picker`] decides what to compact (pure, no I/O).
+//! - [`write_tables`] carries a merge out into new table files.
+
+pub(crate) mod picker;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::{self, AppendFile};
+use crate::iterator::InternalIterator;
+use crate::key::{self, SequenceNumber, ValueKind};
+use crate::sstable::{TableBuilder, TableOptions};
+use crate::version::{table_path, FileMeta};
+
+/// What may be dropped while writing tables.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DropPolicy {
+    /// The oldest sequence any reader may still read at. A version shadowed
+    /// by a newer one at or below this is invisible to every reader.
+    pub smallest_snapshot: SequenceNumber,
+    /// Whether the output is the deepest data for its keys, so a tombstone
+    /// visible to every reader shadows nothing and can go.
+    pub drop_tombstones: bool,
+}
+
+/// Counters of one run of [`write_tables`].
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct WriteStats {
+    pub entries_read: u64,
+    pub entries_dropped: u64,
+    pub bytes_written: u64,
+}
+
+/// Writes every entry of `input` (from its current position) that `policy`
+/// keeps into new tables of at most about `table_bytes_target` bytes each,
+/// named by `next_number`. The new files are synced and so is `dir`, so a
+/// manifest edit may name them as soon as this returns.
+pub(crate) fn write_tables(
+    dir: &Path,
+    input: &mut dyn InternalIterator,
+    policy: DropPolicy,
+    table_options: TableOptions,
+    table_bytes_target: u64,
+    next_number: &mut dyn FnMut() -> u64,
+) -> Result<(Vec<FileMeta>, WriteStats)> {
+    let mut outputs = Vec::new();
+    let mut stats = WriteStats::default();
+    let mut builder: Option<(u64, TableBuilder)> = None;
+    let mut current_user_key: Vec<u8> = Vec::new();
+    let mut has_current = false;
+    let mut last_sequence_for_key = SequenceNumber::MAX;
+
+    while input.valid() {
+        stats.entries_read += 1;
+        let internal = input.key();
+        let parsed =
+            key::parse(internal).ok_or_else(|| Error::corruption(dir, 0, "merge produced a malformed internal key"))?;
+        let new_user_key = !has_current || parsed.user_key != current_user_key.as_slice();
+        if new_user_key {
+            // Tables are cut only between user keys, so no user key spans two
+            // files of one level.
+            if let Some((number, b)) = builder.take_if(|(_, b)| b.estimated_bytes() >= table_bytes_target) {
+                outputs.push(finish_table(number, b)?);
+            }
+            current_user_key.clear();
+            current_user_key.extend_from_slice(parsed.user_key);
+            has_current = true;
+            last_sequence_for_key = SequenceNumber::MAX;
+        }
+        let shadowed = last_sequence_for_key <= policy.smallest_snapshot;
+        let dead_tombstone =
+            parsed.kind == ValueKind::Delete && parsed.sequence <= policy.smallest_snapshot && policy.drop_tombstones;
+        last_sequence_for_key = parsed.sequence;
+        if shadowed || dead_tombstone {
+            stats.entries_dropped += 1;
+        } else {
+            let (_, b) = match &mut builder {
+                Some(open) => open,
+                None => {
+                    let number = next_number();
+                    let file = AppendFile::create_new(&table_path(dir, number))?;
+                    builder.insert((number, TableBuilder::new(file, table_options.clone())))
+                }
+            };
+            b.add(internal, input.value())?;
+        }
+        input.next()?;
+    }
+    if let Some((number, b)) = builder {
+        if b.entries() > 0 {
+            outputs.push(finish_table(number, b)?);
+        }
+    }
+    stats.bytes_written = outputs.iter().map(|m| m.size_bytes).sum();
+    if !outputs.is_empty() {
+        // New file names must be durable before a manifest edit names them.
+        io::sync_dir(dir)?;
+    }
+    Ok((outputs, stats))
+}
+
+fn finish_table(number: u64, builder: TableBuilder) -> Result<FileMeta> {
+    let summary = builder.finish()?;
+    Ok(FileMeta {
+        number,
+        size_bytes: summary.file_bytes,
+        entries: summary.entries,
+        smallest: summary.smallest,
+        largest: summary.largest,
+    })
+}

@@ -1,0 +1,265 @@
+//! The compaction picker: a pure function from the shape of the tree to the
+//! next compaction to run. No I/O, so every decision is unit-tested.
+
+use crate::options::LEVELS;
+
+/// What the picker needs to know about one live file.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileSummary<'a> {
+    pub number: u64,
+    pub size_bytes: u64,
+    /// Smallest user key.
+    pub smallest: &'a [u8],
+    /// Largest user key.
+    pub largest: &'a [u8],
+    /// Whether a running compaction already owns the file.
+    pub busy: bool,
+}
+
+/// The knobs that shape the tree.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Shape {
+    pub l0_compaction_trigger: usize,
+    pub l1_bytes_target: u64,
+    pub level_size_ratio: u64,
+}
+
+impl Shape {
+    /// Target bytes of `level` (L1 and deeper).
+    pub fn level_bytes_target(&self, level: usize) -> u64 {
+        assert!(level >= 1, "L0 is sized by file count, not bytes");
+        let exponent = u32::try_from(level - 1).unwrap_or(u32::MAX);
+        self.l1_bytes_target
+            .saturating_mul(self.level_size_ratio.saturating_pow(exponent))
+    }
+}
+
+/// A compaction to run: `inputs` of `level` merged with the overlapping
+/// `next_inputs` of `level + 1`, written to `level + 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub level: usize,
+    pub inputs: Vec<u64>,
+    pub next_inputs: Vec<u64>,
+}
+
+impl Plan {
+    /// The level the output goes to.
+    pub fn output_level(&self) -> usize {
+        self.level + 1
+    }
+
+    /// Whether the plan can be carried out by moving one file down a level
+    /// without rewriting it.
+    pub fn is_trivial_move(&self) -> bool {
+        self.inputs.len() == 1 && self.next_inputs.is_empty()
+    }
+}
+
+/// How urgently each level needs compaction; >= 1.0 means it does.
+pub(crate) fn scores(levels: &[Vec<FileSummary<'_>>; LEVELS], shape: &Shape) -> [f64; LEVELS] {
+    let mut scores = [0.0; LEVELS];
+    scores[0] = levels[0].len() as f64 / shape.l0_compaction_trigger as f64;
+    // The last level has nowhere to go.
+    for level in 1..LEVELS - 1 {
+        let bytes: u64 = levels[level].iter().map(|f| f.size_bytes).sum();
+        scores[level] = bytes as f64 / shape.level_bytes_target(level) as f64;
+    }
+    scores
+}
+
+/// Picks the most urgent compaction whose files are all free, or `None`.
+///
+/// `cursors[level]` is the largest key compacted last time out of `level`:
+/// files are taken round-robin after it, so every part of the key space is
+/// compacted in turn.
+pub(crate) fn pick(
+    levels: &[Vec<FileSummary<'_>>; LEVELS],
+    shape: &Shape,
+    cursors: &[Vec<u8>; LEVELS],
+) -> Option<Plan> {
+    let scores = scores(levels, shape);
+    let mut order: Vec<usize> = (0..LEVELS - 1).filter(|&l| scores[l] >= 1.0).collect();
+    order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
+    order.into_iter().find_map(|level| {
+        if level == 0 {
+            pick_level0(levels)
+        } else {
+            pick_deeper(levels, level, &cursors[level])
+        }
+    })
+}
+
+fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS]) -> Option<Plan> {
+    // L0 files overlap one another, so all of them go down together, and
+    // only one L0 compaction runs at a time.
+    if levels[0].is_empty() || levels[0].iter().any(|f| f.busy) {
+        return None;
+    }
+    let smallest = levels[0].iter().map(|f| f.smallest).min()?;
+    let largest = levels[0].iter().map(|f| f.largest).max()?;
+    let next_inputs = overlapping(&levels[1], smallest, largest)?;
+    Some(Plan {
+        level: 0,
+        inputs: levels[0].iter().map(|f| f.number).collect(),
+        next_inputs,
+    })
+}
+
+fn pick_deeper(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, cursor: &[u8]) -> Option<Plan> {
+    let files = &levels[level];
+    let start = files.partition_point(|f| f.largest <= cursor);
+    // Try files after the cursor first, then wrap around.
+    files[start..].iter().chain(&files[..start]).find_map(|file| {
+        if file.busy {
+            return None;
+        }
+        let next_inputs = overlapping(&levels[level + 1], file.smallest, file.largest)?;
+        Some(Plan {
+            level,
+            inputs: vec![file.number],
+            next_inputs,
+        })
+    })
+}
+
+/// The files of `files` meeting `[smallest, largest]`; `None` if any of
+/// them is busy (the compaction must wait).
+fn overlapping(files: &[FileSummary<'_>], smallest: &[u8], largest: &[u8]) -> Option<Vec<u64>> {
+    let mut numbers = Vec::new();
+    for file in files {
+        if file.smallest <= largest && file.largest >= smallest {
+            if file.busy {
+                return None;
+            }
+            numbers.push(file.number);
+        }
+    }
+    Some(numbers)
+}
+
+/// Whether no level below `output_level` holds keys in `[smallest, largest]`:
+/// then a tombstone written there shadows nothing and may be dropped.
+pub(crate) fn is_bottommost(
+    levels: &[Vec<FileSummary<'_>>; LEVELS],
+    output_level: usize,
+    smallest: &[u8],
+    largest: &[u8],
+) -> bool {
+    levels[output_level + 1..]
+        .iter()
+        .flatten()
+        .all(|f| f.largest < smallest || f.smallest > largest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: Shape = Shape {
+        l0_compaction_trigger: 4,
+        l1_bytes_target: 1000,
+        level_size_ratio: 10,
+    };
+
+    fn file(number: u64, size_bytes: u64, smallest: &'static str, largest: &'static str) -> FileSummary<'static> {
+        FileSummary {
+            number,
+            size_bytes,
+            smallest: smallest.as_bytes(),
+            largest: largest.as_bytes(),
+            busy: false,
+        }
+    }
+
+    fn no_cursors() -> [Vec<u8>; LEVELS] {
+        Default::default()
+    }
+
+    #[test]
+    fn nothing_to_do_below_every_trigger() {
+        // A small, healthy tree must not be rewritten.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![file(1, 10, "a", "z"); 3];
+        levels[1] = vec![file(2, 999, "a", "z")];
+        assert_eq!(pick(&levels, &SHAPE, &no_cursors()), None);
+    }
+
+    #[test]
+    fn l0_at_its_trigger_compacts_with_the_overlapping_l1_files() {
+        // All of L0 goes down together, with exactly the L1 files it overlaps.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![
+            file(9, 10, "c", "f"),
+            file(8, 10, "d", "g"),
+            file(7, 10, "e", "h"),
+            file(6, 10, "c", "d"),
+        ];
+        levels[1] = vec![
+            file(1, 10, "a", "b"),
+            file(2, 10, "c", "e"),
+            file(3, 10, "g", "k"),
+            file(4, 10, "m", "p"),
+        ];
+        let plan = pick(&levels, &SHAPE, &no_cursors()).expect("a plan");
+        assert_eq!(plan.level, 0);
+        assert_eq!(plan.inputs, vec![9, 8, 7, 6]);
+        assert_eq!(plan.next_inputs, vec![2, 3]);
+        assert!(!plan.is_trivial_move());
+    }
+
+    #[test]
+    fn the_most_oversized_level_goes_first_and_busy_files_are_skipped() {
+        // L2 at 3x its target outranks L1 at 1.5x; a busy L3 file blocks only the plans that need it.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[1] = vec![file(1, 1500, "a", "c")];
+        levels[2] = vec![file(2, 15_000, "a", "f"), file(3, 15_000, "g", "m")];
+        levels[3] = vec![
+            FileSummary {
+                busy: true,
+                ..file(4, 10, "b", "c")
+            },
+            file(5, 10, "h", "i"),
+        ];
+        let plan = pick(&levels, &SHAPE, &no_cursors()).expect("a plan");
+        assert_eq!(
+            plan,
+            Plan {
+                level: 2,
+                inputs: vec![3],
+                next_inputs: vec![5]
+            }
+        );
+    }
+
+    #[test]
+    fn deeper_levels_compact_round_robin_from_the_cursor() {
+        // Successive compactions of one level walk the key space instead of hammering its start.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[1] = vec![file(1, 800, "a", "c"), file(2, 800, "d", "f"), file(3, 800, "g", "i")];
+        let mut cursors = no_cursors();
+        cursors[1] = b"f".to_vec();
+        let plan = pick(&levels, &SHAPE, &cursors).expect("a plan");
+        assert_eq!(plan.inputs, vec![3]);
+        assert!(plan.is_trivial_move());
+        cursors[1] = b"i".to_vec();
+        assert_eq!(pick(&levels, &SHAPE, &cursors).expect("a plan").inputs, vec![1]);
+    }
+
+    #[test]
+    fn tombstones_may_drop_only_where_no_deeper_level_overlaps() {
+        // Dropping a tombstone above an older value would resurrect that value.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[3] = vec![file(1, 10, "m", "p")];
+        assert!(is_bottommost(&levels, 1, b"a", b"l"));
+        assert!(!is_bottommost(&levels, 1, b"a", b"n"));
+        assert!(is_bottommost(&levels, 3, b"a", b"z"));
+    }
+
+    #[test]
+    fn level_targets_grow_by_the_ratio() {
+        // L1 = target, L2 = 10x, L3 = 100x.
+        assert_eq!(SHAPE.level_bytes_target(1), 1000);
+        assert_eq!(SHAPE.level_bytes_target(3), 100_000);
+    }
+}

@@ -1,0 +1,486 @@
+//! The database: opening and recovery, reads, snapshots, and the handles
+//! that tie the write path and the background threads together.
+
+use std::collections::BTreeMap;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::batch::{DecodedBatch, WriteBatch};
+use crate::cache::BlockCache;
+use crate::db_iter::DbIter;
+use crate::error::{Error, Result};
+use crate::io;
+use crate::iterator::InternalIterator;
+use crate::key::SequenceNumber;
+use crate::log::{read_log, LogKind, LogWriter};
+use crate::manifest::{self, VersionSet, CURRENT_FILE};
+use crate::memtable::{Lookup, Memtable};
+use crate::merge::{LevelIterator, MergingIterator};
+use crate::options::{Options, WriteOptions};
+use crate::sstable::TableOptions;
+use crate::stats::{Counters, LevelStats, Stats};
+use crate::version::Version;
+use crate::write::{WriteQueue, WriterState};
+
+/// The file whose lock keeps two processes from opening one database.
+const LOCK_FILE: &str = "LOCK";
+
+/// The name of WAL file `number`.
+pub(crate) fn wal_name(number: u64) -> String {
+    format!("{number:06}.wal")
+}
+
+/// What readers need to read consistently: the memtables and the files.
+#[derive(Debug)]
+pub(crate) struct SuperVersion {
+    pub mem: Arc<Memtable>,
+    /// Frozen memtables, newest first.
+    pub imms: Vec<Arc<Memtable>>,
+    pub version: Arc<Version>,
+}
+
+/// Background work bookkeeping, guarded by one mutex.
+#[derive(Debug, Default)]
+pub(crate) struct BgState {
+    pub shutting_down: bool,
+    /// The first background failure; writes are refused once it is set.
+    pub error: Option<String>,
+    /// Whether a flush or compaction may have created compaction work.
+    pub compaction_wanted: bool,
+    /// Files owned by running compactions.
+    pub busy_files: std::collections::HashSet<u64>,
+    /// Per level, the largest user key compacted last (round-robin cursor).
+    pub cursors: [Vec<u8>; crate::options::LEVELS],
+}
+
+/// Shared state of one open database.
+pub(crate) struct Inner {
+    pub dir: PathBuf,
+    pub options: Options,
+    pub table_options: TableOptions,
+    pub cache: Arc<BlockCache>,
+    pub versions: Mutex<VersionSet>,
+    pub state: RwLock<Arc<SuperVersion>>,
+    /// The newest sequence number readers may see.
+    pub visible_sequence: AtomicU64,
+    pub writer: Mutex<WriterState>,
+    pub queue: Mutex<WriteQueue>,
+    pub bg: Mutex<BgState>,
+    /// Signalled when background threads may have work.
+    pub bg_work: Condvar,
+    /// Signalled when a flush or compaction finished (stalled writers wait).
+    pub bg_done: Condvar,
+    pub snapshots: Mutex<BTreeMap<SequenceNumber, usize>>,
+    /// Metadata of the newest batch written that carried some.
+    pub latest_metadata: Mutex<Option<Bytes>>,
+    pub counters: Counters,
+    pub stopping: AtomicBool,
+    _lock: std::fs::File,
+}
+
+/// An open database. Cheap to clone: clones share one engine, and the
+/// background threads stop when the last clone is dropped.
+#[derive(Clone)]
+pub struct Db {
+    pub(crate) inner: Arc<Inner>,
+    _threads: Arc<BackgroundThreads>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("dir", &self.inner.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+struct BackgroundThreads {
+    inner: Arc<Inner>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for BackgroundThreads {
+    fn drop(&mut self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.inner.bg.lock().shutting_down = true;
+        self.inner.bg_work.notify_all();
+        self.inner.bg_done.notify_all();
+        for handle in self.handles.lock().drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a background thread panicked");
+            }
+        }
+    }
+}
+
+impl Db {
+    /// Opens (or creates) the database in `dir`, replaying its WAL.
+    pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
+        options.validate()?;
+        let dir = dir.as_ref().to_path_buf();
+        if options.create_if_missing {
+            io::create_dir_all(&dir)?;
+        }
+        let lock = lock_dir(&dir)?;
+        let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
+        let mut versions = if dir.join(CURRENT_FILE).exists() {
+            VersionSet::recover(&dir, Arc::clone(&cache))?
+        } else if options.create_if_missing {
+            VersionSet::create(&dir, Arc::clone(&cache))?
+        } else {
+            return Err(Error::InvalidArgument(format!("{} holds no database", dir.display())));
+        };
+
+        let wal_number = versions.new_file_number();
+        let mem = Arc::new(Memtable::new(wal_number));
+        let replayed = replay_wals(&dir, versions.log_number, &mem)?;
+        let last_sequence = versions.last_sequence.max(replayed.last_sequence);
+        // The new WAL exists before old files are swept, and the replayed
+        // WALs stay until the memtable holding their writes is flushed.
+        let wal = LogWriter::create(&dir.join(wal_name(wal_number)), LogKind::Wal)?;
+        io::sync_dir(&dir)?;
+        remove_obsolete_files(&dir, &versions)?;
+
+        let latest_metadata = replayed.metadata.or_else(|| versions.metadata.clone());
+        let version = versions.current();
+        let inner = Arc::new(Inner {
+            table_options: TableOptions::from(&options),
+            dir,
+            cache,
+            versions: Mutex::new(versions),
+            state: RwLock::new(Arc::new(SuperVersion {
+                mem,
+                imms: Vec::new(),
+                version,
+            })),
+            visible_sequence: AtomicU64::new(last_sequence),
+            writer: Mutex::new(WriterState::new(wal, wal_number, last_sequence)),
+            queue: Mutex::new(WriteQueue::default()),
+            bg: Mutex::new(BgState {
+                compaction_wanted: true,
+                ..BgState::default()
+            }),
+            bg_work: Condvar::new(),
+            bg_done: Condvar::new(),
+            snapshots: Mutex::new(BTreeMap::new()),
+            latest_metadata: Mutex::new(latest_metadata),
+            counters: Counters::default(),
+            stopping: AtomicBool::new(false),
+            options,
+            _lock: lock,
+        });
+        let handles = crate::background::spawn(&inner)?;
+        Ok(Db {
+            _threads: Arc::new(BackgroundThreads {
+                inner: Arc::clone(&inner),
+                handles: Mutex::new(handles),
+            }),
+            inner,
+        })
+    }
+
+    /// The value of `key`, or `None` if it is absent or deleted.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.get(key, self.inner.visible_sequence.load(Ordering::Acquire))
+    }
+
+    /// Sets `key` to `value` (no fsync; see [`write`](Self::write)).
+    pub fn put(&self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.put(key, value);
+        self.write(batch, &WriteOptions::default())
+    }
+
+    /// Deletes `key` (no fsync; see [`write`](Self::write)).
+    pub fn delete(&self, key: impl AsRef<[u8]>) -> Result<()> {
+        let mut batch = WriteBatch::new();
+        batch.delete(key);
+        self.write(batch, &WriteOptions::default())
+    }
+
+    /// Applies `batch` atomically. Concurrent callers are committed together:
+    /// one WAL append and at most one fsync for the whole group.
+    pub fn write(&self, batch: WriteBatch, options: &WriteOptions) -> Result<()> {
+        crate::write::write(&self.inner, batch, *options)
+    }
+
+    /// The pairs with keys in `range`, in key order, as of now.
+    pub fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<DbIter> {
+        self.inner
+            .scan(range, self.inner.visible_sequence.load(Ordering::Acquire))
+    }
+
+    /// A consistent point-in-time view for repeatable reads. While it lives,
+    /// compaction keeps the versions it can see.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshots = self.inner.snapshots.lock();
+        // Taken under the lock so compaction never computes its oldest
+        // snapshot between the load and the registration.
+        let sequence = self.inner.visible_sequence.load(Ordering::Acquire);
+        *snapshots.entry(sequence).or_insert(0) += 1;
+        Snapshot {
+            inner: Arc::clone(&self.inner),
+            sequence,
+        }
+    }
+
+    /// Flushes the memtable to a table file and waits until it is durable.
+    pub fn flush(&self) -> Result<()> {
+        crate::write::flush(&self.inner)
+    }
+
+    /// Flushes, then compacts every level down into the next until all data
+    /// sits in the deepest level that holds any, dropping dead versions.
+    pub fn compact_range(&self) -> Result<()> {
+        self.flush()?;
+        crate::background::compact_all(&self.inner)
+    }
+
+    /// Writes a consistent copy of the database into the new directory
+    /// `target` (hard links to the immutable table files plus a fresh
+    /// manifest). Opening `target` gives the state as of this call, minus
+    /// nothing: the memtable is flushed first.
+    pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<()> {
+        self.flush()?;
+        let target = target.as_ref();
+        if target.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "checkpoint target {} already exists",
+                target.display()
+            )));
+        }
+        io::create_dir_all(target)?;
+        let versions = self.inner.versions.lock();
+        manifest::write_checkpoint(&versions, target)
+    }
+
+    /// Metadata of the newest batch written that carried some (see
+    /// [`WriteBatch::set_metadata`]). After a reopen: the newest that survived.
+    pub fn metadata(&self) -> Option<Bytes> {
+        self.inner.latest_metadata.lock().clone()
+    }
+
+    /// Metadata of the newest batch that is in table files, so it survives a
+    /// crash even when it was written with `disable_wal`.
+    pub fn flushed_metadata(&self) -> Option<Bytes> {
+        self.inner.versions.lock().metadata.clone()
+    }
+
+    /// A report of the engine's shape and counters.
+    pub fn stats(&self) -> Stats {
+        self.inner.stats()
+    }
+
+    /// The database directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+/// A point-in-time view of the database. Dropping it lets compaction reclaim
+/// the versions only it could see.
+pub struct Snapshot {
+    inner: Arc<Inner>,
+    sequence: SequenceNumber,
+}
+
+impl Snapshot {
+    /// The value of `key` as of the snapshot.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
+        self.inner.get(key, self.sequence)
+    }
+
+    /// The pairs with keys in `range` as of the snapshot.
+    pub fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<DbIter> {
+        self.inner.scan(range, self.sequence)
+    }
+
+    /// The sequence number the snapshot reads at.
+    pub fn sequence(&self) -> SequenceNumber {
+        self.sequence
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        let mut snapshots = self.inner.snapshots.lock();
+        if let Some(count) = snapshots.get_mut(&self.sequence) {
+            *count -= 1;
+            if *count == 0 {
+                snapshots.remove(&self.sequence);
+            }
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn super_version(&self) -> Arc<SuperVersion> {
+        Arc::clone(&self.state.read())
+    }
+
+    fn get(&self, key: &[u8], snapshot: SequenceNumber) -> Result<Option<Bytes>> {
+        let sv = self.super_version();
+        let found = std::iter::once(&sv.mem)
+            .chain(&sv.imms)
+            .find_map(|table| table.get(key, snapshot));
+        let found = match found {
+            Some(found) => Some(found),
+            None => sv.version.get(key, snapshot)?,
+        };
+        Ok(match found {
+            Some(Lookup::Found(value)) => Some(value),
+            Some(Lookup::Deleted) | None => None,
+        })
+    }
+
+    fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>, snapshot: SequenceNumber) -> Result<DbIter> {
+        let sv = self.super_version();
+        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
+        children.push(Box::new(sv.mem.iter()));
+        for imm in &sv.imms {
+            children.push(Box::new(imm.iter()));
+        }
+        for file in &sv.version.levels[0] {
+            children.push(Box::new(file.table.iter()));
+        }
+        for files in &sv.version.levels[1..] {
+            if !files.is_empty() {
+                children.push(Box::new(LevelIterator::new(files.clone())));
+            }
+        }
+        let owned = |bound: Bound<&&[u8]>| match bound {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        Ok(DbIter::new(
+            MergingIterator::new(children),
+            snapshot,
+            owned(range.start_bound()),
+            owned(range.end_bound()),
+        ))
+    }
+
+    /// The oldest sequence any reader may read at.
+    pub(crate) fn smallest_snapshot(&self) -> SequenceNumber {
+        let snapshots = self.snapshots.lock();
+        let visible = self.visible_sequence.load(Ordering::Acquire);
+        snapshots.keys().next().copied().unwrap_or(visible).min(visible)
+    }
+
+    fn stats(&self) -> Stats {
+        let sv = self.super_version();
+        let c = &self.counters;
+        Stats {
+            levels: sv
+                .version
+                .levels
+                .iter()
+                .map(|files| LevelStats {
+                    files: files.len() as u64,
+                    bytes: files.iter().map(|f| f.meta.size_bytes).sum(),
+                })
+                .collect(),
+            memtable_bytes: sv.mem.approximate_bytes() as u64,
+            immutable_memtables: sv.imms.len() as u64,
+            immutable_memtable_bytes: sv.imms.iter().map(|m| m.approximate_bytes() as u64).sum(),
+            last_sequence: self.visible_sequence.load(Ordering::Acquire),
+            write_stalls: Counters::get(&c.write_stalls),
+            write_stall_micros: Counters::get(&c.write_stall_micros),
+            write_slowdowns: Counters::get(&c.write_slowdowns),
+            write_groups: Counters::get(&c.write_groups),
+            write_batches: Counters::get(&c.write_batches),
+            wal_syncs: Counters::get(&c.wal_syncs),
+            flushes: Counters::get(&c.flushes),
+            compactions: Counters::get(&c.compactions),
+            compaction_bytes_written: Counters::get(&c.compaction_bytes_written),
+            block_cache_hits: self.cache.hits(),
+            block_cache_misses: self.cache.misses(),
+            block_cache_bytes: self.cache.used_bytes(),
+            table_memory_bytes: sv.version.files().map(|(_, f)| f.table.memory_bytes() as u64).sum(),
+        }
+    }
+}
+
+fn lock_dir(dir: &Path) -> Result<std::fs::File> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::io("open", &path, e))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io("lock", &path, e)),
+    }
+}
+
+struct Replayed {
+    last_sequence: SequenceNumber,
+    metadata: Option<Bytes>,
+}
+
+/// Replays every WAL numbered `log_number` or above into `mem`, oldest first.
+fn replay_wals(dir: &Path, log_number: u64, mem: &Memtable) -> Result<Replayed> {
+    let mut numbers: Vec<u64> = io::list_dir(dir)?
+        .iter()
+        .filter_map(|name| name.strip_suffix(".wal")?.parse().ok())
+        .filter(|&n| n >= log_number)
+        .collect();
+    numbers.sort_unstable();
+    let mut replayed = Replayed {
+        last_sequence: 0,
+        metadata: None,
+    };
+    for number in numbers {
+        let path = dir.join(wal_name(number));
+        let contents = read_log(&path, LogKind::Wal)?;
+        if contents.torn_tail {
+            tracing::warn!(path = %path.display(), valid_bytes = contents.valid_bytes, "dropped a torn WAL tail");
+        }
+        for (index, record) in contents.records().enumerate() {
+            let batch = DecodedBatch::decode(record)
+                .ok_or_else(|| Error::corruption(&path, 0, format!("WAL record {index} is not a valid batch")))?;
+            mem.insert(batch.entries(), batch.first_sequence, batch.metadata);
+            let last = batch.first_sequence + u64::from(batch.count);
+            replayed.last_sequence = replayed.last_sequence.max(last.saturating_sub(1));
+            if let Some(metadata) = batch.metadata {
+                replayed.metadata = Some(Bytes::copy_from_slice(metadata));
+            }
+        }
+    }
+    Ok(replayed)
+}
+
+/// Deletes what the manifest no longer needs: tables it does not name, WALs
+/// below its log number, other manifests, temp files left by a crash.
+fn remove_obsolete_files(dir: &Path, versions: &VersionSet) -> Result<()> {
+    let version = versions.current();
+    let live: std::collections::HashSet<u64> = version.files().map(|(_, f)| f.meta.number).collect();
+    let current_manifest = manifest::manifest_name(versions.manifest_number());
+    for name in io::list_dir(dir)? {
+        let obsolete = if let Some(stem) = name.strip_suffix(".sst") {
+            stem.parse::<u64>().is_ok_and(|n| !live.contains(&n))
+        } else if let Some(stem) = name.strip_suffix(".wal") {
+            stem.parse::<u64>().is_ok_and(|n| n < versions.log_number)
+        } else if name.starts_with("MANIFEST-") {
+            name != current_manifest
+        } else {
+            name.ends_with(".tmp")
+        };
+        if obsolete {
+            io::remove_if_exists(&dir.join(&name))?;
+        }
+    }
+    Ok(())
+}

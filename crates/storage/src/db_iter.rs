@@ -1,0 +1,119 @@
+//! The user-facing cursor: the newest visible version of each key in a
+//! range, tombstones hidden, over a fixed snapshot.
+
+use std::ops::Bound;
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::iterator::InternalIterator;
+use crate::key::{self, SequenceNumber, ValueKind};
+use crate::merge::MergingIterator;
+
+/// An iterator over `(key, value)` pairs in key order, as of one snapshot.
+///
+/// It pins the memtables and table files it reads, so it keeps seeing the
+/// same data however long it lives; hold it only as long as needed, as the
+/// pinned files cannot be deleted meanwhile. Take a prefix with
+/// [`Iterator::take`] to bound a scan.
+pub struct DbIter {
+    merged: MergingIterator,
+    snapshot: SequenceNumber,
+    start: Bound<Vec<u8>>,
+    end: Bound<Vec<u8>>,
+    last_user_key: Vec<u8>,
+    has_last: bool,
+    state: IterState,
+}
+
+enum IterState {
+    NotStarted,
+    Running,
+    Done,
+}
+
+impl DbIter {
+    pub(crate) fn new(
+        merged: MergingIterator,
+        snapshot: SequenceNumber,
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+    ) -> Self {
+        DbIter {
+            merged,
+            snapshot,
+            start,
+            end,
+            last_user_key: Vec::new(),
+            has_last: false,
+            state: IterState::NotStarted,
+        }
+    }
+
+    fn position(&mut self) -> Result<()> {
+        match &self.start {
+            Bound::Unbounded => self.merged.seek_to_first(),
+            Bound::Included(start) | Bound::Excluded(start) => {
+                let target = key::seek_key(start, self.snapshot);
+                self.merged.seek(&target)
+            }
+        }
+    }
+
+    fn before_end(&self, user_key: &[u8]) -> bool {
+        match &self.end {
+            Bound::Unbounded => true,
+            Bound::Included(end) => user_key <= end.as_slice(),
+            Bound::Excluded(end) => user_key < end.as_slice(),
+        }
+    }
+
+    fn advance(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        if matches!(self.state, IterState::NotStarted) {
+            self.state = IterState::Running;
+            self.position()?;
+        } else {
+            self.merged.next()?;
+        }
+        while self.merged.valid() {
+            let parsed = key::parse(self.merged.key())
+                .ok_or_else(|| Error::corruption("<merged iterator>", 0, "malformed internal key"))?;
+            let is_visible = parsed.sequence <= self.snapshot;
+            let is_newest_version = !self.has_last || parsed.user_key != self.last_user_key.as_slice();
+            let after_start = !matches!(&self.start, Bound::Excluded(s) if parsed.user_key == s.as_slice());
+            if is_visible && is_newest_version {
+                if !self.before_end(parsed.user_key) {
+                    return Ok(None);
+                }
+                self.last_user_key.clear();
+                self.last_user_key.extend_from_slice(parsed.user_key);
+                self.has_last = true;
+                if parsed.kind == ValueKind::Put && after_start {
+                    let pair = (
+                        Bytes::copy_from_slice(parsed.user_key),
+                        Bytes::copy_from_slice(self.merged.value()),
+                    );
+                    return Ok(Some(pair));
+                }
+            }
+            self.merged.next()?;
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for DbIter {
+    type Item = Result<(Bytes, Bytes)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if matches!(self.state, IterState::Done) {
+            return None;
+        }
+        let item = self.advance();
+        if !matches!(item, Ok(Some(_))) {
+            // After the end or an error the cursor stays finished.
+            self.state = IterState::Done;
+        }
+        item.transpose()
+    }
+}

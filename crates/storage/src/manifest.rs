@@ -1,0 +1,340 @@
+//! The manifest: a log of [`VersionEdit`]s that says which files are live.
+//!
+//! `CURRENT` names the manifest in use. Every change to the set of live
+//! files is one manifest record, synced before the change takes effect, so
+//! after a crash the live set is exactly what the last synced record says.
+//! A new manifest is started at every open (and when one grows large): it
+//! begins with one edit describing the whole current state, then `CURRENT`
+//! is replaced atomically to point at it.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::cache::BlockCache;
+use crate::error::{Error, Result};
+use crate::io::{self, ReadFile};
+use crate::key::SequenceNumber;
+use crate::log::{read_log, LogKind, LogWriter};
+use crate::options::LEVELS;
+use crate::sstable::Table;
+use crate::version::{table_path, FileMeta, TableFile, Version, VersionEdit};
+
+/// The file naming the manifest in use.
+pub(crate) const CURRENT_FILE: &str = "CURRENT";
+/// A manifest larger than this is replaced by a fresh one at the next edit.
+const MANIFEST_BYTES_MAX: u64 = 64 << 20;
+
+/// The name of manifest `number`.
+pub(crate) fn manifest_name(number: u64) -> String {
+    format!("MANIFEST-{number:06}")
+}
+
+/// The live files and the counters that go with them.
+#[derive(Debug)]
+pub(crate) struct VersionSet {
+    dir: PathBuf,
+    cache: Arc<BlockCache>,
+    manifest: LogWriter,
+    manifest_number: u64,
+    current: Arc<Version>,
+    next_file_number: u64,
+    /// WAL files numbered below this are fully in tables.
+    pub log_number: u64,
+    /// The largest sequence number in the tables.
+    pub last_sequence: SequenceNumber,
+    /// Caller metadata of the newest write in the tables.
+    pub metadata: Option<Bytes>,
+}
+
+/// State rebuilt by replaying a manifest.
+#[derive(Default)]
+struct Replayed {
+    files: [Vec<FileMeta>; LEVELS],
+    next_file_number: u64,
+    log_number: u64,
+    last_sequence: SequenceNumber,
+    metadata: Option<Bytes>,
+}
+
+impl VersionSet {
+    /// Creates the manifest of an empty database in `dir`.
+    pub fn create(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+        let replayed = Replayed {
+            next_file_number: 1,
+            ..Replayed::default()
+        };
+        Self::install(dir, cache, replayed, Version::default())
+    }
+
+    /// Recovers the live set from the manifest `CURRENT` names, then starts
+    /// a fresh manifest holding just that state.
+    pub fn recover(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+        let current_path = dir.join(CURRENT_FILE);
+        let current = io::read_if_exists(&current_path)?
+            .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT is missing"))?;
+        let name = std::str::from_utf8(&current)
+            .ok()
+            .and_then(|s| s.strip_suffix('\n'))
+            .filter(|s| s.starts_with("MANIFEST-") && !s.contains('/'))
+            .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT does not name a manifest"))?;
+        let manifest_path = dir.join(name);
+        let mut replayed = replay(&manifest_path)?;
+        // WALs and tables being written take numbers the manifest has not
+        // recorded yet; a crash leaves them behind. Never reuse one.
+        let highest_on_disk = io::list_dir(dir)?
+            .iter()
+            .filter_map(|name| file_number_of(name))
+            .max()
+            .unwrap_or(0);
+        replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
+
+        let mut version = Version::default();
+        for (level, metas) in replayed.files.iter().enumerate() {
+            for meta in metas {
+                version.levels[level].push(open_table(dir, &cache, meta.clone())?);
+            }
+        }
+        let version = version.apply(&VersionEdit::default(), &[]);
+        Self::install(dir, cache, replayed, version)
+    }
+
+    /// Writes a new manifest describing `replayed`/`version` and points
+    /// `CURRENT` at it.
+    fn install(dir: &Path, cache: Arc<BlockCache>, mut replayed: Replayed, version: Version) -> Result<Self> {
+        let manifest_number = replayed.next_file_number;
+        replayed.next_file_number += 1;
+        let manifest = write_snapshot_manifest(dir, manifest_number, &replayed, &version)?;
+        Ok(VersionSet {
+            dir: dir.to_path_buf(),
+            cache,
+            manifest,
+            manifest_number,
+            current: Arc::new(version),
+            next_file_number: replayed.next_file_number,
+            log_number: replayed.log_number,
+            last_sequence: replayed.last_sequence,
+            metadata: replayed.metadata,
+        })
+    }
+
+    /// The current version.
+    pub fn current(&self) -> Arc<Version> {
+        Arc::clone(&self.current)
+    }
+
+    /// The number of the manifest in use.
+    pub fn manifest_number(&self) -> u64 {
+        self.manifest_number
+    }
+
+    /// Allocates a file number (tables, WALs and manifests share the space).
+    pub fn new_file_number(&mut self) -> u64 {
+        let number = self.next_file_number;
+        self.next_file_number += 1;
+        number
+    }
+
+    /// Makes `edit` durable in the manifest, then installs the version it
+    /// produces. `added` are the opened files of `edit.new_files`.
+    pub fn log_and_apply(&mut self, mut edit: VersionEdit, added: &[(usize, Arc<TableFile>)]) -> Result<Arc<Version>> {
+        assert_eq!(
+            edit.new_files.len(),
+            added.len(),
+            "every new file of an edit must be opened"
+        );
+        let next = self.current.apply(&edit, added);
+        edit.next_file_number = Some(self.next_file_number);
+        if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
+            self.roll_manifest(&edit, &next)?;
+        } else {
+            self.manifest.add_record(&edit.encode())?;
+            // The edit must be durable before the version it describes is
+            // used: readers may be handed the new files, and the caller
+            // deletes the inputs and WALs it makes obsolete.
+            self.manifest.sync()?;
+        }
+        self.absorb_counters(&edit);
+        self.current = Arc::new(next);
+        Ok(self.current())
+    }
+
+    fn absorb_counters(&mut self, edit: &VersionEdit) {
+        if let Some(n) = edit.log_number {
+            self.log_number = self.log_number.max(n);
+        }
+        if let Some(n) = edit.last_sequence {
+            self.last_sequence = self.last_sequence.max(n);
+        }
+        if let Some(m) = &edit.metadata {
+            self.metadata = Some(m.clone());
+        }
+    }
+
+    fn roll_manifest(&mut self, edit: &VersionEdit, next: &Version) -> Result<()> {
+        let number = self.new_file_number();
+        let mut replayed = Replayed {
+            next_file_number: self.next_file_number,
+            log_number: self.log_number.max(edit.log_number.unwrap_or(0)),
+            last_sequence: self.last_sequence.max(edit.last_sequence.unwrap_or(0)),
+            metadata: edit.metadata.clone().or_else(|| self.metadata.clone()),
+            ..Replayed::default()
+        };
+        for (level, files) in next.levels.iter().enumerate() {
+            replayed.files[level] = files.iter().map(|f| f.meta.clone()).collect();
+        }
+        let old = self.manifest_number;
+        self.manifest = write_snapshot_manifest(&self.dir, number, &replayed, next)?;
+        self.manifest_number = number;
+        io::remove_if_exists(&self.dir.join(manifest_name(old)))
+    }
+
+    /// Opens a table file just written by a flush or compaction.
+    pub fn open_table(&self, meta: FileMeta) -> Result<Arc<TableFile>> {
+        open_table(&self.dir, &self.cache, meta)
+    }
+}
+
+/// The number in a WAL, table or manifest file name.
+fn file_number_of(name: &str) -> Option<u64> {
+    let stem = name
+        .strip_suffix(".wal")
+        .or_else(|| name.strip_suffix(".sst"))
+        .or_else(|| name.strip_prefix("MANIFEST-"))?;
+    stem.parse().ok()
+}
+
+fn open_table(dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
+    let path = table_path(dir, meta.number);
+    let file = ReadFile::open(&path)?;
+    if file.len_bytes() != meta.size_bytes {
+        return Err(Error::corruption(
+            &path,
+            file.len_bytes(),
+            format!(
+                "table has {} bytes, the manifest says {}",
+                file.len_bytes(),
+                meta.size_bytes
+            ),
+        ));
+    }
+    let table = Table::open(file, meta.number, Arc::clone(cache))?;
+    assert_eq!(
+        table.file_number(),
+        meta.number,
+        "a table opened under another file's number"
+    );
+    if table.entries() != meta.entries {
+        return Err(Error::corruption(
+            &path,
+            0,
+            format!(
+                "table holds {} entries, the manifest says {}",
+                table.entries(),
+                meta.entries
+            ),
+        ));
+    }
+    Ok(TableFile::new(meta, table, path))
+}
+
+fn replay(path: &Path) -> Result<Replayed> {
+    let contents = read_log(path, LogKind::Manifest)?;
+    if contents.is_empty() {
+        return Err(Error::corruption(path, 0, "manifest holds no edit"));
+    }
+    let mut state = Replayed::default();
+    let mut live: [std::collections::BTreeMap<u64, FileMeta>; LEVELS] = Default::default();
+    for (index, record) in contents.records().enumerate() {
+        let edit = VersionEdit::decode(record)
+            .map_err(|reason| Error::corruption(path, 0, format!("edit {index}: {reason}")))?;
+        for &(level, number) in &edit.deleted_files {
+            if live[level].remove(&number).is_none() {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("edit {index} deletes unknown file {number}"),
+                ));
+            }
+        }
+        for (level, meta) in edit.new_files {
+            live[level].insert(meta.number, meta);
+        }
+        if let Some(n) = edit.next_file_number {
+            state.next_file_number = n;
+        }
+        if let Some(n) = edit.log_number {
+            state.log_number = state.log_number.max(n);
+        }
+        if let Some(n) = edit.last_sequence {
+            state.last_sequence = state.last_sequence.max(n);
+        }
+        if edit.metadata.is_some() {
+            state.metadata = edit.metadata;
+        }
+    }
+    for (level, files) in live.into_iter().enumerate() {
+        state.files[level] = files.into_values().collect();
+    }
+    let max_file = state.files.iter().flatten().map(|f| f.number).max().unwrap_or(0);
+    if state.next_file_number <= max_file {
+        return Err(Error::corruption(
+            path,
+            0,
+            "next file number is not above every live file",
+        ));
+    }
+    Ok(state)
+}
+
+/// Writes manifest `number` holding one edit that describes the whole state,
+/// syncs it, and atomically points `CURRENT` at it.
+fn write_snapshot_manifest(dir: &Path, number: u64, state: &Replayed, version: &Version) -> Result<LogWriter> {
+    let edit = VersionEdit {
+        log_number: Some(state.log_number),
+        next_file_number: Some(state.next_file_number),
+        last_sequence: Some(state.last_sequence),
+        metadata: state.metadata.clone(),
+        deleted_files: Vec::new(),
+        new_files: version.files().map(|(level, f)| (level, f.meta.clone())).collect(),
+    };
+    let name = manifest_name(number);
+    let mut writer = LogWriter::create(&dir.join(&name), LogKind::Manifest)?;
+    writer.add_record(&edit.encode())?;
+    writer.sync()?;
+    // The new manifest is complete and durable before CURRENT names it; a
+    // crash before the rename leaves CURRENT on the old, still valid one.
+    io::write_atomically(dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
+    Ok(writer)
+}
+
+/// Writes a checkpoint of the current state into the empty directory
+/// `target`: hard links to every live table and a manifest naming them.
+/// The caller holds the version set, so the state cannot change meanwhile,
+/// and has flushed the memtable, so no WAL is needed.
+pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<()> {
+    let version = versions.current();
+    for (_, file) in version.files() {
+        // Table files are immutable, so a link is as good as a copy.
+        io::hard_link(file.path(), &table_path(target, file.meta.number))?;
+    }
+    let manifest_number = versions.next_file_number;
+    let mut state = Replayed {
+        next_file_number: manifest_number + 1,
+        // No WAL below this number belongs to the checkpoint.
+        log_number: manifest_number,
+        last_sequence: versions.last_sequence,
+        metadata: versions.metadata.clone(),
+        ..Replayed::default()
+    };
+    for (level, files) in version.levels.iter().enumerate() {
+        state.files[level] = files.iter().map(|f| f.meta.clone()).collect();
+    }
+    // Syncs the links' directory entries along with CURRENT.
+    write_snapshot_manifest(target, manifest_number, &state, &version)?;
+    if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
+        io::sync_dir(parent)?;
+    }
+    Ok(())
+}

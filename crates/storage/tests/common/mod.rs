@@ -1,0 +1,39 @@
+//! Helpers shared by the engine's integration tests.
+
+#![allow(dead_code)]
+
+use storage::Options;
+
+/// Options that make a small data set exercise flushes, L0 compactions and
+/// deeper levels within a test's few thousand writes.
+pub fn small_options() -> Options {
+    Options {
+        memtable_bytes_max: 16 * 1024,
+        immutable_memtables_max: 2,
+        block_bytes_target: 256,
+        block_cache_bytes: 64 * 1024,
+        table_bytes_target: 8 * 1024,
+        l0_compaction_trigger: 2,
+        l0_slowdown_trigger: 6,
+        l0_stop_trigger: 10,
+        l1_bytes_target: 32 * 1024,
+        level_size_ratio: 4,
+        ..Options::default()
+    }
+}
+
+/// The seed for a randomized test: `STORAGE_SEED` if set, else random.
+/// Printed so a failure can be rerun.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("STORAGE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    eprintln!("{test}: seed {seed} (rerun with STORAGE_SEED={seed})");
+    seed
+}
+
+/// A count from the environment variable `name`, else `default`.
+pub fn env_count(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
