@@ -43,6 +43,22 @@ fn spawn_named(name: &str, body: impl FnOnce() + Send + 'static) -> Result<JoinH
         .map_err(|e| Error::io("spawn thread", name, e))
 }
 
+/// Runs `work`, turning a panic (a broken invariant) into an error, so the
+/// bookkeeping around it is undone and waiters see a failure, not a hang.
+fn run_guarded(work: impl FnOnce() -> Result<()>) -> Result<()> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)) {
+        Ok(result) => result,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| panic.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Err(Error::Background(format!("background work panicked: {message}")))
+        }
+    }
+}
+
 /// Records a background failure: writes are refused from now on.
 fn fail(inner: &Inner, error: &Error) {
     if inner.stopping.load(Ordering::Acquire) {
@@ -67,7 +83,7 @@ fn flush_loop(inner: &Inner) {
                 inner.bg_work.wait_for(&mut bg, IDLE_RECHECK);
             }
         };
-        if let Err(error) = flush_memtable(inner, &oldest) {
+        if let Err(error) = run_guarded(|| flush_memtable(inner, &oldest)) {
             return fail(inner, &error);
         }
         inner.bg.lock().compaction_wanted = true;
@@ -159,7 +175,7 @@ fn compaction_loop(inner: &Inner) {
             }
         };
         let (plan, version) = plan;
-        let result = run_compaction(inner, &plan, &version);
+        let result = run_guarded(|| run_compaction(inner, &plan, &version));
         let mut bg = inner.bg.lock();
         for number in plan.inputs.iter().chain(&plan.next_inputs) {
             bg.busy_files.remove(number);
@@ -336,7 +352,7 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
             bg.busy_files
                 .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
             drop(bg);
-            let result = run_compaction(inner, &plan, &version);
+            let result = run_guarded(|| run_compaction(inner, &plan, &version));
             let mut bg = inner.bg.lock();
             for number in plan.inputs.iter().chain(&plan.next_inputs) {
                 bg.busy_files.remove(number);

@@ -245,8 +245,10 @@ impl Db {
     /// Writes a consistent copy of the database into the new directory
     /// `target` (hard links to the immutable table files plus a fresh
     /// manifest). Opening `target` gives the state as of this call, minus
-    /// nothing: the memtable is flushed first.
-    pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<()> {
+    /// nothing: the memtable is flushed first. Returns the checkpoint's
+    /// metadata (see [`flushed_metadata`](Self::flushed_metadata)), which
+    /// describes exactly the state it holds.
+    pub fn checkpoint(&self, target: impl AsRef<Path>) -> Result<Option<Bytes>> {
         self.flush()?;
         let target = target.as_ref();
         if target.exists() {
@@ -257,7 +259,8 @@ impl Db {
         }
         io::create_dir_all(target)?;
         let versions = self.inner.versions.lock();
-        manifest::write_checkpoint(&versions, target)
+        manifest::write_checkpoint(&versions, target)?;
+        Ok(versions.metadata.clone())
     }
 
     /// Metadata of the newest batch written that carried some (see

@@ -279,14 +279,23 @@ fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<
     crate::io::sync_dir(&inner.dir)?;
     writer.wal = wal;
     writer.wal_number = number;
-    let mut imms = Vec::with_capacity(sv.imms.len() + 1);
-    imms.push(Arc::clone(&sv.mem));
-    imms.extend(sv.imms.iter().cloned());
-    *inner.state.write() = Arc::new(SuperVersion {
+    // Built from the state as it is now, under its lock: a flush or
+    // compaction may have installed a newer version (or dropped a flushed
+    // memtable) since `sv` was read, and that must not be undone.
+    let mut state = inner.state.write();
+    assert!(
+        Arc::ptr_eq(&state.mem, &sv.mem),
+        "only the write leader replaces the active memtable"
+    );
+    let mut imms = Vec::with_capacity(state.imms.len() + 1);
+    imms.push(Arc::clone(&state.mem));
+    imms.extend(state.imms.iter().cloned());
+    *state = Arc::new(SuperVersion {
         mem: Arc::new(Memtable::new(number)),
         imms,
-        version: Arc::clone(&sv.version),
+        version: Arc::clone(&state.version),
     });
+    drop(state);
     inner.bg_work.notify_all();
     Ok(())
 }
