@@ -93,6 +93,10 @@ pub fn membership_to_pb(membership: &Membership) -> pb::Membership {
 
 /// Decodes a membership configuration.
 pub fn membership_from_pb(membership: &pb::Membership) -> Result<Membership, CodecError> {
+    if membership.configs.is_empty() && membership.nodes.is_empty() {
+        // The membership of a node that has never been initialized.
+        return Ok(Membership::default());
+    }
     if membership.configs.is_empty() {
         return Err(CodecError {
             what: "Membership",

@@ -5,6 +5,21 @@
 //!
 //! - `types`: the Raft type configuration.
 //! - `codec`: openraft values to and from their `raft.v1` protobufs.
+//! - `log_store`: the Raft log (segment files, group commit).
+//! - `state_machine`: commands applied to the engine; snapshots.
+//! - `network`: the Raft transport to peers (gRPC client).
+//! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
+//! - `config`: node configuration and request limits.
+//! - `node`: everything wired together.
 
 pub mod codec;
+pub mod config;
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod service;
+pub mod state_machine;
 pub mod types;
+
+pub use config::{Limits, NodeConfig, RaftTiming};
+pub use node::{KvNode, NodeError};

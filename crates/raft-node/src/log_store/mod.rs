@@ -1,0 +1,540 @@
+//! The Raft log store: openraft's `RaftLogStorage` over append-only
+//! segment files, with every live entry kept in memory.
+//!
+//! # Layout
+//!
+//! - `segment`: file naming, the file header, record framing, the
+//!   recovery scan (torn tail versus corruption).
+//! - `record`: the record types (entry, vote, committed, purged).
+//! - `sync`: the group-commit thread.
+//! - `reader`: the in-memory log and [`LogReader`].
+//! - `recovery`: rebuilding the log on open.
+//! - `raft`: the openraft trait implementations.
+//!
+//! The byte format is in `docs/log-store-format.md`.
+//!
+//! # Design
+//!
+//! The log is one stream of records spread over segment files
+//! `log-<n:020>.seg`, numbered by a counter (not by first index, so a
+//! segment holding no entry, or one reused after a truncation, still has a
+//! unique name). Entries, votes, committed ids and purge points are all
+//! records of that one stream; the last record of each kind wins.
+//!
+//! Every segment starts, right after its header, with the current vote,
+//! committed and purged records, synced before the segment is used. So the
+//! newest segment alone always holds the whole non-entry state, and older
+//! segments can be deleted (by `purge`) or cut (by `truncate`) without
+//! losing it.
+//!
+//! # Durability and ordering
+//!
+//! - `append` writes all its entries with one `write`, makes them readable,
+//!   and hands the callback to the sync thread, which runs one `fsync` for
+//!   every append that arrived meanwhile (group commit).
+//! - `save_vote` and `purge` fsync before returning.
+//! - `save_committed` is not synced on its own: the next fsync covers it,
+//!   and losing it is safe (openraft re-learns the committed index).
+//! - A failed write or fsync stops the store ([`LogStoreError::Failed`])
+//!   until it is reopened: after a failed fsync what reached the disk is
+//!   unknown, and recovery, not the running store, can tell.
+//!
+//! # Memory
+//!
+//! All live entries are held in memory, so memory grows with the entries
+//! between the last purge and the log's end. openraft bounds that through
+//! the node's snapshot policy: it purges up to a snapshot once it is built,
+//! keeping `max_in_snapshot_log_to_keep` entries behind it, so at most
+//! about `snapshot_policy` + `max_in_snapshot_log_to_keep` entries (times
+//! their size) are held, plus what a purge delayed by a lagging follower
+//! keeps.
+//!
+//! # Blocking
+//!
+//! The trait methods do their file I/O on the calling task (`save_vote`,
+//! `purge` and `truncate` each include an fsync); the log store is driven by
+//! openraft's single core task, which waits for each of them anyway.
+
+mod error;
+mod raft;
+mod reader;
+mod record;
+mod recovery;
+mod segment;
+mod sync;
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+
+pub use self::error::LogStoreError;
+pub use self::reader::LogReader;
+use self::reader::{Log, Slot};
+use self::record::{encode_entry, Record};
+pub use self::segment::RECORD_BYTES_MAX;
+use self::segment::{create_segment, frame, segment_path, sync_dir};
+use self::sync::Syncer;
+use crate::types::{Entry, LogId, Vote};
+
+/// Default size after which appends go to a new segment, in bytes.
+pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+
+/// Tuning of a [`LogStore`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStoreOptions {
+    /// Once the current segment holds this many bytes, the next write goes
+    /// to a new segment (a soft limit: one append's batch is never split).
+    /// Purge frees disk space one whole segment at a time, so smaller
+    /// segments free space sooner but cost more files and an fsync per roll.
+    /// Default: [`SEGMENT_BYTES_MAX`] (64 MiB).
+    pub segment_bytes_max: u64,
+}
+
+impl Default for LogStoreOptions {
+    fn default() -> Self {
+        LogStoreOptions {
+            segment_bytes_max: SEGMENT_BYTES_MAX,
+        }
+    }
+}
+
+/// Counters describing what a [`LogStore`] has done since it opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct LogStoreMetrics {
+    /// Calls to `append` that wrote at least one entry.
+    pub append_calls: u64,
+    /// Entries appended.
+    pub entries_appended: u64,
+    /// fsyncs of segment data (group commits, votes, purges, rolls, ...).
+    pub segment_syncs: u64,
+    /// Segment files in the directory.
+    pub segments: usize,
+}
+
+/// The vote, committed and purged ids: the log's state besides entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DurableState {
+    /// The latest vote.
+    pub(crate) vote: Option<Vote>,
+    /// The latest committed log id.
+    pub(crate) committed: Option<LogId>,
+    /// The last purged log id.
+    pub(crate) purged: Option<LogId>,
+}
+
+impl DurableState {
+    /// The state as framed records, to open a new segment with.
+    fn framed(&self) -> Vec<u8> {
+        let mut framed = Vec::new();
+        let records = [
+            self.vote.map(Record::Vote),
+            self.committed.map(Record::Committed),
+            self.purged.map(Record::Purged),
+        ];
+        for record in records.into_iter().flatten() {
+            frame(&mut framed, &record.encode());
+        }
+        framed
+    }
+}
+
+/// What the store tracks about a segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SegmentInfo {
+    /// The index of its last live entry, `None` if it holds none.
+    pub(crate) last_index: Option<u64>,
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Current {
+    seq: u64,
+    path: PathBuf,
+    file: Arc<File>,
+    len_bytes: u64,
+}
+
+/// The Raft log of one node, stored in a directory of segment files.
+///
+/// Implements openraft's `RaftLogStorage` and `RaftLogReader`; see the
+/// module documentation for the format, durability and memory use.
+#[derive(Debug)]
+pub struct LogStore {
+    dir: PathBuf,
+    options: LogStoreOptions,
+    log: Arc<RwLock<Log>>,
+    state: DurableState,
+    segments: BTreeMap<u64, SegmentInfo>,
+    current: Current,
+    syncer: Syncer,
+    metrics: LogStoreMetrics,
+}
+
+impl LogStore {
+    /// Opens (creating if missing) the log store in `dir` with default
+    /// options, recovering what a crash left.
+    pub fn open(dir: &Path) -> Result<LogStore, LogStoreError> {
+        LogStore::open_with(dir, LogStoreOptions::default())
+    }
+
+    /// Opens (creating if missing) the log store in `dir`.
+    ///
+    /// Recovery cuts a torn record off the end of the last segment and
+    /// refuses ([`LogStoreError::Corrupt`]) any other damage. Appends then
+    /// go to a new segment.
+    pub fn open_with(dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| LogStoreError::io("create directory", dir, e))?;
+        let recovered = recovery::recover(dir)?;
+        let mut segments = recovered.segments;
+        // Appends always start in a fresh segment, never after a recovered
+        // tail: a segment whose creation a crash interrupted may lack the
+        // state records every current segment must begin with.
+        let current = start_segment(dir, recovered.next_seq, &recovered.state)?;
+        segments.insert(current.seq, SegmentInfo { last_index: None });
+        let syncer = Syncer::start(Arc::clone(&current.file))
+            .map_err(|e| LogStoreError::io("start the sync thread for", dir, e))?;
+        Ok(LogStore {
+            dir: dir.to_path_buf(),
+            options,
+            log: Arc::new(RwLock::new(recovered.log)),
+            state: recovered.state,
+            segments,
+            current,
+            syncer,
+            metrics: LogStoreMetrics::default(),
+        })
+    }
+
+    /// A read handle sharing this store's in-memory entries.
+    pub fn reader(&self) -> LogReader {
+        LogReader {
+            log: Arc::clone(&self.log),
+        }
+    }
+
+    /// Counters since the store opened.
+    pub fn metrics(&self) -> LogStoreMetrics {
+        LogStoreMetrics {
+            segment_syncs: self.syncer.sync_count(),
+            segments: self.segments.len(),
+            ..self.metrics
+        }
+    }
+
+    /// The last purged log id and the last log id (the last entry's, or the
+    /// last purged one when no entry is left).
+    pub fn log_state(&self) -> (Option<LogId>, Option<LogId>) {
+        let last = self.log.read().last_log_id().or(self.state.purged);
+        (self.state.purged, last)
+    }
+
+    /// The latest saved vote.
+    pub fn vote(&self) -> Option<Vote> {
+        self.state.vote
+    }
+
+    /// The latest saved committed log id.
+    pub fn committed(&self) -> Option<LogId> {
+        self.state.committed
+    }
+
+    /// Appends `entries` (which must continue the log) and returns once
+    /// they are written and readable, before they are durable;
+    /// `on_durable` runs on the sync thread once they are (or with the
+    /// error if they may not be). openraft's `append` is this with its
+    /// `LogFlushed` callback.
+    ///
+    /// Callbacks run in append order and must not block or panic: they run
+    /// on the one sync thread (or at once on the caller's thread, with an
+    /// error, if the store has already failed).
+    pub fn append_with_callback<I>(
+        &mut self,
+        entries: I,
+        on_durable: impl FnOnce(io::Result<()>) + Send + 'static,
+    ) -> Result<(), LogStoreError>
+    where
+        I: IntoIterator<Item = Entry>,
+    {
+        self.check_usable()?;
+        let mut expected = self.next_index();
+        let purged_index = self.state.purged.map(|p| p.index);
+        let mut framed = Vec::new();
+        let mut batch = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            if self.log.read().last_log_id().is_none() && purged_index.is_some_and(|p| index <= p) {
+                // Already covered by a snapshot: nothing to keep. openraft
+                // itself never sends these; its conformance suite does,
+                // right after it purged an empty log up to the state
+                // machine's applied index.
+                continue;
+            }
+            match expected {
+                Some(expected) if expected != index => {
+                    return Err(LogStoreError::NotContiguous { expected, got: index });
+                }
+                _ => expected = Some(index + 1),
+            }
+            let payload = encode_entry(&entry);
+            if payload.len() > RECORD_BYTES_MAX {
+                return Err(LogStoreError::RecordTooLarge {
+                    bytes: payload.len(),
+                    max: RECORD_BYTES_MAX,
+                });
+            }
+            let at = framed.len() as u64;
+            frame(&mut framed, &payload);
+            batch.push((entry, at));
+        }
+        let Some(last_index) = batch.last().map(|(entry, _)| entry.log_id.index) else {
+            // Nothing to write, but the callback still runs in order.
+            self.syncer.submit(Box::new(on_durable));
+            return Ok(());
+        };
+        let base = self.write_framed(&framed)?;
+        let segment = self.current.seq;
+        self.metrics.append_calls += 1;
+        self.metrics.entries_appended += batch.len() as u64;
+        {
+            let mut log = self.log.write();
+            for (entry, at) in batch {
+                log.push(Slot {
+                    entry,
+                    segment,
+                    offset: base + at,
+                });
+            }
+        }
+        self.segment_info(segment).last_index = Some(last_index);
+        // Queued only after the write returned: the sync thread's next
+        // fsync starts after it and so covers these records.
+        self.syncer.submit(Box::new(on_durable));
+        Ok(())
+    }
+
+    /// Saves `vote`, durably, before returning.
+    fn write_vote(&mut self, vote: &Vote) -> Result<(), LogStoreError> {
+        self.check_usable()?;
+        let mut framed = Vec::new();
+        frame(&mut framed, &Record::Vote(*vote).encode());
+        self.write_framed(&framed)?;
+        // The vote must be on disk before openraft answers with it: a vote
+        // forgotten in a crash would let this node vote twice in one term.
+        self.sync_current()?;
+        self.state.vote = Some(*vote);
+        Ok(())
+    }
+
+    /// Records the committed log id, without an fsync of its own: the next
+    /// one covers it, and losing it in a crash only means openraft learns it
+    /// again from the leader.
+    fn write_committed(&mut self, committed: Option<LogId>) -> Result<(), LogStoreError> {
+        self.check_usable()?;
+        let Some(committed) = committed else { return Ok(()) };
+        let mut framed = Vec::new();
+        frame(&mut framed, &Record::Committed(committed).encode());
+        self.write_framed(&framed)?;
+        self.state.committed = Some(committed);
+        Ok(())
+    }
+
+    /// Deletes every entry at or after `log_id.index`, durably.
+    fn truncate_since(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+        self.check_usable()?;
+        let index = log_id.index;
+        if let Some(purged) = self.state.purged.filter(|p| index <= p.index) {
+            return Err(LogStoreError::TruncatePurged {
+                index,
+                purged: purged.index,
+            });
+        }
+        let Some((cut_seq, cut_offset)) = self.log.read().slot(index).map(|s| (s.segment, s.offset)) else {
+            return Ok(()); // nothing at or after `index`
+        };
+        // Callbacks of earlier appends run first, in order, so none of them
+        // reports as durable a record this cut is about to remove.
+        self.syncer.wait_idle();
+        self.log.write().truncate_from(index);
+        let result = self.truncate_on_disk(index, cut_seq, cut_offset);
+        if let Err(e) = &result {
+            // Memory and disk now disagree; stop until recovery reconciles.
+            self.syncer.fail(e.to_string());
+        }
+        result
+    }
+
+    /// The file work of [`truncate_since`](Self::truncate_since), in crash-safe order.
+    fn truncate_on_disk(&mut self, index: u64, cut_seq: u64, cut_offset: u64) -> Result<(), LogStoreError> {
+        let mut state = self.state.clone();
+        if state.committed.is_some_and(|c| c.index >= index) {
+            state.committed = None; // Raft never truncates committed entries
+        }
+        // 1. A new segment carrying the state, synced: the vote, committed
+        //    and purged records behind the cut point go with the cut, and
+        //    must already be durable elsewhere when it happens.
+        self.roll(&state)?;
+        self.state = state;
+        // 2. Delete the segments after the cut one, newest first: a crash
+        //    part-way leaves a contiguous prefix of the old log, as if the
+        //    truncation had not started.
+        let doomed: Vec<u64> = self
+            .segments
+            .range(cut_seq + 1..self.current.seq)
+            .map(|(&seq, _)| seq)
+            .rev()
+            .collect();
+        for seq in doomed {
+            remove_segment(&self.dir, seq)?;
+            self.segments.remove(&seq);
+        }
+        // 3. The deletions are durable before the cut: a deleted segment that
+        //    came back after the cut one was cut would leave a hole.
+        sync_dir(&self.dir)?;
+        // 4. The cut itself. The new size is metadata, hence sync_all.
+        let path = segment_path(&self.dir, cut_seq);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| LogStoreError::io("open", &path, e))?;
+        file.set_len(cut_offset)
+            .map_err(|e| LogStoreError::io("truncate", &path, e))?;
+        file.sync_all().map_err(|e| LogStoreError::io("fsync", &path, e))?;
+        self.syncer.count_sync();
+        let last = self.log.read().last_log_id().map(|l| l.index);
+        let last_in_cut = last.filter(|&l| self.log.read().slot(l).is_some_and(|s| s.segment == cut_seq));
+        self.segment_info(cut_seq).last_index = last_in_cut;
+        Ok(())
+    }
+
+    /// Deletes every entry at or before `log_id.index`, durably, and the
+    /// segment files that held only such entries.
+    fn purge_upto(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+        self.check_usable()?;
+        if self.state.purged.is_some_and(|p| p.index >= log_id.index) {
+            return Ok(());
+        }
+        let mut framed = Vec::new();
+        frame(&mut framed, &Record::Purged(log_id).encode());
+        self.write_framed(&framed)?;
+        // The purge point is durable before any segment is deleted: without
+        // it, recovery would find the log starting after a hole.
+        self.sync_current()?;
+        self.state.purged = Some(log_id);
+        self.log.write().purge_upto(log_id.index);
+        let doomed: Vec<u64> = self
+            .segments
+            .iter()
+            .filter(|&(&seq, info)| seq != self.current.seq && info.last_index.is_none_or(|l| l <= log_id.index))
+            .map(|(&seq, _)| seq)
+            .collect();
+        for seq in doomed {
+            // No directory fsync: a deleted segment that a crash brings back
+            // holds only entries at or below the durable purge point, which
+            // recovery skips. A failed deletion is retried by the next purge.
+            match remove_segment(&self.dir, seq) {
+                Ok(()) => {
+                    self.segments.remove(&seq);
+                }
+                Err(e) => tracing::warn!(error = %e, "could not delete a purged log segment"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The index the next entry must have, if the log has any history.
+    fn next_index(&self) -> Option<u64> {
+        let last = self.log.read().last_log_id().or(self.state.purged);
+        last.map(|l| l.index + 1)
+    }
+
+    /// Errors if an earlier failure stopped the store.
+    fn check_usable(&self) -> Result<(), LogStoreError> {
+        match self.syncer.failure() {
+            Some(reason) => Err(LogStoreError::Failed { reason }),
+            None => Ok(()),
+        }
+    }
+
+    /// The tracked info of segment `seq`, which must exist.
+    fn segment_info(&mut self, seq: u64) -> &mut SegmentInfo {
+        self.segments
+            .get_mut(&seq)
+            .unwrap_or_else(|| panic!("segment {seq} holds live entries, so the store must track it"))
+    }
+
+    /// Writes framed records at the end of the current segment (rolling
+    /// first if it is full) and returns the offset they start at.
+    fn write_framed(&mut self, framed: &[u8]) -> Result<u64, LogStoreError> {
+        if self.current.len_bytes >= self.options.segment_bytes_max {
+            let state = self.state.clone();
+            self.roll(&state)?;
+        }
+        let offset = self.current.len_bytes;
+        if let Err(e) = (&*self.current.file).write_all(framed) {
+            // Part of a record may be in the file now; anything appended
+            // after it would sit behind garbage. Stop, and let recovery cut
+            // the partial record off as a torn tail.
+            let e = LogStoreError::io("write", &self.current.path, e);
+            self.syncer.fail(e.to_string());
+            return Err(e);
+        }
+        self.current.len_bytes += framed.len() as u64;
+        Ok(offset)
+    }
+
+    /// fsyncs the current segment on the calling thread.
+    fn sync_current(&mut self) -> Result<(), LogStoreError> {
+        self.syncer.count_sync();
+        if let Err(e) = self.current.file.sync_data() {
+            let e = LogStoreError::io("fsync", &self.current.path, e);
+            self.syncer.fail(e.to_string());
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Moves appends to a new segment that opens with `state`.
+    fn roll(&mut self, state: &DurableState) -> Result<(), LogStoreError> {
+        // The old segment is synced in full before the new one exists. So
+        // only the newest segment can ever end in a torn record (recovery
+        // treats damage anywhere else as corruption), and the callbacks
+        // still queued for records in the old segment are durable now,
+        // whichever segment the sync thread fsyncs before running them.
+        self.sync_current()?;
+        let next = start_segment(&self.dir, self.current.seq + 1, state).inspect_err(|e| {
+            // A half-created segment would be picked as the next one again.
+            self.syncer.fail(e.to_string());
+        })?;
+        self.syncer.set_file(Arc::clone(&next.file));
+        self.segments.insert(next.seq, SegmentInfo { last_index: None });
+        self.current = next;
+        Ok(())
+    }
+}
+
+/// Creates segment `seq` opening with `state`, durably.
+fn start_segment(dir: &Path, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
+    let path = segment_path(dir, seq);
+    let framed = state.framed();
+    let file = create_segment(dir, &path, &framed)?;
+    let len_bytes = (segment::FILE_HEADER_BYTES + framed.len()) as u64;
+    Ok(Current {
+        seq,
+        path,
+        file: Arc::new(file),
+        len_bytes,
+    })
+}
+
+/// Deletes segment `seq`; one already gone counts as deleted.
+fn remove_segment(dir: &Path, seq: u64) -> Result<(), LogStoreError> {
+    let path = segment_path(dir, seq);
+    match std::fs::remove_file(&path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LogStoreError::io("remove", &path, e)),
+        _ => Ok(()),
+    }
+}

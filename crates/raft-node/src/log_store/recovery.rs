@@ -1,0 +1,190 @@
+//! Rebuilding the log from its segments when the store opens.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+
+use super::error::LogStoreError;
+use super::reader::{Log, Slot};
+use super::record::Record;
+use super::segment::{parse_segment_name, scan, segment_path, sync_dir};
+use super::{DurableState, SegmentInfo};
+
+/// Everything recovery learnt from the directory.
+#[derive(Debug)]
+pub(crate) struct Recovered {
+    /// The live entries.
+    pub(crate) log: Log,
+    /// The vote, committed and purged ids.
+    pub(crate) state: DurableState,
+    /// The segments that remain, by number.
+    pub(crate) segments: BTreeMap<u64, SegmentInfo>,
+    /// The number for the next segment to create.
+    pub(crate) next_seq: u64,
+}
+
+/// One decoded record and where it came from.
+struct Located {
+    seq: u64,
+    path: PathBuf,
+    offset: u64,
+    record: Record,
+}
+
+/// Reads every segment in `dir` in order, cuts a torn tail off the last
+/// one, and replays the records.
+pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
+    let seqs = list_segments(dir)?;
+    let next_seq = seqs.last().map_or(1, |s| s + 1);
+    let mut segments = BTreeMap::new();
+    let mut records = Vec::new();
+    for (position, &seq) in seqs.iter().enumerate() {
+        let path = segment_path(dir, seq);
+        let is_last = position + 1 == seqs.len();
+        let found = scan(&path, is_last)?;
+        if found.torn_header {
+            // The crash came while the segment was being created, before it
+            // held anything: remove it, so the next segment created does not
+            // leave a headerless file in the middle of the log.
+            std::fs::remove_file(&path).map_err(|e| LogStoreError::io("remove", &path, e))?;
+            sync_dir(dir)?;
+            continue;
+        }
+        if found.torn_tail {
+            // Cut the torn tail now and make the cut durable: a new segment
+            // is about to follow this one, and only the last segment may end
+            // in a torn record.
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .map_err(|e| LogStoreError::io("open", &path, e))?;
+            file.set_len(found.valid_bytes)
+                .map_err(|e| LogStoreError::io("truncate", &path, e))?;
+            file.sync_all().map_err(|e| LogStoreError::io("fsync", &path, e))?;
+            tracing::warn!(file = %path.display(), valid_bytes = found.valid_bytes, "cut a torn tail off the log");
+        }
+        segments.insert(seq, SegmentInfo { last_index: None });
+        for scanned in found.records {
+            let record = Record::decode(&scanned.payload)
+                .map_err(|reason| LogStoreError::corrupt(&path, scanned.offset, reason))?;
+            records.push(Located {
+                seq,
+                path: path.clone(),
+                offset: scanned.offset,
+                record,
+            });
+        }
+    }
+
+    // Pass 1: the last record of each kind is the current value. (Purges
+    // only go forward, so the last Purged record is also the greatest.)
+    let mut state = DurableState::default();
+    for located in &records {
+        match &located.record {
+            Record::Entry(_) => {}
+            Record::Vote(vote) => state.vote = Some(*vote),
+            Record::Committed(log_id) => state.committed = Some(*log_id),
+            Record::Purged(log_id) => state.purged = Some(*log_id),
+        }
+    }
+
+    // Pass 2: the entries, contiguous, minus those purged.
+    let purged = state.purged.map(|p| p.index);
+    let mut log = Log::default();
+    let mut previous: Option<u64> = None;
+    for located in records {
+        let Record::Entry(entry) = located.record else { continue };
+        let index = entry.log_id.index;
+        if !follows(previous, index, purged) {
+            return Err(LogStoreError::corrupt(
+                &located.path,
+                located.offset,
+                format!("entry index {index} does not follow {previous:?} (last purged {purged:?})"),
+            ));
+        }
+        previous = Some(index);
+        if purged.is_some_and(|p| index <= p) {
+            continue;
+        }
+        if let Some(info) = segments.get_mut(&located.seq) {
+            info.last_index = Some(index);
+        }
+        log.push(Slot {
+            entry,
+            segment: located.seq,
+            offset: located.offset,
+        });
+    }
+
+    // Committed is a hint openraft can re-learn from the leader; one that
+    // points past the surviving log (which Raft should never produce) is
+    // dropped rather than let openraft apply entries that are not there.
+    let last_index = log.last_log_id().or(state.purged).map(|l| l.index);
+    if state
+        .committed
+        .is_some_and(|c| last_index.is_none_or(|last| c.index > last))
+    {
+        tracing::warn!(committed = ?state.committed, ?last_index, "dropping a committed id past the log's end");
+        state.committed = None;
+    }
+    Ok(Recovered {
+        log,
+        state,
+        segments,
+        next_seq,
+    })
+}
+
+/// Whether an entry at `index` may follow the entry at `previous` in the
+/// record stream, given the last purged index.
+///
+/// Entries go up by one, except across purged ground: segments whose
+/// entries were all purged are deleted, so the first surviving entry after
+/// a purge may jump to `purged + 1`. An index that goes down or skips
+/// forward elsewhere is damage (truncation cuts records physically, so the
+/// stream never rewrites an index).
+pub(crate) fn follows(previous: Option<u64>, index: u64, purged: Option<u64>) -> bool {
+    match (previous, purged) {
+        (None, None) => true,
+        (None, Some(p)) => index <= p.saturating_add(1),
+        (Some(q), None) => q.checked_add(1) == Some(index),
+        (Some(q), Some(p)) => q.checked_add(1) == Some(index) || (q < p && p.checked_add(1) == Some(index)),
+    }
+}
+
+/// The segment numbers in `dir`, ascending.
+fn list_segments(dir: &Path) -> Result<Vec<u64>, LogStoreError> {
+    let mut seqs = Vec::new();
+    for item in std::fs::read_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
+        let item = item.map_err(|e| LogStoreError::io("list", dir, e))?;
+        if let Some(seq) = item.file_name().to_str().and_then(parse_segment_name) {
+            seqs.push(seq);
+        }
+    }
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::follows;
+
+    #[test]
+    fn entries_follow_by_one_or_jump_over_purged_ground() {
+        // Recovery must accept every stream the store writes and nothing with a hole in the live log.
+        assert!(follows(None, 0, None));
+        assert!(follows(None, 7, None), "segments below were deleted after a purge");
+        assert!(follows(None, 3, Some(5)), "a purged entry, skipped");
+        assert!(follows(None, 6, Some(5)));
+        assert!(!follows(None, 7, Some(5)), "hole after the purge point");
+        assert!(follows(Some(4), 5, None));
+        assert!(!follows(Some(4), 4, None), "index rewritten");
+        assert!(!follows(Some(4), 6, None), "hole");
+        assert!(
+            follows(Some(4), 11, Some(10)),
+            "purged past the log's end, then appended"
+        );
+        assert!(!follows(Some(4), 12, Some(10)));
+        assert!(!follows(Some(11), 11, Some(10)));
+    }
+}

@@ -1,0 +1,189 @@
+//! Group commit: a thread that makes appended records durable with one
+//! fsync for all the appends that arrived while the previous fsync ran.
+
+use std::fs::File;
+use std::io;
+use std::mem;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex};
+
+/// What an append asks to be told once its records are durable (or not).
+pub(crate) type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+/// State shared by the writer and the sync thread.
+struct State {
+    /// Callbacks of appends written but not yet synced, oldest first.
+    pending: Vec<OnDurable>,
+    /// The segment being appended to: the only one that can hold unsynced
+    /// records, since the writer syncs a segment in full before it rolls.
+    file: Arc<File>,
+    /// Whether the sync thread is running an fsync for a batch it took.
+    in_flight: bool,
+    /// The first write or fsync failure, after which nothing is durable
+    /// for sure (a failed fsync may have dropped dirty pages): every later
+    /// callback gets an error.
+    failed: Option<String>,
+    /// Set when the store is dropped; the thread drains and exits.
+    shutdown: bool,
+}
+
+/// The shared half: the state, its two conditions and the counters.
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when callbacks are pending or shutdown is asked.
+    work: Condvar,
+    /// Signalled when the thread finishes a batch.
+    idle: Condvar,
+    /// Number of fsyncs of segment files, by anyone.
+    syncs: AtomicU64,
+}
+
+/// The handle the writer keeps; dropping it drains and stops the thread.
+pub(crate) struct Syncer {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Syncer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Syncer")
+            .field("syncs", &self.shared.syncs.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Syncer {
+    /// Starts the sync thread with `file` as the current segment.
+    pub(crate) fn start(file: Arc<File>) -> io::Result<Syncer> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                file,
+                in_flight: false,
+                failed: None,
+                shutdown: false,
+            }),
+            work: Condvar::new(),
+            idle: Condvar::new(),
+            syncs: AtomicU64::new(0),
+        });
+        let thread_shared = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("raft-log-sync".into())
+            .spawn(move || run(&thread_shared))?;
+        Ok(Syncer {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `on_durable` to run after the next fsync of the current
+    /// segment. The caller has already written the records it covers.
+    pub(crate) fn submit(&self, on_durable: OnDurable) {
+        let mut state = self.shared.state.lock();
+        if let Some(reason) = state.failed.clone() {
+            drop(state);
+            on_durable(Err(failed_error(&reason)));
+            return;
+        }
+        state.pending.push(on_durable);
+        self.shared.work.notify_one();
+    }
+
+    /// Points the thread at a new current segment.
+    ///
+    /// The caller must have synced the previous segment in full first: the
+    /// callbacks still pending for records there are then already durable,
+    /// whichever file the thread syncs before running them.
+    pub(crate) fn set_file(&self, file: Arc<File>) {
+        self.shared.state.lock().file = file;
+    }
+
+    /// Blocks until every submitted callback has run.
+    pub(crate) fn wait_idle(&self) {
+        let mut state = self.shared.state.lock();
+        while !state.pending.is_empty() || state.in_flight {
+            self.shared.idle.wait(&mut state);
+        }
+    }
+
+    /// The first failure, if any.
+    pub(crate) fn failure(&self) -> Option<String> {
+        self.shared.state.lock().failed.clone()
+    }
+
+    /// Records a write or fsync failure seen by the writer.
+    pub(crate) fn fail(&self, reason: String) {
+        let mut state = self.shared.state.lock();
+        state.failed.get_or_insert(reason);
+    }
+
+    /// Counts an fsync the writer ran itself.
+    pub(crate) fn count_sync(&self) {
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Number of fsyncs of segment files so far.
+    pub(crate) fn sync_count(&self) -> u64 {
+        self.shared.syncs.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        self.shared.state.lock().shutdown = true;
+        self.shared.work.notify_one();
+        if let Some(thread) = self.thread.take() {
+            // The thread only panics if a callback did; nothing to add here.
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The sync thread: take every pending callback, fsync once, run them all.
+fn run(shared: &Shared) {
+    loop {
+        let (batch, file, failed) = {
+            let mut state = shared.state.lock();
+            while state.pending.is_empty() && !state.shutdown {
+                shared.work.wait(&mut state);
+            }
+            if state.pending.is_empty() {
+                return; // shutdown, and everything submitted has run
+            }
+            state.in_flight = true;
+            (
+                mem::take(&mut state.pending),
+                Arc::clone(&state.file),
+                state.failed.clone(),
+            )
+        };
+        let result = match failed {
+            Some(reason) => Err(reason),
+            None => {
+                shared.syncs.fetch_add(1, Ordering::Relaxed);
+                // sync_data suffices: appends grow the file, and fdatasync
+                // persists the size change needed to read the data back.
+                file.sync_data()
+                    .map_err(|e| format!("fsync of the log segment failed: {e}"))
+            }
+        };
+        if let Err(reason) = &result {
+            shared.state.lock().failed.get_or_insert_with(|| reason.clone());
+        }
+        for on_durable in batch {
+            on_durable(result.clone().map_err(|reason| failed_error(&reason)));
+        }
+        let mut state = shared.state.lock();
+        state.in_flight = false;
+        shared.idle.notify_all();
+    }
+}
+
+/// The error handed to a callback whose records may not be durable.
+fn failed_error(reason: &str) -> io::Error {
+    io::Error::other(reason.to_string())
+}

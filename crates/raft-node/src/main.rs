@@ -1,0 +1,137 @@
+//! `kv-node`: one node of the replicated key/value database.
+//!
+//! ```text
+//! kv-node --id 1 --listen 127.0.0.1:7001 --data-dir data/node1 \
+//!     --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --init
+//! ```
+//!
+//! Every flag has an environment fallback (`KV_NODE_ID`, `KV_LISTEN`, ...).
+//! SIGTERM or SIGINT stops the node gracefully.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+
+/// One node of the replicated key/value database.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// This node's id (a positive integer, unique in the cluster).
+    #[arg(long, env = "KV_NODE_ID")]
+    id: u64,
+    /// The address to listen on for clients and peers.
+    #[arg(long, env = "KV_LISTEN", default_value = "127.0.0.1:7001")]
+    listen: String,
+    /// The address peers and clients reach this node at (default: --listen).
+    #[arg(long, env = "KV_ADVERTISE")]
+    advertise: Option<String>,
+    /// The node's data directory (Raft log and state machine).
+    #[arg(long, env = "KV_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The initial voters, as `id=host:port,...` (used with --init).
+    #[arg(long, env = "KV_PEERS", value_delimiter = ',')]
+    peers: Vec<String>,
+    /// Form a new cluster of --peers if this node has no Raft state yet.
+    /// Give it to one node, on the cluster's first start only.
+    #[arg(long, env = "KV_INIT")]
+    init: bool,
+    /// Leader heartbeat period, in ms.
+    #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = RaftTiming::default().heartbeat_ms)]
+    heartbeat_ms: u64,
+    /// Election timeout lower bound, in ms.
+    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS_MIN", default_value_t = RaftTiming::default().election_timeout_ms_min)]
+    election_timeout_ms_min: u64,
+    /// Election timeout upper bound, in ms.
+    #[arg(long, env = "KV_ELECTION_TIMEOUT_MS_MAX", default_value_t = RaftTiming::default().election_timeout_ms_max)]
+    election_timeout_ms_max: u64,
+    /// Applied entries between snapshots.
+    #[arg(long, env = "KV_SNAPSHOT_LOGS", default_value_t = RaftTiming::default().snapshot_logs_since_last)]
+    snapshot_logs: u64,
+    /// Log entries kept behind a snapshot.
+    #[arg(long, env = "KV_LOGS_KEPT_AFTER_SNAPSHOT", default_value_t = RaftTiming::default().logs_kept_after_snapshot)]
+    logs_kept_after_snapshot: u64,
+    /// Engine memtable size, in MiB.
+    #[arg(long, env = "KV_MEMTABLE_MB", default_value_t = 64)]
+    memtable_mb: usize,
+    /// Engine block cache size, in MiB.
+    #[arg(long, env = "KV_BLOCK_CACHE_MB", default_value_t = 128)]
+    block_cache_mb: usize,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `raft_node=debug`.
+    #[arg(long, env = "KV_LOG", default_value = "info,openraft=warn")]
+    log: String,
+}
+
+fn parse_peers(peers: &[String]) -> Result<BTreeMap<u64, String>> {
+    let mut members = BTreeMap::new();
+    for peer in peers.iter().filter(|p| !p.is_empty()) {
+        let (id, addr) = peer
+            .split_once('=')
+            .with_context(|| format!("peer {peer:?} is not id=host:port"))?;
+        let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
+        addr.parse::<std::net::SocketAddr>()
+            .with_context(|| format!("peer address {addr:?} is not host:port"))?;
+        if members.insert(id, addr.to_string()).is_some() {
+            bail!("peer id {id} appears twice");
+        }
+    }
+    Ok(members)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::error!("cannot install signal handlers; stop the node with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
+        .with_target(false)
+        .init();
+    let members = parse_peers(&args.peers)?;
+    if args.init && !members.contains_key(&args.id) {
+        bail!("--init needs --peers that include this node (id {})", args.id);
+    }
+    let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
+    let config = NodeConfig {
+        id: args.id,
+        advertise_addr: advertise.clone(),
+        data_dir: args.data_dir.clone(),
+        initial_members: members,
+        initialize: args.init,
+        timing: RaftTiming {
+            heartbeat_ms: args.heartbeat_ms,
+            election_timeout_ms_min: args.election_timeout_ms_min,
+            election_timeout_ms_max: args.election_timeout_ms_max,
+            snapshot_logs_since_last: args.snapshot_logs,
+            logs_kept_after_snapshot: args.logs_kept_after_snapshot,
+        },
+        engine: storage::Options {
+            memtable_bytes_max: args.memtable_mb << 20,
+            block_cache_bytes: args.block_cache_mb << 20,
+            ..storage::Options::default()
+        },
+        limits: Limits::default(),
+    };
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let node = KvNode::start(config)
+        .await
+        .with_context(|| format!("cannot start node {} on {}", args.id, args.data_dir.display()))?;
+    tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "serving");
+    node.serve(listener, shutdown_signal()).await.context("serving")?;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,221 @@
+//! A whole node: storage, Raft and the gRPC server, wired together.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+
+use openraft::{Config, SnapshotPolicy};
+use proto::kv::cluster_server::ClusterServer;
+use proto::kv::kv_server::KvServer;
+use proto::raft::raft_server::RaftServer;
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+
+use crate::config::NodeConfig;
+use crate::log_store::LogStore;
+use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
+use crate::service::{admin::AdminService, kv::KvService, raft::RaftService};
+use crate::state_machine::{Engine, StateMachine};
+use crate::types::{Node as MemberNode, NodeId, Raft};
+
+/// The file that ties a data directory to one node id and format.
+const IDENTITY_FILE: &str = "NODE";
+/// The data directory layout version this build reads and writes.
+const DATA_FORMAT_VERSION: u32 = 1;
+/// How long a snapshot transfer may take at most, in ms.
+const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
+/// Entries per append-entries message at most.
+const APPEND_ENTRIES_MAX: u64 = 1000;
+
+/// Why a node could not start or serve.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(String),
+    /// The data directory belongs to another node or another format.
+    #[error("data directory {path}: {reason}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The Raft log could not be opened.
+    #[error("raft log: {0}")]
+    Log(#[from] crate::log_store::LogStoreError),
+    /// The state machine could not be opened.
+    #[error("state machine: {0}")]
+    StateMachine(#[from] crate::state_machine::StateMachineError),
+    /// Raft stopped.
+    #[error("raft: {0}")]
+    Raft(String),
+    /// The gRPC server failed.
+    #[error("gRPC server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A running node.
+#[derive(Clone)]
+pub struct KvNode {
+    raft: Raft,
+    engine: Engine,
+    config: NodeConfig,
+}
+
+impl KvNode {
+    /// Opens the node's storage and starts Raft.
+    pub async fn start(config: NodeConfig) -> Result<KvNode, NodeError> {
+        if config.id == 0 {
+            return Err(NodeError::Config("node id 0 is reserved".into()));
+        }
+        check_identity(&config.data_dir, config.id)?;
+        let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+        let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine.clone())?;
+        let engine = state_machine.engine();
+        let timing = &config.timing;
+        let raft_config = Config {
+            cluster_name: "kv".into(),
+            heartbeat_interval: timing.heartbeat_ms,
+            election_timeout_min: timing.election_timeout_ms_min,
+            election_timeout_max: timing.election_timeout_ms_max,
+            install_snapshot_timeout: SNAPSHOT_TRANSFER_MS_MAX,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(timing.snapshot_logs_since_last),
+            max_in_snapshot_log_to_keep: timing.logs_kept_after_snapshot,
+            max_payload_entries: APPEND_ENTRIES_MAX,
+            purge_batch_size: 256,
+            ..Config::default()
+        }
+        .validate()
+        .map_err(|e| NodeError::Config(e.to_string()))?;
+        let raft = Raft::new(config.id, Arc::new(raft_config), Network, log_store, state_machine)
+            .await
+            .map_err(|e| NodeError::Raft(e.to_string()))?;
+        Ok(KvNode { raft, engine, config })
+    }
+
+    /// The Raft handle.
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> NodeId {
+        self.config.id
+    }
+
+    /// Serves the KV, Cluster, Raft, health and reflection services on
+    /// `listener` until `shutdown` resolves, then stops Raft.
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        if self.config.initialize {
+            self.spawn_initialize();
+        }
+        let limits = self.config.limits.clone();
+        let request_bytes_max = limits.request_bytes_max();
+        let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
+            .max_decoding_message_size(request_bytes_max)
+            .max_encoding_message_size(request_bytes_max);
+        let admin = ClusterServer::new(AdminService::new(
+            self.raft.clone(),
+            self.engine.clone(),
+            self.config.advertise_addr.clone(),
+        ));
+        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
+            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+        let (health_reporter, health) = tonic_health::server::health_reporter();
+        health_reporter.set_serving::<KvServer<KvService>>().await;
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let served = Server::builder()
+            .tcp_nodelay(true)
+            .add_service(kv)
+            .add_service(admin)
+            .add_service(raft)
+            .add_service(health)
+            .add_service(reflection)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        if let Err(error) = self.raft.shutdown().await {
+            tracing::warn!(%error, "raft did not shut down cleanly");
+        }
+        served.map_err(NodeError::from)
+    }
+
+    /// Forms the cluster of `initial_members` unless Raft state exists.
+    fn spawn_initialize(&self) {
+        let raft = self.raft.clone();
+        let members: BTreeMap<NodeId, MemberNode> = self
+            .config
+            .initial_members
+            .iter()
+            .map(|(id, addr)| (*id, MemberNode { addr: addr.clone() }))
+            .collect();
+        tokio::spawn(async move {
+            match raft.is_initialized().await {
+                Ok(false) => match raft.initialize(members).await {
+                    Ok(()) => tracing::info!("initialized a new cluster"),
+                    Err(error) => tracing::warn!(%error, "could not initialize the cluster"),
+                },
+                Ok(true) => tracing::info!("raft state exists; not initializing"),
+                Err(error) => tracing::warn!(%error, "raft stopped before initializing"),
+            }
+        });
+    }
+}
+
+/// Creates or checks the identity file, so a data directory is never
+/// served by another node id or read by an incompatible build.
+fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
+    let fail = |reason: String| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+    let path = data_dir.join(IDENTITY_FILE);
+    let expected = format!("format={DATA_FORMAT_VERSION}\nnode_id={id}\n");
+    match std::fs::read_to_string(&path) {
+        Ok(found) => {
+            let field = |name: &str| {
+                found
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+                    .map(str::to_string)
+            };
+            if field("format").as_deref() != Some(DATA_FORMAT_VERSION.to_string().as_str()) {
+                return Err(fail(format!(
+                    "unsupported data format {:?} (this build reads format {DATA_FORMAT_VERSION})",
+                    field("format")
+                )));
+            }
+            if field("node_id").as_deref() != Some(id.to_string().as_str()) {
+                return Err(fail(format!(
+                    "it belongs to node {}, not node {id}",
+                    field("node_id").unwrap_or_else(|| "?".into())
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let temp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
+            let write = || -> std::io::Result<()> {
+                let mut file = std::fs::File::create(&temp)?;
+                std::io::Write::write_all(&mut file, expected.as_bytes())?;
+                file.sync_all()?;
+                std::fs::rename(&temp, &path)?;
+                std::fs::File::open(data_dir)?.sync_all()
+            };
+            write().map_err(|e| fail(e.to_string()))
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}

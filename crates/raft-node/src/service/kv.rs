@@ -1,0 +1,221 @@
+//! The public `kv.v1.KV` service.
+
+use std::sync::Arc;
+
+use proto::kv as api;
+use proto::raft as pb;
+use tokio::sync::Semaphore;
+use tonic::{Request, Response, Status};
+
+use super::status;
+use crate::config::Limits;
+use crate::state_machine::Engine;
+use crate::types::Raft;
+
+/// Serves reads and writes for one node.
+pub struct KvService {
+    raft: Raft,
+    engine: Engine,
+    limits: Limits,
+    proposals: Arc<Semaphore>,
+}
+
+impl KvService {
+    /// A service proposing through `raft` and reading from `engine`.
+    pub fn new(raft: Raft, engine: Engine, limits: Limits) -> Self {
+        let proposals = Arc::new(Semaphore::new(limits.proposals_in_flight_max));
+        KvService {
+            raft,
+            engine,
+            limits,
+            proposals,
+        }
+    }
+
+    fn check_key(&self, key: &[u8]) -> Result<(), Status> {
+        if key.is_empty() {
+            return Err(Status::invalid_argument("key is empty"));
+        }
+        if key.len() > self.limits.key_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "key of {} bytes exceeds key_bytes_max ({})",
+                key.len(),
+                self.limits.key_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_value(&self, value: &[u8]) -> Result<(), Status> {
+        if value.len() > self.limits.value_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "value of {} bytes exceeds value_bytes_max ({})",
+                value.len(),
+                self.limits.value_bytes_max
+            )));
+        }
+        Ok(())
+    }
+
+    /// Proposes `op` through Raft and waits until it is applied.
+    async fn propose(
+        &self,
+        op: pb::command::Op,
+        write_id: Option<api::WriteId>,
+    ) -> Result<Response<api::WriteResponse>, Status> {
+        let Ok(_permit) = self.proposals.try_acquire() else {
+            return Err(status::not_applied(Status::resource_exhausted(format!(
+                "too many writes in flight (proposals_in_flight_max = {}); retry after a backoff",
+                self.limits.proposals_in_flight_max
+            ))));
+        };
+        // A node that knows it is not the leader refuses before proposing,
+        // so the client learns the write certainly did not happen.
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state != openraft::ServerState::Leader {
+            let leader_node = metrics
+                .current_leader
+                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned());
+            let forward = openraft::error::ForwardToLeader {
+                leader_id: metrics.current_leader,
+                leader_node,
+            };
+            return Err(status::not_applied(status::not_leader(&forward)));
+        }
+        let write_id = write_id.unwrap_or_default();
+        let command = pb::Command {
+            op: Some(op),
+            client_id: write_id.client_id,
+            sequence: write_id.sequence,
+            first_unanswered: write_id.first_unanswered,
+        };
+        let reply = self
+            .raft
+            .client_write(command)
+            .await
+            .map_err(status::from_write_error)?;
+        Ok(Response::new(api::WriteResponse {
+            applied_index: reply.data.applied_index,
+            duplicate: reply.data.duplicate,
+        }))
+    }
+
+    /// For a linearizable read: confirms leadership and waits until this
+    /// node has applied everything committed before the read began.
+    async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
+        match api::Consistency::try_from(consistency) {
+            Ok(api::Consistency::Stale) => Ok(()),
+            Ok(api::Consistency::Linearizable) => {
+                self.raft.ensure_linearizable().await.map_err(status::from_read_error)?;
+                Ok(())
+            }
+            Err(_) => Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl api::kv_server::Kv for KvService {
+    async fn put(&self, request: Request<api::PutRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        self.check_value(&request.value)?;
+        let op = pb::command::Op::Put(pb::Put {
+            key: request.key,
+            value: request.value,
+        });
+        self.propose(op, request.write_id).await
+    }
+
+    async fn get(&self, request: Request<api::GetRequest>) -> Result<Response<api::GetResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        self.read_barrier(request.consistency).await?;
+        let value = self.engine.get(&request.key).map_err(|e| status::from_storage(&e))?;
+        Ok(Response::new(api::GetResponse {
+            found: value.is_some(),
+            value: value.unwrap_or_default(),
+        }))
+    }
+
+    async fn range(&self, request: Request<api::RangeRequest>) -> Result<Response<api::RangeResponse>, Status> {
+        let request = request.into_inner();
+        if request.limit > self.limits.range_limit_max {
+            return Err(Status::invalid_argument(format!(
+                "limit {} exceeds range_limit_max ({})",
+                request.limit, self.limits.range_limit_max
+            )));
+        }
+        if !request.end.is_empty() && request.end <= request.start {
+            return Err(Status::invalid_argument("end must be empty or greater than start"));
+        }
+        let limit = match request.limit {
+            0 => self.limits.range_limit_default,
+            n => n,
+        };
+        self.read_barrier(request.consistency).await?;
+        let page = self
+            .engine
+            .range(
+                &request.start,
+                &request.end,
+                limit as usize,
+                self.limits.response_bytes_max,
+            )
+            .map_err(|e| status::from_storage(&e))?;
+        Ok(Response::new(api::RangeResponse {
+            pairs: page
+                .pairs
+                .into_iter()
+                .map(|(key, value)| api::KeyValue { key, value })
+                .collect(),
+            next_start: page.next_start.unwrap_or_default(),
+        }))
+    }
+
+    async fn batch_put(&self, request: Request<api::BatchPutRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let request = request.into_inner();
+        if request.pairs.is_empty() {
+            return Err(Status::invalid_argument("batch is empty"));
+        }
+        if request.pairs.len() > self.limits.batch_pairs_max {
+            return Err(Status::invalid_argument(format!(
+                "batch of {} pairs exceeds batch_pairs_max ({})",
+                request.pairs.len(),
+                self.limits.batch_pairs_max
+            )));
+        }
+        let mut bytes = 0;
+        for pair in &request.pairs {
+            self.check_key(&pair.key)?;
+            self.check_value(&pair.value)?;
+            bytes += pair.key.len() + pair.value.len();
+        }
+        if bytes > self.limits.batch_bytes_max {
+            return Err(Status::invalid_argument(format!(
+                "batch of {bytes} bytes exceeds batch_bytes_max ({})",
+                self.limits.batch_bytes_max
+            )));
+        }
+        let pairs = request
+            .pairs
+            .into_iter()
+            .map(|p| pb::Put {
+                key: p.key,
+                value: p.value,
+            })
+            .collect();
+        self.propose(pb::command::Op::BatchPut(pb::BatchPut { pairs }), request.write_id)
+            .await
+    }
+
+    async fn delete(&self, request: Request<api::DeleteRequest>) -> Result<Response<api::WriteResponse>, Status> {
+        let request = request.into_inner();
+        self.check_key(&request.key)?;
+        self.propose(
+            pb::command::Op::Delete(pb::Delete { key: request.key }),
+            request.write_id,
+        )
+        .await
+    }
+}

@@ -1,0 +1,11 @@
+//! The gRPC services a node serves.
+//!
+//! - `kv`: the public `kv.v1.KV` API.
+//! - `admin`: `kv.v1.Cluster`, status and membership.
+//! - `raft`: `raft.v1.Raft`, peers' Raft RPCs.
+//! - `status`: every error mapped to a gRPC status, in one place.
+
+pub mod admin;
+pub mod kv;
+pub mod raft;
+pub mod status;

@@ -1,0 +1,102 @@
+//! Every error the node answers with, mapped to a gRPC status in one place.
+//!
+//! - bad input: `INVALID_ARGUMENT`, naming the limit;
+//! - not the leader: `UNAVAILABLE` with `x-kv-leader-id` / `x-kv-leader-addr`
+//!   metadata when the leader is known;
+//! - no quorum, Raft stopped: `UNAVAILABLE` without a hint;
+//! - too many proposals in flight: `RESOURCE_EXHAUSTED`;
+//! - refusals made before proposing also carry `x-kv-not-applied: 1`, so a
+//!   client knows the write did not happen (a write whose leader stepped
+//!   down after proposing it may still commit);
+//! - a failing disk: `INTERNAL`.
+
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use tonic::metadata::MetadataValue;
+use tonic::Status;
+
+use crate::types::{Node, NodeId};
+
+/// Metadata key carrying the leader's node id.
+pub const LEADER_ID_HEADER: &str = "x-kv-leader-id";
+/// Metadata key carrying the leader's `host:port`.
+pub const LEADER_ADDR_HEADER: &str = "x-kv-leader-addr";
+/// Metadata key set (to `1`) on refusals that happened before the request
+/// was proposed: the write was certainly not applied.
+pub const NOT_APPLIED_HEADER: &str = "x-kv-not-applied";
+
+/// Marks `status` as a refusal that applied nothing.
+pub fn not_applied(mut status: Status) -> Status {
+    status
+        .metadata_mut()
+        .insert(NOT_APPLIED_HEADER, MetadataValue::from_static("1"));
+    status
+}
+
+/// `UNAVAILABLE`, with the leader's id and address when known.
+pub fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
+    let mut status = Status::unavailable(match forward.leader_id {
+        Some(id) => format!("not the leader; the leader is node {id}"),
+        None => "not the leader, and no leader is known yet".to_string(),
+    });
+    if let Some(id) = forward.leader_id {
+        status.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(id));
+    }
+    if let Some(node) = &forward.leader_node {
+        if let Ok(addr) = MetadataValue::try_from(node.addr.as_str()) {
+            status.metadata_mut().insert(LEADER_ADDR_HEADER, addr);
+        }
+    }
+    status
+}
+
+/// Maps a failed `client_write` (a proposal).
+pub fn from_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
+    match error {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Status::failed_precondition(e.to_string()),
+        RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// Maps a failed leadership check of a linearizable read.
+pub fn from_read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>) -> Status {
+    match error {
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
+            Status::unavailable(format!("the leader cannot reach a quorum: {e}"))
+        }
+        RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// Maps an engine failure.
+pub fn from_storage(error: &storage::Error) -> Status {
+    Status::internal(format!("storage engine: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_not_leader_status_carries_the_leader_hint() {
+        // Clients follow this hint to the leader without guessing.
+        let status = not_leader(&ForwardToLeader::new(
+            3,
+            Node {
+                addr: "127.0.0.1:7003".into(),
+            },
+        ));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status.metadata().get(LEADER_ID_HEADER).and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        assert_eq!(
+            status.metadata().get(LEADER_ADDR_HEADER).and_then(|v| v.to_str().ok()),
+            Some("127.0.0.1:7003")
+        );
+        let unknown = not_leader(&ForwardToLeader::empty());
+        assert!(unknown.metadata().get(LEADER_ID_HEADER).is_none());
+    }
+}

@@ -1,0 +1,272 @@
+//! The Raft state machine: committed commands applied to the storage
+//! engine, with the last applied log id and the membership stored
+//! atomically with the data they describe.
+//!
+//! - `keys`: the engine key layout (user keys, session records).
+//! - `sessions`: exactly-once bookkeeping per client.
+//! - `engine`: the swappable engine handle reads go through.
+//! - `archive`: the single-file snapshot format.
+//! - `snapshot`: building, storing and installing snapshots.
+//!
+//! The Raft log is the write-ahead log: applied batches skip the engine's
+//! WAL and become durable when the engine flushes its memtable. After a
+//! crash the engine reports the applied state of its last flush, and
+//! openraft re-applies the log from there. The log is purged only below
+//! snapshots, and building a snapshot flushes the engine, so no purged
+//! entry is ever missing from the durable state.
+
+pub mod archive;
+mod engine;
+pub mod keys;
+pub mod sessions;
+mod snapshot;
+
+use std::path::{Path, PathBuf};
+
+use openraft::storage::RaftStateMachine;
+use openraft::{EntryPayload, StorageIOError};
+use prost::Message;
+use proto::raft as pb;
+use storage::{Db, WriteBatch, WriteOptions};
+
+use crate::codec;
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+pub use engine::{Engine, RangePage};
+use sessions::{Sessions, Verdict};
+pub use snapshot::SnapshotBuilder;
+
+/// An applied batch is written to the engine once it holds this many bytes,
+/// so one apply call never builds an unbounded batch.
+const APPLY_BATCH_BYTES_MAX: usize = 32 << 20;
+
+/// Errors opening the state machine.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateMachineError {
+    /// The engine failed.
+    #[error("storage engine: {0}")]
+    Storage(#[from] storage::Error),
+    /// A file of the state machine could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored state does not decode.
+    #[error("corrupt state machine data: {0}")]
+    Corrupt(String),
+}
+
+/// The state machine openraft drives.
+pub struct StateMachine {
+    layout: snapshot::Layout,
+    engine: Engine,
+    engine_options: storage::Options,
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    sessions: Sessions,
+}
+
+impl StateMachine {
+    /// Opens the state machine under `dir` (creating it if new).
+    pub fn open(dir: &Path, engine_options: storage::Options) -> Result<Self, StateMachineError> {
+        let layout = snapshot::Layout::open(dir)?;
+        let db = Db::open(layout.current_generation_dir(), engine_options.clone())?;
+        let (last_applied, membership) = applied_state_of(&db)?;
+        let sessions = load_sessions(&db)?;
+        tracing::info!(?last_applied, sessions = sessions.len(), "state machine opened");
+        Ok(StateMachine {
+            layout,
+            engine: Engine::new(db),
+            engine_options,
+            last_applied,
+            membership,
+            sessions,
+        })
+    }
+
+    /// The engine handle, shared with the read path.
+    pub fn engine(&self) -> Engine {
+        self.engine.clone()
+    }
+
+    /// Applies one command at `log_id` into `batch`, returning its result.
+    fn apply_command(&mut self, batch: &mut WriteBatch, log_id: &LogId, command: &pb::Command) -> pb::CommandResult {
+        let index = log_id.index;
+        if command.client_id != 0 {
+            let verdict = self
+                .sessions
+                .check(command.client_id, command.sequence, command.first_unanswered);
+            if let Verdict::Duplicate { applied_index } = verdict {
+                return pb::CommandResult {
+                    applied_index,
+                    duplicate: true,
+                };
+            }
+        }
+        match &command.op {
+            Some(pb::command::Op::Put(put)) => {
+                batch.put(keys::user_key(&put.key), &put.value);
+            }
+            Some(pb::command::Op::Delete(delete)) => {
+                batch.delete(keys::user_key(&delete.key));
+            }
+            Some(pb::command::Op::BatchPut(batch_put)) => {
+                for pair in &batch_put.pairs {
+                    batch.put(keys::user_key(&pair.key), &pair.value);
+                }
+            }
+            // An empty command changes nothing but still takes its index.
+            None => {}
+        }
+        if command.client_id != 0 {
+            let (session, evicted) =
+                self.sessions
+                    .record(command.client_id, command.sequence, command.first_unanswered, index);
+            batch.put(keys::session_key(command.client_id), session.encode_to_vec());
+            for client_id in evicted {
+                batch.delete(keys::session_key(client_id));
+            }
+        }
+        pb::CommandResult {
+            applied_index: index,
+            duplicate: false,
+        }
+    }
+
+    /// Writes `batch` with the current applied state attached, without the
+    /// engine's WAL (the Raft log is the WAL).
+    async fn commit(&self, mut batch: WriteBatch) -> Result<(), StorageError> {
+        let state = pb::AppliedState {
+            last_applied: codec::opt_log_id_to_pb(self.last_applied.as_ref()),
+            membership: Some(codec::stored_membership_to_pb(&self.membership)),
+        };
+        batch.set_metadata(state.encode_to_vec());
+        let db = self.engine.db();
+        let options = WriteOptions {
+            sync: false,
+            disable_wal: true,
+        };
+        tokio::task::spawn_blocking(move || db.write(batch, &options))
+            .await
+            .map_err(|e| StorageIOError::write_state_machine(&e))?
+            .map_err(|e| StorageIOError::write_state_machine(&e))?;
+        Ok(())
+    }
+}
+
+/// Reads the applied state stored with the engine's newest data.
+fn applied_state_of(db: &Db) -> Result<(Option<LogId>, StoredMembership), StateMachineError> {
+    let Some(raw) = db.metadata() else {
+        return Ok((None, StoredMembership::default()));
+    };
+    let state = pb::AppliedState::decode(raw.as_ref())
+        .map_err(|e| StateMachineError::Corrupt(format!("applied state: {e}")))?;
+    let corrupt = |e: codec::CodecError| StateMachineError::Corrupt(format!("applied state: {e}"));
+    let last_applied = codec::opt_log_id_from_pb(state.last_applied.as_ref()).map_err(corrupt)?;
+    let membership = codec::stored_membership_from_pb(state.membership.as_ref()).map_err(corrupt)?;
+    Ok((last_applied, membership))
+}
+
+/// Loads every stored exactly-once session.
+fn load_sessions(db: &Db) -> Result<Sessions, StateMachineError> {
+    let (lower, upper) = keys::session_range();
+    let mut stored = Vec::new();
+    for pair in db.scan(keys::bounds(&lower, &upper))? {
+        let (key, value) = pair?;
+        let client_id = keys::session_client_id(&key)
+            .ok_or_else(|| StateMachineError::Corrupt("malformed session key".to_string()))?;
+        let session =
+            pb::Session::decode(value.as_ref()).map_err(|e| StateMachineError::Corrupt(format!("session: {e}")))?;
+        stored.push((client_id, session));
+    }
+    Ok(Sessions::from_stored(stored))
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<pb::CommandResult>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let mut batch = WriteBatch::new();
+        for entry in entries {
+            let result = match &entry.payload {
+                EntryPayload::Blank => pb::CommandResult {
+                    applied_index: entry.log_id.index,
+                    duplicate: false,
+                },
+                EntryPayload::Normal(command) => self.apply_command(&mut batch, &entry.log_id, command),
+                EntryPayload::Membership(membership) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
+                    pb::CommandResult {
+                        applied_index: entry.log_id.index,
+                        duplicate: false,
+                    }
+                }
+            };
+            self.last_applied = Some(entry.log_id);
+            results.push(result);
+            if batch.approximate_bytes() >= APPLY_BATCH_BYTES_MAX {
+                self.commit(std::mem::take(&mut batch)).await?;
+            }
+        }
+        self.commit(batch).await?;
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> SnapshotBuilder {
+        SnapshotBuilder::new(self.engine.clone(), self.layout.clone())
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let file = self
+            .layout
+            .create_receive_file()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let signature = Some(meta.signature());
+        let file = snapshot.into_std().await;
+        let layout = self.layout.clone();
+        let options = self.engine_options.clone();
+        let expected = codec::snapshot_meta_to_pb(meta);
+        let db = tokio::task::spawn_blocking(move || layout.install(file, &expected, options))
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+        let sessions = load_sessions(&db).map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        let old = self.engine.replace(db);
+        drop(old);
+        self.layout.remove_stale_generations();
+        self.sessions = sessions;
+        self.last_applied = meta.last_log_id;
+        self.membership = meta.last_membership.clone();
+        tracing::info!(last_log_id = ?meta.last_log_id, id = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
+        self.layout
+            .current_snapshot()
+            .await
+            .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+    }
+}

@@ -1,0 +1,533 @@
+//! In-process cluster tests: real nodes, real gRPC on 127.0.0.1 ports, real
+//! disks (temp dirs), driven through the public API.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use proto::kv as api;
+use proto::kv::cluster_client::ClusterClient;
+use proto::kv::kv_client::KvClient;
+use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+use tonic::transport::Channel;
+
+/// How long a test waits for the cluster to reach a state.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Cluster tests run one at a time: three nodes per test already load the
+/// two cores enough that parallel tests would starve heartbeats.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+struct RunningNode {
+    node: KvNode,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    addrs: BTreeMap<u64, String>,
+    running: BTreeMap<u64, RunningNode>,
+    timing: RaftTiming,
+}
+
+fn fast_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_ms: 50,
+        election_timeout_ms_min: 250,
+        election_timeout_ms_max: 500,
+        ..RaftTiming::default()
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` voters and waits for a leader.
+    async fn start(n: u64, timing: RaftTiming) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut addrs = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            addrs.insert(id, listener.local_addr().expect("addr").to_string());
+            listeners.insert(id, listener);
+        }
+        let mut cluster = TestCluster {
+            dir,
+            addrs,
+            running: BTreeMap::new(),
+            timing,
+        };
+        for (id, listener) in listeners {
+            cluster.launch(id, listener, id == 1).await;
+        }
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    async fn launch(&mut self, id: u64, listener: tokio::net::TcpListener, initialize: bool) {
+        let config = NodeConfig {
+            id,
+            advertise_addr: self.addrs[&id].clone(),
+            data_dir: self.data_dir(id),
+            initial_members: self.addrs.clone(),
+            initialize,
+            timing: self.timing.clone(),
+            engine: storage::Options {
+                memtable_bytes_max: 256 * 1024,
+                ..storage::Options::default()
+            },
+            limits: Limits::default(),
+        };
+        let node = KvNode::start(config).await.expect("node starts");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = serving.serve(listener, shutdown).await {
+                eprintln!("node {id} stopped with {error}");
+            }
+        });
+        self.running.insert(id, RunningNode { node, stop, task });
+    }
+
+    /// Stops node `id` (gracefully: the server and Raft shut down).
+    async fn stop(&mut self, id: u64) {
+        let running = self.running.remove(&id).expect("node is running");
+        let _ = running.stop.send(());
+        running.task.await.expect("serve task");
+    }
+
+    /// Restarts a stopped node on its data directory and address.
+    async fn restart(&mut self, id: u64) {
+        let listener = bind_retrying(&self.addrs[&id]).await;
+        self.launch(id, listener, false).await;
+    }
+
+    async fn kv(&self, id: u64) -> KvClient<Channel> {
+        KvClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .expect("connect")
+    }
+
+    async fn admin(&self, id: u64) -> ClusterClient<Channel> {
+        ClusterClient::connect(format!("http://{}", self.addrs[&id]))
+            .await
+            .expect("connect")
+    }
+
+    /// Waits until the running nodes agree on a leader other than `not`.
+    async fn wait_for_leader(&self, not: Option<u64>) -> u64 {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .running
+                .values()
+                .map(|r| r.node.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*leader))
+                    && Some(*leader) != not
+                    && self.running.contains_key(leader)
+                {
+                    return *leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until node `id` has applied at least `index`.
+    async fn wait_applied(&self, id: u64, index: u64) {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let applied = self.running[&id]
+                .node
+                .raft()
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
+            if applied >= index {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {id} applied {applied} < {index}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn put(&self, id: u64, key: &str, value: &str) -> Result<api::WriteResponse, tonic::Status> {
+        let request = api::PutRequest {
+            key: key.as_bytes().to_vec().into(),
+            value: value.as_bytes().to_vec().into(),
+            write_id: None,
+        };
+        self.kv(id).await.put(request).await.map(tonic::Response::into_inner)
+    }
+
+    /// Reads `key` from node `id`, retrying while the node is briefly
+    /// unavailable (an election under load), as a client would.
+    async fn get(&self, id: u64, key: &str, consistency: api::Consistency) -> Option<String> {
+        let request = api::GetRequest {
+            key: key.as_bytes().to_vec().into(),
+            consistency: consistency as i32,
+        };
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            match self.kv(id).await.get(request.clone()).await {
+                Ok(reply) => {
+                    let reply = reply.into_inner();
+                    return reply.found.then(|| String::from_utf8_lossy(&reply.value).into_owned());
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(status) => panic!("get {key} from node {id}: {status:?}"),
+            }
+        }
+    }
+
+    async fn digest(&self, id: u64) -> api::DigestResponse {
+        self.admin(id)
+            .await
+            .digest(api::DigestRequest {})
+            .await
+            .expect("digest")
+            .into_inner()
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+async fn bind_retrying(addr: &str) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot rebind {addr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_elect_a_leader_and_replicate_writes() {
+    // A write acknowledged by the leader is readable everywhere.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let reply = cluster.put(leader, "greeting", "hello").await.expect("put");
+    assert!(reply.applied_index > 0 && !reply.duplicate);
+    assert_eq!(
+        cluster
+            .get(leader, "greeting", api::Consistency::Linearizable)
+            .await
+            .as_deref(),
+        Some("hello")
+    );
+    for id in 1..=3 {
+        cluster.wait_applied(id, reply.applied_index).await;
+        assert_eq!(
+            cluster.get(id, "greeting", api::Consistency::Stale).await.as_deref(),
+            Some("hello"),
+            "node {id}"
+        );
+    }
+    assert_eq!(
+        cluster.get(leader, "missing", api::Consistency::Linearizable).await,
+        None,
+        "a missing key is not an error"
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_refuses_writes_and_linearizable_reads_with_a_leader_hint() {
+    // Clients find the leader from any node's answer.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    for status in [
+        cluster
+            .put(follower, "k", "v")
+            .await
+            .expect_err("follower refuses writes"),
+        cluster
+            .kv(follower)
+            .await
+            .get(api::GetRequest {
+                key: "k".as_bytes().to_vec().into(),
+                consistency: api::Consistency::Linearizable as i32,
+            })
+            .await
+            .expect_err("follower refuses linearizable reads"),
+    ] {
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        let hint = |key: &str| {
+            status
+                .metadata()
+                .get(key)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        assert_eq!(hint("x-kv-leader-id"), Some(leader.to_string()));
+        assert_eq!(
+            hint("x-kv-leader-addr").as_deref(),
+            Some(cluster.addrs[&leader].as_str())
+        );
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_leader_elects_a_new_one_that_keeps_every_write() {
+    // Failover: the survivors elect a leader that has every acknowledged write and takes new ones.
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3, fast_timing()).await;
+    let old = cluster.wait_for_leader(None).await;
+    for i in 0..20 {
+        cluster.put(old, &format!("k{i}"), &format!("v{i}")).await.expect("put");
+    }
+    cluster.stop(old).await;
+    let started = Instant::now();
+    let new = cluster.wait_for_leader(Some(old)).await;
+    let mut accepted = None;
+    while accepted.is_none() {
+        accepted = cluster.put(new, "after", "failover").await.ok();
+        assert!(
+            started.elapsed() < WAIT_TIMEOUT,
+            "the new leader never accepted a write"
+        );
+    }
+    eprintln!(
+        "failover: first write accepted {:?} after the leader stopped",
+        started.elapsed()
+    );
+    for i in 0..20 {
+        let value = cluster.get(new, &format!("k{i}"), api::Consistency::Linearizable).await;
+        assert_eq!(value, Some(format!("v{i}")));
+    }
+    // The old leader comes back as a follower and catches up.
+    cluster.restart(old).await;
+    let index = accepted.expect("accepted").applied_index;
+    cluster.wait_applied(old, index).await;
+    assert_eq!(
+        cluster.get(old, "after", api::Consistency::Stale).await.as_deref(),
+        Some("failover")
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_write_is_applied_once() {
+    // A retry after an unknown outcome must not overwrite a newer value.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let mut kv = cluster.kv(leader).await;
+    let put = |value: &str, sequence: u64| api::PutRequest {
+        key: "k".as_bytes().to_vec().into(),
+        value: value.as_bytes().to_vec().into(),
+        write_id: Some(api::WriteId {
+            client_id: 42,
+            sequence,
+            first_unanswered: 1,
+        }),
+    };
+    let first = kv.put(put("first", 1)).await.expect("put").into_inner();
+    kv.put(put("second", 2)).await.expect("put");
+    let retry = kv.put(put("first", 1)).await.expect("retry").into_inner();
+    assert!(retry.duplicate);
+    assert_eq!(retry.applied_index, first.applied_index);
+    assert_eq!(
+        cluster
+            .get(leader, "k", api::Consistency::Linearizable)
+            .await
+            .as_deref(),
+        Some("second")
+    );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_outside_the_limits_are_invalid_arguments() {
+    // Bad input gets a clear error naming the limit, and nothing is applied.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let mut kv = cluster.kv(leader).await;
+    let huge_key = vec![b'k'; Limits::default().key_bytes_max + 1];
+    let cases = vec![
+        kv.put(api::PutRequest {
+            key: Default::default(),
+            value: "v".as_bytes().to_vec().into(),
+            write_id: None,
+        })
+        .await,
+        kv.put(api::PutRequest {
+            key: huge_key.into(),
+            value: Default::default(),
+            write_id: None,
+        })
+        .await,
+        kv.put(api::PutRequest {
+            key: "k".as_bytes().to_vec().into(),
+            value: vec![0u8; Limits::default().value_bytes_max + 1].into(),
+            write_id: None,
+        })
+        .await,
+    ];
+    for case in cases {
+        let status = case.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().contains("empty") || status.message().contains("_max"),
+            "{}",
+            status.message()
+        );
+    }
+    let pairs = vec![
+        api::KeyValue {
+            key: "ok".as_bytes().to_vec().into(),
+            value: "v".as_bytes().to_vec().into(),
+        },
+        api::KeyValue {
+            key: Default::default(),
+            value: "v".as_bytes().to_vec().into(),
+        },
+    ];
+    let status = kv
+        .batch_put(api::BatchPutRequest { pairs, write_id: None })
+        .await
+        .expect_err("refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        cluster.get(leader, "ok", api::Consistency::Linearizable).await,
+        None,
+        "nothing half-applied"
+    );
+    let range = kv
+        .range(api::RangeRequest {
+            limit: Limits::default().range_limit_max + 1,
+            ..Default::default()
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(range.code(), tonic::Code::InvalidArgument);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_pages_through_more_keys_than_one_page() {
+    // Every key comes back exactly once, in order, across pages.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let mut kv = cluster.kv(leader).await;
+    let pairs: Vec<api::KeyValue> = (0..250)
+        .map(|i| api::KeyValue {
+            key: format!("key{i:04}").into_bytes().into(),
+            value: format!("value{i}").into_bytes().into(),
+        })
+        .collect();
+    kv.batch_put(api::BatchPutRequest { pairs, write_id: None })
+        .await
+        .expect("batch");
+    let mut start = bytes::Bytes::new();
+    let mut seen = Vec::new();
+    loop {
+        let page = kv
+            .range(api::RangeRequest {
+                start: start.clone(),
+                end: Default::default(),
+                limit: 100,
+                consistency: 0,
+            })
+            .await
+            .expect("range")
+            .into_inner();
+        assert!(page.pairs.len() <= 100);
+        seen.extend(
+            page.pairs
+                .into_iter()
+                .map(|p| String::from_utf8_lossy(&p.key).into_owned()),
+        );
+        if page.next_start.is_empty() {
+            break;
+        }
+        start = page.next_start;
+    }
+    let expected: Vec<String> = (0..250).map(|i| format!("key{i:04}")).collect();
+    assert_eq!(seen, expected);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
+    // A follower whose log entries were purged on the leader can only catch up from a snapshot.
+    let _serial = SERIAL.lock().await;
+    let timing = RaftTiming {
+        snapshot_logs_since_last: 50,
+        logs_kept_after_snapshot: 5,
+        ..fast_timing()
+    };
+    let mut cluster = TestCluster::start(3, timing).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let victim = (1..=3).rev().find(|id| *id != leader).expect("a follower");
+    let mut admin = cluster.admin(leader).await;
+    admin
+        .remove_node(api::RemoveNodeRequest { id: victim })
+        .await
+        .expect("remove");
+    cluster.stop(victim).await;
+    std::fs::remove_dir_all(cluster.data_dir(victim)).expect("wipe");
+    let mut last = 0;
+    for i in 0..300 {
+        last = cluster
+            .put(leader, &format!("k{i:03}"), &format!("v{i}"))
+            .await
+            .expect("put")
+            .applied_index;
+    }
+    cluster.restart(victim).await;
+    admin
+        .add_learner(api::AddLearnerRequest {
+            id: victim,
+            addr: cluster.addrs[&victim].clone(),
+        })
+        .await
+        .expect("add learner");
+    let voters: Vec<u64> = (1..=3).collect();
+    admin
+        .change_membership(api::ChangeMembershipRequest { voters })
+        .await
+        .expect("promote");
+    cluster.wait_applied(victim, last).await;
+    let status = cluster
+        .admin(victim)
+        .await
+        .status(api::StatusRequest {})
+        .await
+        .expect("status")
+        .into_inner();
+    assert!(
+        status.snapshot_index > 0,
+        "the rejoined node must have installed a snapshot: {status:?}"
+    );
+    let want = cluster.digest(leader).await;
+    let got = cluster.digest(victim).await;
+    assert_eq!((got.keys, got.digest.clone()), (want.keys, want.digest.clone()));
+    assert_eq!(got.keys, 300);
+    cluster.shutdown().await;
+}

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Starts a local three-node cluster on 127.0.0.1.
+#
+#   scripts/start-cluster.sh [--base-port 7001] [--data-dir ./cluster-data] [--node N]
+#
+# Builds the release binaries if they are missing, starts the nodes that are
+# not running (all three, or only --node N) on their existing data, forms the
+# cluster on its first start, and waits until a leader is elected and every
+# node answers. Node N listens on base-port + N - 1, keeps its data in
+# <data-dir>/nodeN, its PID in <data-dir>/nodeN.pid and its log in
+# <data-dir>/nodeN.log. Stop with scripts/stop-cluster.sh.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+base_port=7001
+data_dir="$root/cluster-data"
+only_node=""
+nodes=3
+wait_seconds=30
+
+usage() {
+    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+}
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --base-port) base_port="${2:?--base-port needs a value}"; shift 2 ;;
+        --data-dir) data_dir="${2:?--data-dir needs a value}"; shift 2 ;;
+        --node) only_node="${2:?--node needs a value}"; shift 2 ;;
+        -h|--help) usage ;;
+        *) echo "start-cluster.sh: unknown option $1" >&2; usage ;;
+    esac
+done
+case "$base_port" in ''|*[!0-9]*) echo "start-cluster.sh: --base-port must be a number" >&2; exit 2 ;; esac
+if [ -n "$only_node" ] && ! [ "$only_node" -ge 1 -a "$only_node" -le "$nodes" ] 2>/dev/null; then
+    echo "start-cluster.sh: --node must be 1..$nodes" >&2; exit 2
+fi
+
+bin_dir="${KV_BIN_DIR:-$root/target/release}"
+if [ ! -x "$bin_dir/kv-node" ] || [ ! -x "$bin_dir/kvctl" ]; then
+    echo "building release binaries (once)..."
+    (cd "$root" && cargo build --release --locked -p raft-node -p kvctl)
+fi
+
+mkdir -p "$data_dir"
+data_dir=$(cd "$data_dir" && pwd)
+port_of() { echo $((base_port + $1 - 1)); }
+peers=""
+endpoints=""
+for n in $(seq 1 $nodes); do
+    peers="${peers:+$peers,}$n=127.0.0.1:$(port_of "$n")"
+    endpoints="${endpoints:+$endpoints,}127.0.0.1:$(port_of "$n")"
+done
+
+first_start=1
+for n in $(seq 1 $nodes); do
+    [ -d "$data_dir/node$n" ] && first_start=0
+done
+
+is_running() {
+    local pidfile="$data_dir/node$1.pid"
+    [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
+}
+
+for n in $(seq 1 $nodes); do
+    if [ -n "$only_node" ] && [ "$n" != "$only_node" ]; then continue; fi
+    if is_running "$n"; then
+        echo "node $n is already running (pid $(cat "$data_dir/node$n.pid"))"
+        continue
+    fi
+    init=()
+    if [ "$first_start" = 1 ] && [ "$n" = 1 ]; then init=(--init); fi
+    nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" \
+        --data-dir "$data_dir/node$n" --peers "$peers" "${init[@]}" \
+        >>"$data_dir/node$n.log" 2>&1 </dev/null &
+    echo $! >"$data_dir/node$n.pid"
+    echo "started node $n (pid $!) on 127.0.0.1:$(port_of "$n")"
+done
+
+echo "waiting for a leader..."
+deadline=$((SECONDS + wait_seconds))
+until "$bin_dir/kvctl" --endpoints "$endpoints" cluster status --require-leader >/dev/null 2>&1; do
+    for n in $(seq 1 $nodes); do
+        if ! is_running "$n"; then
+            echo "node $n exited; last lines of $data_dir/node$n.log:" >&2
+            tail -n 20 "$data_dir/node$n.log" >&2 || true
+            exit 1
+        fi
+    done
+    if [ $SECONDS -ge $deadline ]; then
+        echo "no healthy cluster after ${wait_seconds}s; see $data_dir/node*.log" >&2
+        exit 1
+    fi
+    sleep 0.2
+done
+
+"$bin_dir/kvctl" --endpoints "$endpoints" cluster status
+cat <<MSG
+
+cluster is up. Endpoints: $endpoints
+  export KV_ENDPOINTS=$endpoints
+  $bin_dir/kvctl put hello world
+  $bin_dir/kvctl get hello
+MSG
