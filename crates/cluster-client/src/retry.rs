@@ -174,11 +174,26 @@ impl Failure {
     }
 }
 
+/// The code, the message, and the innermost cause of a local error (such
+/// as "Connection refused"), which tonic's message leaves out.
 fn describe(status: &tonic::Status) -> String {
     let mut text = format!("{:?}", status.code());
     if !status.message().is_empty() {
         text.push_str(": ");
         text.push_str(status.message());
+    }
+    let mut cause = std::error::Error::source(status);
+    let mut innermost = None;
+    while let Some(error) = cause {
+        innermost = Some(error);
+        cause = error.source();
+    }
+    if let Some(innermost) = innermost {
+        let detail = innermost.to_string();
+        if !text.contains(&detail) {
+            text.push_str(": ");
+            text.push_str(&detail);
+        }
     }
     text
 }
