@@ -1,0 +1,450 @@
+//! [`Client`], its builder, and the executor that carries out the retry
+//! decisions of [`crate::retry`].
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proto::kv as api;
+use proto::kv::kv_client::KvClient;
+use tonic::transport::Channel;
+
+use crate::endpoints::{normalize, Endpoints};
+use crate::error::{Error, Result};
+use crate::retry::{self, Decision, FailReason, Failure, Outcome, RequestKind};
+use crate::write_id::{WriteIds, WriteTicket};
+
+/// Default deadline of one client call, retries included.
+pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+/// Default deadline of one attempt.
+pub const ATTEMPT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(2);
+/// Default deadline for opening a connection.
+pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
+/// Default smallest backoff cap (the first retry waits up to this).
+pub const BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(20);
+/// Default largest backoff.
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(500);
+/// Default page size of [`Client::range`].
+pub const RANGE_PAGE_SIZE_DEFAULT: u32 = 1000;
+
+const _: () = assert!(BACKOFF_MIN_DEFAULT.as_millis() <= BACKOFF_MAX_DEFAULT.as_millis());
+const _: () = assert!(ATTEMPT_TIMEOUT_DEFAULT.as_millis() <= REQUEST_TIMEOUT_DEFAULT.as_millis());
+
+/// How fresh a read must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Consistency {
+    /// Served by the leader after it confirms it still leads: sees every
+    /// write acknowledged before the read started.
+    #[default]
+    Linearizable,
+    /// Served by any node from its own copy at once: fast, maybe stale.
+    Stale,
+}
+
+impl Consistency {
+    pub(crate) fn to_proto(self) -> i32 {
+        match self {
+            Consistency::Linearizable => api::Consistency::Linearizable as i32,
+            Consistency::Stale => api::Consistency::Stale as i32,
+        }
+    }
+
+    pub(crate) fn request_kind(self) -> RequestKind {
+        match self {
+            Consistency::Linearizable => RequestKind::LinearizableRead,
+            Consistency::Stale => RequestKind::StaleRead,
+        }
+    }
+}
+
+/// Configures a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    request_timeout: Duration,
+    attempt_timeout: Duration,
+    connect_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    range_page_size: u32,
+    client_id: Option<u64>,
+}
+
+impl ClientBuilder {
+    /// A builder for a client of the nodes at `endpoints` (`host:port`).
+    pub fn new(endpoints: impl IntoIterator<Item = impl Into<String>>) -> ClientBuilder {
+        ClientBuilder {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            attempt_timeout: ATTEMPT_TIMEOUT_DEFAULT,
+            connect_timeout: CONNECT_TIMEOUT_DEFAULT,
+            backoff_min: BACKOFF_MIN_DEFAULT,
+            backoff_max: BACKOFF_MAX_DEFAULT,
+            range_page_size: RANGE_PAGE_SIZE_DEFAULT,
+            client_id: None,
+        }
+    }
+
+    /// The deadline of one call, all retries included. Default 5 s. Longer
+    /// rides out longer failovers; shorter reports trouble sooner.
+    pub fn request_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// The deadline of one attempt (bounded by what is left of the request
+    /// deadline). Default 2 s. Shorter abandons a hung node sooner, but a
+    /// write abandoned this way has an unknown outcome.
+    pub fn attempt_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.attempt_timeout = timeout;
+        self
+    }
+
+    /// The deadline for opening a connection. Default 1 s. A node that is
+    /// down usually refuses at once; this bounds the wait for one that is
+    /// unreachable.
+    pub fn connect_timeout(mut self, timeout: Duration) -> ClientBuilder {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// The backoff cap of the first retry; it doubles per retry up to
+    /// [`ClientBuilder::backoff_max`]. Default 20 ms.
+    pub fn backoff_min(mut self, backoff: Duration) -> ClientBuilder {
+        self.backoff_min = backoff;
+        self
+    }
+
+    /// The largest backoff. Default 500 ms. Each wait is uniform in
+    /// `[0, cap]` (full jitter), so clients do not retry in lockstep.
+    pub fn backoff_max(mut self, backoff: Duration) -> ClientBuilder {
+        self.backoff_max = backoff;
+        self
+    }
+
+    /// Pairs per page fetched by [`Client::range`]. Default 1000; the server
+    /// caps it at 10 000 and a page also ends at 4 MiB.
+    pub fn range_page_size(mut self, pairs: u32) -> ClientBuilder {
+        self.range_page_size = pairs.max(1);
+        self
+    }
+
+    /// Uses this client id instead of a random one (not 0). Two clients
+    /// must never share an id while both write.
+    pub fn client_id(mut self, client_id: u64) -> ClientBuilder {
+        self.client_id = Some(client_id);
+        self
+    }
+
+    /// Builds the client. No connection is made until the first request.
+    pub fn build(self) -> Result<Client> {
+        let mut addrs: Vec<String> = Vec::with_capacity(self.endpoints.len());
+        for endpoint in &self.endpoints {
+            let addr = normalize(endpoint)?;
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::NoEndpoints);
+        }
+        if self.client_id == Some(0) {
+            return Err(Error::InvalidArgument("client id 0 disables deduplication".to_owned()));
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                endpoints: Endpoints::new(addrs, self.connect_timeout),
+                write_ids: Arc::new(match self.client_id {
+                    Some(id) => WriteIds::with_client_id(id),
+                    None => WriteIds::new(),
+                }),
+                request_timeout: self.request_timeout,
+                attempt_timeout: self.attempt_timeout.min(self.request_timeout),
+                backoff_min: self.backoff_min,
+                backoff_max: self.backoff_max.max(self.backoff_min),
+                range_page_size: self.range_page_size,
+            }),
+        })
+    }
+}
+
+/// A client of the cluster: follows the leader, retries within a deadline,
+/// and applies each write at most once.
+///
+/// Cheap to clone; clones share the connections, the cached leader and the
+/// write numbering, and may be used from many tasks at once.
+#[derive(Debug, Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    pub(crate) endpoints: Endpoints,
+    write_ids: Arc<WriteIds>,
+    request_timeout: Duration,
+    attempt_timeout: Duration,
+    backoff_min: Duration,
+    backoff_max: Duration,
+    pub(crate) range_page_size: u32,
+}
+
+/// One page of a range.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Page {
+    /// The pairs, in key order.
+    pub pairs: Vec<(Bytes, Bytes)>,
+    /// The start key of the next page; `None` when the range is done.
+    pub next_start: Option<Bytes>,
+}
+
+/// What the executor learns from one call, beside the reply.
+struct Attempted {
+    attempts: u32,
+    outcome_unknown: bool,
+    started: Instant,
+}
+
+impl Client {
+    /// A client with default settings for the nodes at `endpoints`
+    /// (`host:port`, an `http://` prefix is accepted). Connects lazily.
+    pub fn connect(endpoints: impl IntoIterator<Item = impl Into<String>>) -> Result<Client> {
+        ClientBuilder::new(endpoints).build()
+    }
+
+    /// A builder, to change timeouts and backoff.
+    pub fn builder(endpoints: impl IntoIterator<Item = impl Into<String>>) -> ClientBuilder {
+        ClientBuilder::new(endpoints)
+    }
+
+    /// This client's id in write ids.
+    pub fn client_id(&self) -> u64 {
+        self.inner.write_ids.client_id()
+    }
+
+    /// Every endpoint known: the given ones, then those learned from hints.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.inner.endpoints.addrs()
+    }
+
+    /// The endpoint believed to be the leader, if known.
+    pub fn cached_leader(&self) -> Option<String> {
+        self.inner.endpoints.leader()
+    }
+
+    /// Sets `key` to `value`.
+    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<api::WriteResponse> {
+        let ticket = self.inner.write_ids.begin();
+        self.put_with(ticket, key.into(), value.into()).await
+    }
+
+    /// Deletes `key` (deleting a missing key succeeds).
+    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<api::WriteResponse> {
+        let ticket = self.inner.write_ids.begin();
+        let key = key.into();
+        self.execute(RequestKind::Write, None, |channel, timeout| {
+            let mut request = tonic::Request::new(api::DeleteRequest {
+                key: key.clone(),
+                write_id: Some(ticket.write_id()),
+            });
+            request.set_timeout(timeout);
+            async move { KvClient::new(channel).delete(request).await }
+        })
+        .await
+    }
+
+    /// Sets every pair atomically: all of them or none.
+    pub async fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<api::WriteResponse> {
+        let ticket = self.inner.write_ids.begin();
+        let pairs: Vec<api::KeyValue> = pairs
+            .into_iter()
+            .map(|(key, value)| api::KeyValue { key, value })
+            .collect();
+        self.execute(RequestKind::Write, None, |channel, timeout| {
+            let mut request = tonic::Request::new(api::BatchPutRequest {
+                pairs: pairs.clone(),
+                write_id: Some(ticket.write_id()),
+            });
+            request.set_timeout(timeout);
+            async move { KvClient::new(channel).batch_put(request).await }
+        })
+        .await
+    }
+
+    /// Reads `key` linearizably; `None` when it is missing.
+    pub async fn get(&self, key: impl Into<Bytes>) -> Result<Option<Bytes>> {
+        self.get_with(key, Consistency::Linearizable).await
+    }
+
+    /// Reads `key` with the given consistency; `None` when it is missing.
+    pub async fn get_with(&self, key: impl Into<Bytes>, consistency: Consistency) -> Result<Option<Bytes>> {
+        let key = key.into();
+        let reply = self
+            .execute(consistency.request_kind(), None, |channel, timeout| {
+                let mut request = tonic::Request::new(api::GetRequest {
+                    key: key.clone(),
+                    consistency: consistency.to_proto(),
+                });
+                request.set_timeout(timeout);
+                async move { KvClient::new(channel).get(request).await }
+            })
+            .await?;
+        Ok(reply.found.then_some(reply.value))
+    }
+
+    /// One page of the pairs with `start <= key < end` (empty `start`: from
+    /// the beginning; empty `end`: to the end). `limit` 0 asks for the
+    /// server's page size.
+    pub async fn range_page(
+        &self,
+        start: impl Into<Bytes>,
+        end: impl Into<Bytes>,
+        limit: u32,
+        consistency: Consistency,
+    ) -> Result<Page> {
+        let (start, end) = (start.into(), end.into());
+        let reply = self
+            .execute(consistency.request_kind(), None, |channel, timeout| {
+                let mut request = tonic::Request::new(api::RangeRequest {
+                    start: start.clone(),
+                    end: end.clone(),
+                    limit,
+                    consistency: consistency.to_proto(),
+                });
+                request.set_timeout(timeout);
+                async move { KvClient::new(channel).range(request).await }
+            })
+            .await?;
+        Ok(Page {
+            pairs: reply.pairs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
+            next_start: (!reply.next_start.is_empty()).then_some(reply.next_start),
+        })
+    }
+
+    pub(crate) async fn put_with(&self, ticket: WriteTicket, key: Bytes, value: Bytes) -> Result<api::WriteResponse> {
+        self.execute(RequestKind::Write, None, |channel, timeout| {
+            let mut request = tonic::Request::new(api::PutRequest {
+                key: key.clone(),
+                value: value.clone(),
+                write_id: Some(ticket.write_id()),
+            });
+            request.set_timeout(timeout);
+            async move { KvClient::new(channel).put(request).await }
+        })
+        .await
+    }
+
+    /// Sends `put(key, value)` again under an earlier `sequence` of this
+    /// client, as a retry of that write would. For tests of exactly-once
+    /// application; not for ordinary use.
+    #[doc(hidden)]
+    pub async fn put_with_sequence(
+        &self,
+        sequence: u64,
+        key: impl Into<Bytes>,
+        value: impl Into<Bytes>,
+    ) -> Result<api::WriteResponse> {
+        let ticket = self.inner.write_ids.resume(sequence);
+        self.put_with(ticket, key.into(), value.into()).await
+    }
+
+    /// Runs `call` until it succeeds, following [`retry::decide`], within
+    /// the request deadline. `pinned` fixes the endpoint (for
+    /// [`RequestKind::Pinned`]). `call` gets the channel and the time this
+    /// attempt may take, and builds a fresh request each time.
+    pub(crate) async fn execute<T, F, Fut>(&self, kind: RequestKind, pinned: Option<&str>, mut call: F) -> Result<T>
+    where
+        F: FnMut(Channel, Duration) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let inner = &self.inner;
+        let started = Instant::now();
+        let deadline = started + inner.request_timeout;
+        let mut target = match (pinned, kind) {
+            (Some(addr), _) => addr.to_owned(),
+            (None, RequestKind::StaleRead | RequestKind::AnyNode) => inner.endpoints.spread(),
+            (None, _) => inner.endpoints.leader_or_first(),
+        };
+        let mut state = Attempted {
+            attempts: 0,
+            outcome_unknown: false,
+            started,
+        };
+        let mut hint_hops = 0;
+        loop {
+            state.attempts += 1;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let attempt_timeout = inner.attempt_timeout.min(left);
+            let channel = inner.endpoints.channel(&target)?;
+            let failure = match tokio::time::timeout(attempt_timeout, call(channel, attempt_timeout)).await {
+                Ok(Ok(reply)) => {
+                    if kind.leader_only() {
+                        inner.endpoints.set_leader(&target);
+                    }
+                    return Ok(reply.into_inner());
+                }
+                Ok(Err(status)) => {
+                    let failure = Failure::from_status(&status, &target);
+                    (failure, Some(status))
+                }
+                Err(_elapsed) => (Failure::timeout(&target, attempt_timeout), None),
+            };
+            let (failure, status) = failure;
+            if kind == RequestKind::Write && failure.outcome() == Outcome::Unknown {
+                state.outcome_unknown = true;
+            }
+            let decision = retry::decide(kind, &failure, state.attempts);
+            let backoff = retry::backoff_delay(inner.backoff_min, inner.backoff_max, state.attempts, fastrand::f64());
+            let delay = retry::delay_before(&decision, hint_hops, backoff);
+            match decision {
+                Decision::Fail(reason) => return Err(give_up(kind, reason, &state, failure, status)),
+                Decision::RetryAt(addr) => {
+                    hint_hops += 1;
+                    inner.endpoints.set_leader(&addr);
+                    target = addr;
+                }
+                Decision::RetrySame => hint_hops = 0,
+                Decision::RetryNext => {
+                    hint_hops = 0;
+                    target = inner.endpoints.next_after(&target);
+                }
+            }
+            if Instant::now() + delay >= deadline {
+                return Err(give_up(kind, FailReason::GiveUp, &state, failure, status));
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+}
+
+/// The error a request ends with.
+fn give_up(
+    kind: RequestKind,
+    reason: FailReason,
+    state: &Attempted,
+    failure: Failure,
+    status: Option<tonic::Status>,
+) -> Error {
+    let (attempts, elapsed, last) = (state.attempts, state.started.elapsed(), failure.message);
+    let write = kind == RequestKind::Write;
+    match (reason, status) {
+        (FailReason::Rejected, Some(status)) => Error::InvalidArgument(status.message().to_owned()),
+        _ if write && state.outcome_unknown => Error::Unknown {
+            attempts,
+            elapsed,
+            last,
+        },
+        (FailReason::Status, Some(status)) => Error::Other(status),
+        _ if write => Error::NotApplied {
+            attempts,
+            elapsed,
+            last,
+        },
+        _ => Error::Unavailable {
+            attempts,
+            elapsed,
+            last,
+        },
+    }
+}

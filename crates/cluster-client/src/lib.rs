@@ -1,0 +1,63 @@
+//! A client for the replicated key/value database that follows the leader,
+//! retries within a deadline, and applies each write at most once.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), cluster_client::Error> {
+//! use tokio_stream::StreamExt;
+//!
+//! let client = cluster_client::Client::connect(["127.0.0.1:7001", "127.0.0.1:7002"])?;
+//! client.put("greeting", "hello").await?;
+//! assert_eq!(client.get("greeting").await?.as_deref(), Some(&b"hello"[..]));
+//! let mut pairs = client.range("a", "z");
+//! while let Some(pair) = pairs.next().await {
+//!     let (key, value) = pair?;
+//!     println!("{key:?} = {value:?}");
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`retry`]: the pure decision core. A failed attempt becomes a
+//!   [`retry::Failure`]; [`retry::decide`] maps it to retry at the hinted
+//!   leader, retry the same node after a backoff, rotate to the next
+//!   endpoint, or fail. Backoff is exponential with full jitter. No I/O,
+//!   unit-tested for every status code and metadata combination.
+//! - `client`: [`Client`], [`ClientBuilder`], the data operations and the
+//!   executor that carries out the decisions within the request deadline.
+//! - `admin`: status, digest, initialize and membership calls.
+//! - `range`: [`RangeStream`], a range paged through for the caller.
+//! - `endpoints`: the endpoint list, lazily made channels, the cached leader.
+//! - `write_id`: exactly-once numbering: a random client id, one sequence per
+//!   write reused by its retries, and `first_unanswered`.
+//! - `error`: [`Error`] and [`Outcome`]: whether a failed write may have
+//!   been applied.
+//!
+//! # Failures
+//!
+//! Every call has a deadline ([`ClientBuilder::request_timeout`], 5 s by
+//! default) and at most [`retry::ATTEMPTS_MAX`] attempts. A write that fails
+//! reports whether it certainly did not happen ([`Error::NotApplied`],
+//! [`Error::InvalidArgument`]) or may have ([`Error::Unknown`]); see
+//! [`Error::outcome`].
+
+#![deny(clippy::unwrap_used)]
+#![deny(missing_docs)]
+
+mod admin;
+mod client;
+mod endpoints;
+mod error;
+mod range;
+pub mod retry;
+mod write_id;
+
+pub use bytes::Bytes;
+pub use client::{
+    Client, ClientBuilder, Consistency, Page, ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_MAX_DEFAULT, BACKOFF_MIN_DEFAULT,
+    CONNECT_TIMEOUT_DEFAULT, RANGE_PAGE_SIZE_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+};
+pub use endpoints::LEARNED_ENDPOINTS_MAX;
+pub use error::{Error, Outcome, Result};
+pub use proto::kv::{DigestResponse, Member, MembershipResponse, StatusResponse, WriteResponse};
+pub use range::RangeStream;

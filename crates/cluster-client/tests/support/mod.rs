@@ -1,0 +1,187 @@
+//! An in-process cluster for tests: real nodes (`raft_node::KvNode`), real
+//! gRPC on 127.0.0.1 ports bound to :0, real disks in a temp dir. The same
+//! pattern as raft-node's own cluster tests, copied rather than shared so
+//! neither crate depends on the other's test files. Also used by kvctl's
+//! tests (through `#[path]`).
+
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+
+/// How long a test waits for the cluster to reach a state.
+pub const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+struct RunningNode {
+    node: KvNode,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A cluster of nodes running in this process.
+pub struct TestCluster {
+    dir: tempfile::TempDir,
+    addrs: BTreeMap<u64, String>,
+    running: BTreeMap<u64, RunningNode>,
+}
+
+/// Short election timeouts, so failover tests run quickly.
+pub fn fast_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_ms: 50,
+        election_timeout_ms_min: 300,
+        election_timeout_ms_max: 600,
+        ..RaftTiming::default()
+    }
+}
+
+impl TestCluster {
+    /// Starts `n` voters (node 1 initializes the cluster) and waits for a
+    /// leader.
+    pub async fn start(n: u64) -> TestCluster {
+        let cluster = TestCluster::start_with(n, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
+    /// Starts `n` nodes that know their peers but form no cluster until
+    /// someone calls Initialize.
+    pub async fn start_uninitialized(n: u64) -> TestCluster {
+        TestCluster::start_with(n, false).await
+    }
+
+    async fn start_with(n: u64, initialize: bool) -> TestCluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = TestCluster {
+            dir,
+            addrs: BTreeMap::new(),
+            running: BTreeMap::new(),
+        };
+        let mut listeners = BTreeMap::new();
+        for id in 1..=n {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            cluster
+                .addrs
+                .insert(id, listener.local_addr().expect("addr").to_string());
+            listeners.insert(id, listener);
+        }
+        let members = cluster.addrs.clone();
+        for (id, listener) in listeners {
+            cluster
+                .launch(id, listener, members.clone(), initialize && id == 1)
+                .await;
+        }
+        cluster
+    }
+
+    /// Starts node `id` outside the cluster (for add-learner); returns its
+    /// address.
+    pub async fn start_extra(&mut self, id: u64) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        self.addrs.insert(id, addr.clone());
+        self.launch(id, listener, BTreeMap::new(), false).await;
+        addr
+    }
+
+    fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
+    }
+
+    async fn launch(
+        &mut self,
+        id: u64,
+        listener: tokio::net::TcpListener,
+        initial_members: BTreeMap<u64, String>,
+        initialize: bool,
+    ) {
+        let config = NodeConfig {
+            id,
+            advertise_addr: self.addrs[&id].clone(),
+            data_dir: self.data_dir(id),
+            initial_members,
+            initialize,
+            timing: fast_timing(),
+            engine: storage::Options {
+                memtable_bytes_max: 256 * 1024,
+                ..storage::Options::default()
+            },
+            limits: Limits::default(),
+        };
+        let node = KvNode::start(config).await.expect("node starts");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let serving = node.clone();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stopped.await;
+            };
+            if let Err(error) = serving.serve(listener, shutdown).await {
+                eprintln!("node {id} stopped with {error}");
+            }
+        });
+        self.running.insert(id, RunningNode { node, stop, task });
+    }
+
+    /// The address of node `id`.
+    pub fn addr(&self, id: u64) -> String {
+        self.addrs[&id].clone()
+    }
+
+    /// Addresses of nodes 1..=n, in id order.
+    pub fn addrs(&self) -> Vec<String> {
+        self.addrs.values().cloned().collect()
+    }
+
+    /// Stops node `id` (gracefully: the server and Raft shut down).
+    pub async fn stop(&mut self, id: u64) {
+        let running = self.running.remove(&id).expect("node is running");
+        let _ = running.stop.send(());
+        running.task.await.expect("serve task");
+    }
+
+    /// Waits until the running nodes agree on a leader other than `not`.
+    pub async fn wait_for_leader(&self, not: Option<u64>) -> u64 {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let leaders: Vec<Option<u64>> = self
+                .running
+                .values()
+                .map(|r| r.node.raft().metrics().borrow().current_leader)
+                .collect();
+            if let Some(Some(leader)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*leader))
+                    && Some(*leader) != not
+                    && self.running.contains_key(leader)
+                {
+                    return *leader;
+                }
+            }
+            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_applied(&self, index: u64) {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        for (id, running) in &self.running {
+            loop {
+                let applied = running
+                    .node
+                    .raft()
+                    .metrics()
+                    .borrow()
+                    .last_applied
+                    .map_or(0, |l| l.index);
+                if applied >= index {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "node {id} applied {applied} < {index}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
