@@ -22,6 +22,14 @@ impl AdminService {
     pub fn new(raft: Raft, engine: Engine, addr: String) -> Self {
         AdminService { raft, engine, addr }
     }
+
+    /// Waits until this node is a leader that has committed an entry of its
+    /// own term: before that openraft refuses membership changes, as the
+    /// previous leader's change may still be in flight.
+    async fn settled_leader(&self) -> Result<(), Status> {
+        self.raft.ensure_linearizable().await.map_err(status::from_read_error)?;
+        Ok(())
+    }
 }
 
 fn members_of(membership: &Membership) -> Vec<api::Member> {
@@ -125,6 +133,7 @@ impl api::cluster_server::Cluster for AdminService {
     ) -> Result<Response<api::MembershipResponse>, Status> {
         let request = request.into_inner();
         check_node(request.id, &request.addr)?;
+        self.settled_leader().await?;
         let reply = self
             .raft
             .add_learner(request.id, Node { addr: request.addr }, true)
@@ -141,6 +150,7 @@ impl api::cluster_server::Cluster for AdminService {
         if voters.is_empty() {
             return Err(Status::invalid_argument("a cluster needs at least one voter"));
         }
+        self.settled_leader().await?;
         let reply = self
             .raft
             .change_membership(voters, false)
@@ -154,6 +164,7 @@ impl api::cluster_server::Cluster for AdminService {
         request: Request<api::RemoveNodeRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
         let id = request.into_inner().id;
+        self.settled_leader().await?;
         let metrics = self.raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership();
         if membership.get_node(&id).is_none() {

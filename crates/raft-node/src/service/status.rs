@@ -10,7 +10,7 @@
 //!   down after proposing it may still commit);
 //! - a failing disk: `INTERNAL`.
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
@@ -53,6 +53,11 @@ pub fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
 pub fn from_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
     match error {
         RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        // A change still in progress (or a new leader that has not yet
+        // committed an entry of its term) clears up by itself: retry later.
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
+            not_applied(Status::unavailable(format!("a membership change is in progress: {e}")))
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => Status::failed_precondition(e.to_string()),
         RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
     }
