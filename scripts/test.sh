@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it:
+#   1. every crate's unit and integration tests (debug build),
+#   2. the release binaries, built once,
+#   3. the cluster scripts and kvctl end to end on non-default ports,
+#   4. the chaos suite against real kv-node processes (CI size), if present.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+echo "== unit and integration tests"
+cargo test --workspace --locked
+
+echo "== release binaries"
+cargo build --release --locked -p raft-node -p kvctl
+
+echo "== cluster scripts and kvctl, end to end"
+scripts/smoke-cluster.sh --base-port 17001
+
+if [ -f tests/cluster/Cargo.toml ]; then
+    echo "== chaos suite (CI size)"
+    cargo test --release --locked -p chaos -- --test-threads 1
+fi
