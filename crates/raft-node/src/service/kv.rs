@@ -7,6 +7,7 @@ use proto::raft as pb;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use super::read_barrier::ReadBarrier;
 use super::status;
 use crate::config::Limits;
 use crate::state_machine::Engine;
@@ -18,6 +19,7 @@ pub struct KvService {
     engine: Engine,
     limits: Limits,
     proposals: Arc<Semaphore>,
+    read_barrier: Arc<ReadBarrier>,
 }
 
 impl KvService {
@@ -25,6 +27,7 @@ impl KvService {
     pub fn new(raft: Raft, engine: Engine, limits: Limits) -> Self {
         let proposals = Arc::new(Semaphore::new(limits.proposals_in_flight_max));
         KvService {
+            read_barrier: ReadBarrier::new(raft.clone()),
             raft,
             engine,
             limits,
@@ -105,10 +108,7 @@ impl KvService {
     async fn read_barrier(&self, consistency: i32) -> Result<(), Status> {
         match api::Consistency::try_from(consistency) {
             Ok(api::Consistency::Stale) => Ok(()),
-            Ok(api::Consistency::Linearizable) => {
-                self.raft.ensure_linearizable().await.map_err(status::from_read_error)?;
-                Ok(())
-            }
+            Ok(api::Consistency::Linearizable) => self.read_barrier.wait().await,
             Err(_) => Err(Status::invalid_argument(format!("unknown consistency {consistency}"))),
         }
     }
