@@ -47,7 +47,7 @@ impl TestCluster {
         let mut addrs = BTreeMap::new();
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = bind_free_port().await;
             addrs.insert(id, listener.local_addr().expect("addr").to_string());
             listeners.insert(id, listener);
         }
@@ -206,6 +206,25 @@ impl TestCluster {
         let ids: Vec<u64> = self.running.keys().copied().collect();
         for id in ids {
             self.stop(id).await;
+        }
+    }
+}
+
+/// Runs `call` until it succeeds, retrying while the node is briefly
+/// unavailable (an election or a slow heartbeat round under load).
+async fn retry_unavailable<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("call failed: {status:?}"),
         }
     }
 }
@@ -447,16 +466,19 @@ async fn range_pages_through_more_keys_than_one_page() {
     let mut start = bytes::Bytes::new();
     let mut seen = Vec::new();
     loop {
-        let page = kv
-            .range(api::RangeRequest {
-                start: start.clone(),
-                end: Default::default(),
-                limit: 100,
-                consistency: 0,
-            })
-            .await
-            .expect("range")
-            .into_inner();
+        let request = api::RangeRequest {
+            start: start.clone(),
+            end: Default::default(),
+            limit: 100,
+            consistency: 0,
+        };
+        let page = retry_unavailable(|| {
+            let mut kv = kv.clone();
+            let request = request.clone();
+            async move { kv.range(request).await }
+        })
+        .await
+        .into_inner();
         assert!(page.pairs.len() <= 100);
         seen.extend(
             page.pairs
@@ -485,11 +507,12 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
     let mut cluster = TestCluster::start(3, timing).await;
     let leader = cluster.wait_for_leader(None).await;
     let victim = (1..=3).rev().find(|id| *id != leader).expect("a follower");
-    let mut admin = cluster.admin(leader).await;
-    admin
-        .remove_node(api::RemoveNodeRequest { id: victim })
-        .await
-        .expect("remove");
+    let admin = cluster.admin(leader).await;
+    retry_unavailable(|| {
+        let mut admin = admin.clone();
+        async move { admin.remove_node(api::RemoveNodeRequest { id: victim }).await }
+    })
+    .await;
     cluster.stop(victim).await;
     std::fs::remove_dir_all(cluster.data_dir(victim)).expect("wipe");
     let mut last = 0;
@@ -501,18 +524,22 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
             .applied_index;
     }
     cluster.restart(victim).await;
-    admin
-        .add_learner(api::AddLearnerRequest {
+    let addr = cluster.addrs[&victim].clone();
+    retry_unavailable(|| {
+        let mut admin = admin.clone();
+        let request = api::AddLearnerRequest {
             id: victim,
-            addr: cluster.addrs[&victim].clone(),
-        })
-        .await
-        .expect("add learner");
-    let voters: Vec<u64> = (1..=3).collect();
-    admin
-        .change_membership(api::ChangeMembershipRequest { voters })
-        .await
-        .expect("promote");
+            addr: addr.clone(),
+        };
+        async move { admin.add_learner(request).await }
+    })
+    .await;
+    retry_unavailable(|| {
+        let mut admin = admin.clone();
+        let voters: Vec<u64> = (1..=3).collect();
+        async move { admin.change_membership(api::ChangeMembershipRequest { voters }).await }
+    })
+    .await;
     cluster.wait_applied(victim, last).await;
     let status = cluster
         .admin(victim)
@@ -530,4 +557,17 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
     assert_eq!((got.keys, got.digest.clone()), (want.keys, want.digest.clone()));
     assert_eq!(got.keys, 300);
     cluster.shutdown().await;
+}
+
+/// Binds a free 127.0.0.1 port below the kernel's ephemeral range
+/// (32768 and up), so that no outgoing connection can take a stopped
+/// node's port before it restarts on it.
+async fn bind_free_port() -> tokio::net::TcpListener {
+    for _ in 0..1000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }

@@ -62,7 +62,7 @@ impl TestCluster {
         };
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let listener = bind_free_port().await;
             cluster
                 .addrs
                 .insert(id, listener.local_addr().expect("addr").to_string());
@@ -80,7 +80,7 @@ impl TestCluster {
     /// Starts node `id` outside the cluster (for add-learner); returns its
     /// address.
     pub async fn start_extra(&mut self, id: u64) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = bind_free_port().await;
         let addr = listener.local_addr().expect("addr").to_string();
         self.addrs.insert(id, addr.clone());
         self.launch(id, listener, BTreeMap::new(), false).await;
@@ -184,4 +184,17 @@ impl TestCluster {
             }
         }
     }
+}
+
+/// Binds a free 127.0.0.1 port below the kernel's ephemeral range
+/// (32768 and up), so that no outgoing connection can take a stopped
+/// node's port before it restarts on it.
+async fn bind_free_port() -> tokio::net::TcpListener {
+    for _ in 0..1000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            return listener;
+        }
+    }
+    panic!("no free port in 20000..32000");
 }
