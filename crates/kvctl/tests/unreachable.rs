@@ -29,7 +29,7 @@ fn assert_clean_failure(output: &Output, expect: &str) {
 
 #[test]
 fn every_command_fails_cleanly_when_no_node_answers() {
-    let base = ["--endpoints", NOWHERE, "--timeout-ms", "300"];
+    let base = ["--endpoints", NOWHERE, "--timeout-ms", "1000"];
     let commands: &[(&[&str], &str)] = &[
         (&["put", "k", "v"], "not applied"),
         (&["get", "k"], "Connection refused"),
