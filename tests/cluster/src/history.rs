@@ -94,6 +94,9 @@ pub struct Op {
     pub complete_us: Option<u64>,
     /// How it ended.
     pub outcome: Outcome,
+    /// The client's error, when it did not succeed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// Collects operations from concurrent clients.
@@ -128,7 +131,7 @@ impl Recorder {
     }
 
     /// Records a finished operation; `Unknown` outcomes get no return time.
-    pub fn complete(&self, id: u64, client: u64, kind: OpKind, invoke_us: u64, outcome: Outcome) {
+    pub fn complete(&self, id: u64, client: u64, kind: OpKind, invoke_us: u64, outcome: Outcome, error: Option<String>) {
         let complete_us = (outcome != Outcome::Unknown).then(|| micros(self.now()));
         let op = Op {
             id,
@@ -137,6 +140,7 @@ impl Recorder {
             invoke_us,
             complete_us,
             outcome,
+            error,
         };
         self.ops.lock().expect("recorder lock poisoned").push(op);
     }
@@ -190,6 +194,7 @@ mod tests {
             },
             at,
             Outcome::Unknown,
+            Some("timed out".into()),
         );
         let (id, at) = recorder.invoke();
         recorder.complete(
@@ -202,6 +207,7 @@ mod tests {
             },
             at,
             Outcome::Ok,
+            None,
         );
         let dir = std::env::temp_dir().join(format!("chaos-history-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");

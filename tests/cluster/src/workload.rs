@@ -110,8 +110,8 @@ async fn run_client(
         let value = format!("c{client_index}-{counter}");
         let kind = choose(&mut rng, options.keys, value);
         let (id, invoke_us) = recorder.invoke();
-        let (kind, outcome) = execute(&client, kind).await;
-        recorder.complete(id, client_index, kind, invoke_us, outcome);
+        let (kind, outcome, error) = execute(&client, kind).await;
+        recorder.complete(id, client_index, kind, invoke_us, outcome, error);
         if options.think_ms_max > 0 {
             tokio::time::sleep(Duration::from_millis(rng.u64(0..=options.think_ms_max))).await;
         }
@@ -155,27 +155,29 @@ fn choose(rng: &mut fastrand::Rng, keys: u64, value: String) -> OpKind {
     }
 }
 
-fn write_outcome<T>(result: &cluster_client::Result<T>) -> Outcome {
+fn write_outcome<T>(result: &cluster_client::Result<T>) -> (Outcome, Option<String>) {
     match result {
-        Ok(_) => Outcome::Ok,
+        Ok(_) => (Outcome::Ok, None),
         Err(error) => match error.outcome() {
-            cluster_client::Outcome::NotApplied => Outcome::Fail,
-            cluster_client::Outcome::Unknown => Outcome::Unknown,
+            cluster_client::Outcome::NotApplied => (Outcome::Fail, Some(error.to_string())),
+            cluster_client::Outcome::Unknown => (Outcome::Unknown, Some(error.to_string())),
         },
     }
 }
 
 /// Runs one operation; returns it (with a read's result) and its outcome.
 /// A failed read is `Fail`: it had no effect and tells nothing.
-async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome) {
+async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome, Option<String>) {
     match kind {
         OpKind::Put { key, value } => {
             let result = client.put(key.clone(), value.clone()).await;
-            (OpKind::Put { key, value }, write_outcome(&result))
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Put { key, value }, outcome, error)
         }
         OpKind::Delete { key } => {
             let result = client.delete(key.clone()).await;
-            (OpKind::Delete { key }, write_outcome(&result))
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Delete { key }, outcome, error)
         }
         OpKind::Batch { keys, value } => {
             let pairs = keys
@@ -183,14 +185,15 @@ async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome) {
                 .map(|k| (Bytes::from(k.clone()), Bytes::from(value.clone())))
                 .collect();
             let result = client.batch_put(pairs).await;
-            (OpKind::Batch { keys, value }, write_outcome(&result))
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Batch { keys, value }, outcome, error)
         }
         OpKind::Get { key, .. } => match client.get(key.clone()).await {
             Ok(found) => {
                 let found = found.map(|v| String::from_utf8_lossy(&v).into_owned());
-                (OpKind::Get { key, result: Some(found) }, Outcome::Ok)
+                (OpKind::Get { key, result: Some(found) }, Outcome::Ok, None)
             }
-            Err(_) => (OpKind::Get { key, result: None }, Outcome::Fail),
+            Err(error) => (OpKind::Get { key, result: None }, Outcome::Fail, Some(error.to_string())),
         },
         OpKind::Range { start, end, .. } => {
             let page = client
@@ -218,9 +221,14 @@ async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome) {
                             result: Some(pairs),
                         },
                         Outcome::Ok,
+                        None,
                     )
                 }
-                Err(_) => (OpKind::Range { start, end, result: None }, Outcome::Fail),
+                Err(error) => (
+                    OpKind::Range { start, end, result: None },
+                    Outcome::Fail,
+                    Some(error.to_string()),
+                ),
             }
         }
     }

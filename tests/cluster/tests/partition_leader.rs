@@ -37,6 +37,10 @@ async fn a_partitioned_leader_serves_nothing_stale() {
         tokio::time::sleep(run.random_ms(1500, 3000)).await;
         let (from_nodes, _) = run.cluster.links.accepted();
         assert!(from_nodes > 0, "the proxies never identified a node: partitions would be no-ops");
+        // Evidence the fault bit: the majority moved on to a new leader.
+        let successor = run.leader().await;
+        assert_ne!(successor, leader, "the majority kept leader {leader} although it was cut off");
+        run.fault(format!("the majority elected node {successor}"));
         run.fault("heal every link");
         run.cluster.links.heal();
         tokio::time::sleep(Duration::from_millis(800)).await;

@@ -73,6 +73,7 @@ pub(crate) mod testing {
                 invoke_us: invoke,
                 complete_us: complete,
                 outcome,
+                error: None,
             });
             self
         }
