@@ -401,7 +401,10 @@ where
     for _ in 0..ATTEMPTS_MAX {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(error) => last = Some(error),
+            Err(error) => {
+                eprintln!("chaos: {what} failed, will retry: {error}");
+                last = Some(error);
+            }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
