@@ -271,7 +271,9 @@ impl Cluster {
     }
 
     fn signal(&self, index: usize, signal: &str) -> Result<()> {
-        let pid = self.nodes[index].pid().ok_or_else(|| anyhow!("node {} is down", index + 1))?;
+        let pid = self.nodes[index]
+            .pid()
+            .ok_or_else(|| anyhow!("node {} is down", index + 1))?;
         let status = Command::new("kill").arg(signal).arg(pid.to_string()).status()?;
         if !status.success() {
             bail!("kill {signal} {pid} failed: {status}");
@@ -385,7 +387,11 @@ impl Cluster {
 
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
+        .map(|stat| {
+            stat.rsplit(')')
+                .next()
+                .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+        })
         .unwrap_or(true)
 }
 

@@ -131,7 +131,15 @@ impl Recorder {
     }
 
     /// Records a finished operation; `Unknown` outcomes get no return time.
-    pub fn complete(&self, id: u64, client: u64, kind: OpKind, invoke_us: u64, outcome: Outcome, error: Option<String>) {
+    pub fn complete(
+        &self,
+        id: u64,
+        client: u64,
+        kind: OpKind,
+        invoke_us: u64,
+        outcome: Outcome,
+        error: Option<String>,
+    ) {
         let complete_us = (outcome != Outcome::Unknown).then(|| micros(self.now()));
         let op = Op {
             id,

@@ -304,7 +304,8 @@ mod tests {
         if cfg!(target_endian = "little") {
             assert_eq!(proc_net_addr(addr).as_deref(), Some("0100007F:1F90"));
         }
-        let table = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+        let table =
+            "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
              0: 0100007F:1F90 0100007F:0050 01 00000000:00000000 00:00000000 00000000  1000        0 4242 1\n";
         let remote: SocketAddr = "127.0.0.1:80".parse().expect("addr");
         if cfg!(target_endian = "little") {

@@ -191,9 +191,20 @@ async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome, Option<Stri
         OpKind::Get { key, .. } => match client.get(key.clone()).await {
             Ok(found) => {
                 let found = found.map(|v| String::from_utf8_lossy(&v).into_owned());
-                (OpKind::Get { key, result: Some(found) }, Outcome::Ok, None)
+                (
+                    OpKind::Get {
+                        key,
+                        result: Some(found),
+                    },
+                    Outcome::Ok,
+                    None,
+                )
             }
-            Err(error) => (OpKind::Get { key, result: None }, Outcome::Fail, Some(error.to_string())),
+            Err(error) => (
+                OpKind::Get { key, result: None },
+                Outcome::Fail,
+                Some(error.to_string()),
+            ),
         },
         OpKind::Range { start, end, .. } => {
             let page = client
@@ -225,7 +236,11 @@ async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome, Option<Stri
                     )
                 }
                 Err(error) => (
-                    OpKind::Range { start, end, result: None },
+                    OpKind::Range {
+                        start,
+                        end,
+                        result: None,
+                    },
                     Outcome::Fail,
                     Some(error.to_string()),
                 ),

@@ -22,7 +22,9 @@ async fn a_flapping_link_breaks_nothing() {
         while peer == leader {
             peer = run.rng.u64(1..=3);
         }
-        run.fault(format!("flap the links between {leader} and {peer} {FLAPS_PER_ROUND} times"));
+        run.fault(format!(
+            "flap the links between {leader} and {peer} {FLAPS_PER_ROUND} times"
+        ));
         for _ in 0..FLAPS_PER_ROUND {
             let mode = match run.rng.u32(0..3) {
                 0 => LinkMode::Drop,

@@ -33,7 +33,13 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
         }
         let index = run.cluster.index_of(follower);
         let endpoint = run.cluster.nodes[index].client_addr.to_string();
-        let behind = run.cluster.admin().status(&endpoint).await.expect("status").last_log_index;
+        let behind = run
+            .cluster
+            .admin()
+            .status(&endpoint)
+            .await
+            .expect("status")
+            .last_log_index;
         run.fault(format!("SIGKILL follower {follower} at log index {behind}"));
         run.cluster.kill(index);
         // Precondition: the leader purged past the follower's log.
@@ -54,7 +60,10 @@ async fn a_follower_behind_a_purged_log_catches_up_by_snapshot() {
             if status.as_ref().is_ok_and(|s| s.snapshot_index > behind) {
                 break;
             }
-            assert!(Instant::now() < deadline, "follower {follower} never installed a snapshot past {behind}");
+            assert!(
+                Instant::now() < deadline,
+                "follower {follower} never installed a snapshot past {behind}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         run.fault(format!("follower {follower} installed a snapshot"));

@@ -64,7 +64,10 @@ mod tests {
     #[test]
     fn short_windows_pass_and_long_or_missing_ones_fail() {
         let ms = |m| Some(Duration::from_millis(m));
-        assert!(matches!(check(&[ms(700), ms(1200)], WRITE_UNAVAILABLE_MAX), Verdict::Pass(_)));
+        assert!(matches!(
+            check(&[ms(700), ms(1200)], WRITE_UNAVAILABLE_MAX),
+            Verdict::Pass(_)
+        ));
         assert!(check(&[ms(700), ms(5001)], WRITE_UNAVAILABLE_MAX).is_fail());
         assert!(check(&[ms(700), None], WRITE_UNAVAILABLE_MAX).is_fail());
     }

@@ -47,8 +47,7 @@ pub fn check(ops: &[Op], final_state: &BTreeMap<String, String>) -> Verdict {
                 return Verdict::Fail(format!(
                     "acknowledged write op {} ({key} = {value:?}, invoked at {}us) is lost: \
                      the key ends as {last:?}, written by ops that returned by {latest_source}us",
-                    op.id,
-                    op.invoke_us,
+                    op.id, op.invoke_us,
                 ));
             }
         }
@@ -99,7 +98,11 @@ mod tests {
     #[test]
     fn values_nobody_wrote_are_rejected() {
         // Corruption or a failed write that landed.
-        let h = H::default().put("a", "1", 0, 10).put_failed("a", "2", 20, 30).ops.clone();
+        let h = H::default()
+            .put("a", "1", 0, 10)
+            .put_failed("a", "2", 20, 30)
+            .ops
+            .clone();
         assert!(check(&h, &state(&[("a", "2")])).is_fail());
         assert!(check(&h, &state(&[("a", "1"), ("zz", "1")])).is_fail());
     }

@@ -103,7 +103,13 @@ fn project(ops: &[Op], key: &str) -> (Vec<KeyOp>, Vec<Option<String>>) {
         let ret = op.complete_us.unwrap_or(u64::MAX);
         match (&op.kind, op.outcome) {
             (_, Outcome::Fail) => {}
-            (OpKind::Get { key: k, result: Some(found) }, Outcome::Ok) if k == key => {
+            (
+                OpKind::Get {
+                    key: k,
+                    result: Some(found),
+                },
+                Outcome::Ok,
+            ) if k == key => {
                 reads.push((op, ret, found.clone()));
             }
             (
@@ -180,7 +186,11 @@ impl Stuck {
         let name = |v: u32| format!("{:?}", names.get(v as usize).cloned().flatten());
         let show = |i: usize| {
             let op = &ops[i];
-            let ret = if op.ret == u64::MAX { "?".to_owned() } else { op.ret.to_string() };
+            let ret = if op.ret == u64::MAX {
+                "?".to_owned()
+            } else {
+                op.ret.to_string()
+            };
             format!(
                 "op {} {} {} [{}us..{ret}us]{}",
                 op.id,

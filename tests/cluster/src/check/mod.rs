@@ -111,7 +111,11 @@ pub(crate) mod testing {
                 keys: keys.iter().map(|k| k.to_string()).collect(),
                 value: value.into(),
             };
-            let outcome = if complete.is_some() { Outcome::Ok } else { Outcome::Unknown };
+            let outcome = if complete.is_some() {
+                Outcome::Ok
+            } else {
+                Outcome::Unknown
+            };
             self.push(kind, invoke, complete, outcome)
         }
 
@@ -123,7 +127,14 @@ pub(crate) mod testing {
             self.push(kind, invoke, Some(complete), Outcome::Ok)
         }
 
-        pub fn range(&mut self, start: &str, end: &str, pairs: &[(&str, &str)], invoke: u64, complete: u64) -> &mut Self {
+        pub fn range(
+            &mut self,
+            start: &str,
+            end: &str,
+            pairs: &[(&str, &str)],
+            invoke: u64,
+            complete: u64,
+        ) -> &mut Self {
             let kind = OpKind::Range {
                 start: start.into(),
                 end: end.into(),
