@@ -14,7 +14,11 @@ per=${2:-60}
 log="$root/target/chaos-soak.log"
 scenarios=(kill_leader kill_random kill_two_of_five full_crash freeze_leader partition_leader flapping_link snapshot_catchup)
 cd "$root"
-cargo build -j 1 --release -p raft-node
+bin=${KV_NODE_BIN:-$root/target/release/kv-node}
+if [ ! -x "$bin" ]; then
+    echo "soak: $bin missing: run cargo build --release -j 1 -p raft-node first" >&2
+    exit 2
+fi
 cargo test -j 1 -p chaos --no-run
 : >"$log"
 start=$SECONDS
