@@ -1,0 +1,250 @@
+//! Concurrent clients doing colliding operations over a small key set, each
+//! recorded in the history.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cluster_client::{Client, Consistency};
+use tokio::task::JoinSet;
+
+use crate::history::{OpKind, Outcome, Recorder};
+
+/// Workload shape.
+#[derive(Debug, Clone)]
+pub struct WorkloadOptions {
+    /// Concurrent clients, each with its own client id.
+    pub clients: u64,
+    /// Keys `k0..k{keys-1}`; few, so operations collide.
+    pub keys: u64,
+    /// Deadline of one operation, retries included; a write past it is
+    /// unknown.
+    pub request_timeout: Duration,
+    /// Deadline of one attempt.
+    pub attempt_timeout: Duration,
+    /// Pause between two operations of a client, at most (uniform from 0).
+    pub think_ms_max: u64,
+}
+
+impl Default for WorkloadOptions {
+    fn default() -> Self {
+        WorkloadOptions {
+            clients: 4,
+            keys: 8,
+            request_timeout: Duration::from_millis(1500),
+            attempt_timeout: Duration::from_millis(1000),
+            think_ms_max: 10,
+        }
+    }
+}
+
+/// The key named by index `i`.
+pub fn key(i: u64) -> String {
+    format!("k{i}")
+}
+
+/// A running workload; stop it with [`Workload::stop`].
+#[derive(Debug)]
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tasks: JoinSet<()>,
+}
+
+impl Workload {
+    /// Starts `options.clients` clients of `endpoints`, recording into
+    /// `recorder`. Client `c` draws its operations from `seed + c`.
+    pub fn start(
+        endpoints: &[String],
+        options: &WorkloadOptions,
+        seed: u64,
+        recorder: Arc<Recorder>,
+    ) -> anyhow::Result<Workload> {
+        // Keys past k9 would sort inside the ranges' "k~" end wrongly.
+        assert!((2..=10).contains(&options.keys), "keys must be 2..=10");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        for c in 1..=options.clients {
+            let client = Client::builder(endpoints.to_vec())
+                .request_timeout(options.request_timeout)
+                .attempt_timeout(options.attempt_timeout)
+                .connect_timeout(Duration::from_millis(300))
+                .backoff_max(Duration::from_millis(200))
+                .build()?;
+            let rng = fastrand::Rng::with_seed(seed.wrapping_add(c));
+            let (stop, recorder, options) = (stop.clone(), recorder.clone(), options.clone());
+            tasks.spawn(run_client(c, client, rng, options, stop, recorder));
+        }
+        Ok(Workload { stop, tasks })
+    }
+
+    /// Stops every client and waits for their last operation (bounded by
+    /// the request deadline, plus a margin).
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let wait = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+            // A client stuck past every deadline: its op stays unrecorded,
+            // which only removes information (reads) or an unknown write.
+            self.tasks.abort_all();
+        }
+    }
+}
+
+async fn run_client(
+    client_index: u64,
+    client: Client,
+    mut rng: fastrand::Rng,
+    options: WorkloadOptions,
+    stop: Arc<AtomicBool>,
+    recorder: Arc<Recorder>,
+) {
+    let mut counter = 0u64;
+    // Bounded by the stop flag; the hard cap keeps a runaway loop finite.
+    const OPS_PER_CLIENT_MAX: u64 = 10_000_000;
+    for _ in 0..OPS_PER_CLIENT_MAX {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        counter += 1;
+        let value = format!("c{client_index}-{counter}");
+        let kind = choose(&mut rng, options.keys, value);
+        let (id, invoke_us) = recorder.invoke();
+        let (kind, outcome, error) = execute(&client, kind).await;
+        recorder.complete(id, client_index, kind, invoke_us, outcome, error);
+        if options.think_ms_max > 0 {
+            tokio::time::sleep(Duration::from_millis(rng.u64(0..=options.think_ms_max))).await;
+        }
+    }
+}
+
+/// Picks the next operation: 30% Put, 30% Get, 10% Delete, 15% BatchPut of
+/// 2-3 keys, 15% Range.
+fn choose(rng: &mut fastrand::Rng, keys: u64, value: String) -> OpKind {
+    let k = key(rng.u64(0..keys));
+    match rng.u32(0..100) {
+        0..30 => OpKind::Put { key: k, value },
+        30..60 => OpKind::Get { key: k, result: None },
+        60..70 => OpKind::Delete { key: k },
+        70..85 => {
+            let mut picked: Vec<u64> = Vec::new();
+            let want = rng.usize(2..=3).min(keys as usize);
+            while picked.len() < want {
+                let i = rng.u64(0..keys);
+                if !picked.contains(&i) {
+                    picked.push(i);
+                }
+            }
+            picked.sort_unstable();
+            OpKind::Batch {
+                keys: picked.into_iter().map(key).collect(),
+                value,
+            }
+        }
+        _ => {
+            let a = rng.u64(0..keys);
+            let b = rng.u64(a + 1..=keys);
+            OpKind::Range {
+                start: key(a),
+                // k{keys} sorts after every key below it only for one-digit
+                // indexes, so the end of the key set is spelled "k~".
+                end: if b == keys { "k~".to_owned() } else { key(b) },
+                result: None,
+            }
+        }
+    }
+}
+
+fn write_outcome<T>(result: &cluster_client::Result<T>) -> (Outcome, Option<String>) {
+    match result {
+        Ok(_) => (Outcome::Ok, None),
+        Err(error) => match error.outcome() {
+            cluster_client::Outcome::NotApplied => (Outcome::Fail, Some(error.to_string())),
+            cluster_client::Outcome::Unknown => (Outcome::Unknown, Some(error.to_string())),
+        },
+    }
+}
+
+/// Runs one operation; returns it (with a read's result) and its outcome.
+/// A failed read is `Fail`: it had no effect and tells nothing.
+async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome, Option<String>) {
+    match kind {
+        OpKind::Put { key, value } => {
+            let result = client.put(key.clone(), value.clone()).await;
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Put { key, value }, outcome, error)
+        }
+        OpKind::Delete { key } => {
+            let result = client.delete(key.clone()).await;
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Delete { key }, outcome, error)
+        }
+        OpKind::Batch { keys, value } => {
+            let pairs = keys
+                .iter()
+                .map(|k| (Bytes::from(k.clone()), Bytes::from(value.clone())))
+                .collect();
+            let result = client.batch_put(pairs).await;
+            let (outcome, error) = write_outcome(&result);
+            (OpKind::Batch { keys, value }, outcome, error)
+        }
+        OpKind::Get { key, .. } => match client.get(key.clone()).await {
+            Ok(found) => {
+                let found = found.map(|v| String::from_utf8_lossy(&v).into_owned());
+                (
+                    OpKind::Get {
+                        key,
+                        result: Some(found),
+                    },
+                    Outcome::Ok,
+                    None,
+                )
+            }
+            Err(error) => (
+                OpKind::Get { key, result: None },
+                Outcome::Fail,
+                Some(error.to_string()),
+            ),
+        },
+        OpKind::Range { start, end, .. } => {
+            let page = client
+                .range_page(start.clone(), end.clone(), 0, Consistency::Linearizable)
+                .await;
+            match page {
+                Ok(page) => {
+                    // The key set is far below one page: a second page would
+                    // mean the read was not one atomic snapshot.
+                    assert!(page.next_start.is_none(), "a range over the small key set was paged");
+                    let pairs = page
+                        .pairs
+                        .into_iter()
+                        .map(|(k, v)| {
+                            (
+                                String::from_utf8_lossy(&k).into_owned(),
+                                String::from_utf8_lossy(&v).into_owned(),
+                            )
+                        })
+                        .collect();
+                    (
+                        OpKind::Range {
+                            start,
+                            end,
+                            result: Some(pairs),
+                        },
+                        Outcome::Ok,
+                        None,
+                    )
+                }
+                Err(error) => (
+                    OpKind::Range {
+                        start,
+                        end,
+                        result: None,
+                    },
+                    Outcome::Fail,
+                    Some(error.to_string()),
+                ),
+            }
+        }
+    }
+}
