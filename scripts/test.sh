@@ -9,7 +9,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 echo "== unit and integration tests"
-cargo test --workspace --locked
+cargo test --workspace --locked --exclude chaos
 
 echo "== release binaries"
 cargo build --release --locked -p raft-node -p kvctl
@@ -19,5 +19,5 @@ scripts/smoke-cluster.sh --base-port 17001
 
 if [ -f tests/cluster/Cargo.toml ]; then
     echo "== chaos suite (CI size)"
-    cargo test --release --locked -p chaos -- --test-threads 1
+    cargo test --locked -p chaos
 fi

@@ -25,6 +25,8 @@ const IDENTITY_FILE: &str = "NODE";
 const DATA_FORMAT_VERSION: u32 = 1;
 /// How long a snapshot transfer may take at most, in ms.
 const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
+/// Streams a peer may reset before they are accepted, at most.
+const PENDING_RESET_STREAMS_MAX: usize = 1024;
 /// Entries per append-entries message at most.
 const APPEND_ENTRIES_MAX: u64 = 1000;
 
@@ -138,6 +140,10 @@ impl KvNode {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         let served = Server::builder()
             .tcp_nodelay(true)
+            // Every Raft RPC that times out during a partition resets its
+            // stream; h2's default guard (20 pending resets) would then drop
+            // the peer's whole connection right after the partition heals.
+            .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
             .add_service(kv)
             .add_service(admin)
             .add_service(raft)

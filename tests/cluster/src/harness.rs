@@ -417,10 +417,17 @@ where
     Err(anyhow!("{what} failed {ATTEMPTS_MAX} times: {last:?}"))
 }
 
-/// A port that was free a moment ago (bind :0, then release).
+/// A port that was free a moment ago, below the kernel's ephemeral range
+/// (32768 and up): a node restarts on its port, and an outgoing connection
+/// (the proxies dial out) must not be able to take it meanwhile.
 fn free_port() -> Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
+    for _ in 0..1000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if let Ok(listener) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            return Ok(listener.local_addr()?);
+        }
+    }
+    Err(anyhow!("no free port in 20000..32000"))
 }
 
 impl Drop for Cluster {
