@@ -74,15 +74,19 @@ impl KvService {
         };
         // A node that knows it is not the leader refuses before proposing,
         // so the client learns the write certainly did not happen.
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.state != openraft::ServerState::Leader {
-            let leader_node = metrics
-                .current_leader
-                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned());
-            let forward = openraft::error::ForwardToLeader {
+        // Borrowed, not cloned: this runs on every write, and the leader's
+        // metrics hold a per-follower replication map.
+        let refusal = {
+            let receiver = self.raft.metrics();
+            let metrics = receiver.borrow();
+            (metrics.state != openraft::ServerState::Leader).then(|| openraft::error::ForwardToLeader {
                 leader_id: metrics.current_leader,
-                leader_node,
-            };
+                leader_node: metrics
+                    .current_leader
+                    .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned()),
+            })
+        };
+        if let Some(forward) = refusal {
             return Err(status::not_applied(status::not_leader(&forward)));
         }
         let write_id = write_id.unwrap_or_default();
