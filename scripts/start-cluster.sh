@@ -58,10 +58,8 @@ for n in $(seq 1 $nodes); do
     [ -d "$data_dir/node$n" ] && first_start=0
 done
 
-is_running() {
-    local pidfile="$data_dir/node$1.pid"
-    [ -f "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null
-}
+. "$root/scripts/node-pid.sh"
+is_running() { node_pidfile_alive "$data_dir/node$1.pid"; }
 
 for n in $(seq 1 $nodes); do
     if [ -n "$only_node" ] && [ "$n" != "$only_node" ]; then continue; fi

@@ -12,6 +12,7 @@ data_dir="$root/cluster-data"
 only_node=""
 clean=0
 grace_seconds=10
+. "$root/scripts/node-pid.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -30,11 +31,11 @@ for pidfile in "$data_dir"/node*.pid; do
     name=$(basename "$pidfile" .pid)
     if [ -n "$only_node" ] && [ "$name" != "node$only_node" ]; then continue; fi
     pid=$(cat "$pidfile")
-    if kill -0 "$pid" 2>/dev/null; then
+    if node_pid_alive "$pid"; then
         kill -TERM "$pid"
         deadline=$((SECONDS + grace_seconds))
-        while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
-        if kill -0 "$pid" 2>/dev/null; then
+        while node_pid_alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+        if node_pid_alive "$pid"; then
             echo "$name (pid $pid) did not stop in ${grace_seconds}s: SIGKILL"
             kill -KILL "$pid" 2>/dev/null || true
         fi

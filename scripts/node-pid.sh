@@ -1,0 +1,24 @@
+# Sourced by the cluster scripts: is a node process, named by its PID file,
+# still alive?
+#
+# `kill -0` alone is not enough. A node killed with SIGKILL stays a zombie
+# until its parent reaps it, and the nodes these scripts start are orphans
+# whose new parent (PID 1 of a container, a CI runner) may reap late or
+# never. A zombie holds no ports and no files, so for us it is dead. A PID
+# file may also outlive its process and name a PID the kernel has reused, so
+# the process must also be a kv-node (or the nohup about to become one).
+
+# node_pid_alive PID: true if PID is a live (not zombie) kv-node process.
+node_pid_alive() {
+    local pid="$1" stat
+    case "$pid" in ''|*[!0-9]*) return 1 ;; esac
+    stat=$(cat "/proc/$pid/stat" 2>/dev/null) || return 1
+    # Field 3 (state) follows the parenthesised command name.
+    case "${stat##*) }" in Z*|X*) return 1 ;; esac
+    case "$stat" in *"(kv-node)"*|*"(nohup)"*) return 0 ;; *) return 1 ;; esac
+}
+
+# node_pidfile_alive FILE: true if FILE exists and names a live kv-node.
+node_pidfile_alive() {
+    [ -f "$1" ] && node_pid_alive "$(cat "$1" 2>/dev/null)"
+}
