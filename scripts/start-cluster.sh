@@ -54,6 +54,7 @@ for n in $(seq 1 $nodes); do
 done
 
 first_start=1
+declare -a log_start
 for n in $(seq 1 $nodes); do
     [ -d "$data_dir/node$n" ] && first_start=0
 done
@@ -67,12 +68,15 @@ for n in $(seq 1 $nodes); do
         echo "node $n is already running (pid $(cat "$data_dir/node$n.pid"))"
         continue
     fi
+    # Where this start's lines begin in the (appended) log.
+    log_start[$n]=$(( $(stat -c %s "$data_dir/node$n.log" 2>/dev/null || echo 0) + 1 ))
     init=()
     if [ "$first_start" = 1 ] && [ "$n" = 1 ]; then init=(--init); fi
     nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" \
         --data-dir "$data_dir/node$n" --peers "$peers" "${init[@]}" \
         >>"$data_dir/node$n.log" 2>&1 </dev/null &
     echo $! >"$data_dir/node$n.pid"
+    started="${started:-} $n"
     echo "started node $n (pid $!) on 127.0.0.1:$(port_of "$n")"
 done
 
@@ -91,6 +95,22 @@ until "$bin_dir/kvctl" --endpoints "$endpoints" cluster status --require-leader 
         exit 1
     fi
     sleep 0.2
+done
+# Whatever else holds a node's port could answer the status check in its
+# place, so every node started here must also have logged that it serves.
+for n in ${started:-}; do
+    until tail -c +"${log_start[$n]}" "$data_dir/node$n.log" | grep -q ' serving '; do
+        if ! is_running "$n"; then
+            echo "node $n exited; last lines of $data_dir/node$n.log:" >&2
+            tail -n 20 "$data_dir/node$n.log" >&2 || true
+            exit 1
+        fi
+        if [ $SECONDS -ge $deadline ]; then
+            echo "node $n did not start serving in ${wait_seconds}s; see $data_dir/node$n.log" >&2
+            exit 1
+        fi
+        sleep 0.1
+    done
 done
 
 "$bin_dir/kvctl" --endpoints "$endpoints" cluster status

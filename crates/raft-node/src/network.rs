@@ -1,9 +1,12 @@
 //! The Raft transport: openraft's RPCs to peers over gRPC (`raft.v1`).
 //!
-//! Connections are lazy (openraft's `new_client` cannot fail) and
+//! There is one connection per peer, shared by every client openraft makes
+//! for it; connections are lazy (openraft's `new_client` cannot fail) and
 //! re-established by tonic. A peer that cannot be reached is reported as
 //! `Unreachable`, which makes openraft back off instead of spinning.
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{
@@ -16,6 +19,7 @@ use openraft::raft::{
     VoteRequest, VoteResponse,
 };
 use openraft::{AnyError, Snapshot};
+use parking_lot::Mutex;
 use proto::raft as pb;
 use proto::raft::raft_client::RaftClient;
 use tokio::io::AsyncReadExt;
@@ -36,42 +40,73 @@ const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, Node, RaftError<NodeId, E>>>;
 
-/// Creates a [`PeerClient`] per peer.
+/// Creates a [`PeerClient`] per peer, all sharing one connection per peer.
+///
+/// openraft asks for a new client per replication stream and per
+/// leadership check (every linearizable read round), so clients must be
+/// cheap: a new TCP and HTTP/2 handshake per check cost tens of
+/// milliseconds. A tonic `Channel` multiplexes every call to one peer over
+/// one HTTP/2 connection and reconnects by itself after a failure.
 #[derive(Debug, Clone, Default)]
-pub struct Network;
+pub struct Network {
+    channels: Arc<Mutex<HashMap<NodeId, PeerChannel>>>,
+}
+
+/// The shared connection to one peer, and the address it was made for.
+#[derive(Debug, Clone)]
+struct PeerChannel {
+    addr: String,
+    channel: Channel,
+}
+
+impl Network {
+    /// The channel to `target` at `addr`, made (lazily connecting) on first
+    /// use and again when the member's address changes.
+    fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
+        let mut channels = self.channels.lock();
+        if let Some(peer) = channels.get(&target).filter(|peer| peer.addr == addr) {
+            return Ok(peer.channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| format!("bad address {addr:?} of node {target}: {e}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(
+            target,
+            PeerChannel {
+                addr: addr.to_string(),
+                channel: channel.clone(),
+            },
+        );
+        Ok(channel)
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        tracing::debug!(target_node = target, addr = %node.addr, "new raft peer client");
-        PeerClient {
-            addr: node.addr.clone(),
-            client: None,
-        }
+        let client = self.channel(target, &node.addr).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        });
+        PeerClient { client }
     }
 }
 
-/// One peer's RPC client.
+/// One peer's RPC client (a handle on the peer's shared connection).
 pub struct PeerClient {
-    addr: String,
-    client: Option<RaftClient<Channel>>,
+    /// The client, or why none could be made (a malformed address).
+    client: Result<RaftClient<Channel>, String>,
 }
 
 impl PeerClient {
-    fn client(&mut self) -> Result<RaftClient<Channel>, Unreachable> {
-        if let Some(client) = &self.client {
-            return Ok(client.clone());
-        }
-        let endpoint = Endpoint::from_shared(format!("http://{}", self.addr))
-            .map_err(|e| Unreachable::new(&e))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true);
-        let client = RaftClient::new(endpoint.connect_lazy())
-            .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-        self.client = Some(client.clone());
-        Ok(client)
+    fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
+        self.client
+            .clone()
+            .map_err(|reason| Unreachable::new(&AnyError::error(reason)))
     }
 }
 
@@ -225,5 +260,30 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         // Exponential from BACKOFF_MIN, capped at BACKOFF_MAX.
         let delays = std::iter::successors(Some(BACKOFF_MIN), |d| Some((*d * 2).min(BACKOFF_MAX)));
         Backoff::new(delays)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn clients_of_one_peer_share_its_channel_until_its_address_changes() {
+        // openraft makes a client per read check; each must not dial anew.
+        let network = Network::default();
+        for _ in 0..3 {
+            network.channel(2, "127.0.0.1:1").expect("channel");
+            network.channel(3, "127.0.0.1:2").expect("channel");
+        }
+        let addr_of = |id| network.channels.lock().get(&id).map(|peer| peer.addr.clone());
+        assert_eq!(network.channels.lock().len(), 2);
+        network.channel(2, "127.0.0.1:3").expect("channel");
+        assert_eq!(
+            addr_of(2).as_deref(),
+            Some("127.0.0.1:3"),
+            "a moved member gets a new channel"
+        );
+        assert!(network.channel(4, "not an address").is_err());
+        assert_eq!(network.channels.lock().len(), 2, "a bad address is not cached");
     }
 }
