@@ -202,6 +202,15 @@ impl TestCluster {
             .into_inner()
     }
 
+    async fn status(&self, id: u64) -> api::StatusResponse {
+        self.admin(id)
+            .await
+            .status(api::StatusRequest {})
+            .await
+            .expect("status")
+            .into_inner()
+    }
+
     async fn shutdown(mut self) {
         let ids: Vec<u64> = self.running.keys().copied().collect();
         for id in ids {
@@ -376,6 +385,63 @@ async fn a_retried_write_is_applied_once() {
             .as_deref(),
         Some("second")
     );
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_log_entries_and_each_is_applied_once() {
+    // Writes are batched into shared entries; every one must still be applied
+    // exactly once, including a retry that lands in the same batch as its original.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3, fast_timing()).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let index_before = cluster.status(leader).await.last_log_index;
+    const WRITES: u64 = 200;
+    let mut tasks = tokio::task::JoinSet::new();
+    for sequence in 1..=WRITES {
+        // Each write is sent twice at once, as a client retrying a write
+        // whose first attempt is still in flight would.
+        for _copy in 0..2 {
+            let mut kv = cluster.kv(leader).await;
+            tasks.spawn(async move {
+                let request = api::PutRequest {
+                    key: format!("key-{sequence:03}").into_bytes().into(),
+                    value: format!("value-{sequence}").into_bytes().into(),
+                    write_id: Some(api::WriteId {
+                        client_id: 7,
+                        sequence,
+                        first_unanswered: 1,
+                    }),
+                };
+                let reply = kv.put(request).await.expect("put").into_inner();
+                (sequence, reply)
+            });
+        }
+    }
+    let mut applied = std::collections::BTreeMap::<u64, Vec<api::WriteResponse>>::new();
+    while let Some(joined) = tasks.join_next().await {
+        let (sequence, reply) = joined.expect("task");
+        applied.entry(sequence).or_default().push(reply);
+    }
+    for (sequence, replies) in &applied {
+        let originals: Vec<_> = replies.iter().filter(|r| !r.duplicate).collect();
+        assert_eq!(originals.len(), 1, "write {sequence} applied once: {replies:?}");
+        assert!(
+            replies.iter().all(|r| r.applied_index == originals[0].applied_index),
+            "a duplicate reports its original's index: {replies:?}"
+        );
+    }
+    let index_after = cluster.status(leader).await.last_log_index;
+    assert!(
+        index_after - index_before < WRITES,
+        "{WRITES} concurrent writes took {} log entries: not batched",
+        index_after - index_before
+    );
+    for sequence in [1, WRITES / 2, WRITES] {
+        let key = format!("key-{sequence:03}");
+        let value = cluster.get(leader, &key, api::Consistency::Linearizable).await;
+        assert_eq!(value, Some(format!("value-{sequence}")));
+    }
     cluster.shutdown().await;
 }
 

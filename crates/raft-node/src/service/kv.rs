@@ -7,6 +7,7 @@ use proto::raft as pb;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
+use super::proposer::{Proposer, ProposerOptions};
 use super::read_barrier::ReadBarrier;
 use super::status;
 use crate::config::Limits;
@@ -19,15 +20,18 @@ pub struct KvService {
     engine: Engine,
     limits: Limits,
     proposals: Arc<Semaphore>,
+    proposer: Proposer,
     read_barrier: Arc<ReadBarrier>,
 }
 
 impl KvService {
-    /// A service proposing through `raft` and reading from `engine`.
+    /// A service proposing through `raft` and reading from `engine`. Must
+    /// be created inside a tokio runtime (it starts the write batcher).
     pub fn new(raft: Raft, engine: Engine, limits: Limits) -> Self {
         let proposals = Arc::new(Semaphore::new(limits.proposals_in_flight_max));
         KvService {
             read_barrier: ReadBarrier::new(raft.clone()),
+            proposer: Proposer::start(raft.clone(), ProposerOptions::default()),
             raft,
             engine,
             limits,
@@ -96,14 +100,10 @@ impl KvService {
             sequence: write_id.sequence,
             first_unanswered: write_id.first_unanswered,
         };
-        let reply = self
-            .raft
-            .client_write(command)
-            .await
-            .map_err(status::from_write_error)?;
+        let result = self.proposer.propose(command).await?;
         Ok(Response::new(api::WriteResponse {
-            applied_index: reply.data.applied_index,
-            duplicate: reply.data.duplicate,
+            applied_index: result.applied_index,
+            duplicate: result.duplicate,
         }))
     }
 

@@ -104,9 +104,11 @@ impl StateMachine {
                 return pb::CommandResult {
                     applied_index,
                     duplicate: true,
+                    results: Vec::new(),
                 };
             }
         }
+        let mut results = Vec::new();
         match &command.op {
             Some(pb::command::Op::Put(put)) => {
                 batch.put(keys::user_key(&put.key), &put.value);
@@ -118,6 +120,13 @@ impl StateMachine {
                 for pair in &batch_put.pairs {
                     batch.put(keys::user_key(&pair.key), &pair.value);
                 }
+            }
+            Some(pb::command::Op::Commands(commands)) => {
+                results = commands
+                    .commands
+                    .iter()
+                    .map(|command| self.apply_command(batch, log_id, command))
+                    .collect();
             }
             // An empty command changes nothing but still takes its index.
             None => {}
@@ -134,6 +143,7 @@ impl StateMachine {
         pb::CommandResult {
             applied_index: index,
             duplicate: false,
+            results,
         }
     }
 
@@ -204,14 +214,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let result = match &entry.payload {
                 EntryPayload::Blank => pb::CommandResult {
                     applied_index: entry.log_id.index,
-                    duplicate: false,
+                    ..Default::default()
                 },
                 EntryPayload::Normal(command) => self.apply_command(&mut batch, &entry.log_id, command),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                     pb::CommandResult {
                         applied_index: entry.log_id.index,
-                        duplicate: false,
+                        ..Default::default()
                     }
                 }
             };
