@@ -46,3 +46,5 @@ run "put, 256 clients"                  --workload put --clients 256 --ops $((76
 run "linearizable get, 64 clients"      --workload get --clients 64 --ops $((19200 / scale))
 run "stale get, 64 clients"             --workload get --clients 64 --ops $((64000 / scale)) --stale
 run "range of 100, lin., 64 clients"    --workload range --clients 64 --ops $((6400 / scale))
+# A term above 1 means an election happened during the run.
+"$kvctl" cluster status

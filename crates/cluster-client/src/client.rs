@@ -24,7 +24,11 @@ pub const CONNECT_TIMEOUT_DEFAULT: Duration = Duration::from_secs(1);
 /// Default smallest backoff cap (the first retry waits up to this).
 pub const BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(20);
 /// Default largest backoff.
-pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(500);
+///
+/// Small on purpose: most retries wait for an election, and a client asleep
+/// in a long backoff when the new leader appears adds that sleep to the
+/// failover it sees (with full jitter, half the cap on average).
+pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
 /// Default page size of [`Client::range`].
 pub const RANGE_PAGE_SIZE_DEFAULT: u32 = 1000;
 
@@ -116,7 +120,7 @@ impl ClientBuilder {
         self
     }
 
-    /// The largest backoff. Default 500 ms. Each wait is uniform in
+    /// The largest backoff. Default 100 ms. Each wait is uniform in
     /// `[0, cap]` (full jitter), so clients do not retry in lockstep.
     pub fn backoff_max(mut self, backoff: Duration) -> ClientBuilder {
         self.backoff_max = backoff;

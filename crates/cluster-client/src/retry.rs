@@ -19,7 +19,10 @@ pub const NOT_APPLIED_HEADER: &str = "x-kv-not-applied";
 /// Attempts of one request, at most, whatever the deadline says. A second
 /// bound beside the deadline, so a request can never loop forever even with
 /// a huge deadline and a server that answers at once.
-pub const ATTEMPTS_MAX: u32 = 64;
+///
+/// Sized so that a default client (backoff capped at 100 ms, 5 s deadline)
+/// reaches its deadline first.
+pub const ATTEMPTS_MAX: u32 = 256;
 
 /// Leader hints followed in a row without a backoff. Past this, two nodes
 /// pointing at each other (stale hints during an election) cost a backoff

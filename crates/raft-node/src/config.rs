@@ -59,10 +59,17 @@ pub struct RaftTiming {
     /// Leader heartbeat period, in ms. Default 100. Also the deadline of
     /// each append-entries call.
     pub heartbeat_ms: u64,
-    /// Lower bound of the election timeout, in ms. Default 400. Failover
-    /// takes about this long plus one election round.
+    /// Lower bound of the election timeout, in ms. Default 200.
+    ///
+    /// openraft 0.9 draws each node's timeout once, in
+    /// `[election_timeout_ms_min, election_timeout_ms_max)`, and a follower
+    /// that saw a leader stands for election only after the leader's lease
+    /// (`election_timeout_ms_max`) plus its own timeout without a heartbeat.
+    /// So failover takes `max + [min, max)` plus one election round: with
+    /// the defaults 600 to 800 ms.
     pub election_timeout_ms_min: u64,
-    /// Upper bound of the election timeout, in ms. Default 800.
+    /// Upper bound of the election timeout (and the leader's lease), in ms.
+    /// Default 400.
     pub election_timeout_ms_max: u64,
     /// Applied entries between snapshots. Default 50 000. Also bounds the
     /// log kept in memory and on disk.
@@ -76,8 +83,8 @@ impl Default for RaftTiming {
     fn default() -> Self {
         RaftTiming {
             heartbeat_ms: 100,
-            election_timeout_ms_min: 400,
-            election_timeout_ms_max: 800,
+            election_timeout_ms_min: 200,
+            election_timeout_ms_max: 400,
             snapshot_logs_since_last: 50_000,
             logs_kept_after_snapshot: 1000,
         }

@@ -42,8 +42,9 @@ pub struct ClusterOptions {
 }
 
 impl ClusterOptions {
-    /// `nodes` voters with fast timing: heartbeat 100 ms, election
-    /// 500-1000 ms. Not faster: openraft uses the heartbeat period as the
+    /// `nodes` voters with the node's default timing: heartbeat 100 ms,
+    /// election 200-400 ms (so failover 600-800 ms: openraft waits out the
+    /// old leader's lease first). The heartbeat is not shorter: openraft uses the heartbeat period as the
     /// deadline of every AppendEntries, which includes the follower's fsync;
     /// at 50 ms a loaded shared disk makes replication time out over and
     /// over (seen here: linearizable reads failing with "cannot reach a
@@ -52,8 +53,8 @@ impl ClusterOptions {
         ClusterOptions {
             nodes,
             heartbeat_ms: 100,
-            election_timeout_ms_min: 500,
-            election_timeout_ms_max: 1000,
+            election_timeout_ms_min: 200,
+            election_timeout_ms_max: 400,
             snapshot_logs: 50_000,
             logs_kept_after_snapshot: 1000,
         }
