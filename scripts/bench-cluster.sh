@@ -22,13 +22,8 @@ while [ $# -gt 0 ]; do
         *) echo "bench-cluster.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
-data_dir=$(mktemp -d /tmp/kv-bench.XXXXXX)
-kvctl="${KV_BIN_DIR:-$root/target/release}/kvctl"
-export KV_ENDPOINTS="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 2))"
-cleanup() { "$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-
-"$root/scripts/start-cluster.sh" --base-port "$base_port" --data-dir "$data_dir" >/dev/null
+. "$root/scripts/lib.sh"
+temp_cluster bench "$base_port"
 echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
 
 # run <label> <kvctl bench arguments...>: one line, ops/s and latency in ms.

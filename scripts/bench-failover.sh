@@ -13,13 +13,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 rounds="${1:-10}"
 base_port=19001
 if [ "${2:-}" = "--base-port" ]; then base_port="${3:?--base-port needs a value}"; fi
-data_dir=$(mktemp -d /tmp/kv-failover.XXXXXX)
-kvctl="${KV_BIN_DIR:-$root/target/release}/kvctl"
-export KV_ENDPOINTS="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 2))"
-cleanup() { "$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true; }
-trap cleanup EXIT
-
-"$root/scripts/start-cluster.sh" --base-port "$base_port" --data-dir "$data_dir" >/dev/null
+. "$root/scripts/lib.sh"
+temp_cluster failover "$base_port"
 windows=()
 for round in $(seq 1 "$rounds"); do
     "$kvctl" put "before-$round" x >/dev/null

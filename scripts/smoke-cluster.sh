@@ -11,12 +11,9 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 base_port=17001
 if [ "${1:-}" = "--base-port" ]; then base_port="${2:?--base-port needs a value}"; fi
-data_dir=$(mktemp -d /tmp/kv-smoke.XXXXXX)
-kvctl="${KV_BIN_DIR:-$root/target/release}/kvctl"
-export KV_ENDPOINTS="127.0.0.1:$base_port,127.0.0.1:$((base_port + 1)),127.0.0.1:$((base_port + 2))"
+. "$root/scripts/lib.sh"
+temp_cluster smoke "$base_port"
 
-cleanup() { "$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true; }
-trap cleanup EXIT
 fail() { echo "smoke-cluster: FAILED: $*" >&2; tail -n 30 "$data_dir"/node*.log >&2 || true; exit 1; }
 expect() { # expect <wanted> <command...>
     local want="$1"; shift
@@ -25,7 +22,6 @@ expect() { # expect <wanted> <command...>
     [ "$got" = "$want" ] || fail "'$*' printed '$got', wanted '$want'"
 }
 
-"$root/scripts/start-cluster.sh" --base-port "$base_port" --data-dir "$data_dir" >/dev/null
 "$kvctl" put greeting hello >/dev/null
 expect hello "$kvctl" get greeting
 printf 'a\t1\nb\t2\nc\t3\n' | "$kvctl" batch-put - >/dev/null

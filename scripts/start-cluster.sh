@@ -59,7 +59,7 @@ for n in $(seq 1 $nodes); do
     [ -d "$data_dir/node$n" ] && first_start=0
 done
 
-. "$root/scripts/node-pid.sh"
+. "$root/scripts/lib.sh"
 is_running() { node_pidfile_alive "$data_dir/node$1.pid"; }
 
 for n in $(seq 1 $nodes); do

@@ -12,7 +12,7 @@ data_dir="$root/cluster-data"
 only_node=""
 clean=0
 grace_seconds=10
-. "$root/scripts/node-pid.sh"
+. "$root/scripts/lib.sh"
 
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -1,5 +1,6 @@
-# Sourced by the cluster scripts: is a node process, named by its PID file,
-# still alive?
+# Sourced by the cluster scripts: shared helpers.
+
+# --- Is a node process, named by its PID file, still alive? ---
 #
 # `kill -0` alone is not enough. A node killed with SIGKILL stays a zombie
 # until its parent reaps it, and the nodes these scripts start are orphans
@@ -21,4 +22,17 @@ node_pid_alive() {
 # node_pidfile_alive FILE: true if FILE exists and names a live kv-node.
 node_pidfile_alive() {
     [ -f "$1" ] && node_pid_alive "$(cat "$1" 2>/dev/null)"
+}
+
+# --- A throwaway cluster for the test and benchmark scripts ---
+
+# temp_cluster NAME BASE_PORT: starts a three-node cluster on BASE_PORT..+2
+# in a new /tmp/kv-NAME.* directory, removed (nodes stopped) when the script
+# exits. Sets data_dir and kvctl, and exports KV_ENDPOINTS. Needs $root.
+temp_cluster() {
+    data_dir=$(mktemp -d "/tmp/kv-$1.XXXXXX")
+    kvctl="${KV_BIN_DIR:-$root/target/release}/kvctl"
+    export KV_ENDPOINTS="127.0.0.1:$2,127.0.0.1:$(($2 + 1)),127.0.0.1:$(($2 + 2))"
+    trap '"$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true' EXIT
+    "$root/scripts/start-cluster.sh" --base-port "$2" --data-dir "$data_dir" >/dev/null
 }
