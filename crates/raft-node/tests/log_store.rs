@@ -34,8 +34,21 @@ fn entries(term: u64, indexes: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
     indexes.map(|i| entry(term, i)).collect()
 }
 
+/// Tiny preallocated segments, so a test rolls through many spares.
 fn small_segments() -> LogStoreOptions {
-    LogStoreOptions { segment_bytes_max: 512 }
+    LogStoreOptions {
+        segment_bytes_max: 512,
+        preallocate: true,
+    }
+}
+
+/// Growing segments only: appends after open stay in the first segment, so
+/// a test can damage the file it knows holds them.
+fn growing() -> LogStoreOptions {
+    LogStoreOptions {
+        preallocate: false,
+        ..LogStoreOptions::default()
+    }
 }
 
 fn segment_files(dir: &Path) -> Vec<PathBuf> {
@@ -216,6 +229,11 @@ async fn purge_deletes_old_segments_and_keeps_the_vote() {
     }
     let before = segment_files(dir.path());
     assert!(before.len() > 10, "{} segments", before.len());
+    assert!(
+        store.metrics().preallocated_segments >= 10,
+        "rolls use the prepared spares: {:?}",
+        store.metrics()
+    );
     store.purge(log_id(5, 150)).await.expect("purge");
     let after = segment_files(dir.path());
     assert!(
@@ -268,7 +286,7 @@ fn group_commit_shares_fsyncs_between_appends() {
 async fn a_torn_tail_is_cut_and_appending_resumes() {
     // A crash mid-write leaves a partial last record; it was never acknowledged, so it is dropped.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = LogStore::open(dir.path()).expect("open");
+    let mut store = LogStore::open_with(dir.path(), growing()).expect("open");
     store.blocking_append(entries(1, 0..=4)).await.expect("append");
     drop(store);
     let last = segment_files(dir.path()).pop().expect("a segment");
@@ -280,11 +298,11 @@ async fn a_torn_tail_is_cut_and_appending_resumes() {
     file.set_len(len - 3).expect("tear");
     drop(file);
 
-    let mut store = LogStore::open(dir.path()).expect("a torn tail is not an error");
+    let mut store = LogStore::open_with(dir.path(), growing()).expect("a torn tail is not an error");
     assert_eq!(all_entries(&mut store).await, entries(1, 0..=3));
     store.blocking_append(entries(1, 4..=6)).await.expect("append");
     drop(store);
-    let mut store = LogStore::open(dir.path()).expect("reopen");
+    let mut store = LogStore::open_with(dir.path(), growing()).expect("reopen");
     assert_eq!(all_entries(&mut store).await, entries(1, 0..=6));
 }
 
@@ -292,7 +310,7 @@ async fn a_torn_tail_is_cut_and_appending_resumes() {
 async fn a_flipped_byte_mid_segment_refuses_to_open() {
     // Damage before valid records is not a crash artefact; silently dropping entries would lose acknowledged writes.
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut store = LogStore::open(dir.path()).expect("open");
+    let mut store = LogStore::open_with(dir.path(), growing()).expect("open");
     store.blocking_append(entries(1, 0..=9)).await.expect("append");
     drop(store);
     let segment = segment_files(dir.path())[0].clone();
@@ -301,7 +319,7 @@ async fn a_flipped_byte_mid_segment_refuses_to_open() {
     bytes[middle] ^= 0x20;
     std::fs::write(&segment, &bytes).expect("write");
 
-    let err = LogStore::open(dir.path()).expect_err("corruption");
+    let err = LogStore::open_with(dir.path(), growing()).expect_err("corruption");
     match err {
         LogStoreError::Corrupt { file, offset, .. } => {
             assert_eq!(file, segment);

@@ -33,6 +33,7 @@ const PURGE_KEEP_ENTRIES: u64 = 200;
 fn options() -> LogStoreOptions {
     LogStoreOptions {
         segment_bytes_max: SEGMENT_BYTES_MAX,
+        preallocate: true,
     }
 }
 

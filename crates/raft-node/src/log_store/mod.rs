@@ -32,6 +32,9 @@
 //! - `append` writes all its entries with one `write`, makes them readable,
 //!   and hands the callback to the sync thread, which runs one `fsync` for
 //!   every append that arrived meanwhile (group commit).
+//! - Segments are preallocated: the next one is filled with zeros and synced
+//!   in the background, so appends overwrite zeros and each fsync writes
+//!   data only, not the file size and the journal commit it costs.
 //! - `save_vote` and `purge` fsync before returning.
 //! - `save_committed` is not synced on its own: the next fsync covers it,
 //!   and losing it is safe (openraft re-learns the committed index).
@@ -65,9 +68,12 @@ mod sync;
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 
 use parking_lot::RwLock;
 
@@ -76,7 +82,9 @@ pub use self::reader::LogReader;
 use self::reader::{Log, Slot};
 use self::record::{encode_entry, Record};
 pub use self::segment::RECORD_BYTES_MAX;
-use self::segment::{create_segment, frame, segment_path, sync_dir};
+use self::segment::{
+    create_segment, frame, install_spare, is_spare_name, prepare_spare, segment_path, spare_path, sync_dir,
+};
 use self::sync::Syncer;
 use crate::types::{Entry, LogId, Vote};
 
@@ -92,12 +100,19 @@ pub struct LogStoreOptions {
     /// segments free space sooner but cost more files and an fsync per roll.
     /// Default: [`SEGMENT_BYTES_MAX`] (64 MiB).
     pub segment_bytes_max: u64,
+    /// Whether segments are preallocated: a background thread fills the
+    /// next segment with `segment_bytes_max` zeros (synced) before it is
+    /// needed, so appends overwrite zeros and their fdatasync writes no
+    /// file metadata. Costs the disk space of one segment ahead and that
+    /// much background writing per segment. Default: true.
+    pub preallocate: bool,
 }
 
 impl Default for LogStoreOptions {
     fn default() -> Self {
         LogStoreOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX,
+            preallocate: true,
         }
     }
 }
@@ -113,6 +128,8 @@ pub struct LogStoreMetrics {
     pub segment_syncs: u64,
     /// Segment files in the directory.
     pub segments: usize,
+    /// Segments started from a preallocated (zero-filled) file.
+    pub preallocated_segments: u64,
 }
 
 /// The vote, committed and purged ids: the log's state besides entries.
@@ -155,7 +172,48 @@ struct Current {
     seq: u64,
     path: PathBuf,
     file: Arc<File>,
+    /// Bytes written (the next write's offset), not the file's size.
     len_bytes: u64,
+    /// Whether the file was preallocated (made from a spare).
+    preallocated: bool,
+}
+
+/// A zero-filled file being prepared, on its own thread, to become the
+/// segment after the current one.
+#[derive(Debug)]
+struct Spare {
+    seq: u64,
+    path: PathBuf,
+    cancel: Arc<AtomicBool>,
+    thread: JoinHandle<io::Result<File>>,
+}
+
+impl Spare {
+    /// Starts preparing the spare for segment `seq`.
+    fn start(dir: &Path, seq: u64, bytes: u64) -> Result<Spare, LogStoreError> {
+        let path = spare_path(dir, seq);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (path, cancel) = (path.clone(), Arc::clone(&cancel));
+            std::thread::Builder::new()
+                .name("raft-log-spare".into())
+                .spawn(move || prepare_spare(&path, bytes, &cancel))
+                .map_err(|e| LogStoreError::io("start the spare thread for", dir, e))?
+        };
+        Ok(Spare {
+            seq,
+            path,
+            cancel,
+            thread,
+        })
+    }
+
+    /// Stops the preparation and removes the file.
+    fn abandon(self) {
+        self.cancel.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// The Raft log of one node, stored in a directory of segment files.
@@ -170,6 +228,7 @@ pub struct LogStore {
     state: DurableState,
     segments: BTreeMap<u64, SegmentInfo>,
     current: Current,
+    spare: Option<Spare>,
     syncer: Syncer,
     metrics: LogStoreMetrics,
 }
@@ -188,12 +247,20 @@ impl LogStore {
     /// go to a new segment.
     pub fn open_with(dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
         std::fs::create_dir_all(dir).map_err(|e| LogStoreError::io("create directory", dir, e))?;
+        remove_spares(dir)?;
         let recovered = recovery::recover(dir)?;
         let mut segments = recovered.segments;
         // Appends always start in a fresh segment, never after a recovered
         // tail: a segment whose creation a crash interrupted may lack the
-        // state records every current segment must begin with.
+        // state records every current segment must begin with. It is a
+        // growing one, so opening does not wait for zeros to be written;
+        // appends move to the preallocated next one as soon as it is ready.
         let current = start_segment(dir, recovered.next_seq, &recovered.state)?;
+        let spare = if options.preallocate {
+            Some(Spare::start(dir, current.seq + 1, options.segment_bytes_max)?)
+        } else {
+            None
+        };
         segments.insert(current.seq, SegmentInfo { last_index: None });
         let syncer = Syncer::start(Arc::clone(&current.file))
             .map_err(|e| LogStoreError::io("start the sync thread for", dir, e))?;
@@ -204,6 +271,7 @@ impl LogStore {
             state: recovered.state,
             segments,
             current,
+            spare,
             syncer,
             metrics: LogStoreMetrics::default(),
         })
@@ -467,14 +535,16 @@ impl LogStore {
     }
 
     /// Writes framed records at the end of the current segment (rolling
-    /// first if it is full) and returns the offset they start at.
+    /// first if it is full, or if it is a growing one and a preallocated
+    /// one is ready) and returns the offset they start at.
     fn write_framed(&mut self, framed: &[u8]) -> Result<u64, LogStoreError> {
-        if self.current.len_bytes >= self.options.segment_bytes_max {
+        let spare_ready = self.spare.as_ref().is_some_and(|s| s.thread.is_finished());
+        if self.current.len_bytes >= self.options.segment_bytes_max || (!self.current.preallocated && spare_ready) {
             let state = self.state.clone();
             self.roll(&state)?;
         }
         let offset = self.current.len_bytes;
-        if let Err(e) = (&*self.current.file).write_all(framed) {
+        if let Err(e) = self.current.file.write_all_at(framed, offset) {
             // Part of a record may be in the file now; anything appended
             // after it would sit behind garbage. Stop, and let recovery cut
             // the partial record off as a torn tail.
@@ -505,15 +575,79 @@ impl LogStore {
         // still queued for records in the old segment are durable now,
         // whichever segment the sync thread fsyncs before running them.
         self.sync_current()?;
-        let next = start_segment(&self.dir, self.current.seq + 1, state).inspect_err(|e| {
+        let seq = self.current.seq + 1;
+        let next = self.next_segment(seq, state).inspect_err(|e| {
             // A half-created segment would be picked as the next one again.
             self.syncer.fail(e.to_string());
         })?;
+        if self.options.preallocate {
+            self.spare = Some(Spare::start(&self.dir, seq + 1, self.options.segment_bytes_max)?);
+        }
         self.syncer.set_file(Arc::clone(&next.file));
         self.segments.insert(next.seq, SegmentInfo { last_index: None });
         self.current = next;
         Ok(())
     }
+}
+
+impl LogStore {
+    /// Creates segment `seq` opening with `state`, durably: from the spare
+    /// if one was prepared for it (waiting for it if need be), else as a
+    /// growing file.
+    fn next_segment(&mut self, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
+        let Some(spare) = self.spare.take() else {
+            return start_segment(&self.dir, seq, state);
+        };
+        if spare.seq != seq {
+            spare.abandon();
+            return start_segment(&self.dir, seq, state);
+        }
+        let prepared = match spare.thread.join() {
+            Ok(Ok(file)) => file,
+            failed => {
+                // Preallocation only speeds fsyncs up; without it the log
+                // still works, so a failure here (a full disk?) falls back.
+                let reason = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "the spare thread panicked".to_owned(),
+                };
+                tracing::warn!(%reason, "could not preallocate a log segment; using a growing one");
+                let _ = std::fs::remove_file(&spare.path);
+                return start_segment(&self.dir, seq, state);
+            }
+        };
+        let path = segment_path(&self.dir, seq);
+        let framed = state.framed();
+        let file = install_spare(&self.dir, prepared, &spare.path, &path, &framed)?;
+        self.metrics.preallocated_segments += 1;
+        Ok(Current {
+            seq,
+            path,
+            file: Arc::new(file),
+            len_bytes: (segment::FILE_HEADER_BYTES + framed.len()) as u64,
+            preallocated: true,
+        })
+    }
+}
+
+impl Drop for LogStore {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.abandon();
+        }
+    }
+}
+
+/// Deletes spares a crash left behind (they hold no records).
+fn remove_spares(dir: &Path) -> Result<(), LogStoreError> {
+    for item in std::fs::read_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
+        let item = item.map_err(|e| LogStoreError::io("list", dir, e))?;
+        if item.file_name().to_str().is_some_and(is_spare_name) {
+            let path = item.path();
+            std::fs::remove_file(&path).map_err(|e| LogStoreError::io("remove", &path, e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Creates segment `seq` opening with `state`, durably.
@@ -527,6 +661,7 @@ fn start_segment(dir: &Path, seq: u64, state: &DurableState) -> Result<Current, 
         path,
         file: Arc::new(file),
         len_bytes,
+        preallocated: false,
     })
 }
 

@@ -50,10 +50,11 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
             sync_dir(dir)?;
             continue;
         }
-        if found.torn_tail {
+        if found.torn_tail || (is_last && found.zero_tail) {
             // Cut the torn tail now and make the cut durable: a new segment
             // is about to follow this one, and only the last segment may end
-            // in a torn record.
+            // in a torn record. (An unused preallocated end is cut too, to
+            // give its disk space back: appends go to a new segment.)
             let file = OpenOptions::new()
                 .write(true)
                 .open(&path)
@@ -61,7 +62,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
             file.set_len(found.valid_bytes)
                 .map_err(|e| LogStoreError::io("truncate", &path, e))?;
             file.sync_all().map_err(|e| LogStoreError::io("fsync", &path, e))?;
-            tracing::warn!(file = %path.display(), valid_bytes = found.valid_bytes, "cut a torn tail off the log");
+            if found.torn_tail {
+                tracing::warn!(file = %path.display(), valid_bytes = found.valid_bytes, "cut a torn tail off the log");
+            }
         }
         segments.insert(seq, SegmentInfo { last_index: None });
         for scanned in found.records {

@@ -7,8 +7,10 @@
 //! and the payload. The format is in `docs/log-store-format.md`.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::error::LogStoreError;
 
@@ -26,10 +28,28 @@ const MAGIC: u64 = 0x5241_4654_4c4f_4701;
 const NAME_PREFIX: &str = "log-";
 /// File name suffix of a segment.
 const NAME_SUFFIX: &str = ".seg";
+/// File name suffix of a spare: a zero-filled file becoming the next segment.
+const SPARE_SUFFIX: &str = ".spare";
+/// Granularity at which a torn write can leave old (zero) bytes behind: the
+/// disk's sector. A page that did not reach the disk is eight of them.
+const SECTOR_BYTES: usize = 512;
+/// Zeros written per call when filling a spare.
+const FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// The path of segment number `seq` in `dir`.
 pub(crate) fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{NAME_PREFIX}{seq:020}{NAME_SUFFIX}"))
+}
+
+/// The path of the spare that is to become segment `seq`.
+pub(crate) fn spare_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{NAME_PREFIX}{seq:020}{SPARE_SUFFIX}"))
+}
+
+/// Whether a file name names a spare (left over if a crash came while one
+/// was prepared; it holds nothing and is deleted on open).
+pub(crate) fn is_spare_name(name: &str) -> bool {
+    name.starts_with(NAME_PREFIX) && name.ends_with(SPARE_SUFFIX)
 }
 
 /// The segment number in a file name, if it names a segment.
@@ -73,18 +93,16 @@ pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
 }
 
 /// Creates segment `path` holding the header and `framed` records, and
-/// makes it durable (file and directory) before returning.
+/// makes it durable (file and directory) before returning. The file grows
+/// as records are appended (see [`prepare_spare`] for the faster kind).
 pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<File, LogStoreError> {
-    let mut file = OpenOptions::new()
+    let file = OpenOptions::new()
         .read(true)
-        .append(true)
+        .write(true)
         .create_new(true)
         .open(path)
         .map_err(|e| LogStoreError::io("create", path, e))?;
-    let mut bytes = Vec::with_capacity(FILE_HEADER_BYTES + framed.len());
-    bytes.extend_from_slice(&file_header());
-    bytes.extend_from_slice(framed);
-    file.write_all(&bytes)
+    file.write_all_at(&opening(framed), 0)
         .map_err(|e| LogStoreError::io("write", path, e))?;
     // The header and the state records are synced before the segment is
     // used: a segment that exists after a crash then always has a readable
@@ -95,6 +113,61 @@ pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<F
     // must not vanish with a directory that forgot it.
     sync_dir(dir)?;
     Ok(file)
+}
+
+/// The bytes a segment starts with: its header, then `framed` records.
+fn opening(framed: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(FILE_HEADER_BYTES + framed.len());
+    bytes.extend_from_slice(&file_header());
+    bytes.extend_from_slice(framed);
+    bytes
+}
+
+/// Writes `bytes` zeros to a new spare file at `path` and syncs it, so that
+/// writes into it later change no file metadata: an fdatasync of such a
+/// file writes only data, not the inode and the journal a growing file
+/// needs (about half the cost on this machine's disk). Stops early, with
+/// an error, once `cancel` is set.
+pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<File> {
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)?;
+    let zeros = vec![0u8; FILL_CHUNK_BYTES];
+    let mut left = bytes;
+    while left > 0 {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("spare preparation cancelled"));
+        }
+        let chunk = usize::try_from(left).unwrap_or(usize::MAX).min(FILL_CHUNK_BYTES);
+        file.write_all(&zeros[..chunk])?;
+        left -= chunk as u64;
+    }
+    file.sync_all()?;
+    Ok(file)
+}
+
+/// Turns a prepared spare into segment `path`, opening with the header and
+/// `framed` records, durably: the opening is synced before the rename, and
+/// the rename before this returns.
+pub(crate) fn install_spare(
+    dir: &Path,
+    spare: File,
+    spare_path: &Path,
+    path: &Path,
+    framed: &[u8],
+) -> Result<File, LogStoreError> {
+    spare
+        .write_all_at(&opening(framed), 0)
+        .map_err(|e| LogStoreError::io("write", spare_path, e))?;
+    spare
+        .sync_data()
+        .map_err(|e| LogStoreError::io("fsync", spare_path, e))?;
+    std::fs::rename(spare_path, path).map_err(|e| LogStoreError::io("rename", spare_path, e))?;
+    sync_dir(dir)?;
+    Ok(spare)
 }
 
 /// Makes creations and deletions of files in `dir` durable.
@@ -124,15 +197,26 @@ pub(crate) struct Scan {
     pub(crate) torn_tail: bool,
     /// Whether even the header was torn (the file holds nothing).
     pub(crate) torn_header: bool,
+    /// Whether only zeros follow the records: the unused end of a
+    /// preallocated segment.
+    pub(crate) zero_tail: bool,
 }
 
 /// Reads every record of segment `path`.
 ///
-/// With `is_last`, a record cut short by a crash at the end of the file (its
-/// declared end lies past the end of the file, or it is the final record and
-/// its checksum fails, or only zeros follow its start) is a torn tail and is
-/// reported, not returned. Anything else that is wrong, and any damage at
-/// all in a segment that is not the last, is [`LogStoreError::Corrupt`]:
+/// The records end at the end of the file or where only zeros follow (the
+/// unused end of a preallocated segment; no record starts with eight zero
+/// bytes, as the crc of a zero length is not zero).
+///
+/// With `is_last`, a record cut short by a crash is a torn tail: it is
+/// reported, not returned, and nothing after it is read. A record is torn
+/// if its declared end lies past the end of the file, or its checksum fails
+/// and it is the final record (only zeros or the end of the file follow) or
+/// one of the disk sectors it spans holds only zeros (that part of the
+/// write never reached the disk; writes past the last fsync may land in any
+/// order in a preallocated file). A zeroed record header followed by data
+/// is torn for the same reason. Anything else that is wrong, and any damage
+/// at all in a segment that is not the last, is [`LogStoreError::Corrupt`]:
 /// older segments are synced in full before a newer one is created.
 pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
     let buf = std::fs::read(path).map_err(|e| LogStoreError::io("read", path, e))?;
@@ -143,6 +227,7 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
                 valid_bytes: offset as u64,
                 torn_tail: true,
                 torn_header: offset == 0,
+                zero_tail: false,
             })
         } else {
             Err(LogStoreError::corrupt(path, offset as u64, reason))
@@ -159,6 +244,19 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
     let mut offset = FILE_HEADER_BYTES;
     while offset < buf.len() {
         let rest = &buf[offset..];
+        let header = &rest[..rest.len().min(RECORD_HEADER_BYTES)];
+        if all_zero(header) {
+            if all_zero(rest) {
+                return Ok(Scan {
+                    records,
+                    valid_bytes: offset as u64,
+                    torn_tail: false,
+                    torn_header: false,
+                    zero_tail: true,
+                });
+            }
+            return torn(offset, records, "zeroed record header followed by data");
+        }
         if rest.len() < RECORD_HEADER_BYTES {
             return torn(offset, records, "record header cut short");
         }
@@ -169,9 +267,6 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
             return torn(offset, records, "record runs past the end of the file");
         }
         if len > RECORD_BYTES_MAX {
-            if all_zero(rest) {
-                return torn(offset, records, "zeroed tail");
-            }
             return Err(LogStoreError::corrupt(
                 path,
                 offset as u64,
@@ -180,8 +275,15 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         }
         let actual_crc = crc32fast::hash(&rest[4..end]);
         if actual_crc != stored_crc {
-            if end == rest.len() || all_zero(rest) {
+            if all_zero(&rest[end..]) {
                 return torn(offset, records, "checksum mismatch on the final record");
+            }
+            if has_zeroed_sector(&buf, offset, offset + end) {
+                return torn(
+                    offset,
+                    records,
+                    "checksum mismatch on a record with a sector never written",
+                );
             }
             return Err(LogStoreError::corrupt(
                 path,
@@ -200,7 +302,22 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         valid_bytes: buf.len() as u64,
         torn_tail: false,
         torn_header: false,
+        zero_tail: false,
     })
+}
+
+/// Whether some disk sector overlapping `buf[start..end]` holds only zeros
+/// within that range.
+fn has_zeroed_sector(buf: &[u8], start: usize, end: usize) -> bool {
+    let mut sector = start - start % SECTOR_BYTES;
+    while sector < end {
+        let piece = &buf[sector.max(start)..(sector + SECTOR_BYTES).min(end)];
+        if all_zero(piece) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
+    }
+    false
 }
 
 /// Checks the magic number, version and checksum of a segment's header.
@@ -287,5 +404,53 @@ mod tests {
             matches!(&err, LogStoreError::Corrupt { file, offset, .. } if file == &path && *offset == FILE_HEADER_BYTES as u64),
             "{err}"
         );
+    }
+
+    #[test]
+    fn zeros_after_the_records_are_the_unused_end_of_a_preallocated_segment() {
+        // A preallocated segment ends in zeros; they are neither records nor damage.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_segment(dir.path(), &[b"first", b"second"]);
+        let written = std::fs::read(&path).expect("read").len();
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes.resize(written + 4096, 0);
+        std::fs::write(&path, &bytes).expect("write");
+        for is_last in [true, false] {
+            let found = scan(&path, is_last).expect("a zero tail is clean");
+            assert_eq!(found.records.len(), 2);
+            assert_eq!(found.valid_bytes, written as u64);
+            assert!(found.zero_tail && !found.torn_tail);
+        }
+    }
+
+    #[test]
+    fn a_record_with_a_sector_never_written_is_torn_even_with_data_after_it() {
+        // Unsynced writes into a preallocated file reach the disk in any order.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let big = vec![7u8; 1500];
+        let path = write_segment(dir.path(), &[b"first", &big, b"third"]);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let big_start = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
+        bytes[SECTOR_BYTES..2 * SECTOR_BYTES].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let found = scan(&path, true).expect("torn, not corrupt");
+        assert_eq!(found.records.len(), 1, "the torn record and all after it are dropped");
+        assert_eq!(found.valid_bytes, big_start as u64);
+        assert!(found.torn_tail);
+        assert!(scan(&path, false).is_err(), "not the last segment: corrupt");
+    }
+
+    #[test]
+    fn a_zeroed_record_header_followed_by_data_is_torn_only_in_the_last_segment() {
+        // A header that never reached the disk ends the log; older segments never have one.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = write_segment(dir.path(), &[b"first", b"second"]);
+        let mut bytes = std::fs::read(&path).expect("read");
+        let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
+        bytes[second..second + RECORD_HEADER_BYTES].fill(0);
+        std::fs::write(&path, &bytes).expect("write");
+        let found = scan(&path, true).expect("torn");
+        assert_eq!((found.records.len(), found.torn_tail), (1, true));
+        assert!(scan(&path, false).is_err());
     }
 }

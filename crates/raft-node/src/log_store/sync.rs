@@ -165,8 +165,9 @@ fn run(shared: &Shared) {
             Some(reason) => Err(reason),
             None => {
                 shared.syncs.fetch_add(1, Ordering::Relaxed);
-                // sync_data suffices: appends grow the file, and fdatasync
-                // persists the size change needed to read the data back.
+                // sync_data suffices: in a growing segment fdatasync also
+                // persists the new size needed to read the data back; in a
+                // preallocated one only data changes.
                 file.sync_data()
                     .map_err(|e| format!("fsync of the log segment failed: {e}"))
             }
