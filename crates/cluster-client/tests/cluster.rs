@@ -1,12 +1,10 @@
 //! The client against a real three-node cluster in this process: leader
 //! finding, failover, exactly-once retries, range paging.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
 use cluster_client::{Client, Consistency, Error};
-use support::TestCluster;
+use raft_node::testing::TestCluster;
 use tokio_stream::StreamExt;
 
 /// Longest a single write may take while the leader fails over.
@@ -99,7 +97,7 @@ async fn a_write_retried_across_a_failover_is_applied_once() {
         .expect("client");
     let first = client.put("k", "original").await.expect("first put");
     assert!(!first.duplicate);
-    cluster.wait_applied(first.applied_index).await;
+    cluster.wait_all_applied(first.applied_index).await;
 
     let leader = cluster.wait_for_leader(None).await;
     cluster.stop(leader).await;
@@ -172,7 +170,7 @@ async fn admin_calls_reach_every_node_and_the_leader() {
     let cluster = TestCluster::start(3).await;
     let client = Client::connect(cluster.addrs()).expect("client");
     let reply = client.put("k", "v").await.expect("put");
-    cluster.wait_applied(reply.applied_index).await;
+    cluster.wait_all_applied(reply.applied_index).await;
 
     let statuses = client.status_all().await;
     assert_eq!(statuses.len(), 3);

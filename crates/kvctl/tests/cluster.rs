@@ -1,14 +1,11 @@
 //! `kvctl` end to end against a real three-node cluster in this process:
 //! every subcommand, its output formats and exit codes.
 
-#[path = "../../cluster-client/tests/support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::TestCluster;
+use raft_node::testing::TestCluster;
 
 /// Runs kvctl against `endpoints` with `args` and `stdin`, off the async
 /// runtime so the in-process nodes keep serving.

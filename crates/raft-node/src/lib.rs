@@ -11,6 +11,7 @@
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
+//! - `testing` (feature `testing`): an in-process cluster for tests.
 
 pub mod codec;
 pub mod config;
@@ -19,6 +20,8 @@ pub mod network;
 pub mod node;
 pub mod service;
 pub mod state_machine;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod types;
 
 pub use config::{Limits, NodeConfig, RaftTiming};

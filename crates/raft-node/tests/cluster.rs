@@ -1,165 +1,52 @@
 //! In-process cluster tests: real nodes, real gRPC on 127.0.0.1 ports, real
 //! disks (temp dirs), driven through the public API.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use proto::kv as api;
 use proto::kv::cluster_client::ClusterClient;
 use proto::kv::kv_client::KvClient;
-use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+use raft_node::testing::{fast_timing, TestCluster, WAIT_TIMEOUT};
+use raft_node::{Limits, RaftTiming};
 use tonic::transport::Channel;
-
-/// How long a test waits for the cluster to reach a state.
-const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Cluster tests run one at a time: three nodes per test already load the
 /// two cores enough that parallel tests would starve heartbeats.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-struct RunningNode {
-    node: KvNode,
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
+/// Typed gRPC calls on the shared in-process cluster.
+trait Api {
+    /// A KV client of node `id`.
+    async fn kv(&self, id: u64) -> KvClient<Channel>;
+
+    /// A Cluster (admin) client of node `id`.
+    async fn admin(&self, id: u64) -> ClusterClient<Channel>;
+
+    /// Puts `key` = `value` through node `id`, once.
+    async fn put(&self, id: u64, key: &str, value: &str) -> Result<api::WriteResponse, tonic::Status>;
+
+    /// Reads `key` from node `id`, retrying while the node is briefly
+    /// unavailable (an election under load), as a client would.
+    async fn get(&self, id: u64, key: &str, consistency: api::Consistency) -> Option<String>;
+
+    /// Node `id`'s content digest.
+    async fn digest(&self, id: u64) -> api::DigestResponse;
+
+    /// Node `id`'s status.
+    async fn status(&self, id: u64) -> api::StatusResponse;
 }
 
-struct TestCluster {
-    dir: tempfile::TempDir,
-    addrs: BTreeMap<u64, String>,
-    running: BTreeMap<u64, RunningNode>,
-    timing: RaftTiming,
-}
-
-fn fast_timing() -> RaftTiming {
-    RaftTiming {
-        heartbeat_ms: 50,
-        election_timeout_ms_min: 250,
-        election_timeout_ms_max: 500,
-        ..RaftTiming::default()
-    }
-}
-
-impl TestCluster {
-    /// Starts `n` voters and waits for a leader.
-    async fn start(n: u64, timing: RaftTiming) -> TestCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let mut addrs = BTreeMap::new();
-        let mut listeners = BTreeMap::new();
-        for id in 1..=n {
-            let listener = bind_free_port().await;
-            addrs.insert(id, listener.local_addr().expect("addr").to_string());
-            listeners.insert(id, listener);
-        }
-        let mut cluster = TestCluster {
-            dir,
-            addrs,
-            running: BTreeMap::new(),
-            timing,
-        };
-        for (id, listener) in listeners {
-            cluster.launch(id, listener, id == 1).await;
-        }
-        cluster.wait_for_leader(None).await;
-        cluster
-    }
-
-    fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node{id}"))
-    }
-
-    async fn launch(&mut self, id: u64, listener: tokio::net::TcpListener, initialize: bool) {
-        let config = NodeConfig {
-            id,
-            advertise_addr: self.addrs[&id].clone(),
-            data_dir: self.data_dir(id),
-            initial_members: self.addrs.clone(),
-            initialize,
-            timing: self.timing.clone(),
-            engine: storage::Options {
-                memtable_bytes_max: 256 * 1024,
-                ..storage::Options::default()
-            },
-            limits: Limits::default(),
-        };
-        let node = KvNode::start(config).await.expect("node starts");
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let serving = node.clone();
-        let task = tokio::spawn(async move {
-            let shutdown = async {
-                let _ = stopped.await;
-            };
-            if let Err(error) = serving.serve(listener, shutdown).await {
-                eprintln!("node {id} stopped with {error}");
-            }
-        });
-        self.running.insert(id, RunningNode { node, stop, task });
-    }
-
-    /// Stops node `id` (gracefully: the server and Raft shut down).
-    async fn stop(&mut self, id: u64) {
-        let running = self.running.remove(&id).expect("node is running");
-        let _ = running.stop.send(());
-        running.task.await.expect("serve task");
-    }
-
-    /// Restarts a stopped node on its data directory and address.
-    async fn restart(&mut self, id: u64) {
-        let listener = bind_retrying(&self.addrs[&id]).await;
-        self.launch(id, listener, false).await;
-    }
-
+impl Api for TestCluster {
     async fn kv(&self, id: u64) -> KvClient<Channel> {
-        KvClient::connect(format!("http://{}", self.addrs[&id]))
+        KvClient::connect(format!("http://{}", self.addr(id)))
             .await
             .expect("connect")
     }
 
     async fn admin(&self, id: u64) -> ClusterClient<Channel> {
-        ClusterClient::connect(format!("http://{}", self.addrs[&id]))
+        ClusterClient::connect(format!("http://{}", self.addr(id)))
             .await
             .expect("connect")
-    }
-
-    /// Waits until the running nodes agree on a leader other than `not`.
-    async fn wait_for_leader(&self, not: Option<u64>) -> u64 {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let leaders: Vec<Option<u64>> = self
-                .running
-                .values()
-                .map(|r| r.node.raft().metrics().borrow().current_leader)
-                .collect();
-            if let Some(Some(leader)) = leaders.first() {
-                if leaders.iter().all(|l| *l == Some(*leader))
-                    && Some(*leader) != not
-                    && self.running.contains_key(leader)
-                {
-                    return *leader;
-                }
-            }
-            assert!(Instant::now() < deadline, "no agreed leader: {leaders:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// Waits until node `id` has applied at least `index`.
-    async fn wait_applied(&self, id: u64, index: u64) {
-        let deadline = Instant::now() + WAIT_TIMEOUT;
-        loop {
-            let applied = self.running[&id]
-                .node
-                .raft()
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |l| l.index);
-            if applied >= index {
-                return;
-            }
-            assert!(Instant::now() < deadline, "node {id} applied {applied} < {index}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 
     async fn put(&self, id: u64, key: &str, value: &str) -> Result<api::WriteResponse, tonic::Status> {
@@ -210,13 +97,6 @@ impl TestCluster {
             .expect("status")
             .into_inner()
     }
-
-    async fn shutdown(mut self) {
-        let ids: Vec<u64> = self.running.keys().copied().collect();
-        for id in ids {
-            self.stop(id).await;
-        }
-    }
 }
 
 /// Runs `call` until it succeeds, retrying while the node is briefly
@@ -238,21 +118,11 @@ where
     }
 }
 
-async fn bind_retrying(addr: &str) -> tokio::net::TcpListener {
-    for _ in 0..100 {
-        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
-            return listener;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("cannot rebind {addr}");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_elect_a_leader_and_replicate_writes() {
     // A write acknowledged by the leader is readable everywhere.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let reply = cluster.put(leader, "greeting", "hello").await.expect("put");
     assert!(reply.applied_index > 0 && !reply.duplicate);
@@ -283,7 +153,7 @@ async fn three_nodes_elect_a_leader_and_replicate_writes() {
 async fn a_follower_refuses_writes_and_linearizable_reads_with_a_leader_hint() {
     // Clients find the leader from any node's answer.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     for status in [
@@ -310,10 +180,7 @@ async fn a_follower_refuses_writes_and_linearizable_reads_with_a_leader_hint() {
                 .map(str::to_string)
         };
         assert_eq!(hint("x-kv-leader-id"), Some(leader.to_string()));
-        assert_eq!(
-            hint("x-kv-leader-addr").as_deref(),
-            Some(cluster.addrs[&leader].as_str())
-        );
+        assert_eq!(hint("x-kv-leader-addr").as_deref(), Some(cluster.addr(leader).as_str()));
     }
     cluster.shutdown().await;
 }
@@ -322,7 +189,7 @@ async fn a_follower_refuses_writes_and_linearizable_reads_with_a_leader_hint() {
 async fn losing_the_leader_elects_a_new_one_that_keeps_every_write() {
     // Failover: the survivors elect a leader that has every acknowledged write and takes new ones.
     let _serial = SERIAL.lock().await;
-    let mut cluster = TestCluster::start(3, fast_timing()).await;
+    let mut cluster = TestCluster::start(3).await;
     let old = cluster.wait_for_leader(None).await;
     for i in 0..20 {
         cluster.put(old, &format!("k{i}"), &format!("v{i}")).await.expect("put");
@@ -361,7 +228,7 @@ async fn losing_the_leader_elects_a_new_one_that_keeps_every_write() {
 async fn a_retried_write_is_applied_once() {
     // A retry after an unknown outcome must not overwrite a newer value.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let mut kv = cluster.kv(leader).await;
     let put = |value: &str, sequence: u64| api::PutRequest {
@@ -393,7 +260,7 @@ async fn concurrent_writes_share_log_entries_and_each_is_applied_once() {
     // Writes are batched into shared entries; every one must still be applied
     // exactly once, including a retry that lands in the same batch as its original.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let index_before = cluster.status(leader).await.last_log_index;
     const WRITES: u64 = 200;
@@ -449,7 +316,7 @@ async fn concurrent_writes_share_log_entries_and_each_is_applied_once() {
 async fn requests_outside_the_limits_are_invalid_arguments() {
     // Bad input gets a clear error naming the limit, and nothing is applied.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let mut kv = cluster.kv(leader).await;
     let huge_key = vec![b'k'; Limits::default().key_bytes_max + 1];
@@ -517,7 +384,7 @@ async fn requests_outside_the_limits_are_invalid_arguments() {
 async fn range_pages_through_more_keys_than_one_page() {
     // Every key comes back exactly once, in order, across pages.
     let _serial = SERIAL.lock().await;
-    let cluster = TestCluster::start(3, fast_timing()).await;
+    let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let mut kv = cluster.kv(leader).await;
     let pairs: Vec<api::KeyValue> = (0..250)
@@ -570,7 +437,7 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
         logs_kept_after_snapshot: 5,
         ..fast_timing()
     };
-    let mut cluster = TestCluster::start(3, timing).await;
+    let mut cluster = TestCluster::start_with_timing(3, timing).await;
     let leader = cluster.wait_for_leader(None).await;
     let victim = (1..=3).rev().find(|id| *id != leader).expect("a follower");
     let admin = cluster.admin(leader).await;
@@ -590,7 +457,7 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
             .applied_index;
     }
     cluster.restart(victim).await;
-    let addr = cluster.addrs[&victim].clone();
+    let addr = cluster.addr(victim);
     retry_unavailable(|| {
         let mut admin = admin.clone();
         let request = api::AddLearnerRequest {
@@ -623,17 +490,4 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
     assert_eq!((got.keys, got.digest.clone()), (want.keys, want.digest.clone()));
     assert_eq!(got.keys, 300);
     cluster.shutdown().await;
-}
-
-/// Binds a free 127.0.0.1 port below the kernel's ephemeral range
-/// (32768 and up), so that no outgoing connection can take a stopped
-/// node's port before it restarts on it.
-async fn bind_free_port() -> tokio::net::TcpListener {
-    for _ in 0..1000 {
-        let port = 20_000 + fastrand::u16(..12_000);
-        if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            return listener;
-        }
-    }
-    panic!("no free port in 20000..32000");
 }

@@ -1,48 +1,54 @@
-//! An in-process cluster for tests: real nodes (`raft_node::KvNode`), real
-//! gRPC on 127.0.0.1 ports bound to :0, real disks in a temp dir. The same
-//! pattern as raft-node's own cluster tests, copied rather than shared so
-//! neither crate depends on the other's test files. Also used by kvctl's
-//! tests (through `#[path]`).
-
-#![allow(dead_code, reason = "each test binary uses a different part")]
+//! An in-process cluster for tests (feature `testing`): real nodes
+//! ([`KvNode`]), real gRPC on 127.0.0.1, real disks in a temporary
+//! directory. Shared by this crate's tests and those of the client library
+//! and `kvctl`.
+//!
+//! Helpers panic instead of returning errors: they are for tests, where a
+//! panic with a message is the failure report.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+use crate::{KvNode, Limits, NodeConfig, RaftTiming};
 
-/// How long a test waits for the cluster to reach a state.
+/// How long a helper waits for the cluster to reach a state.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Short heartbeats and election timeouts, so failover tests run quickly.
+pub fn fast_timing() -> RaftTiming {
+    RaftTiming {
+        heartbeat_ms: 50,
+        election_timeout_ms_min: 250,
+        election_timeout_ms_max: 500,
+        ..RaftTiming::default()
+    }
+}
+
+/// A node serving in this process.
 struct RunningNode {
     node: KvNode,
     stop: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
 
-/// A cluster of nodes running in this process.
+/// A cluster of nodes running in this process. Node ids start at 1.
 pub struct TestCluster {
     dir: tempfile::TempDir,
     addrs: BTreeMap<u64, String>,
     running: BTreeMap<u64, RunningNode>,
-}
-
-/// Short election timeouts, so failover tests run quickly.
-pub fn fast_timing() -> RaftTiming {
-    RaftTiming {
-        heartbeat_ms: 50,
-        election_timeout_ms_min: 300,
-        election_timeout_ms_max: 600,
-        ..RaftTiming::default()
-    }
+    timing: RaftTiming,
 }
 
 impl TestCluster {
-    /// Starts `n` voters (node 1 initializes the cluster) and waits for a
-    /// leader.
+    /// Starts `n` voters with [`fast_timing`] and waits for a leader.
     pub async fn start(n: u64) -> TestCluster {
-        let cluster = TestCluster::start_with(n, true).await;
+        TestCluster::start_with_timing(n, fast_timing()).await
+    }
+
+    /// Starts `n` voters with `timing` and waits for a leader.
+    pub async fn start_with_timing(n: u64, timing: RaftTiming) -> TestCluster {
+        let cluster = TestCluster::boot(n, timing, true).await;
         cluster.wait_for_leader(None).await;
         cluster
     }
@@ -50,15 +56,15 @@ impl TestCluster {
     /// Starts `n` nodes that know their peers but form no cluster until
     /// someone calls Initialize.
     pub async fn start_uninitialized(n: u64) -> TestCluster {
-        TestCluster::start_with(n, false).await
+        TestCluster::boot(n, fast_timing(), false).await
     }
 
-    async fn start_with(n: u64, initialize: bool) -> TestCluster {
-        let dir = tempfile::tempdir().expect("tempdir");
+    async fn boot(n: u64, timing: RaftTiming, initialize: bool) -> TestCluster {
         let mut cluster = TestCluster {
-            dir,
+            dir: tempfile::tempdir().expect("tempdir"),
             addrs: BTreeMap::new(),
             running: BTreeMap::new(),
+            timing,
         };
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
@@ -77,18 +83,14 @@ impl TestCluster {
         cluster
     }
 
-    /// Starts node `id` outside the cluster (for add-learner); returns its
-    /// address.
+    /// Starts node `id` outside the cluster (to be added as a learner);
+    /// returns its address.
     pub async fn start_extra(&mut self, id: u64) -> String {
         let listener = bind_free_port().await;
         let addr = listener.local_addr().expect("addr").to_string();
         self.addrs.insert(id, addr.clone());
         self.launch(id, listener, BTreeMap::new(), false).await;
         addr
-    }
-
-    fn data_dir(&self, id: u64) -> PathBuf {
-        self.dir.path().join(format!("node{id}"))
     }
 
     async fn launch(
@@ -104,7 +106,7 @@ impl TestCluster {
             data_dir: self.data_dir(id),
             initial_members,
             initialize,
-            timing: fast_timing(),
+            timing: self.timing.clone(),
             engine: storage::Options {
                 memtable_bytes_max: 256 * 1024,
                 ..storage::Options::default()
@@ -130,9 +132,14 @@ impl TestCluster {
         self.addrs[&id].clone()
     }
 
-    /// Addresses of nodes 1..=n, in id order.
+    /// The addresses of every node started, in id order.
     pub fn addrs(&self) -> Vec<String> {
         self.addrs.values().cloned().collect()
+    }
+
+    /// Node `id`'s data directory.
+    pub fn data_dir(&self, id: u64) -> PathBuf {
+        self.dir.path().join(format!("node{id}"))
     }
 
     /// Stops node `id` (gracefully: the server and Raft shut down).
@@ -140,6 +147,22 @@ impl TestCluster {
         let running = self.running.remove(&id).expect("node is running");
         let _ = running.stop.send(());
         running.task.await.expect("serve task");
+    }
+
+    /// Restarts stopped node `id` on its data directory and address.
+    pub async fn restart(&mut self, id: u64) {
+        let addr = self.addr(id);
+        let listener = bind_retrying(&addr).await;
+        let members = self.addrs.clone();
+        self.launch(id, listener, members, false).await;
+    }
+
+    /// Stops every running node.
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u64> = self.running.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
     }
 
     /// Waits until the running nodes agree on a leader other than `not`.
@@ -164,32 +187,37 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every running node has applied at least `index`.
-    pub async fn wait_applied(&self, index: u64) {
+    /// Waits until running node `id` has applied at least `index`.
+    pub async fn wait_applied(&self, id: u64, index: u64) {
         let deadline = Instant::now() + WAIT_TIMEOUT;
-        for (id, running) in &self.running {
-            loop {
-                let applied = running
-                    .node
-                    .raft()
-                    .metrics()
-                    .borrow()
-                    .last_applied
-                    .map_or(0, |l| l.index);
-                if applied >= index {
-                    break;
-                }
-                assert!(Instant::now() < deadline, "node {id} applied {applied} < {index}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
+        loop {
+            let applied = self.running[&id]
+                .node
+                .raft()
+                .metrics()
+                .borrow()
+                .last_applied
+                .map_or(0, |l| l.index);
+            if applied >= index {
+                return;
             }
+            assert!(Instant::now() < deadline, "node {id} applied {applied} < {index}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every running node has applied at least `index`.
+    pub async fn wait_all_applied(&self, index: u64) {
+        for &id in self.running.keys() {
+            self.wait_applied(id, index).await;
         }
     }
 }
 
-/// Binds a free 127.0.0.1 port below the kernel's ephemeral range
-/// (32768 and up), so that no outgoing connection can take a stopped
-/// node's port before it restarts on it.
-async fn bind_free_port() -> tokio::net::TcpListener {
+/// Binds a free 127.0.0.1 port below the kernel's ephemeral range (32768
+/// and up), so that no outgoing connection can take a stopped node's port
+/// before it restarts on it.
+pub async fn bind_free_port() -> tokio::net::TcpListener {
     for _ in 0..1000 {
         let port = 20_000 + fastrand::u16(..12_000);
         if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
@@ -197,4 +225,15 @@ async fn bind_free_port() -> tokio::net::TcpListener {
         }
     }
     panic!("no free port in 20000..32000");
+}
+
+/// Binds `addr` again, waiting while the port is still held.
+async fn bind_retrying(addr: &str) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(listener) = tokio::net::TcpListener::bind(addr).await {
+            return listener;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("cannot rebind {addr}");
 }
