@@ -414,7 +414,7 @@ impl Client {
                     target = inner.endpoints.next_after(&target);
                 }
             }
-            if Instant::now() + delay >= deadline {
+            if !retry::retry_fits(deadline.saturating_duration_since(Instant::now()), delay) {
                 return Err(give_up(kind, FailReason::GiveUp, &state, failure, status));
             }
             tokio::time::sleep(delay).await;

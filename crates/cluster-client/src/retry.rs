@@ -232,6 +232,18 @@ pub fn backoff_delay(min: Duration, max: Duration, attempt: u32, unit: f64) -> D
     cap.mul_f64(unit.clamp(0.0, 1.0))
 }
 
+/// The least time worth giving an attempt. A retry that would start with
+/// less than this left before the deadline is not made: it could only time
+/// out, and its "no answer within 0 ms" would replace the real error (a
+/// refused connection, a missing leader) in what the caller sees.
+pub const ATTEMPT_TIME_MIN: Duration = Duration::from_millis(10);
+
+/// Whether a retry after waiting `delay` still gets [`ATTEMPT_TIME_MIN`]
+/// of the `left` time before the deadline.
+pub fn retry_fits(left: Duration, delay: Duration) -> bool {
+    left > delay.saturating_add(ATTEMPT_TIME_MIN)
+}
+
 /// How long to wait before carrying out `decision`. `hint_hops` counts the
 /// hints followed in a row before this one.
 pub fn delay_before(decision: &Decision, hint_hops: u32, backoff: Duration) -> Duration {
@@ -508,5 +520,17 @@ mod tests {
         let timeout = Failure::timeout("a:1", Duration::from_millis(5));
         assert_eq!(timeout.kind, FailureKind::Timeout);
         assert_eq!(timeout.outcome(), Outcome::Unknown);
+    }
+
+    #[test]
+    fn a_retry_needs_time_left_after_its_backoff() {
+        // An attempt squeezed against the deadline only times out and hides the real error.
+        let ms = Duration::from_millis;
+        assert!(retry_fits(ms(100), ms(50)));
+        assert!(!retry_fits(ms(55), ms(50)), "5 ms would be left");
+        assert!(!retry_fits(ms(50), ms(50)));
+        assert!(!retry_fits(ms(0), ms(0)));
+        assert!(retry_fits(ms(11), ms(0)));
+        assert!(!retry_fits(ms(10), Duration::MAX), "no overflow");
     }
 }
