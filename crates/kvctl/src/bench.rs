@@ -46,6 +46,12 @@ struct TaskResult {
 pub async fn run(client: &Client, out: &Printer, args: &BenchArgs) -> Result<ExitCode> {
     let key_size = usize::try_from(args.key_size).context("--key-size")?;
     let value_size = usize::try_from(args.value_size).context("--value-size")?;
+    // One read first: against a cluster that cannot answer, every operation
+    // would wait out its whole deadline (hours, for a large --ops).
+    client
+        .get_with(key_of(0, key_size), consistency_of(args))
+        .await
+        .context("the cluster does not answer; nothing measured")?;
     if args.workload != Workload::Put {
         preload(client, args, key_size, value_size).await?;
     }
@@ -68,6 +74,15 @@ pub async fn run(client: &Client, out: &Printer, args: &BenchArgs) -> Result<Exi
     let seconds = started.elapsed().as_secs_f64();
     report(out, args, &histogram, errors, seconds)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The consistency of the bench's reads.
+fn consistency_of(args: &BenchArgs) -> Consistency {
+    if args.stale {
+        Consistency::Stale
+    } else {
+        Consistency::Linearizable
+    }
 }
 
 async fn preload(client: &Client, args: &BenchArgs, key_size: usize, value_size: usize) -> Result<()> {
@@ -103,11 +118,7 @@ async fn run_task(
 ) -> Result<TaskResult> {
     let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).context("histogram")?;
     let mut rng = fastrand::Rng::new();
-    let consistency = if args.stale {
-        Consistency::Stale
-    } else {
-        Consistency::Linearizable
-    };
+    let consistency = consistency_of(&args);
     let mut errors = 0;
     for _ in 0..ops {
         let key = key_of(rng.u64(0..args.keyspace), key_size);
