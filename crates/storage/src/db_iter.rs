@@ -32,6 +32,18 @@ enum IterState {
     Done,
 }
 
+/// One step of [`DbIter::next_bounded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BoundedStep {
+    /// The next visible pair.
+    Pair(Bytes, Bytes),
+    /// The step budget ran out among tombstones or old versions; the scan
+    /// can resume at this user key (inclusive). The cursor is finished.
+    Paused(Bytes),
+    /// No pair is left in the range.
+    End,
+}
+
 impl DbIter {
     pub(crate) fn new(
         merged: MergingIterator,
@@ -69,6 +81,29 @@ impl DbIter {
     }
 
     fn advance(&mut self) -> Result<Option<(Bytes, Bytes)>> {
+        match self.advance_bounded(u64::MAX)? {
+            BoundedStep::Pair(key, value) => Ok(Some((key, value))),
+            BoundedStep::Paused(_) | BoundedStep::End => Ok(None),
+        }
+    }
+
+    /// Like [`Iterator::next`], but stepping over at most about
+    /// `steps_max` internal entries (tombstones, hidden versions) before it
+    /// pauses at the next key, so a range over many deletions does bounded
+    /// work per call. After `Paused`, `End` or an error the cursor is done.
+    pub fn next_bounded(&mut self, steps_max: u64) -> Result<BoundedStep> {
+        if matches!(self.state, IterState::Done) {
+            return Ok(BoundedStep::End);
+        }
+        let step = self.advance_bounded(steps_max);
+        if !matches!(step, Ok(BoundedStep::Pair(..))) {
+            self.state = IterState::Done;
+        }
+        step
+    }
+
+    fn advance_bounded(&mut self, steps_max: u64) -> Result<BoundedStep> {
+        let mut steps: u64 = 0;
         if matches!(self.state, IterState::NotStarted) {
             self.state = IterState::Running;
             self.position()?;
@@ -83,7 +118,10 @@ impl DbIter {
             let after_start = !matches!(&self.start, Bound::Excluded(s) if parsed.user_key == s.as_slice());
             if is_visible && is_newest_version {
                 if !self.before_end(parsed.user_key) {
-                    return Ok(None);
+                    return Ok(BoundedStep::End);
+                }
+                if steps >= steps_max && parsed.kind != ValueKind::Put {
+                    return Ok(BoundedStep::Paused(Bytes::copy_from_slice(parsed.user_key)));
                 }
                 self.last_user_key.clear();
                 self.last_user_key.extend_from_slice(parsed.user_key);
@@ -93,12 +131,13 @@ impl DbIter {
                         Bytes::copy_from_slice(parsed.user_key),
                         Bytes::copy_from_slice(self.merged.value()),
                     );
-                    return Ok(Some(pair));
+                    return Ok(BoundedStep::Pair(pair.0, pair.1));
                 }
             }
+            steps += 1;
             self.merged.next()?;
         }
-        Ok(None)
+        Ok(BoundedStep::End)
     }
 }
 
