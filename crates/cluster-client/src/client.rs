@@ -13,7 +13,7 @@ use tonic::transport::Channel;
 use crate::endpoints::{normalize, Endpoints};
 use crate::error::{Error, Result};
 use crate::retry::{self, Decision, FailReason, Failure, Outcome, RequestKind};
-use crate::write_id::{WriteIds, WriteTicket};
+use crate::write_id::Session;
 
 /// Default deadline of one client call, retries included.
 pub const REQUEST_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
@@ -29,6 +29,18 @@ pub const BACKOFF_MIN_DEFAULT: Duration = Duration::from_millis(20);
 /// in a long backoff when the new leader appears adds that sleep to the
 /// failover it sees (with full jitter, half the cap on average).
 pub const BACKOFF_MAX_DEFAULT: Duration = Duration::from_millis(100);
+/// The largest response the client accepts, in bytes: above the server's
+/// largest (a Range page stays under 4 MiB, a Get under 1 MiB plus
+/// framing), with room for servers configured with larger limits.
+pub const RESPONSE_BYTES_MAX: usize = 32 << 20;
+
+/// A KV stub over `channel` that accepts every response the server may send.
+pub(crate) fn kv_client(channel: Channel) -> KvClient<Channel> {
+    KvClient::new(channel)
+        .max_decoding_message_size(RESPONSE_BYTES_MAX)
+        .max_encoding_message_size(RESPONSE_BYTES_MAX)
+}
+
 /// Default page size of [`Client::range`].
 pub const RANGE_PAGE_SIZE_DEFAULT: u32 = 1000;
 
@@ -72,7 +84,6 @@ pub struct ClientBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     range_page_size: u32,
-    client_id: Option<u64>,
 }
 
 impl ClientBuilder {
@@ -86,7 +97,6 @@ impl ClientBuilder {
             backoff_min: BACKOFF_MIN_DEFAULT,
             backoff_max: BACKOFF_MAX_DEFAULT,
             range_page_size: RANGE_PAGE_SIZE_DEFAULT,
-            client_id: None,
         }
     }
 
@@ -134,13 +144,6 @@ impl ClientBuilder {
         self
     }
 
-    /// Uses this client id instead of a random one (not 0). Two clients
-    /// must never share an id while both write.
-    pub fn client_id(mut self, client_id: u64) -> ClientBuilder {
-        self.client_id = Some(client_id);
-        self
-    }
-
     /// Builds the client. No connection is made until the first request.
     pub fn build(self) -> Result<Client> {
         let mut addrs: Vec<String> = Vec::with_capacity(self.endpoints.len());
@@ -153,16 +156,11 @@ impl ClientBuilder {
         if addrs.is_empty() {
             return Err(Error::NoEndpoints);
         }
-        if self.client_id == Some(0) {
-            return Err(Error::InvalidArgument("client id 0 disables deduplication".to_owned()));
-        }
         Ok(Client {
             inner: Arc::new(Inner {
                 endpoints: Endpoints::new(addrs, self.connect_timeout),
-                write_ids: Arc::new(match self.client_id {
-                    Some(id) => WriteIds::with_client_id(id),
-                    None => WriteIds::new(),
-                }),
+                session: parking_lot::Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
                 request_timeout: self.request_timeout,
                 attempt_timeout: self.attempt_timeout.min(self.request_timeout),
                 backoff_min: self.backoff_min,
@@ -186,8 +184,11 @@ pub struct Client {
 #[derive(Debug)]
 pub(crate) struct Inner {
     pub(crate) endpoints: Endpoints,
-    write_ids: Arc<WriteIds>,
-    request_timeout: Duration,
+    /// The session writes are numbered in; opened on the first write.
+    pub(crate) session: parking_lot::Mutex<Option<Arc<Session>>>,
+    /// Held while a session is being opened, so only one is.
+    pub(crate) opening: tokio::sync::Mutex<()>,
+    pub(crate) request_timeout: Duration,
     attempt_timeout: Duration,
     backoff_min: Duration,
     backoff_max: Duration,
@@ -222,11 +223,6 @@ impl Client {
         ClientBuilder::new(endpoints)
     }
 
-    /// This client's id in write ids.
-    pub fn client_id(&self) -> u64 {
-        self.inner.write_ids.client_id()
-    }
-
     /// Every endpoint known: the given ones, then those learned from hints.
     pub fn endpoints(&self) -> Vec<String> {
         self.inner.endpoints.addrs()
@@ -235,45 +231,6 @@ impl Client {
     /// The endpoint believed to be the leader, if known.
     pub fn cached_leader(&self) -> Option<String> {
         self.inner.endpoints.leader()
-    }
-
-    /// Sets `key` to `value`.
-    pub async fn put(&self, key: impl Into<Bytes>, value: impl Into<Bytes>) -> Result<api::WriteResponse> {
-        let ticket = self.inner.write_ids.begin();
-        self.put_with(ticket, key.into(), value.into()).await
-    }
-
-    /// Deletes `key` (deleting a missing key succeeds).
-    pub async fn delete(&self, key: impl Into<Bytes>) -> Result<api::WriteResponse> {
-        let ticket = self.inner.write_ids.begin();
-        let key = key.into();
-        self.execute(RequestKind::Write, None, |channel, timeout| {
-            let mut request = tonic::Request::new(api::DeleteRequest {
-                key: key.clone(),
-                write_id: Some(ticket.write_id()),
-            });
-            request.set_timeout(timeout);
-            async move { KvClient::new(channel).delete(request).await }
-        })
-        .await
-    }
-
-    /// Sets every pair atomically: all of them or none.
-    pub async fn batch_put(&self, pairs: Vec<(Bytes, Bytes)>) -> Result<api::WriteResponse> {
-        let ticket = self.inner.write_ids.begin();
-        let pairs: Vec<api::KeyValue> = pairs
-            .into_iter()
-            .map(|(key, value)| api::KeyValue { key, value })
-            .collect();
-        self.execute(RequestKind::Write, None, |channel, timeout| {
-            let mut request = tonic::Request::new(api::BatchPutRequest {
-                pairs: pairs.clone(),
-                write_id: Some(ticket.write_id()),
-            });
-            request.set_timeout(timeout);
-            async move { KvClient::new(channel).batch_put(request).await }
-        })
-        .await
     }
 
     /// Reads `key` linearizably; `None` when it is missing.
@@ -291,7 +248,7 @@ impl Client {
                     consistency: consistency.to_proto(),
                 });
                 request.set_timeout(timeout);
-                async move { KvClient::new(channel).get(request).await }
+                async move { kv_client(channel).get(request).await }
             })
             .await?;
         Ok(reply.found.then_some(reply.value))
@@ -317,40 +274,13 @@ impl Client {
                     consistency: consistency.to_proto(),
                 });
                 request.set_timeout(timeout);
-                async move { KvClient::new(channel).range(request).await }
+                async move { kv_client(channel).range(request).await }
             })
             .await?;
         Ok(Page {
             pairs: reply.pairs.into_iter().map(|kv| (kv.key, kv.value)).collect(),
             next_start: (!reply.next_start.is_empty()).then_some(reply.next_start),
         })
-    }
-
-    pub(crate) async fn put_with(&self, ticket: WriteTicket, key: Bytes, value: Bytes) -> Result<api::WriteResponse> {
-        self.execute(RequestKind::Write, None, |channel, timeout| {
-            let mut request = tonic::Request::new(api::PutRequest {
-                key: key.clone(),
-                value: value.clone(),
-                write_id: Some(ticket.write_id()),
-            });
-            request.set_timeout(timeout);
-            async move { KvClient::new(channel).put(request).await }
-        })
-        .await
-    }
-
-    /// Sends `put(key, value)` again under an earlier `sequence` of this
-    /// client, as a retry of that write would. For tests of exactly-once
-    /// application; not for ordinary use.
-    #[doc(hidden)]
-    pub async fn put_with_sequence(
-        &self,
-        sequence: u64,
-        key: impl Into<Bytes>,
-        value: impl Into<Bytes>,
-    ) -> Result<api::WriteResponse> {
-        let ticket = self.inner.write_ids.resume(sequence);
-        self.put_with(ticket, key.into(), value.into()).await
     }
 
     /// Runs `call` until it succeeds, following [`retry::decide`], within
@@ -434,10 +364,12 @@ fn give_up(
     let write = kind == RequestKind::Write;
     match (reason, status) {
         (FailReason::Rejected, Some(status)) => Error::InvalidArgument(status.message().to_owned()),
+        (FailReason::SessionExpired, _) => Error::SessionExpired { last },
         _ if write && state.outcome_unknown => Error::Unknown {
             attempts,
             elapsed,
             last,
+            write: None,
         },
         (FailReason::Status, Some(status)) => Error::Other(status),
         _ if write => Error::NotApplied {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 pub use crate::retry::Outcome;
+use crate::write::UnansweredWrite;
 
 /// A failed request.
 ///
@@ -33,6 +34,13 @@ pub enum Error {
     /// lost its connection after sending, or reached a leader that stepped
     /// down after proposing. Once one attempt was unknown, the write's final
     /// error is this even if later attempts were refused.
+    ///
+    /// `write` holds the write itself, still numbered: pass it to
+    /// [`crate::Client::retry_write`] to try again as the same write (applied
+    /// at most once however often it is tried). While it is held, the
+    /// session keeps the write unanswered, and at most
+    /// [`crate::SESSION_WRITES_UNANSWERED_MAX`] later writes can start; drop
+    /// it to give the write up.
     #[error("outcome unknown after {attempts} attempts in {} ms: {last}", elapsed.as_millis())]
     Unknown {
         /// Attempts made.
@@ -40,6 +48,18 @@ pub enum Error {
         /// Time spent.
         elapsed: Duration,
         /// The last failure.
+        last: String,
+        /// The write, for [`crate::Client::retry_write`] (absent for
+        /// requests that are not data writes).
+        write: Option<Box<UnansweredWrite>>,
+    },
+    /// The write's session expired on the server (idle too long or evicted)
+    /// before the write was answered: whether an earlier attempt was applied
+    /// can no longer be told, and retrying it cannot help. The outcome is
+    /// unknown. The client opens a new session for its next writes.
+    #[error("outcome unknown, session expired: {last}")]
+    SessionExpired {
+        /// The server's message.
         last: String,
     },
     /// A read or admin request found no node able to serve it before its
@@ -81,7 +101,9 @@ impl Error {
             }
             // Unavailable is never produced for a write; the rest are not
             // covered by the server's contract, so assume the worst.
-            Error::Unknown { .. } | Error::Unavailable { .. } | Error::Other(_) => Outcome::Unknown,
+            Error::Unknown { .. } | Error::SessionExpired { .. } | Error::Unavailable { .. } | Error::Other(_) => {
+                Outcome::Unknown
+            }
         }
     }
 }

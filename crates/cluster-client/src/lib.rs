@@ -28,8 +28,11 @@
 //! - `admin`: status, digest, initialize and membership calls.
 //! - `range`: [`RangeStream`], a range paged through for the caller.
 //! - `endpoints`: the endpoint list, lazily made channels, the cached leader.
-//! - `write_id`: exactly-once numbering: a random client id, one sequence per
-//!   write reused by its retries, and `first_unanswered`.
+//! - `write`: the data writes, sessions opened on demand, and
+//!   [`UnansweredWrite`] for retrying a write whose outcome is unknown.
+//! - `write_id`: exactly-once numbering: a session the cluster opened, one
+//!   sequence per write reused by its retries, `first_unanswered`, and the
+//!   window that keeps a slow write from being forgotten.
 //! - `error`: [`Error`] and [`Outcome`]: whether a failed write may have
 //!   been applied.
 //!
@@ -38,8 +41,22 @@
 //! Every call has a deadline ([`ClientBuilder::request_timeout`], 5 s by
 //! default) and at most [`retry::ATTEMPTS_MAX`] attempts. A write that fails
 //! reports whether it certainly did not happen ([`Error::NotApplied`],
-//! [`Error::InvalidArgument`]) or may have ([`Error::Unknown`]); see
-//! [`Error::outcome`].
+//! [`Error::InvalidArgument`]) or may have ([`Error::Unknown`],
+//! [`Error::SessionExpired`]); see [`Error::outcome`].
+//!
+//! # Exactly once
+//!
+//! A client opens a session on the cluster at its first write (one Raft
+//! write) and numbers its writes in it. Every retry of a write reuses its
+//! number, so the cluster applies it at most once, and answers OK only for
+//! a write it applied. A write whose deadline passes with its outcome
+//! unknown comes back in [`Error::Unknown`] as an [`UnansweredWrite`]:
+//! [`Client::retry_write`] tries it again later as the same write. If the
+//! session expires meanwhile (an hour idle, or evicted among 50 000), the
+//! retry fails with [`Error::SessionExpired`] rather than risk a second
+//! apply. At most [`SESSION_WRITES_UNANSWERED_MAX`] sequences separate a
+//! session's oldest unanswered write from its newest: a new write waits
+//! (within its deadline) for room.
 
 #![deny(clippy::unwrap_used)]
 #![deny(missing_docs)]
@@ -50,14 +67,17 @@ mod endpoints;
 mod error;
 mod range;
 pub mod retry;
+mod write;
 mod write_id;
 
 pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, Consistency, Page, ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_MAX_DEFAULT, BACKOFF_MIN_DEFAULT,
-    CONNECT_TIMEOUT_DEFAULT, RANGE_PAGE_SIZE_DEFAULT, REQUEST_TIMEOUT_DEFAULT,
+    CONNECT_TIMEOUT_DEFAULT, RANGE_PAGE_SIZE_DEFAULT, REQUEST_TIMEOUT_DEFAULT, RESPONSE_BYTES_MAX,
 };
 pub use endpoints::LEARNED_ENDPOINTS_MAX;
 pub use error::{Error, Outcome, Result};
 pub use proto::kv::{DigestResponse, Member, MembershipResponse, StatusResponse, WriteResponse};
 pub use range::RangeStream;
+pub use write::UnansweredWrite;
+pub use write_id::SESSION_WRITES_UNANSWERED_MAX;

@@ -15,6 +15,9 @@ pub const LEADER_ID_HEADER: &str = "x-kv-leader-id";
 pub const LEADER_ADDR_HEADER: &str = "x-kv-leader-addr";
 /// Metadata key set to `1` when the server refused before proposing.
 pub const NOT_APPLIED_HEADER: &str = "x-kv-not-applied";
+/// Metadata key set to `1` (with FAILED_PRECONDITION) when the write's
+/// session is unknown or expired: its outcome cannot be told any more.
+pub const SESSION_EXPIRED_HEADER: &str = "x-kv-session-expired";
 
 /// Attempts of one request, at most, whatever the deadline says. A second
 /// bound beside the deadline, so a request can never loop forever even with
@@ -76,6 +79,9 @@ pub struct Failure {
     pub kind: FailureKind,
     /// The server said `x-kv-not-applied: 1`: refused before proposing.
     pub not_applied: bool,
+    /// The server said `x-kv-session-expired: 1`: the write's session is
+    /// gone, and with it the record of whether the write was applied.
+    pub session_expired: bool,
     /// The leader's `host:port` from `x-kv-leader-addr`, if given.
     pub leader_addr: Option<String>,
     /// The endpoint this attempt went to.
@@ -101,6 +107,9 @@ pub enum FailReason {
     /// The server answered with a status outside the retry contract
     /// (e.g. FAILED_PRECONDITION, NOT_FOUND, INTERNAL): report it as is.
     Status,
+    /// The write's session expired: its outcome is unknown for good, and
+    /// new writes need a new session.
+    SessionExpired,
     /// Retrying is pointless or not allowed: the attempt bound is reached or
     /// the request is pinned to one endpoint.
     GiveUp,
@@ -149,6 +158,8 @@ impl Failure {
         Failure {
             kind,
             not_applied: text(NOT_APPLIED_HEADER).as_deref() == Some("1"),
+            session_expired: status.code() == Code::FailedPrecondition
+                && text(SESSION_EXPIRED_HEADER).as_deref() == Some("1"),
             leader_addr: text(LEADER_ADDR_HEADER).filter(|a| !a.is_empty()),
             endpoint: endpoint.to_owned(),
             message: format!("{}: {}", endpoint, describe(status)),
@@ -160,6 +171,7 @@ impl Failure {
         Failure {
             kind: FailureKind::Timeout,
             not_applied: false,
+            session_expired: false,
             leader_addr: None,
             endpoint: endpoint.to_owned(),
             message: format!("{endpoint}: no answer within {} ms", after.as_millis()),
@@ -206,6 +218,7 @@ fn describe(status: &tonic::Status) -> String {
 pub fn decide(kind: RequestKind, failure: &Failure, attempt: u32) -> Decision {
     let decision = match failure.kind {
         FailureKind::Status(Code::InvalidArgument) => return Decision::Fail(FailReason::Rejected),
+        _ if failure.session_expired => return Decision::Fail(FailReason::SessionExpired),
         _ if kind == RequestKind::Pinned => return Decision::Fail(FailReason::GiveUp),
         FailureKind::Connect | FailureKind::Timeout | FailureKind::Transport => Decision::RetryNext,
         FailureKind::Status(Code::Unavailable) => match &failure.leader_addr {
@@ -273,6 +286,7 @@ mod tests {
         Failure {
             kind,
             not_applied,
+            session_expired: false,
             leader_addr: leader.map(str::to_owned),
             endpoint: "10.0.0.1:7001".to_owned(),
             message: String::new(),
@@ -281,6 +295,27 @@ mod tests {
 
     fn status(code: Code) -> FailureKind {
         FailureKind::Status(code)
+    }
+
+    #[test]
+    fn an_expired_session_fails_the_write_with_an_unknown_outcome() {
+        // The server can no longer tell whether the write was applied: retrying cannot help.
+        let mut status = tonic::Status::failed_precondition("session expired");
+        status
+            .metadata_mut()
+            .insert(SESSION_EXPIRED_HEADER, MetadataValue::from_static("1"));
+        let f = Failure::from_status(&status, "10.0.0.1:7001");
+        assert!(f.session_expired);
+        assert_eq!(
+            decide(RequestKind::Write, &f, 1),
+            Decision::Fail(FailReason::SessionExpired)
+        );
+        assert_eq!(f.outcome(), Outcome::Unknown);
+        let plain = Failure::from_status(&tonic::Status::failed_precondition("other"), "10.0.0.1:7001");
+        assert_eq!(
+            decide(RequestKind::Write, &plain, 1),
+            Decision::Fail(FailReason::Status)
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ enum Step {
         not_applied: bool,
         hint: Option<String>,
     },
+    /// FAILED_PRECONDITION with `x-kv-session-expired: 1`.
+    SessionExpired,
     Hang,
 }
 
@@ -40,6 +42,8 @@ struct Scripted {
     /// Write ids of every write received, in order.
     seen: Mutex<Vec<api::WriteId>>,
     calls: Mutex<u32>,
+    /// Sessions opened (answered outside the script, ids 77, 78, ...).
+    opens: Mutex<u64>,
 }
 
 impl Scripted {
@@ -49,6 +53,7 @@ impl Scripted {
             otherwise,
             seen: Mutex::new(Vec::new()),
             calls: Mutex::new(0),
+            opens: Mutex::new(0),
         })
     }
 
@@ -82,6 +87,13 @@ impl Scripted {
                     let value = MetadataValue::try_from(hint.as_str()).expect("ascii address");
                     status.metadata_mut().insert("x-kv-leader-addr", value);
                 }
+                Err(status)
+            }
+            Step::SessionExpired => {
+                let mut status = Status::failed_precondition("scripted: session expired");
+                status
+                    .metadata_mut()
+                    .insert("x-kv-session-expired", MetadataValue::from_static("1"));
                 Err(status)
             }
             Step::Hang => {
@@ -121,6 +133,14 @@ impl Kv for Shared {
     }
     async fn delete(&self, request: Request<api::DeleteRequest>) -> Result<Response<api::WriteResponse>, Status> {
         self.0.answer(request.into_inner().write_id, written(9)).await
+    }
+    async fn open_session(
+        &self,
+        _request: Request<api::OpenSessionRequest>,
+    ) -> Result<Response<api::OpenSessionResponse>, Status> {
+        let mut opens = self.0.opens.lock();
+        *opens += 1;
+        Ok(Response::new(api::OpenSessionResponse { client_id: 76 + *opens }))
     }
 }
 
@@ -194,7 +214,7 @@ async fn every_retry_of_a_write_carries_the_same_sequence() {
     assert_eq!(seen.len(), 4);
     assert!(seen
         .iter()
-        .all(|id| id.client_id == client.client_id() && id.client_id != 0));
+        .all(|id| Some(id.client_id) == client.client_id() && id.client_id != 0));
     assert_eq!(seen.iter().map(|id| id.sequence).collect::<Vec<_>>(), vec![1, 1, 1, 2]);
     assert_eq!(seen[3].first_unanswered, 2, "the put was answered before the delete");
 }
@@ -298,4 +318,43 @@ async fn a_write_to_nothing_is_not_applied() {
     let error = client.put("k", "v").await.expect_err("nothing listens");
     assert!(matches!(error, Error::NotApplied { .. }), "{error:?}");
     assert!(error.to_string().contains("Connection refused"), "{error}");
+}
+
+#[tokio::test]
+async fn an_expired_session_fails_the_write_and_the_next_write_opens_a_new_one() {
+    // The server cannot tell the write's outcome any more: never report success, never retry it.
+    let script = Scripted::new(vec![Step::SessionExpired], Step::Ok);
+    let addr = serve(&script).await;
+    let client = Client::connect([addr]).expect("client");
+    let error = client.put("k", "v").await.expect_err("the session expired");
+    assert!(matches!(error, Error::SessionExpired { .. }), "{error:?}");
+    assert_eq!(error.outcome(), Outcome::Unknown);
+    assert_eq!(script.calls(), 1, "not retried");
+    client.put("k", "v").await.expect("a new session");
+    let seen = script.seen.lock().clone();
+    assert_eq!(seen.iter().map(|id| id.client_id).collect::<Vec<_>>(), vec![77, 78]);
+    assert_eq!(seen[1].sequence, 1, "numbering starts again in the new session");
+}
+
+#[tokio::test]
+async fn a_write_with_an_unknown_outcome_can_be_retried_later_as_the_same_write() {
+    // Exactly-once beyond one call's deadline: the retry carries the same session and sequence.
+    let script = Scripted::new(vec![Step::Hang], Step::Ok);
+    let addr = serve(&script).await;
+    let client = Client::builder([addr])
+        .request_timeout(Duration::from_millis(300))
+        .attempt_timeout(Duration::from_millis(300))
+        .build()
+        .expect("client");
+    let error = client.put("k", "v").await.expect_err("the attempt hangs");
+    let Error::Unknown { write: Some(write), .. } = error else {
+        panic!("expected an unknown outcome with the write: {error:?}");
+    };
+    let (client_id, sequence) = (write.client_id(), write.sequence());
+    client.put("other", "v").await.expect("a later write");
+    client.retry_write(*write).await.expect("the retry");
+    let seen = script.seen.lock().clone();
+    let last = seen.last().expect("writes seen");
+    assert_eq!((last.client_id, last.sequence), (client_id, sequence));
+    assert_eq!(last.first_unanswered, sequence, "still unanswered while held");
 }

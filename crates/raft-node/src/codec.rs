@@ -242,6 +242,7 @@ mod tests {
                     client_id: 9,
                     sequence: 3,
                     first_unanswered: 2,
+                    proposed_at_ms: 1_700_000_000_000,
                 }),
             },
         ];

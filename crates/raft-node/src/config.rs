@@ -21,14 +21,30 @@ pub struct Limits {
     pub range_limit_max: u32,
     /// Page size of a Range that gives no limit. Default 1000.
     pub range_limit_default: u32,
-    /// A Range page stops once it holds this many key and value bytes.
-    /// Default 4 MiB.
+    /// A Range page stops before its encoded pairs pass this many bytes
+    /// (protobuf framing included). Default 4 MiB - 64 KiB, so a whole
+    /// response, `next_start` included, stays under the 4 MiB that gRPC
+    /// clients accept by default.
     pub response_bytes_max: usize,
-    /// Writes proposed but not yet applied, at most; more are refused with
-    /// `RESOURCE_EXHAUSTED`. Default 4096. Bounds the leader's memory and
-    /// the queueing delay a write can see.
+    /// A Range page stops (with `next_start`) after stepping over this many
+    /// engine entries, tombstones and old versions included. Default
+    /// 100 000: about 10 ms of scanning, so a range over mass deletions
+    /// does bounded work per request.
+    pub range_scan_steps_max: u64,
+    /// Writes queued or proposed but not yet answered, at most; more are
+    /// refused with `RESOURCE_EXHAUSTED`. Default 4096. Bounds the leader's
+    /// memory and the queueing delay a write can see.
     pub proposals_in_flight_max: usize,
+    /// Encoded bytes of the writes queued or proposed but not yet answered,
+    /// at most; more are refused with `RESOURCE_EXHAUSTED`. Default 64 MiB.
+    pub proposal_bytes_in_flight_max: usize,
+    /// Get and Range requests reading the engine at once, at most; more
+    /// are refused with `RESOURCE_EXHAUSTED`. Default 1024.
+    pub reads_in_flight_max: usize,
 }
+
+/// gRPC clients' default receive limit, in bytes.
+pub const GRPC_MESSAGE_BYTES_DEFAULT: usize = 4 << 20;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -39,8 +55,11 @@ impl Default for Limits {
             batch_bytes_max: 16 << 20,
             range_limit_max: 10_000,
             range_limit_default: 1000,
-            response_bytes_max: 4 << 20,
+            response_bytes_max: GRPC_MESSAGE_BYTES_DEFAULT - (64 << 10),
+            range_scan_steps_max: 100_000,
             proposals_in_flight_max: 4096,
+            proposal_bytes_in_flight_max: 64 << 20,
+            reads_in_flight_max: 1024,
         }
     }
 }

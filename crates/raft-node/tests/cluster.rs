@@ -14,6 +14,15 @@ use tonic::transport::Channel;
 /// two cores enough that parallel tests would starve heartbeats.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Opens an exactly-once session through `kv` (a leader).
+async fn open_session(kv: &mut KvClient<Channel>) -> u64 {
+    kv.open_session(api::OpenSessionRequest {})
+        .await
+        .expect("open a session")
+        .into_inner()
+        .client_id
+}
+
 /// Typed gRPC calls on the shared in-process cluster.
 trait Api {
     /// A KV client of node `id`.
@@ -231,11 +240,12 @@ async fn a_retried_write_is_applied_once() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let mut kv = cluster.kv(leader).await;
+    let client_id = open_session(&mut kv).await;
     let put = |value: &str, sequence: u64| api::PutRequest {
         key: "k".as_bytes().to_vec().into(),
         value: value.as_bytes().to_vec().into(),
         write_id: Some(api::WriteId {
-            client_id: 42,
+            client_id,
             sequence,
             first_unanswered: 1,
         }),
@@ -263,6 +273,8 @@ async fn concurrent_writes_share_log_entries_and_each_is_applied_once() {
     let cluster = TestCluster::start(3).await;
     let leader = cluster.wait_for_leader(None).await;
     let index_before = cluster.status(leader).await.last_log_index;
+    let client_id = open_session(&mut cluster.kv(leader).await).await;
+    let index_before = index_before + 1; // the session's own entry
     const WRITES: u64 = 200;
     let mut tasks = tokio::task::JoinSet::new();
     for sequence in 1..=WRITES {
@@ -275,7 +287,7 @@ async fn concurrent_writes_share_log_entries_and_each_is_applied_once() {
                     key: format!("key-{sequence:03}").into_bytes().into(),
                     value: format!("value-{sequence}").into_bytes().into(),
                     write_id: Some(api::WriteId {
-                        client_id: 7,
+                        client_id,
                         sequence,
                         first_unanswered: 1,
                     }),

@@ -26,6 +26,7 @@ fn entry(term: u64, index: u64) -> Entry {
             client_id: 7,
             sequence: index,
             first_unanswered: 0,
+            proposed_at_ms: 0,
         }),
     }
 }

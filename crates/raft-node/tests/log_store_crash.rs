@@ -52,6 +52,7 @@ fn entry(term: u64, index: u64) -> Entry {
             client_id: 1,
             sequence: index,
             first_unanswered: 0,
+            proposed_at_ms: 0,
         }),
     }
 }

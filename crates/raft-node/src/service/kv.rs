@@ -11,7 +11,7 @@ use super::proposer::{Proposer, ProposerOptions};
 use super::read_barrier::ReadBarrier;
 use super::status;
 use crate::config::Limits;
-use crate::state_machine::Engine;
+use crate::state_machine::{Engine, PageBounds};
 use crate::types::Raft;
 
 /// Serves reads and writes for one node.
@@ -19,7 +19,7 @@ pub struct KvService {
     raft: Raft,
     engine: Engine,
     limits: Limits,
-    proposals: Arc<Semaphore>,
+    reads: Arc<Semaphore>,
     proposer: Proposer,
     read_barrier: Arc<ReadBarrier>,
 }
@@ -28,15 +28,56 @@ impl KvService {
     /// A service proposing through `raft` and reading from `engine`. Must
     /// be created inside a tokio runtime (it starts the write batcher).
     pub fn new(raft: Raft, engine: Engine, limits: Limits) -> Self {
-        let proposals = Arc::new(Semaphore::new(limits.proposals_in_flight_max));
+        let proposer_options = ProposerOptions {
+            proposals_max: limits.proposals_in_flight_max,
+            proposal_bytes_max: limits.proposal_bytes_in_flight_max,
+            ..ProposerOptions::default()
+        };
         KvService {
             read_barrier: ReadBarrier::new(raft.clone()),
-            proposer: Proposer::start(raft.clone(), ProposerOptions::default()),
+            proposer: Proposer::start(raft.clone(), proposer_options),
+            reads: Arc::new(Semaphore::new(limits.reads_in_flight_max.max(1))),
             raft,
             engine,
             limits,
-            proposals,
         }
+    }
+
+    /// Runs an engine read on the blocking pool, within the bound on reads
+    /// in flight: engine reads may wait for the disk, and the async workers
+    /// also carry heartbeats.
+    async fn read_engine<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(Engine) -> storage::Result<T> + Send + 'static,
+    ) -> Result<T, Status> {
+        let Ok(permit) = Arc::clone(&self.reads).try_acquire_owned() else {
+            return Err(Status::resource_exhausted(format!(
+                "too many reads in flight (reads_in_flight_max = {}); retry after a backoff",
+                self.limits.reads_in_flight_max
+            )));
+        };
+        let engine = self.engine.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let result = read(engine);
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| Status::internal(format!("engine read task failed: {e}")))?;
+        result.map_err(|e| status::from_storage(&e))
+    }
+
+    fn check_write_id(write_id: Option<&api::WriteId>) -> Result<(), Status> {
+        let Some(id) = write_id.filter(|id| id.client_id != 0) else {
+            return Ok(());
+        };
+        if id.sequence == 0 || id.first_unanswered == 0 || id.first_unanswered > id.sequence {
+            return Err(Status::invalid_argument(format!(
+                "write id needs 1 <= first_unanswered <= sequence (got first_unanswered {} and sequence {})",
+                id.first_unanswered, id.sequence
+            )));
+        }
+        Ok(())
     }
 
     fn check_key(&self, key: &[u8]) -> Result<(), Status> {
@@ -70,12 +111,17 @@ impl KvService {
         op: pb::command::Op,
         write_id: Option<api::WriteId>,
     ) -> Result<Response<api::WriteResponse>, Status> {
-        let Ok(_permit) = self.proposals.try_acquire() else {
-            return Err(status::not_applied(Status::resource_exhausted(format!(
-                "too many writes in flight (proposals_in_flight_max = {}); retry after a backoff",
-                self.limits.proposals_in_flight_max
-            ))));
-        };
+        Self::check_write_id(write_id.as_ref())?;
+        let result = self.propose_command(op, write_id.unwrap_or_default()).await?;
+        Ok(Response::new(api::WriteResponse {
+            applied_index: result.applied_index,
+            duplicate: result.duplicate,
+        }))
+    }
+
+    /// Proposes one command and waits for its result; a command the state
+    /// machine refused becomes its status.
+    async fn propose_command(&self, op: pb::command::Op, write_id: api::WriteId) -> Result<pb::CommandResult, Status> {
         // A node that knows it is not the leader refuses before proposing,
         // so the client learns the write certainly did not happen.
         // Borrowed, not cloned: this runs on every write, and the leader's
@@ -93,18 +139,18 @@ impl KvService {
         if let Some(forward) = refusal {
             return Err(status::not_applied(status::not_leader(&forward)));
         }
-        let write_id = write_id.unwrap_or_default();
         let command = pb::Command {
             op: Some(op),
             client_id: write_id.client_id,
             sequence: write_id.sequence,
             first_unanswered: write_id.first_unanswered,
+            proposed_at_ms: 0, // stamped by the proposer
         };
         let result = self.proposer.propose(command).await?;
-        Ok(Response::new(api::WriteResponse {
-            applied_index: result.applied_index,
-            duplicate: result.duplicate,
-        }))
+        match status::from_refusal(result.refusal()) {
+            Some(refused) => Err(refused),
+            None => Ok(result),
+        }
     }
 
     /// For a linearizable read: confirms leadership and waits until this
@@ -135,7 +181,8 @@ impl api::kv_server::Kv for KvService {
         let request = request.into_inner();
         self.check_key(&request.key)?;
         self.read_barrier(request.consistency).await?;
-        let value = self.engine.get(&request.key).map_err(|e| status::from_storage(&e))?;
+        let key = request.key;
+        let value = self.read_engine(move |engine| engine.get(&key)).await?;
         Ok(Response::new(api::GetResponse {
             found: value.is_some(),
             value: value.unwrap_or_default(),
@@ -158,15 +205,15 @@ impl api::kv_server::Kv for KvService {
             n => n,
         };
         self.read_barrier(request.consistency).await?;
+        let bounds = PageBounds {
+            pairs_max: limit as usize,
+            bytes_max: self.limits.response_bytes_max,
+            steps_max: self.limits.range_scan_steps_max,
+        };
+        let (start, end) = (request.start, request.end);
         let page = self
-            .engine
-            .range(
-                &request.start,
-                &request.end,
-                limit as usize,
-                self.limits.response_bytes_max,
-            )
-            .map_err(|e| status::from_storage(&e))?;
+            .read_engine(move |engine| engine.range(&start, &end, bounds))
+            .await?;
         Ok(Response::new(api::RangeResponse {
             pairs: page
                 .pairs
@@ -221,5 +268,16 @@ impl api::kv_server::Kv for KvService {
             request.write_id,
         )
         .await
+    }
+
+    async fn open_session(
+        &self,
+        _request: Request<api::OpenSessionRequest>,
+    ) -> Result<Response<api::OpenSessionResponse>, Status> {
+        let op = pb::command::Op::OpenSession(pb::OpenSession {});
+        let result = self.propose_command(op, api::WriteId::default()).await?;
+        Ok(Response::new(api::OpenSessionResponse {
+            client_id: result.opened_client_id,
+        }))
     }
 }

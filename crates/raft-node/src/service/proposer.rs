@@ -11,12 +11,22 @@
 //! apply). An idle leader therefore proposes a lone write at once, with no
 //! added wait; a busy one gathers everything that queued while its slots
 //! were taken. Batching never holds a write back to wait for company.
+//!
+//! Bounded under overload: a proposal holds a share of
+//! [`ProposerOptions::proposals_max`] and of
+//! [`ProposerOptions::proposal_bytes_max`] from the moment it is queued
+//! until it is answered or dropped, whether or not its caller still waits;
+//! when either is used up a new write is refused with `RESOURCE_EXHAUSTED`.
+//! A proposal whose caller has gone (deadline, cancel) before its batch is
+//! formed is dropped unproposed: nobody would learn its outcome, and under
+//! overload with retries it would only add load.
 
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use proto::raft as pb;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::status;
@@ -32,6 +42,12 @@ pub struct ProposerOptions {
     /// Encoded bytes of one batch: no command joins a batch that already
     /// holds this many (a larger command goes alone). Default 1 MiB.
     pub batch_bytes_max: usize,
+    /// Writes queued or proposed but not yet answered, at most. Default
+    /// 4096. Bounds the leader's memory and the queueing delay a write sees.
+    pub proposals_max: usize,
+    /// Encoded bytes of the writes queued or proposed but not yet answered,
+    /// at most. Default 64 MiB (four largest batches).
+    pub proposal_bytes_max: usize,
 }
 
 impl Default for ProposerOptions {
@@ -40,6 +56,8 @@ impl Default for ProposerOptions {
             batches_in_flight: 2,
             batch_commands_max: 1024,
             batch_bytes_max: 1 << 20,
+            proposals_max: 4096,
+            proposal_bytes_max: 64 << 20,
         }
     }
 }
@@ -48,30 +66,65 @@ impl Default for ProposerOptions {
 struct Proposal {
     command: pb::Command,
     reply: oneshot::Sender<Result<pb::CommandResult, Status>>,
+    /// Its share of the bounds, released when the proposal is dropped.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
 }
 
 /// The handle the service proposes through. Cheap to clone.
 #[derive(Clone)]
 pub struct Proposer {
+    /// Unbounded as a channel, bounded by the two semaphores below.
     queue: mpsc::UnboundedSender<Proposal>,
+    proposals: Arc<Semaphore>,
+    proposal_bytes: Arc<Semaphore>,
+    options: Arc<ProposerOptions>,
 }
 
 impl Proposer {
     /// Starts the batcher task proposing through `raft`. The task ends when
     /// every handle is dropped. Must run inside a tokio runtime.
     pub fn start(raft: Raft, options: ProposerOptions) -> Proposer {
-        let (queue, proposals) = mpsc::unbounded_channel();
-        tokio::spawn(batch_and_propose(raft, options, proposals));
-        Proposer { queue }
+        let (queue, queued) = mpsc::unbounded_channel();
+        let proposer = Proposer {
+            queue,
+            proposals: Arc::new(Semaphore::new(options.proposals_max.max(1))),
+            proposal_bytes: Arc::new(Semaphore::new(options.proposal_bytes_max.clamp(1, u32::MAX as usize))),
+            options: Arc::new(options.clone()),
+        };
+        tokio::spawn(batch_and_propose(raft, options, queued));
+        proposer
     }
 
     /// Proposes `command` and waits until it is applied, returning its
-    /// result. The queue itself is unbounded: the caller bounds the writes
-    /// in flight.
+    /// result, or refuses it at once with `RESOURCE_EXHAUSTED` when the
+    /// writes in flight are at their bounds.
     pub async fn propose(&self, command: pb::Command) -> Result<pb::CommandResult, Status> {
+        let options = &self.options;
+        let Ok(count) = Arc::clone(&self.proposals).try_acquire_owned() else {
+            return Err(status::not_applied(Status::resource_exhausted(format!(
+                "too many writes in flight (proposals_in_flight_max = {}); retry after a backoff",
+                options.proposals_max
+            ))));
+        };
+        // A command larger than the whole budget takes all of it (it then
+        // waits for an idle leader rather than being refused forever).
+        let size = command
+            .encoded_len()
+            .clamp(1, options.proposal_bytes_max.clamp(1, u32::MAX as usize));
+        let Ok(bytes) = Arc::clone(&self.proposal_bytes).try_acquire_many_owned(size as u32) else {
+            return Err(status::not_applied(Status::resource_exhausted(format!(
+                "too many bytes of writes in flight (proposal_bytes_in_flight_max = {}); retry after a backoff",
+                options.proposal_bytes_max
+            ))));
+        };
         let (reply, result) = oneshot::channel();
+        let proposal = Proposal {
+            command,
+            reply,
+            _permits: (count, bytes),
+        };
         self.queue
-            .send(Proposal { command, reply })
+            .send(proposal)
             .map_err(|_| status::not_applied(Status::unavailable("the node is shutting down")))?;
         result
             .await
@@ -96,11 +149,17 @@ async fn batch_and_propose(raft: Raft, options: ProposerOptions, mut proposals: 
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return; // never closed
         };
+        if first.reply.is_closed() {
+            continue; // its caller left while it waited for the slot
+        }
         // Writes that queued while the slot was awaited join this batch.
         let mut bytes = first.command.encoded_len();
         let mut batch = vec![first];
         while batch.len() < options.batch_commands_max && bytes < options.batch_bytes_max {
             let Ok(next) = proposals.try_recv() else { break };
+            if next.reply.is_closed() {
+                continue; // dropped unproposed: its permits return now
+            }
             let next_bytes = next.command.encoded_len();
             if bytes + next_bytes > options.batch_bytes_max {
                 carried = Some(next);
@@ -117,12 +176,26 @@ async fn batch_and_propose(raft: Raft, options: ProposerOptions, mut proposals: 
     }
 }
 
+/// The leader's wall clock in ms, stamped on each proposed entry: the
+/// state machine's session clock is the largest stamp applied.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// Proposes `batch` as one entry and answers each of its writes.
 async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
     if batch.len() == 1 {
-        let Some(Proposal { command, reply }) = batch.pop() else {
+        let Some(Proposal {
+            mut command,
+            reply,
+            _permits,
+        }) = batch.pop()
+        else {
             return;
         };
+        command.proposed_at_ms = now_ms();
         let result = raft
             .client_write(command)
             .await
@@ -132,9 +205,18 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
         let _ = reply.send(result);
         return;
     }
-    let (commands, replies): (Vec<_>, Vec<_>) = batch.into_iter().map(|p| (p.command, p.reply)).unzip();
+    // The permits stay held until every writer is answered.
+    let mut commands = Vec::with_capacity(batch.len());
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut permits = Vec::with_capacity(batch.len());
+    for proposal in batch {
+        commands.push(proposal.command);
+        replies.push(proposal.reply);
+        permits.push(proposal._permits);
+    }
     let entry = pb::Command {
         op: Some(pb::command::Op::Commands(pb::Commands { commands })),
+        proposed_at_ms: now_ms(),
         ..Default::default()
     };
     match raft.client_write(entry).await {

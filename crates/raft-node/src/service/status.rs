@@ -8,12 +8,20 @@
 //! - refusals made before proposing also carry `x-kv-not-applied: 1`, so a
 //!   client knows the write did not happen (a write whose leader stepped
 //!   down after proposing it may still commit);
+//! - a write the state machine refused because its session cannot tell a
+//!   retry from a new write (unknown or expired session, a sequence below
+//!   the window): `FAILED_PRECONDITION` with `x-kv-session-expired: 1`; the
+//!   write's outcome is unknown, and it was not applied now;
+//! - a session with too many unanswered writes: `RESOURCE_EXHAUSTED`;
 //! - a failing disk: `INTERNAL`.
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::metadata::MetadataValue;
 use tonic::Status;
 
+use proto::raft::Refusal;
+
+use crate::state_machine::sessions::SESSION_WRITES_UNANSWERED_MAX;
 use crate::types::{Node, NodeId};
 
 /// Metadata key carrying the leader's node id.
@@ -23,6 +31,10 @@ pub const LEADER_ADDR_HEADER: &str = "x-kv-leader-addr";
 /// Metadata key set (to `1`) on refusals that happened before the request
 /// was proposed: the write was certainly not applied.
 pub const NOT_APPLIED_HEADER: &str = "x-kv-not-applied";
+
+/// Metadata key set (to `1`) when a write's session is unknown or expired:
+/// the server cannot tell whether an earlier attempt was applied.
+pub const SESSION_EXPIRED_HEADER: &str = "x-kv-session-expired";
 
 /// Marks `status` as a refusal that applied nothing.
 pub fn not_applied(mut status: Status) -> Status {
@@ -71,6 +83,36 @@ pub fn from_read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>
             Status::unavailable(format!("the leader cannot reach a quorum: {e}"))
         }
         RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
+    }
+}
+
+/// The status for a command the state machine refused; `None` when it was
+/// not refused.
+pub fn from_refusal(refusal: Refusal) -> Option<Status> {
+    let expired = |message: &str| {
+        let mut status = Status::failed_precondition(message);
+        status
+            .metadata_mut()
+            .insert(SESSION_EXPIRED_HEADER, MetadataValue::from_static("1"));
+        status
+    };
+    match refusal {
+        Refusal::None => None,
+        Refusal::SessionExpired => Some(expired(
+            "session expired: the client id names no live session (never opened, idle too long, or evicted); \
+             whether an earlier attempt of this write was applied cannot be told; open a new session",
+        )),
+        Refusal::SequenceForgotten => Some(expired(
+            "session expired for this write: its sequence is below the first_unanswered the client sent before; \
+             whether it was applied cannot be told",
+        )),
+        Refusal::WindowFull => Some(not_applied(Status::resource_exhausted(format!(
+            "the session has too many unanswered writes (session_writes_unanswered_max = {SESSION_WRITES_UNANSWERED_MAX}); \
+             retry after earlier writes are answered"
+        )))),
+        Refusal::TooManyOpens => Some(not_applied(Status::unavailable(
+            "too many sessions opened at once; retry after a backoff",
+        ))),
     }
 }
 

@@ -31,7 +31,7 @@ use storage::{Db, WriteBatch, WriteOptions};
 
 use crate::codec;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
-pub use engine::{Engine, RangePage};
+pub use engine::{encoded_pair_bytes, Engine, PageBounds, RangePage};
 use sessions::{Sessions, Verdict};
 pub use snapshot::SnapshotBuilder;
 
@@ -75,8 +75,12 @@ impl StateMachine {
     pub fn open(dir: &Path, engine_options: storage::Options) -> Result<Self, StateMachineError> {
         let layout = snapshot::Layout::open(dir)?;
         let db = Db::open(layout.current_generation_dir(), engine_options.clone())?;
-        let (last_applied, membership) = applied_state_of(&db)?;
-        let sessions = load_sessions(&db)?;
+        let AppliedState {
+            last_applied,
+            membership,
+            clock_ms,
+        } = applied_state_of(&db)?;
+        let sessions = load_sessions(&db, clock_ms)?;
         tracing::info!(?last_applied, sessions = sessions.len(), "state machine opened");
         Ok(StateMachine {
             layout,
@@ -94,21 +98,37 @@ impl StateMachine {
     }
 
     /// Applies one command at `log_id` into `batch`, returning its result.
-    fn apply_command(&mut self, batch: &mut WriteBatch, log_id: &LogId, command: &pb::Command) -> pb::CommandResult {
+    /// `position` is the command's place in its entry (0 for a lone one).
+    fn apply_command(
+        &mut self,
+        batch: &mut WriteBatch,
+        log_id: &LogId,
+        position: u64,
+        command: &pb::Command,
+    ) -> pb::CommandResult {
         let index = log_id.index;
+        self.sessions.advance_clock(command.proposed_at_ms);
+        let mut result = pb::CommandResult {
+            applied_index: index,
+            ..Default::default()
+        };
         if command.client_id != 0 {
-            let verdict = self
+            match self
                 .sessions
-                .check(command.client_id, command.sequence, command.first_unanswered);
-            if let Verdict::Duplicate { applied_index } = verdict {
-                return pb::CommandResult {
-                    applied_index,
-                    duplicate: true,
-                    results: Vec::new(),
-                };
+                .admit(command.client_id, command.sequence, command.first_unanswered, index)
+            {
+                Verdict::Apply => {}
+                Verdict::Duplicate { applied_index } => {
+                    result.applied_index = applied_index;
+                    result.duplicate = true;
+                    return result;
+                }
+                Verdict::Refuse(refusal) => {
+                    result.set_refusal(refusal);
+                    return result;
+                }
             }
         }
-        let mut results = Vec::new();
         match &command.op {
             Some(pb::command::Op::Put(put)) => {
                 batch.put(keys::user_key(&put.key), &put.value);
@@ -122,37 +142,38 @@ impl StateMachine {
                 }
             }
             Some(pb::command::Op::Commands(commands)) => {
-                results = commands
+                result.results = commands
                     .commands
                     .iter()
-                    .map(|command| self.apply_command(batch, log_id, command))
+                    .zip(0..)
+                    .map(|(command, position)| self.apply_command(batch, log_id, position, command))
                     .collect();
             }
+            Some(pb::command::Op::OpenSession(_)) => match self.sessions.open(index, position) {
+                Ok(client_id) => result.opened_client_id = client_id,
+                Err(refusal) => result.set_refusal(refusal),
+            },
             // An empty command changes nothing but still takes its index.
             None => {}
         }
-        if command.client_id != 0 {
-            let (session, evicted) =
-                self.sessions
-                    .record(command.client_id, command.sequence, command.first_unanswered, index);
-            batch.put(keys::session_key(command.client_id), session.encode_to_vec());
-            for client_id in evicted {
-                batch.delete(keys::session_key(client_id));
-            }
-        }
-        pb::CommandResult {
-            applied_index: index,
-            duplicate: false,
-            results,
-        }
+        result
     }
 
-    /// Writes `batch` with the current applied state attached, without the
-    /// engine's WAL (the Raft log is the WAL).
-    async fn commit(&self, mut batch: WriteBatch) -> Result<(), StorageError> {
+    /// Writes `batch` with the sessions it changed and the current applied
+    /// state attached, without the engine's WAL (the Raft log is the WAL).
+    /// Sessions go in the same atomic batch as the writes that changed
+    /// them: a crash can then never keep a write but forget it was applied.
+    async fn commit(&mut self, mut batch: WriteBatch) -> Result<(), StorageError> {
+        for (client_id, session) in self.sessions.take_changed() {
+            match session {
+                Some(session) => batch.put(keys::session_key(client_id), session.encode_to_vec()),
+                None => batch.delete(keys::session_key(client_id)),
+            };
+        }
         let state = pb::AppliedState {
             last_applied: codec::opt_log_id_to_pb(self.last_applied.as_ref()),
             membership: Some(codec::stored_membership_to_pb(&self.membership)),
+            clock_ms: self.sessions.clock_ms(),
         };
         batch.set_metadata(state.encode_to_vec());
         let db = self.engine.db();
@@ -168,21 +189,34 @@ impl StateMachine {
     }
 }
 
+/// The applied state stored with the engine's newest data.
+struct AppliedState {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    clock_ms: u64,
+}
+
 /// Reads the applied state stored with the engine's newest data.
-fn applied_state_of(db: &Db) -> Result<(Option<LogId>, StoredMembership), StateMachineError> {
+fn applied_state_of(db: &Db) -> Result<AppliedState, StateMachineError> {
     let Some(raw) = db.metadata() else {
-        return Ok((None, StoredMembership::default()));
+        return Ok(AppliedState {
+            last_applied: None,
+            membership: StoredMembership::default(),
+            clock_ms: 0,
+        });
     };
     let state = pb::AppliedState::decode(raw.as_ref())
         .map_err(|e| StateMachineError::Corrupt(format!("applied state: {e}")))?;
     let corrupt = |e: codec::CodecError| StateMachineError::Corrupt(format!("applied state: {e}"));
-    let last_applied = codec::opt_log_id_from_pb(state.last_applied.as_ref()).map_err(corrupt)?;
-    let membership = codec::stored_membership_from_pb(state.membership.as_ref()).map_err(corrupt)?;
-    Ok((last_applied, membership))
+    Ok(AppliedState {
+        last_applied: codec::opt_log_id_from_pb(state.last_applied.as_ref()).map_err(corrupt)?,
+        membership: codec::stored_membership_from_pb(state.membership.as_ref()).map_err(corrupt)?,
+        clock_ms: state.clock_ms,
+    })
 }
 
-/// Loads every stored exactly-once session.
-fn load_sessions(db: &Db) -> Result<Sessions, StateMachineError> {
+/// Loads every stored exactly-once session, with the session clock.
+fn load_sessions(db: &Db, clock_ms: u64) -> Result<Sessions, StateMachineError> {
     let (lower, upper) = keys::session_range();
     let mut stored = Vec::new();
     for pair in db.scan(keys::bounds(&lower, &upper))? {
@@ -193,7 +227,7 @@ fn load_sessions(db: &Db) -> Result<Sessions, StateMachineError> {
             pb::Session::decode(value.as_ref()).map_err(|e| StateMachineError::Corrupt(format!("session: {e}")))?;
         stored.push((client_id, session));
     }
-    Ok(Sessions::from_stored(stored))
+    Ok(Sessions::from_stored(stored, clock_ms))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -216,7 +250,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     applied_index: entry.log_id.index,
                     ..Default::default()
                 },
-                EntryPayload::Normal(command) => self.apply_command(&mut batch, &entry.log_id, command),
+                EntryPayload::Normal(command) => self.apply_command(&mut batch, &entry.log_id, 0, command),
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                     pb::CommandResult {
@@ -262,7 +296,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
-        let sessions = load_sessions(&db).map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
+        let sessions = applied_state_of(&db)
+            .and_then(|state| load_sessions(&db, state.clock_ms))
+            .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         let old = self.engine.replace(db);
         drop(old);
         self.layout.remove_stale_generations();

@@ -1,123 +1,246 @@
-//! Exactly-once writes: per client, which write sequences were applied.
+//! Exactly-once writes: per session, which write sequences were applied.
 //!
-//! A client numbers its writes and tells, with each, the lowest sequence it
-//! has not yet seen answered (`first_unanswered`). The state machine keeps,
-//! per client, the applied sequences from that point on; a write whose
-//! sequence is below it or already in the set is a retry and is not applied
-//! again. Both the set per client and the number of clients are bounded:
-//! the oldest clients (by the log index of their last write) are forgotten
-//! first. Every decision depends only on the log, so all replicas agree.
+//! A client opens a session (a log entry; the id comes from the log
+//! position), numbers its writes from 1 and tells, with each, the lowest
+//! sequence it has not yet seen answered (`first_unanswered`). The state
+//! machine keeps, per session, the applied sequences from that point on.
+//!
+//! The rule that keeps it honest: a write is answered OK only if it was
+//! applied, now or before. So when the table cannot tell — the session is
+//! unknown (never opened, expired, evicted) or the sequence is below what
+//! the client said was answered — the write is refused with an explicit
+//! "session expired", never applied and never called a duplicate. And a
+//! session's window never moves past the `first_unanswered` its client
+//! sent: a write a window or more ahead is refused instead of forgetting an
+//! older one.
+//!
+//! Sessions expire after [`SESSION_IDLE_MS_MAX`] without a command, by the
+//! state machine clock (the largest leader timestamp applied so far), and
+//! the least recently active are evicted beyond [`SESSIONS_MAX`]. Every
+//! change happens while applying a log entry and is persisted in the same
+//! engine batch ([`Sessions::take_changed`]), so every replica, restarted
+//! or not, answers a retry the same way.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use proto::raft::{AppliedWrite, Session};
+use proto::raft::{AppliedWrite, Refusal, Session};
 
-/// Clients remembered at most.
-pub const SESSIONS_MAX: usize = 10_000;
-/// Applied sequences remembered per client at most (its in-flight window).
-pub const APPLIED_PER_SESSION_MAX: usize = 1024;
+/// Sessions remembered at most; beyond it the least recently active one is
+/// evicted (its client's next write gets "session expired"). Each costs
+/// about 100 bytes plus 16 per unanswered write.
+pub const SESSIONS_MAX: usize = 50_000;
+/// Unanswered writes per session at most: a write whose sequence is this
+/// far or further above the session's `first_unanswered` is refused. Also
+/// bounds the applied sequences a session remembers.
+pub const SESSION_WRITES_UNANSWERED_MAX: u64 = 1024;
+/// A session idle this long (state machine clock) expires. One hour: far
+/// beyond any client's retry deadline, short enough that abandoned
+/// sessions do not pile up.
+pub const SESSION_IDLE_MS_MAX: u64 = 60 * 60 * 1000;
+/// Sessions opened by one log entry at most: a session id is
+/// `index * SESSION_OPENS_PER_ENTRY_MAX + position in the entry`.
+pub const SESSION_OPENS_PER_ENTRY_MAX: u64 = 1024;
 
-/// What to do with a client's write.
+/// What to do with a session's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
-    /// New: apply it.
+    /// New: apply it (already recorded as applied at the given index).
     Apply,
-    /// A retry of a write applied earlier.
+    /// A retry of a write applied earlier: do not apply it again.
     Duplicate {
-        /// The index it was applied at (0 if no longer known).
+        /// The index it was applied at.
         applied_index: u64,
     },
+    /// Refused: nothing is applied, and the client is told why.
+    Refuse(Refusal),
 }
 
-/// The sessions of every remembered client.
+/// One session in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct State {
+    first_unanswered: u64,
+    /// Applied sequences at or above `first_unanswered` -> applied index.
+    applied: BTreeMap<u64, u64>,
+    last_active_ms: u64,
+    last_index: u64,
+}
+
+impl State {
+    fn to_pb(&self) -> Session {
+        Session {
+            first_unanswered: self.first_unanswered,
+            applied: self
+                .applied
+                .iter()
+                .map(|(&sequence, &applied_index)| AppliedWrite {
+                    sequence,
+                    applied_index,
+                })
+                .collect(),
+            last_index: self.last_index,
+            last_active_ms: self.last_active_ms,
+        }
+    }
+
+    fn from_pb(session: Session) -> State {
+        State {
+            first_unanswered: session.first_unanswered.max(1),
+            applied: session
+                .applied
+                .into_iter()
+                .filter(|w| w.sequence >= session.first_unanswered)
+                .map(|w| (w.sequence, w.applied_index))
+                .collect(),
+            last_active_ms: session.last_active_ms,
+            last_index: session.last_index,
+        }
+    }
+}
+
+/// The sessions of every remembered client, and the state machine clock.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    by_client: HashMap<u64, Session>,
-    /// `(last_index, client_id)`, oldest first, for eviction.
+    by_client: HashMap<u64, State>,
+    /// `(last_active_ms, client_id)`, least recent first.
     by_age: BTreeSet<(u64, u64)>,
+    /// The largest leader timestamp applied, in ms.
+    clock_ms: u64,
+    /// Sessions changed since the last [`Sessions::take_changed`].
+    changed: BTreeSet<u64>,
 }
 
 impl Sessions {
-    /// Rebuilds the table from stored sessions.
-    pub fn from_stored(stored: impl IntoIterator<Item = (u64, Session)>) -> Self {
-        let mut sessions = Sessions::default();
+    /// Rebuilds the table from stored sessions and the stored clock.
+    pub fn from_stored(stored: impl IntoIterator<Item = (u64, Session)>, clock_ms: u64) -> Self {
+        let mut sessions = Sessions {
+            clock_ms,
+            ..Sessions::default()
+        };
         for (client_id, session) in stored {
-            sessions.by_age.insert((session.last_index, client_id));
-            sessions.by_client.insert(client_id, session);
+            let state = State::from_pb(session);
+            sessions.by_age.insert((state.last_active_ms, client_id));
+            sessions.by_client.insert(client_id, state);
         }
         sessions
     }
 
-    /// Number of remembered clients.
+    /// Number of remembered sessions.
     pub fn len(&self) -> usize {
         self.by_client.len()
     }
 
-    /// Whether no client is remembered.
+    /// Whether no session is remembered.
     pub fn is_empty(&self) -> bool {
         self.by_client.is_empty()
     }
 
-    /// Decides about write `sequence` of `client_id`, first forgetting what
-    /// the client says it has seen answered.
-    pub fn check(&mut self, client_id: u64, sequence: u64, first_unanswered: u64) -> Verdict {
-        let Some(session) = self.by_client.get_mut(&client_id) else {
-            return Verdict::Apply;
-        };
-        if first_unanswered > session.first_unanswered {
-            session.first_unanswered = first_unanswered;
-            session.applied.retain(|w| w.sequence >= first_unanswered);
+    /// The state machine clock, in ms.
+    pub fn clock_ms(&self) -> u64 {
+        self.clock_ms
+    }
+
+    /// Moves the clock to a command's leader timestamp (never backwards) and
+    /// expires the sessions idle for longer than [`SESSION_IDLE_MS_MAX`].
+    pub fn advance_clock(&mut self, proposed_at_ms: u64) {
+        if proposed_at_ms <= self.clock_ms {
+            return;
         }
-        if sequence < session.first_unanswered {
-            return Verdict::Duplicate { applied_index: 0 };
-        }
-        match session.applied.iter().find(|w| w.sequence == sequence) {
-            Some(w) => Verdict::Duplicate {
-                applied_index: w.applied_index,
-            },
-            None => Verdict::Apply,
+        self.clock_ms = proposed_at_ms;
+        let idle_since = self.clock_ms.saturating_sub(SESSION_IDLE_MS_MAX);
+        while let Some(&(last_active_ms, client_id)) = self.by_age.first() {
+            if last_active_ms >= idle_since {
+                break;
+            }
+            self.forget(client_id);
         }
     }
 
-    /// Records that write `sequence` of `client_id` was applied at
-    /// `applied_index`. Returns the session to persist and the clients
-    /// evicted to stay within [`SESSIONS_MAX`] (their records must be
-    /// deleted).
-    pub fn record(
-        &mut self,
-        client_id: u64,
-        sequence: u64,
-        first_unanswered: u64,
-        applied_index: u64,
-    ) -> (Session, Vec<u64>) {
-        let session = self.by_client.entry(client_id).or_insert_with(|| Session {
-            first_unanswered,
-            ..Session::default()
-        });
-        self.by_age.remove(&(session.last_index, client_id));
-        session.applied.push(AppliedWrite {
-            sequence,
-            applied_index,
-        });
-        if session.applied.len() > APPLIED_PER_SESSION_MAX {
-            session.applied.sort_by_key(|w| w.sequence);
-            let dropped = session.applied.remove(0);
-            // Anything at or below a forgotten sequence is treated as
-            // already applied: safe, as the client sent it long ago.
-            session.first_unanswered = session.first_unanswered.max(dropped.sequence + 1);
+    /// Opens a session for the command at position `position` of the entry
+    /// at `index`; returns its id, or the refusal when the entry holds too
+    /// many opens to number them.
+    pub fn open(&mut self, index: u64, position: u64) -> Result<u64, Refusal> {
+        if position >= SESSION_OPENS_PER_ENTRY_MAX {
+            return Err(Refusal::TooManyOpens);
         }
-        session.last_index = applied_index;
-        let persisted = session.clone();
-        self.by_age.insert((applied_index, client_id));
-        let mut evicted = Vec::new();
+        let client_id = index
+            .checked_mul(SESSION_OPENS_PER_ENTRY_MAX)
+            .and_then(|base| base.checked_add(position))
+            .filter(|&id| id != 0)
+            .ok_or(Refusal::TooManyOpens)?;
+        // Ids are unique per log position, so an existing session with this
+        // id can only be a stale copy of this very one (a re-apply).
+        self.forget(client_id);
+        let state = State {
+            first_unanswered: 1,
+            applied: BTreeMap::new(),
+            last_active_ms: self.clock_ms,
+            last_index: index,
+        };
+        self.by_age.insert((state.last_active_ms, client_id));
+        self.by_client.insert(client_id, state);
+        self.changed.insert(client_id);
         while self.by_client.len() > SESSIONS_MAX {
-            let Some((_, oldest)) = self.by_age.pop_first() else {
+            let Some(&(_, oldest)) = self.by_age.first() else {
                 break;
             };
-            self.by_client.remove(&oldest);
-            evicted.push(oldest);
+            self.forget(oldest);
         }
-        (persisted, evicted)
+        Ok(client_id)
+    }
+
+    /// Decides about write `sequence` of session `client_id` at log
+    /// `index`, first forgetting what the client says was answered. An
+    /// admitted write is recorded as applied at `index`.
+    pub fn admit(&mut self, client_id: u64, sequence: u64, first_unanswered: u64, index: u64) -> Verdict {
+        let clock_ms = self.clock_ms;
+        let Some(state) = self.by_client.get_mut(&client_id) else {
+            return Verdict::Refuse(Refusal::SessionExpired);
+        };
+        // The window moves only as far as the client itself says, and
+        // never past the write it sends (the service refuses such ids; a
+        // clamp keeps apply total for any command in the log).
+        let first_unanswered = first_unanswered.clamp(1, sequence.max(1));
+        if first_unanswered > state.first_unanswered {
+            state.first_unanswered = first_unanswered;
+            state.applied = state.applied.split_off(&first_unanswered);
+        }
+        self.by_age.remove(&(state.last_active_ms, client_id));
+        state.last_active_ms = clock_ms;
+        state.last_index = index;
+        self.by_age.insert((clock_ms, client_id));
+        self.changed.insert(client_id);
+        let verdict = if sequence < state.first_unanswered {
+            Verdict::Refuse(Refusal::SequenceForgotten)
+        } else if let Some(&applied_index) = state.applied.get(&sequence) {
+            Verdict::Duplicate { applied_index }
+        } else if sequence - state.first_unanswered >= SESSION_WRITES_UNANSWERED_MAX {
+            Verdict::Refuse(Refusal::WindowFull)
+        } else {
+            state.applied.insert(sequence, index);
+            Verdict::Apply
+        };
+        assert!(
+            state.applied.len() as u64 <= SESSION_WRITES_UNANSWERED_MAX,
+            "session {client_id} remembers more applied writes than its window"
+        );
+        verdict
+    }
+
+    /// The sessions changed since the last call, each with its record to
+    /// store (`None`: delete it). Written in the same engine batch as the
+    /// commands that changed them.
+    pub fn take_changed(&mut self) -> Vec<(u64, Option<Session>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|client_id| (client_id, self.by_client.get(&client_id).map(State::to_pb)))
+            .collect()
+    }
+
+    fn forget(&mut self, client_id: u64) {
+        if let Some(state) = self.by_client.remove(&client_id) {
+            self.by_age.remove(&(state.last_active_ms, client_id));
+            self.changed.insert(client_id);
+        }
     }
 }
 
@@ -125,49 +248,142 @@ impl Sessions {
 mod tests {
     use super::*;
 
+    const HOUR_MS: u64 = 3_600_000;
+
+    fn opened() -> (Sessions, u64) {
+        let mut sessions = Sessions::default();
+        sessions.advance_clock(1_000);
+        let id = sessions.open(5, 0).expect("open");
+        (sessions, id)
+    }
+
     #[test]
     fn a_retried_write_is_a_duplicate_with_its_original_index() {
         // A write retried after a failover must not be applied twice.
-        let mut sessions = Sessions::default();
-        assert_eq!(sessions.check(7, 1, 1), Verdict::Apply);
-        sessions.record(7, 1, 1, 100);
-        assert_eq!(sessions.check(7, 1, 1), Verdict::Duplicate { applied_index: 100 });
-        assert_eq!(sessions.check(7, 2, 1), Verdict::Apply);
+        let (mut sessions, id) = opened();
+        assert_eq!(sessions.admit(id, 1, 1, 100), Verdict::Apply);
+        assert_eq!(sessions.admit(id, 1, 1, 101), Verdict::Duplicate { applied_index: 100 });
+        assert_eq!(sessions.admit(id, 2, 1, 102), Verdict::Apply);
     }
 
     #[test]
-    fn concurrent_writes_of_one_client_may_arrive_out_of_order() {
+    fn concurrent_writes_of_one_session_may_arrive_out_of_order() {
         // Sequence 3 applied before 2 must not make 2 look like a retry.
-        let mut sessions = Sessions::default();
-        sessions.record(7, 3, 1, 10);
-        assert_eq!(sessions.check(7, 2, 1), Verdict::Apply);
-        sessions.record(7, 2, 1, 11);
-        assert_eq!(sessions.check(7, 3, 1), Verdict::Duplicate { applied_index: 10 });
+        let (mut sessions, id) = opened();
+        assert_eq!(sessions.admit(id, 3, 1, 10), Verdict::Apply);
+        assert_eq!(sessions.admit(id, 2, 1, 11), Verdict::Apply);
+        assert_eq!(sessions.admit(id, 3, 1, 12), Verdict::Duplicate { applied_index: 10 });
     }
 
     #[test]
-    fn answered_sequences_are_forgotten_but_still_refused() {
-        // Once the client saw 1..=5 answered the server may drop them, yet a stray retry stays a no-op.
+    fn an_unknown_session_is_refused_not_applied() {
+        // A random or forgotten id cannot tell a new write from a retry.
         let mut sessions = Sessions::default();
+        assert_eq!(sessions.admit(42, 1, 1, 7), Verdict::Refuse(Refusal::SessionExpired));
+    }
+
+    #[test]
+    fn a_sequence_below_the_window_is_refused_not_called_a_duplicate() {
+        // Once the client said 1..=5 were answered, a stray retry of 3 cannot be told apart.
+        let (mut sessions, id) = opened();
         for seq in 1..=5 {
-            sessions.record(7, seq, 1, seq * 10);
+            assert_eq!(sessions.admit(id, seq, 1, seq * 10), Verdict::Apply);
         }
-        assert_eq!(sessions.check(7, 6, 6), Verdict::Apply);
-        let (session, _) = sessions.record(7, 6, 6, 60);
-        assert_eq!(session.applied.len(), 1);
-        assert_eq!(sessions.check(7, 3, 6), Verdict::Duplicate { applied_index: 0 });
+        assert_eq!(sessions.admit(id, 6, 6, 60), Verdict::Apply);
+        assert_eq!(
+            sessions.admit(id, 3, 3, 70),
+            Verdict::Refuse(Refusal::SequenceForgotten)
+        );
     }
 
     #[test]
-    fn the_table_is_bounded_and_evicts_the_oldest_client() {
-        // Memory stays bounded however many clients come and go.
-        let mut sessions = Sessions::default();
-        let mut evicted_all = Vec::new();
-        for client in 0..(SESSIONS_MAX as u64 + 3) {
-            let (_, evicted) = sessions.record(client, 1, 1, client + 1);
-            evicted_all.extend(evicted);
+    fn a_slow_first_write_is_never_forgotten_by_later_ones() {
+        // 1,100 later writes must not push the window past sequence 1, still unanswered.
+        let (mut sessions, id) = opened();
+        let mut refused = 0;
+        for seq in 2..=1_101 {
+            match sessions.admit(id, seq, 1, seq) {
+                Verdict::Apply => {}
+                Verdict::Refuse(Refusal::WindowFull) => refused += 1,
+                other => panic!("sequence {seq}: {other:?}"),
+            }
+        }
+        assert_eq!(refused, 1_101 - SESSION_WRITES_UNANSWERED_MAX, "writes past the window");
+        assert_eq!(
+            sessions.admit(id, 1, 1, 5_000),
+            Verdict::Apply,
+            "the slow write still applies"
+        );
+        assert_eq!(
+            sessions.admit(id, 1, 1, 5_001),
+            Verdict::Duplicate { applied_index: 5_000 }
+        );
+    }
+
+    #[test]
+    fn an_evicted_session_is_refused_instead_of_applied_twice() {
+        // Client A's retry after many other clients must not overwrite a newer value.
+        let (mut sessions, a) = opened();
+        assert_eq!(sessions.admit(a, 1, 1, 6), Verdict::Apply);
+        for index in 7..(7 + SESSIONS_MAX as u64) {
+            sessions.advance_clock(1_000 + index);
+            sessions.open(index, 0).expect("open");
         }
         assert_eq!(sessions.len(), SESSIONS_MAX);
-        assert_eq!(evicted_all, vec![0, 1, 2]);
+        assert_eq!(
+            sessions.admit(a, 1, 1, 99_999),
+            Verdict::Refuse(Refusal::SessionExpired)
+        );
+    }
+
+    #[test]
+    fn an_idle_session_expires_by_the_log_clock() {
+        // Expiry follows the clock carried in the log, so replicas agree.
+        let (mut sessions, id) = opened();
+        sessions.advance_clock(1_000 + HOUR_MS);
+        assert_eq!(
+            sessions.admit(id, 1, 1, 8),
+            Verdict::Apply,
+            "idle exactly an hour: alive"
+        );
+        sessions.advance_clock(1_000 + 2 * HOUR_MS + 1);
+        assert_eq!(sessions.admit(id, 2, 1, 9), Verdict::Refuse(Refusal::SessionExpired));
+        sessions.advance_clock(5);
+        assert_eq!(
+            sessions.clock_ms(),
+            1_000 + 2 * HOUR_MS + 1,
+            "the clock never goes back"
+        );
+    }
+
+    #[test]
+    fn every_change_is_reported_for_persisting_and_survives_a_reload() {
+        // A replica restarted from its stored sessions must answer retries the same way.
+        let (mut sessions, id) = opened();
+        sessions.admit(id, 1, 1, 10);
+        sessions.admit(id, 2, 1, 11);
+        sessions.admit(id, 1, 2, 12); // a duplicate that also raises the window
+        let changed = sessions.take_changed();
+        assert_eq!(changed.len(), 1);
+        assert!(sessions.take_changed().is_empty());
+        let mut reloaded = Sessions::from_stored(
+            changed.into_iter().map(|(id, s)| (id, s.expect("alive"))),
+            sessions.clock_ms(),
+        );
+        for (seq, fu) in [(1, 2), (2, 2), (3, 2)] {
+            assert_eq!(reloaded.admit(id, seq, fu, 20), sessions.admit(id, seq, fu, 20));
+        }
+    }
+
+    #[test]
+    fn session_ids_come_from_the_log_position() {
+        // Ids are unique without coordination and the same on every replica.
+        let mut sessions = Sessions::default();
+        assert_eq!(sessions.open(3, 0), Ok(3 * SESSION_OPENS_PER_ENTRY_MAX));
+        assert_eq!(sessions.open(3, 1), Ok(3 * SESSION_OPENS_PER_ENTRY_MAX + 1));
+        assert_eq!(
+            sessions.open(3, SESSION_OPENS_PER_ENTRY_MAX),
+            Err(Refusal::TooManyOpens)
+        );
     }
 }
