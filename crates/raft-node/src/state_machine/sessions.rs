@@ -386,4 +386,122 @@ mod tests {
             Err(Refusal::TooManyOpens)
         );
     }
+
+    /// One simulated client: its session, its numbering, and the writes it
+    /// still waits for.
+    struct ModelClient {
+        id: u64,
+        next: u64,
+        unanswered: BTreeSet<u64>,
+    }
+
+    #[test]
+    fn random_retries_duplicates_and_expiry_never_apply_twice_or_lie() {
+        // Writes retried, duplicated and reordered at random, with sessions expiring:
+        // each write applies at most once, OK (apply or duplicate) only if applied,
+        // and an unanswered write of a live session is never forgotten.
+        let seed = std::env::var("SESSIONS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| fastrand::u64(..));
+        println!("SESSIONS_SEED={seed}");
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut sessions = Sessions::default();
+        let mut clients: Vec<ModelClient> = Vec::new();
+        let mut applied: HashMap<(u64, u64), u64> = HashMap::new();
+        let mut last_active: HashMap<u64, u64> = HashMap::new();
+        let (mut clock, mut index) = (1_000u64, 1u64);
+        for _ in 0..20_000 {
+            index += 1;
+            match rng.u32(0..100) {
+                0..=2 => {
+                    let id = sessions.open(index, 0).expect("open");
+                    last_active.insert(id, clock);
+                    clients.push(ModelClient {
+                        id,
+                        next: 1,
+                        unanswered: BTreeSet::new(),
+                    });
+                }
+                3..=4 => {
+                    // Time passes; now and then past the idle limit.
+                    clock += if rng.u32(0..10) == 0 {
+                        SESSION_IDLE_MS_MAX
+                    } else {
+                        rng.u64(0..60_000)
+                    };
+                    sessions.advance_clock(clock);
+                }
+                _ if clients.is_empty() => {}
+                5..=40 => {
+                    let pick = rng.usize(..clients.len());
+                    let client = &mut clients[pick];
+                    client.unanswered.insert(client.next);
+                    client.next += 1;
+                }
+                41..=60 => {
+                    // The client stops waiting for one write (answered or given up).
+                    let pick = rng.usize(..clients.len());
+                    let client = &mut clients[pick];
+                    let nth = rng.usize(..client.unanswered.len().max(1));
+                    if let Some(&seq) = client.unanswered.iter().nth(nth) {
+                        client.unanswered.remove(&seq);
+                    }
+                }
+                _ => {
+                    // An attempt, or a late retry of a write already answered.
+                    let client = &clients[rng.usize(..clients.len())];
+                    let first_unanswered = client.unanswered.first().copied().unwrap_or(client.next);
+                    let late = rng.u32(0..10) == 0 && client.next > 1;
+                    let nth = rng.usize(..client.unanswered.len().max(1));
+                    let sequence = if late {
+                        rng.u64(1..client.next)
+                    } else if let Some(&seq) = client.unanswered.iter().nth(nth) {
+                        seq
+                    } else {
+                        continue;
+                    };
+                    let fu = first_unanswered.min(sequence);
+                    let alive = last_active
+                        .get(&client.id)
+                        .is_some_and(|&at| at + SESSION_IDLE_MS_MAX >= sessions.clock_ms());
+                    let key = (client.id, sequence);
+                    match sessions.admit(client.id, sequence, fu, index) {
+                        Verdict::Apply => {
+                            assert!(
+                                applied.insert(key, index).is_none(),
+                                "seed {seed}: {key:?} applied twice"
+                            );
+                        }
+                        Verdict::Duplicate { applied_index } => {
+                            assert_eq!(
+                                applied.get(&key),
+                                Some(&applied_index),
+                                "seed {seed}: {key:?} called a duplicate of nothing"
+                            );
+                        }
+                        Verdict::Refuse(Refusal::SessionExpired) => {
+                            assert!(!alive, "seed {seed}: live session {} called expired", client.id);
+                        }
+                        Verdict::Refuse(Refusal::SequenceForgotten) => {
+                            assert!(
+                                !client.unanswered.contains(&sequence),
+                                "seed {seed}: unanswered {key:?} forgotten"
+                            );
+                        }
+                        Verdict::Refuse(Refusal::WindowFull) => {
+                            assert!(sequence - fu >= SESSION_WRITES_UNANSWERED_MAX, "seed {seed}: {key:?}");
+                        }
+                        Verdict::Refuse(other) => panic!("seed {seed}: unexpected {other:?}"),
+                    }
+                    if alive {
+                        last_active.insert(client.id, sessions.clock_ms());
+                    } else {
+                        last_active.remove(&client.id);
+                    }
+                }
+            }
+        }
+        assert!(!applied.is_empty(), "seed {seed}: the run applied something");
+    }
 }
