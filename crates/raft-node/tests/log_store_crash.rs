@@ -34,6 +34,7 @@ fn options() -> LogStoreOptions {
     LogStoreOptions {
         segment_bytes_max: SEGMENT_BYTES_MAX,
         preallocate: true,
+        ..LogStoreOptions::default()
     }
 }
 
@@ -211,7 +212,7 @@ fn acknowledged_entries_survive_sigkill() {
             "iteration {iteration}: purge point {purged:?} is behind the acknowledged {:?}",
             acked.purged
         );
-        let all = store.reader().entries(..);
+        let all = store.reader().entries(..).expect("read the recovered log");
         if let (Some(first), Some(p)) = (all.first(), purged) {
             assert_eq!(
                 first.log_id.index,
