@@ -27,6 +27,9 @@ const CHILD_DIR: &str = "LOG_CRASH_DIR";
 const CHILD_MODE: &str = "LOG_CRASH_MODE";
 /// Small segments, so a run rolls, purges and deletes many of them.
 const SEGMENT_BYTES_MAX: u64 = 16 * 1024;
+/// A memory window of a few entries, so the check after each crash reads
+/// most of the recovered log back from disk, through the index.
+const MEMORY_WINDOW_BYTES_MAX: u64 = 1024;
 /// Entries kept behind each purge point.
 const PURGE_KEEP_ENTRIES: u64 = 200;
 
@@ -34,7 +37,7 @@ fn options() -> LogStoreOptions {
     LogStoreOptions {
         segment_bytes_max: SEGMENT_BYTES_MAX,
         preallocate: true,
-        ..LogStoreOptions::default()
+        memory_window_bytes_max: MEMORY_WINDOW_BYTES_MAX,
     }
 }
 
