@@ -90,12 +90,23 @@ pub struct RaftTiming {
     /// Upper bound of the election timeout (and the leader's lease), in ms.
     /// Default 400.
     pub election_timeout_ms_max: u64,
-    /// Applied entries between snapshots. Default 50 000. Also bounds the
-    /// log kept in memory and on disk.
+    /// Applied entries between snapshots. Default 50 000. With
+    /// `snapshot_log_bytes_max`, bounds the log kept on disk.
     pub snapshot_logs_since_last: u64,
     /// Entries kept behind a snapshot before they are purged. Default 1000,
     /// so a briefly lagging follower catches up from the log, not a snapshot.
     pub logs_kept_after_snapshot: u64,
+    /// Bytes of applied log (encoded entry records) since the last
+    /// snapshot after which a snapshot is taken, whatever the entry count.
+    /// Default 256 MiB. Bounds the log on disk and the replay after a
+    /// crash even when the write batcher packs many writes into each
+    /// entry; a smaller value snapshots (copying the database) more often.
+    pub snapshot_log_bytes_max: u64,
+    /// Bytes of recent log entries held in memory; older ones are read
+    /// from the log's files when a lagging follower or a restart needs
+    /// them. Default 32 MiB. A larger window lets followers lag further
+    /// before catching up costs disk reads, for that much memory.
+    pub log_memory_window_bytes_max: u64,
 }
 
 impl Default for RaftTiming {
@@ -106,6 +117,8 @@ impl Default for RaftTiming {
             election_timeout_ms_max: 400,
             snapshot_logs_since_last: 50_000,
             logs_kept_after_snapshot: 1000,
+            snapshot_log_bytes_max: 256 << 20,
+            log_memory_window_bytes_max: crate::log_store::MEMORY_WINDOW_BYTES_MAX,
         }
     }
 }

@@ -9,6 +9,7 @@
 //! - `state_machine`: commands applied to the engine; snapshots.
 //! - `network`: the Raft transport to peers (gRPC client).
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
+//! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
@@ -19,6 +20,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod service;
+mod snapshot_trigger;
 pub mod state_machine;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -53,6 +53,12 @@ struct Args {
     /// Log entries kept behind a snapshot.
     #[arg(long, env = "KV_LOGS_KEPT_AFTER_SNAPSHOT", default_value_t = RaftTiming::default().logs_kept_after_snapshot)]
     logs_kept_after_snapshot: u64,
+    /// Bytes of applied log since the last snapshot that trigger a snapshot, in MiB.
+    #[arg(long, env = "KV_SNAPSHOT_LOG_MB", default_value_t = RaftTiming::default().snapshot_log_bytes_max >> 20)]
+    snapshot_log_mb: u64,
+    /// Recent log entries held in memory, in MiB.
+    #[arg(long, env = "KV_LOG_WINDOW_MB", default_value_t = RaftTiming::default().log_memory_window_bytes_max >> 20)]
+    log_window_mb: u64,
     /// Engine memtable size, in MiB.
     #[arg(long, env = "KV_MEMTABLE_MB", default_value_t = 64)]
     memtable_mb: usize,
@@ -116,6 +122,8 @@ async fn main() -> Result<()> {
             election_timeout_ms_max: args.election_timeout_ms_max,
             snapshot_logs_since_last: args.snapshot_logs,
             logs_kept_after_snapshot: args.logs_kept_after_snapshot,
+            snapshot_log_bytes_max: args.snapshot_log_mb << 20,
+            log_memory_window_bytes_max: args.log_window_mb << 20,
         },
         engine: storage::Options {
             memtable_bytes_max: args.memtable_mb << 20,

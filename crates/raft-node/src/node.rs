@@ -14,9 +14,10 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 
 use crate::config::NodeConfig;
-use crate::log_store::LogStore;
+use crate::log_store::{LogStore, LogStoreOptions};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::{admin::AdminService, kv::KvService, raft::RaftService};
+use crate::snapshot_trigger;
 use crate::state_machine::{Engine, StateMachine};
 use crate::types::{Node as MemberNode, NodeId, Raft};
 
@@ -75,7 +76,12 @@ impl KvNode {
             return Err(NodeError::Config("node id 0 is reserved".into()));
         }
         check_identity(&config.data_dir, config.id)?;
-        let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
+        let log_options = LogStoreOptions {
+            memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
+            ..LogStoreOptions::default()
+        };
+        let log_store = LogStore::open_with(&config.data_dir.join("raft-log"), log_options)?;
+        let log_reader = log_store.reader();
         let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine.clone())?;
         let engine = state_machine.engine();
         let timing = &config.timing;
@@ -102,6 +108,9 @@ impl KvNode {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
+        // Snapshots by bytes too, besides openraft's entry count; the task
+        // ends when Raft shuts down.
+        snapshot_trigger::spawn(raft.clone(), log_reader, timing.snapshot_log_bytes_max);
         Ok(KvNode { raft, engine, config })
     }
 

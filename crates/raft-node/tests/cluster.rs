@@ -503,3 +503,33 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
     assert_eq!(got.keys, 300);
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_taken_once_the_log_passes_its_byte_bound() {
+    // The entry-count policy alone never fires when each entry is large; the byte bound must.
+    let _serial = SERIAL.lock().await;
+    let timing = RaftTiming {
+        snapshot_logs_since_last: 1_000_000,
+        snapshot_log_bytes_max: 64 * 1024,
+        ..fast_timing()
+    };
+    let cluster = TestCluster::start_with_timing(3, timing).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let value = "v".repeat(4096);
+    for i in 0..40 {
+        cluster.put(leader, &format!("k{i:03}"), &value).await.expect("put");
+    }
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        let status = cluster.status(leader).await;
+        if status.snapshot_index > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no snapshot after 160 KiB of log with a 64 KiB bound: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    cluster.shutdown().await;
+}

@@ -27,6 +27,9 @@ const CHILD_DIR: &str = "LOG_CRASH_DIR";
 const CHILD_MODE: &str = "LOG_CRASH_MODE";
 /// Small segments, so a run rolls, purges and deletes many of them.
 const SEGMENT_BYTES_MAX: u64 = 16 * 1024;
+/// A memory window of a few entries, so the check after each crash reads
+/// most of the recovered log back from disk, through the index.
+const MEMORY_WINDOW_BYTES_MAX: u64 = 1024;
 /// Entries kept behind each purge point.
 const PURGE_KEEP_ENTRIES: u64 = 200;
 
@@ -34,6 +37,7 @@ fn options() -> LogStoreOptions {
     LogStoreOptions {
         segment_bytes_max: SEGMENT_BYTES_MAX,
         preallocate: true,
+        memory_window_bytes_max: MEMORY_WINDOW_BYTES_MAX,
     }
 }
 
@@ -212,7 +216,7 @@ fn acknowledged_entries_survive_sigkill() {
             "iteration {iteration}: purge point {purged:?} is behind the acknowledged {:?}",
             acked.purged
         );
-        let all = store.reader().entries(..);
+        let all = store.reader().entries(..).expect("read the recovered log");
         if let (Some(first), Some(p)) = (all.first(), purged) {
             assert_eq!(
                 first.log_id.index,

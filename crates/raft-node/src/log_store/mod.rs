@@ -1,5 +1,6 @@
 //! The Raft log store: openraft's `RaftLogStorage` over append-only
-//! segment files, with every live entry kept in memory.
+//! segment files, with a byte-bounded window of recent entries in memory
+//! and older ones read back from the files on demand.
 //!
 //! # Layout
 //!
@@ -7,7 +8,8 @@
 //!   recovery scan (torn tail versus corruption).
 //! - `record`: the record types (entry, vote, committed, purged).
 //! - `sync`: the group-commit thread.
-//! - `reader`: the in-memory log and [`LogReader`].
+//! - `reader`: the index of live entries, the memory window, and
+//!   [`LogReader`], which reads older entries from disk.
 //! - `recovery`: rebuilding the log on open.
 //! - `raft`: the openraft trait implementations.
 //!
@@ -44,13 +46,25 @@
 //!
 //! # Memory
 //!
-//! All live entries are held in memory, so memory grows with the entries
-//! between the last purge and the log's end. openraft bounds that through
-//! the node's snapshot policy: it purges up to a snapshot once it is built,
-//! keeping `max_in_snapshot_log_to_keep` entries behind it, so at most
-//! about `snapshot_policy` + `max_in_snapshot_log_to_keep` entries (times
-//! their size) are held, plus what a purge delayed by a lagging follower
-//! keeps.
+//! Only the newest entries are held in memory: a window of at most
+//! [`LogStoreOptions::memory_window_bytes_max`] bytes (counted as their
+//! encoded records), which serves the leader's replication to followers
+//! that keep up and the state machine's apply. Every live entry has a small
+//! index entry (its log id, segment, offset and record length: about 56
+//! bytes), so an older entry is one `pread` away; those reads serve lagging
+//! followers and the re-apply after a restart. Each record read back is
+//! checked (crc, length, log id) and a mismatch is an error, never data.
+//!
+//! Appends do not wait for the fsync to leave the window: a record is
+//! readable through its file as soon as its `write` returned (the page
+//! cache serves it), durable or not.
+//!
+//! Recovery builds the index while it scans the segments one at a time and
+//! keeps only the newest window of entries, so opening needs one segment's
+//! bytes plus the window, not the log. The index still grows with the
+//! entries between the last purge and the log's end; the node bounds those
+//! through snapshots, triggered by entry count (openraft's policy) or by
+//! the log's bytes since the last snapshot (`snapshot_trigger`).
 //!
 //! # Blocking
 //!
@@ -79,7 +93,7 @@ use parking_lot::RwLock;
 
 pub use self::error::LogStoreError;
 pub use self::reader::LogReader;
-use self::reader::{Log, Slot};
+use self::reader::{Location, Log};
 use self::record::{encode_entry, Record};
 pub use self::segment::RECORD_BYTES_MAX;
 use self::segment::{
@@ -90,6 +104,8 @@ use crate::types::{Entry, LogId, Vote};
 
 /// Default size after which appends go to a new segment, in bytes.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// Default bound of the entries held in memory, in bytes.
+pub const MEMORY_WINDOW_BYTES_MAX: u64 = 32 << 20;
 
 /// Tuning of a [`LogStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +122,13 @@ pub struct LogStoreOptions {
     /// file metadata. Costs the disk space of one segment ahead and that
     /// much background writing per segment. Default: true.
     pub preallocate: bool,
+    /// Bytes of recent entries (counted as their encoded records) held in
+    /// memory; older entries are read back from the segment files when
+    /// asked for. A larger window lets a follower lag further behind
+    /// before its catch-up reads hit the disk (a `pread` per run of
+    /// records, plus decoding), at the cost of that much memory. Default:
+    /// [`MEMORY_WINDOW_BYTES_MAX`] (32 MiB).
+    pub memory_window_bytes_max: u64,
 }
 
 impl Default for LogStoreOptions {
@@ -113,6 +136,7 @@ impl Default for LogStoreOptions {
         LogStoreOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX,
             preallocate: true,
+            memory_window_bytes_max: MEMORY_WINDOW_BYTES_MAX,
         }
     }
 }
@@ -130,6 +154,15 @@ pub struct LogStoreMetrics {
     pub segments: usize,
     /// Segments started from a preallocated (zero-filled) file.
     pub preallocated_segments: u64,
+    /// Bytes of the entries held in memory (their encoded records); at
+    /// most [`LogStoreOptions::memory_window_bytes_max`].
+    pub window_bytes: u64,
+    /// Entries held in memory.
+    pub window_entries: usize,
+    /// Bytes of the records of every live entry, on disk.
+    pub log_bytes: u64,
+    /// Entries read back from the segment files (older than the window).
+    pub entries_read_from_disk: u64,
 }
 
 /// The vote, committed and purged ids: the log's state besides entries.
@@ -248,7 +281,7 @@ impl LogStore {
     pub fn open_with(dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
         std::fs::create_dir_all(dir).map_err(|e| LogStoreError::io("create directory", dir, e))?;
         remove_spares(dir)?;
-        let recovered = recovery::recover(dir)?;
+        let recovered = recovery::recover(dir, options.memory_window_bytes_max)?;
         let mut segments = recovered.segments;
         // Appends always start in a fresh segment, never after a recovered
         // tail: a segment whose creation a crash interrupted may lack the
@@ -262,12 +295,14 @@ impl LogStore {
             None
         };
         segments.insert(current.seq, SegmentInfo { last_index: None });
+        let mut log = recovered.log;
+        log.add_file(current.seq, Arc::clone(&current.file));
         let syncer = Syncer::start(Arc::clone(&current.file))
             .map_err(|e| LogStoreError::io("start the sync thread for", dir, e))?;
         Ok(LogStore {
             dir: dir.to_path_buf(),
             options,
-            log: Arc::new(RwLock::new(recovered.log)),
+            log: Arc::new(RwLock::new(log)),
             state: recovered.state,
             segments,
             current,
@@ -277,7 +312,7 @@ impl LogStore {
         })
     }
 
-    /// A read handle sharing this store's in-memory entries.
+    /// A read handle on this store's entries, in memory and on disk.
     pub fn reader(&self) -> LogReader {
         LogReader {
             log: Arc::clone(&self.log),
@@ -286,9 +321,14 @@ impl LogStore {
 
     /// Counters since the store opened.
     pub fn metrics(&self) -> LogStoreMetrics {
+        let log = self.log.read();
         LogStoreMetrics {
             segment_syncs: self.syncer.sync_count(),
             segments: self.segments.len(),
+            window_bytes: log.window_bytes(),
+            window_entries: log.window_entries(),
+            log_bytes: log.bytes_between(None, u64::MAX),
+            entries_read_from_disk: log.entries_read_from_disk(),
             ..self.metrics
         }
     }
@@ -356,9 +396,10 @@ impl LogStore {
             }
             let at = framed.len() as u64;
             frame(&mut framed, &payload);
-            batch.push((entry, at));
+            let record_bytes = framed.len() as u64 - at;
+            batch.push((entry, at, record_bytes));
         }
-        let Some(last_index) = batch.last().map(|(entry, _)| entry.log_id.index) else {
+        let Some(last_index) = batch.last().map(|(entry, _, _)| entry.log_id.index) else {
             // Nothing to write, but the callback still runs in order.
             self.syncer.submit(Box::new(on_durable));
             return Ok(());
@@ -369,12 +410,15 @@ impl LogStore {
         self.metrics.entries_appended += batch.len() as u64;
         {
             let mut log = self.log.write();
-            for (entry, at) in batch {
-                log.push(Slot {
-                    entry,
+            for (entry, at, record_bytes) in batch {
+                let location = Location {
+                    log_id: entry.log_id,
                     segment,
                     offset: base + at,
-                });
+                    record_bytes,
+                    bytes_through: log.bytes_through_last() + record_bytes,
+                };
+                log.push(location, entry);
             }
         }
         self.segment_info(segment).last_index = Some(last_index);
@@ -420,7 +464,7 @@ impl LogStore {
                 purged: purged.index,
             });
         }
-        let Some((cut_seq, cut_offset)) = self.log.read().slot(index).map(|s| (s.segment, s.offset)) else {
+        let Some((cut_seq, cut_offset)) = self.log.read().location(index).map(|l| (l.segment, l.offset)) else {
             return Ok(()); // nothing at or after `index`
         };
         // Callbacks of earlier appends run first, in order, so none of them
@@ -458,6 +502,7 @@ impl LogStore {
         for seq in doomed {
             remove_segment(&self.dir, seq)?;
             self.segments.remove(&seq);
+            self.log.write().remove_file(seq);
         }
         // 3. The deletions are durable before the cut: a deleted segment that
         //    came back after the cut one was cut would leave a hole.
@@ -473,7 +518,7 @@ impl LogStore {
         file.sync_all().map_err(|e| LogStoreError::io("fsync", &path, e))?;
         self.syncer.count_sync();
         let last = self.log.read().last_log_id().map(|l| l.index);
-        let last_in_cut = last.filter(|&l| self.log.read().slot(l).is_some_and(|s| s.segment == cut_seq));
+        let last_in_cut = last.filter(|&l| self.log.read().location(l).is_some_and(|s| s.segment == cut_seq));
         self.segment_info(cut_seq).last_index = last_in_cut;
         Ok(())
     }
@@ -506,6 +551,7 @@ impl LogStore {
             match remove_segment(&self.dir, seq) {
                 Ok(()) => {
                     self.segments.remove(&seq);
+                    self.log.write().remove_file(seq);
                 }
                 Err(e) => tracing::warn!(error = %e, "could not delete a purged log segment"),
             }
@@ -585,6 +631,7 @@ impl LogStore {
         }
         self.syncer.set_file(Arc::clone(&next.file));
         self.segments.insert(next.seq, SegmentInfo { last_index: None });
+        self.log.write().add_file(next.seq, Arc::clone(&next.file));
         self.current = next;
         Ok(())
     }

@@ -14,7 +14,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self.reader().entries(range))
+        self.reader().try_get_log_entries(range).await
     }
 }
 

@@ -1,19 +1,21 @@
 //! Rebuilding the log from its segments when the store opens.
 
-use std::collections::BTreeMap;
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
+use std::collections::{BTreeMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::path::Path;
+use std::sync::Arc;
 
 use super::error::LogStoreError;
-use super::reader::{Log, Slot};
+use super::reader::{Location, Log};
 use super::record::Record;
 use super::segment::{parse_segment_name, scan, segment_path, sync_dir};
 use super::{DurableState, SegmentInfo};
+use crate::types::{Entry, LogId};
 
 /// Everything recovery learnt from the directory.
 #[derive(Debug)]
 pub(crate) struct Recovered {
-    /// The live entries.
+    /// The live entries: all indexed, the newest in memory.
     pub(crate) log: Log,
     /// The vote, committed and purged ids.
     pub(crate) state: DurableState,
@@ -23,26 +25,36 @@ pub(crate) struct Recovered {
     pub(crate) next_seq: u64,
 }
 
-/// One decoded record and where it came from.
-struct Located {
+/// Where an entry record was found: enough to index it, not the entry.
+struct Found {
     seq: u64,
-    path: PathBuf,
     offset: u64,
-    record: Record,
+    record_bytes: u64,
+    log_id: LogId,
 }
 
 /// Reads every segment in `dir` in order, cuts a torn tail off the last
 /// one, and replays the records.
-pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
+///
+/// Memory: one segment's bytes at a time, a [`Found`] per entry record,
+/// and the decoded entries of the newest `window_bytes_max` bytes of
+/// records (older ones are dropped as the scan moves on, and read back
+/// from disk when asked for).
+pub(crate) fn recover(dir: &Path, window_bytes_max: u64) -> Result<Recovered, LogStoreError> {
     let seqs = list_segments(dir)?;
     let next_seq = seqs.last().map_or(1, |s| s + 1);
     let mut segments = BTreeMap::new();
-    let mut records = Vec::new();
+    // Pass 1, over the files: the last record of each kind is the current
+    // value (purges only go forward, so the last Purged record is also the
+    // greatest); every entry record is noted; the newest entries are kept.
+    let mut state = DurableState::default();
+    let mut found: Vec<Found> = Vec::new();
+    let mut tail = Tail::new(window_bytes_max);
     for (position, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let is_last = position + 1 == seqs.len();
-        let found = scan(&path, is_last)?;
-        if found.torn_header {
+        let scanned = scan(&path, is_last)?;
+        if scanned.torn_header {
             // The crash came while the segment was being created, before it
             // held anything: remove it, so the next segment created does not
             // leave a headerless file in the middle of the log.
@@ -50,7 +62,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
             sync_dir(dir)?;
             continue;
         }
-        if found.torn_tail || (is_last && found.zero_tail) {
+        if scanned.torn_tail || (is_last && scanned.zero_tail) {
             // Cut the torn tail now and make the cut durable: a new segment
             // is about to follow this one, and only the last segment may end
             // in a torn record. (An unused preallocated end is cut too, to
@@ -59,49 +71,53 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
                 .write(true)
                 .open(&path)
                 .map_err(|e| LogStoreError::io("open", &path, e))?;
-            file.set_len(found.valid_bytes)
+            file.set_len(scanned.valid_bytes)
                 .map_err(|e| LogStoreError::io("truncate", &path, e))?;
             file.sync_all().map_err(|e| LogStoreError::io("fsync", &path, e))?;
-            if found.torn_tail {
-                tracing::warn!(file = %path.display(), valid_bytes = found.valid_bytes, "cut a torn tail off the log");
+            if scanned.torn_tail {
+                tracing::warn!(file = %path.display(), valid_bytes = scanned.valid_bytes, "cut a torn tail off the log");
             }
         }
         segments.insert(seq, SegmentInfo { last_index: None });
-        for scanned in found.records {
-            let record = Record::decode(&scanned.payload)
-                .map_err(|reason| LogStoreError::corrupt(&path, scanned.offset, reason))?;
-            records.push(Located {
-                seq,
-                path: path.clone(),
-                offset: scanned.offset,
-                record,
-            });
+        for record in &scanned.records {
+            let decoded = Record::decode(scanned.payload(record))
+                .map_err(|reason| LogStoreError::corrupt(&path, record.offset, reason))?;
+            match decoded {
+                Record::Entry(entry) => {
+                    found.push(Found {
+                        seq,
+                        offset: record.offset,
+                        record_bytes: record.record_bytes,
+                        log_id: entry.log_id,
+                    });
+                    tail.push(entry, record.record_bytes);
+                }
+                Record::Vote(vote) => state.vote = Some(vote),
+                Record::Committed(log_id) => state.committed = Some(log_id),
+                Record::Purged(log_id) => state.purged = Some(log_id),
+            }
         }
     }
 
-    // Pass 1: the last record of each kind is the current value. (Purges
-    // only go forward, so the last Purged record is also the greatest.)
-    let mut state = DurableState::default();
-    for located in &records {
-        match &located.record {
-            Record::Entry(_) => {}
-            Record::Vote(vote) => state.vote = Some(*vote),
-            Record::Committed(log_id) => state.committed = Some(*log_id),
-            Record::Purged(log_id) => state.purged = Some(*log_id),
-        }
-    }
-
-    // Pass 2: the entries, contiguous, minus those purged.
+    // Pass 2, over the noted entries: contiguous, minus those purged. The
+    // live entries are a suffix of the noted ones, and so are those in
+    // `tail`: the newest live ones get their entry back from it.
     let purged = state.purged.map(|p| p.index);
-    let mut log = Log::default();
+    let mut log = Log::new(dir, window_bytes_max);
     let mut previous: Option<u64> = None;
-    for located in records {
-        let Record::Entry(entry) = located.record else { continue };
-        let index = entry.log_id.index;
+    let tail_from = found.len() - tail.entries.len();
+    let mut tail_entries = tail.entries.into_iter();
+    for (position, noted) in found.into_iter().enumerate() {
+        let in_tail = if position >= tail_from {
+            tail_entries.next()
+        } else {
+            None
+        };
+        let index = noted.log_id.index;
         if !follows(previous, index, purged) {
             return Err(LogStoreError::corrupt(
-                &located.path,
-                located.offset,
+                &segment_path(dir, noted.seq),
+                noted.offset,
                 format!("entry index {index} does not follow {previous:?} (last purged {purged:?})"),
             ));
         }
@@ -109,14 +125,27 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
         if purged.is_some_and(|p| index <= p) {
             continue;
         }
-        if let Some(info) = segments.get_mut(&located.seq) {
+        if let Some(info) = segments.get_mut(&noted.seq) {
             info.last_index = Some(index);
         }
-        log.push(Slot {
-            entry,
-            segment: located.seq,
-            offset: located.offset,
-        });
+        let location = Location {
+            log_id: noted.log_id,
+            segment: noted.seq,
+            offset: noted.offset,
+            record_bytes: noted.record_bytes,
+            bytes_through: log.bytes_through_last() + noted.record_bytes,
+        };
+        match in_tail {
+            Some(entry) => log.push(location, entry),
+            None => log.push_location(location),
+        }
+    }
+    for &seq in segments.keys() {
+        // Handles on every surviving segment, for reads of entries older
+        // than the window.
+        let path = segment_path(dir, seq);
+        let file = File::open(&path).map_err(|e| LogStoreError::io("open", &path, e))?;
+        log.add_file(seq, Arc::new(file));
     }
 
     // Committed is a hint openraft can re-learn from the leader; one that
@@ -136,6 +165,36 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogStoreError> {
         segments,
         next_seq,
     })
+}
+
+/// The newest entries met by the scan, at most `bytes_max` bytes of them.
+struct Tail {
+    entries: VecDeque<Entry>,
+    record_bytes: VecDeque<u64>,
+    bytes: u64,
+    bytes_max: u64,
+}
+
+impl Tail {
+    fn new(bytes_max: u64) -> Tail {
+        Tail {
+            entries: VecDeque::new(),
+            record_bytes: VecDeque::new(),
+            bytes: 0,
+            bytes_max,
+        }
+    }
+
+    /// Keeps `entry`, dropping the oldest kept ones beyond the bound.
+    fn push(&mut self, entry: Entry, record_bytes: u64) {
+        self.entries.push_back(entry);
+        self.record_bytes.push_back(record_bytes);
+        self.bytes += record_bytes;
+        while self.bytes > self.bytes_max {
+            self.entries.pop_front();
+            self.bytes -= self.record_bytes.pop_front().unwrap_or(0);
+        }
+    }
 }
 
 /// Whether an entry at `index` may follow the entry at `previous` in the

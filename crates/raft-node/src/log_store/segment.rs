@@ -178,17 +178,21 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
 }
 
 /// One valid record found by [`scan`].
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub(crate) struct ScannedRecord {
     /// Byte offset of the record (its crc) in the file.
     pub(crate) offset: u64,
-    /// The record's payload.
-    pub(crate) payload: Vec<u8>,
+    /// Bytes of the record, its 8-byte header included.
+    pub(crate) record_bytes: u64,
 }
 
 /// What [`scan`] found in one segment.
 #[derive(Debug)]
 pub(crate) struct Scan {
+    /// The whole file as read: the records' payloads are slices of it
+    /// ([`Scan::payload`]), so a scan holds one segment in memory, never
+    /// the whole log.
+    buf: Vec<u8>,
     /// The valid records, in file order.
     pub(crate) records: Vec<ScannedRecord>,
     /// Bytes holding the header and the valid records.
@@ -220,9 +224,10 @@ pub(crate) struct Scan {
 /// older segments are synced in full before a newer one is created.
 pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
     let buf = std::fs::read(path).map_err(|e| LogStoreError::io("read", path, e))?;
-    let torn = |offset: usize, records: Vec<ScannedRecord>, reason: &str| {
+    let torn = |buf: Vec<u8>, offset: usize, records: Vec<ScannedRecord>, reason: &str| {
         if is_last {
             Ok(Scan {
+                buf,
                 records,
                 valid_bytes: offset as u64,
                 torn_tail: true,
@@ -236,7 +241,7 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
     if buf.len() < FILE_HEADER_BYTES || all_zero(&buf[..FILE_HEADER_BYTES]) {
         // The header is synced at creation, so it is missing only if the
         // crash came before the segment was ever used.
-        return torn(0, Vec::new(), "short or zeroed file header");
+        return torn(buf, 0, Vec::new(), "short or zeroed file header");
     }
     check_header(path, &buf)?;
 
@@ -248,6 +253,7 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         if all_zero(header) {
             if all_zero(rest) {
                 return Ok(Scan {
+                    buf,
                     records,
                     valid_bytes: offset as u64,
                     torn_tail: false,
@@ -255,16 +261,16 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
                     zero_tail: true,
                 });
             }
-            return torn(offset, records, "zeroed record header followed by data");
+            return torn(buf, offset, records, "zeroed record header followed by data");
         }
         if rest.len() < RECORD_HEADER_BYTES {
-            return torn(offset, records, "record header cut short");
+            return torn(buf, offset, records, "record header cut short");
         }
         let stored_crc = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
         let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
         let end = RECORD_HEADER_BYTES.saturating_add(len);
         if end > rest.len() {
-            return torn(offset, records, "record runs past the end of the file");
+            return torn(buf, offset, records, "record runs past the end of the file");
         }
         if len > RECORD_BYTES_MAX {
             return Err(LogStoreError::corrupt(
@@ -276,10 +282,11 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         let actual_crc = crc32fast::hash(&rest[4..end]);
         if actual_crc != stored_crc {
             if all_zero(&rest[end..]) {
-                return torn(offset, records, "checksum mismatch on the final record");
+                return torn(buf, offset, records, "checksum mismatch on the final record");
             }
             if has_zeroed_sector(&buf, offset, offset + end) {
                 return torn(
+                    buf,
                     offset,
                     records,
                     "checksum mismatch on a record with a sector never written",
@@ -293,17 +300,63 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         }
         records.push(ScannedRecord {
             offset: offset as u64,
-            payload: rest[RECORD_HEADER_BYTES..end].to_vec(),
+            record_bytes: end as u64,
         });
         offset += end;
     }
+    let valid_bytes = buf.len() as u64;
     Ok(Scan {
+        buf,
         records,
-        valid_bytes: buf.len() as u64,
+        valid_bytes,
         torn_tail: false,
         torn_header: false,
         zero_tail: false,
     })
+}
+
+impl Scan {
+    /// The payload of `record`, one of this scan's records.
+    pub(crate) fn payload(&self, record: &ScannedRecord) -> &[u8] {
+        // Offsets and lengths come from this scan, which checked them
+        // against the buffer, so the conversions and the slice cannot fail.
+        let start = record.offset as usize + RECORD_HEADER_BYTES;
+        let end = record.offset as usize + record.record_bytes as usize;
+        &self.buf[start..end]
+    }
+}
+
+/// Checks one record read back from a segment at `offset` (its whole
+/// frame, header included, as the index located it) and returns its
+/// payload.
+///
+/// A length that disagrees with the index or a checksum that fails is
+/// [`LogStoreError::Corrupt`]: the record was whole when it was indexed,
+/// so a mismatch now is damage (or a bug), never a torn write, and must
+/// never be served as an entry.
+pub(crate) fn check_record<'a>(path: &Path, offset: u64, frame: &'a [u8]) -> Result<&'a [u8], LogStoreError> {
+    let corrupt = |reason: String| LogStoreError::corrupt(path, offset, reason);
+    if frame.len() < RECORD_HEADER_BYTES {
+        return Err(corrupt(format!(
+            "record of {} bytes has no room for its header",
+            frame.len()
+        )));
+    }
+    let stored_crc = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
+    if RECORD_HEADER_BYTES.saturating_add(len) != frame.len() {
+        return Err(corrupt(format!(
+            "record length {len} disagrees with the index ({} payload bytes)",
+            frame.len() - RECORD_HEADER_BYTES
+        )));
+    }
+    let actual_crc = crc32fast::hash(&frame[4..]);
+    if actual_crc != stored_crc {
+        return Err(corrupt(format!(
+            "checksum mismatch on read: stored {stored_crc:#010x}, computed {actual_crc:#010x}"
+        )));
+    }
+    Ok(&frame[RECORD_HEADER_BYTES..])
 }
 
 /// Whether some disk sector overlapping `buf[start..end]` holds only zeros
