@@ -127,8 +127,9 @@ async fn writes_the_server_cannot_tell_apart_are_refused_never_applied() {
     let leader = cluster.wait_for_leader(None).await;
     let mut client = kv(&cluster, leader).await;
 
+    // An id OpenSession would give (top bit set) that no session holds.
     let refused = client
-        .put(put("k", "from-nowhere", 0x5eed_1234, 1, 1))
+        .put(put("k", "from-nowhere", (1 << 63) | 0x5eed_1234, 1, 1))
         .await
         .expect_err("an unknown session");
     assert!(session_expired(&refused), "{refused:?}");

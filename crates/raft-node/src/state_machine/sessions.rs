@@ -14,6 +14,14 @@
 //! sent: a write a window or more ahead is refused instead of forgetting an
 //! older one.
 //!
+//! Two kinds of session ids. Ids with [`SESSION_ID_OPENED_BIT`] set come
+//! from OpenSession; an unknown one of those is certainly expired. Ids
+//! below it are chosen by the client (the older contract, still served):
+//! the first write under an unknown such id opens its session implicitly,
+//! so once such a session has expired or been evicted, a retry of its
+//! writes cannot be told from new writes and may apply again. Clients
+//! that need exactly-once beyond the session's life use OpenSession.
+//!
 //! Sessions expire after [`SESSION_IDLE_MS_MAX`] without a command, by the
 //! state machine clock (the largest leader timestamp applied so far), and
 //! the least recently active are evicted beyond [`SESSIONS_MAX`]. Every
@@ -37,9 +45,12 @@ pub const SESSION_WRITES_UNANSWERED_MAX: u64 = 1024;
 /// beyond any client's retry deadline, short enough that abandoned
 /// sessions do not pile up.
 pub const SESSION_IDLE_MS_MAX: u64 = 60 * 60 * 1000;
-/// Sessions opened by one log entry at most: a session id is
-/// `index * SESSION_OPENS_PER_ENTRY_MAX + position in the entry`.
+/// Sessions opened by one log entry at most: an opened session's id is
+/// `SESSION_ID_OPENED_BIT | (index * SESSION_OPENS_PER_ENTRY_MAX + position
+/// in the entry)`.
 pub const SESSION_OPENS_PER_ENTRY_MAX: u64 = 1024;
+/// Set in every id OpenSession hands out, never in a client-chosen one.
+pub const SESSION_ID_OPENED_BIT: u64 = 1 << 63;
 
 /// What to do with a session's write.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,13 +176,21 @@ impl Sessions {
         let client_id = index
             .checked_mul(SESSION_OPENS_PER_ENTRY_MAX)
             .and_then(|base| base.checked_add(position))
-            .filter(|&id| id != 0)
-            .ok_or(Refusal::TooManyOpens)?;
+            .filter(|&id| id < SESSION_ID_OPENED_BIT)
+            .ok_or(Refusal::TooManyOpens)?
+            | SESSION_ID_OPENED_BIT;
         // Ids are unique per log position, so an existing session with this
         // id can only be a stale copy of this very one (a re-apply).
         self.forget(client_id);
+        self.insert(client_id, 1, index);
+        Ok(client_id)
+    }
+
+    /// Starts remembering `client_id` with its window at `first_unanswered`,
+    /// evicting the least recently active session beyond [`SESSIONS_MAX`].
+    fn insert(&mut self, client_id: u64, first_unanswered: u64, index: u64) {
         let state = State {
-            first_unanswered: 1,
+            first_unanswered,
             applied: BTreeMap::new(),
             last_active_ms: self.clock_ms,
             last_index: index,
@@ -185,21 +204,27 @@ impl Sessions {
             };
             self.forget(oldest);
         }
-        Ok(client_id)
     }
 
     /// Decides about write `sequence` of session `client_id` at log
     /// `index`, first forgetting what the client says was answered. An
     /// admitted write is recorded as applied at `index`.
     pub fn admit(&mut self, client_id: u64, sequence: u64, first_unanswered: u64, index: u64) -> Verdict {
-        let clock_ms = self.clock_ms;
-        let Some(state) = self.by_client.get_mut(&client_id) else {
-            return Verdict::Refuse(Refusal::SessionExpired);
-        };
         // The window moves only as far as the client itself says, and
         // never past the write it sends (the service refuses such ids; a
         // clamp keeps apply total for any command in the log).
         let first_unanswered = first_unanswered.clamp(1, sequence.max(1));
+        if !self.by_client.contains_key(&client_id) {
+            if client_id & SESSION_ID_OPENED_BIT != 0 {
+                return Verdict::Refuse(Refusal::SessionExpired);
+            }
+            // A client-chosen id: its session opens with its first write.
+            self.insert(client_id, first_unanswered, index);
+        }
+        let clock_ms = self.clock_ms;
+        let Some(state) = self.by_client.get_mut(&client_id) else {
+            unreachable!("session {client_id} was just found or inserted");
+        };
         if first_unanswered > state.first_unanswered {
             state.first_unanswered = first_unanswered;
             state.applied = state.applied.split_off(&first_unanswered);
@@ -276,10 +301,26 @@ mod tests {
     }
 
     #[test]
-    fn an_unknown_session_is_refused_not_applied() {
-        // A random or forgotten id cannot tell a new write from a retry.
+    fn an_unknown_opened_session_is_refused_not_applied() {
+        // A forgotten session cannot tell a new write from a retry.
         let mut sessions = Sessions::default();
-        assert_eq!(sessions.admit(42, 1, 1, 7), Verdict::Refuse(Refusal::SessionExpired));
+        assert_eq!(
+            sessions.admit(SESSION_ID_OPENED_BIT | 42, 1, 1, 7),
+            Verdict::Refuse(Refusal::SessionExpired)
+        );
+    }
+
+    #[test]
+    fn a_client_chosen_id_opens_its_session_with_its_first_write() {
+        // The older contract (random ids, no OpenSession) is still served.
+        let mut sessions = Sessions::default();
+        assert_eq!(sessions.admit(42, 1, 1, 7), Verdict::Apply);
+        assert_eq!(sessions.admit(42, 1, 1, 8), Verdict::Duplicate { applied_index: 7 });
+        assert_eq!(sessions.admit(42, 3, 3, 9), Verdict::Apply);
+        assert_eq!(
+            sessions.admit(42, 2, 2, 10),
+            Verdict::Refuse(Refusal::SequenceForgotten)
+        );
     }
 
     #[test]
@@ -379,8 +420,14 @@ mod tests {
     fn session_ids_come_from_the_log_position() {
         // Ids are unique without coordination and the same on every replica.
         let mut sessions = Sessions::default();
-        assert_eq!(sessions.open(3, 0), Ok(3 * SESSION_OPENS_PER_ENTRY_MAX));
-        assert_eq!(sessions.open(3, 1), Ok(3 * SESSION_OPENS_PER_ENTRY_MAX + 1));
+        assert_eq!(
+            sessions.open(3, 0),
+            Ok(SESSION_ID_OPENED_BIT | (3 * SESSION_OPENS_PER_ENTRY_MAX))
+        );
+        assert_eq!(
+            sessions.open(3, 1),
+            Ok(SESSION_ID_OPENED_BIT | (3 * SESSION_OPENS_PER_ENTRY_MAX + 1))
+        );
         assert_eq!(
             sessions.open(3, SESSION_OPENS_PER_ENTRY_MAX),
             Err(Refusal::TooManyOpens)
