@@ -273,3 +273,17 @@ async fn bench_reports_throughput_and_latency() {
     .await);
     assert!(table.contains("ops/s") && table.contains("p99.9"), "{table}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn range_prints_a_thousand_values_of_4_kb_across_pages() {
+    // A page of 1,000 × 4.19 KB values once overran the client's 4 MiB receive limit.
+    let cluster = TestCluster::start(3).await;
+    let e = cluster.addrs();
+    let value = "v".repeat(4_190);
+    let lines: String = (0..1_000).map(|i| format!("big-{i:04}\t{value}\n")).collect();
+    ok(&kvctl_with_input(&e, &["batch-put", "-"], &lines).await);
+    let printed = ok(&kvctl(&e, &["range", "big-", "big.", "--limit", "1000"]).await);
+    assert_eq!(printed.lines().count(), 1_000);
+    assert!(printed.lines().all(|line| line.ends_with(&value)));
+    cluster.shutdown().await;
+}
