@@ -40,6 +40,8 @@ struct Scripted {
     /// Write ids of every write received, in order.
     seen: Mutex<Vec<api::WriteId>>,
     calls: Mutex<u32>,
+    /// What every Range answered with `Ok` returns.
+    range_reply: Mutex<api::RangeResponse>,
 }
 
 impl Scripted {
@@ -49,6 +51,7 @@ impl Scripted {
             otherwise,
             seen: Mutex::new(Vec::new()),
             calls: Mutex::new(0),
+            range_reply: Mutex::new(api::RangeResponse::default()),
         })
     }
 
@@ -114,7 +117,8 @@ impl Kv for Shared {
         self.0.answer(None, reply).await
     }
     async fn range(&self, _request: Request<api::RangeRequest>) -> Result<Response<api::RangeResponse>, Status> {
-        self.0.answer(None, api::RangeResponse::default()).await
+        let reply = self.0.range_reply.lock().clone();
+        self.0.answer(None, reply).await
     }
     async fn batch_put(&self, request: Request<api::BatchPutRequest>) -> Result<Response<api::WriteResponse>, Status> {
         self.0.answer(request.into_inner().write_id, written(8)).await
@@ -298,4 +302,36 @@ async fn a_write_to_nothing_is_not_applied() {
     let error = client.put("k", "v").await.expect_err("nothing listens");
     assert!(matches!(error, Error::NotApplied { .. }), "{error:?}");
     assert!(error.to_string().contains("Connection refused"), "{error}");
+}
+
+#[tokio::test]
+async fn a_range_page_that_does_not_advance_is_a_protocol_error_not_a_panic() {
+    // The client must not trust the server: a next_start at the last key
+    // would repeat pairs forever; the stream reports it once and ends.
+    use tokio_stream::StreamExt;
+    let node = Scripted::new(vec![], Step::Ok);
+    *node.range_reply.lock() = api::RangeResponse {
+        pairs: vec![
+            api::KeyValue {
+                key: "a".into(),
+                value: "1".into(),
+            },
+            api::KeyValue {
+                key: "b".into(),
+                value: "2".into(),
+            },
+        ],
+        next_start: "b".into(),
+    };
+    let addr = serve(&node).await;
+    let client = fast_client(&[&addr]);
+    let results: Vec<_> = client.range("", "").collect().await;
+    assert_eq!(results.len(), 1, "one error, then the stream ends: {results:?}");
+    let error = results
+        .into_iter()
+        .next()
+        .expect("one item")
+        .expect_err("a protocol error");
+    assert!(matches!(error, Error::Protocol { request: "Range", .. }), "{error:?}");
+    assert_eq!(node.calls(), 1, "a broken reply is not retried");
 }
