@@ -22,6 +22,10 @@ use crate::types::{Node as MemberNode, NodeId, Raft};
 
 /// The file that ties a data directory to one node id and format.
 const IDENTITY_FILE: &str = "NODE";
+/// The file at the top of a data directory that a running node holds an
+/// exclusive lock on (flock), so that no second process opens the same
+/// directory.
+pub const LOCK_FILE: &str = "LOCK";
 /// The data directory layout version this build reads and writes.
 const DATA_FORMAT_VERSION: u32 = 1;
 /// How long a snapshot transfer may take at most, in ms.
@@ -38,6 +42,13 @@ pub enum NodeError {
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another process (another `kv-node`, or a second node in this
+    /// process) holds the data directory's lock.
+    #[error("data directory {path} is in use: another process holds its lock file {LOCK_FILE} (is another kv-node running on it?)")]
+    DataDirLocked {
+        /// The directory.
+        path: String,
+    },
     /// The data directory belongs to another node or another format.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -66,6 +77,8 @@ pub struct KvNode {
     raft: Raft,
     engine: Engine,
     config: NodeConfig,
+    /// The data directory's lock, released when the last clone is dropped.
+    _lock: Arc<std::fs::File>,
 }
 
 impl KvNode {
@@ -74,6 +87,10 @@ impl KvNode {
         if config.id == 0 {
             return Err(NodeError::Config("node id 0 is reserved".into()));
         }
+        // The lock comes before anything in the directory is read: the log
+        // store deletes spare segments and truncates the last one on open,
+        // which would damage a node already running on this directory.
+        let lock = lock_data_dir(&config.data_dir)?;
         check_identity(&config.data_dir, config.id)?;
         let log_store = LogStore::open(&config.data_dir.join("raft-log"))?;
         let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine.clone())?;
@@ -102,7 +119,12 @@ impl KvNode {
         )
         .await
         .map_err(|e| NodeError::Raft(e.to_string()))?;
-        Ok(KvNode { raft, engine, config })
+        Ok(KvNode {
+            raft,
+            engine,
+            config,
+            _lock: Arc::new(lock),
+        })
     }
 
     /// The Raft handle.
@@ -194,6 +216,30 @@ fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
+/// Creates `data_dir` if needed and takes an exclusive, non-blocking lock
+/// on its lock file; the lock lasts as long as the returned file is open.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, NodeError> {
+    let fail = |reason: String| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(format!("cannot open {LOCK_FILE}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirLocked {
+            path: data_dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock {LOCK_FILE}: {e}"))),
+    }
+}
+
 /// Creates or checks the identity file, so a data directory is never
 /// served by another node id or read by an incompatible build.
 fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
@@ -246,6 +292,19 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn a_data_directory_is_locked_by_one_holder_at_a_time() {
+        // A second node on the same directory would truncate the first one's log.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("node");
+        let held = lock_data_dir(&data_dir).expect("first lock");
+        let error = lock_data_dir(&data_dir).expect_err("second lock");
+        assert!(matches!(error, NodeError::DataDirLocked { .. }), "{error:?}");
+        assert!(error.to_string().contains(&data_dir.display().to_string()), "{error}");
+        drop(held);
+        lock_data_dir(&data_dir).expect("free again once the holder is gone");
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {
