@@ -87,6 +87,12 @@ impl KvNode {
         if config.id == 0 {
             return Err(NodeError::Config("node id 0 is reserved".into()));
         }
+        if config.limits.request_bytes_max() >= RAFT_MESSAGE_BYTES_MAX {
+            return Err(NodeError::Config(format!(
+                "a full batch ({} bytes) would not fit in one Raft message ({RAFT_MESSAGE_BYTES_MAX} bytes)",
+                config.limits.request_bytes_max()
+            )));
+        }
         // The lock comes before anything in the directory is read: the log
         // store deletes spare segments and truncates the last one on open,
         // which would damage a node already running on this directory.
