@@ -8,6 +8,7 @@
 //! - `log_store`: the Raft log (segment files, group commit).
 //! - `state_machine`: commands applied to the engine; snapshots.
 //! - `network`: the Raft transport to peers (gRPC client).
+//! - `reachability`: which peers the leader reaches, logged once per change.
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod reachability;
 pub mod service;
 pub mod state_machine;
 #[cfg(feature = "testing")]

@@ -45,6 +45,7 @@ use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
+use crate::reachability::{self, Reachability};
 use crate::types::{LogId, Node, NodeId, TypeConfig, Vote};
 
 /// Largest gRPC message between nodes, in bytes (both directions).
@@ -80,6 +81,8 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, 
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, PeerChannel>>>,
+    /// Each peer's reachability, shared by all its clients, for the log.
+    reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
 }
 
 /// The shared connection to one peer, and the address it was made for.
@@ -122,18 +125,25 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         });
-        PeerClient { client, inflight: None }
+        PeerClient {
+            target,
+            client,
+            inflight: None,
+            reachability: Arc::clone(&self.reachability),
+        }
     }
 }
 
 /// One peer's RPC client (a handle on the peer's shared connection).
 /// openraft keeps one per replication stream and calls it sequentially.
 pub struct PeerClient {
+    target: NodeId,
     /// The client, or why none could be made (a malformed address).
     client: Result<RaftClient<Channel>, String>,
     /// An append-entries call still running after openraft stopped waiting
     /// for it (see the module docs).
     inflight: Option<InflightAppend>,
+    reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
 }
 
 /// An append-entries call running in its own task.
@@ -190,6 +200,24 @@ pub fn append_deadline(base: Duration, bytes: usize) -> Duration {
 }
 
 impl PeerClient {
+    /// Records whether a call reached the peer, logging a change.
+    fn note<T, E: std::error::Error>(&self, result: &Result<T, RPCError<NodeId, Node, E>>) {
+        let outcome = match result {
+            Err(RPCError::Unreachable(e)) => Err(e.to_string()),
+            Err(RPCError::Network(e)) => Err(e.to_string()),
+            _ => Ok(()),
+        };
+        let report = self
+            .reachability
+            .lock()
+            .entry(self.target)
+            .or_default()
+            .record(std::time::Instant::now(), outcome);
+        if let Some(report) = report {
+            reachability::log(self.target, &report);
+        }
+    }
+
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
         self.client
             .clone()
@@ -295,8 +323,9 @@ fn decode_error<E: std::error::Error>(e: &codec::CodecError) -> RPCError<NodeId,
     RPCError::Network(NetworkError::new(e))
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
-    async fn append_entries(
+impl PeerClient {
+    /// An append-entries call (see the module docs on big ones).
+    async fn send_append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
@@ -330,7 +359,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn send_vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
         let mut request = tonic::Request::new(pb::VoteRequest {
             vote: Some(codec::vote_to_pb(&rpc.vote)),
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
@@ -343,6 +372,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             vote_granted: reply.vote_granted,
             last_log_id: codec::opt_log_id_from_pb(reply.last_log_id.as_ref()).map_err(|e| decode_error(&e))?,
         })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let result = self.send_append_entries(rpc, option).await;
+        self.note(&result);
+        result
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let result = self.send_vote(rpc, option).await;
+        self.note(&result);
+        result
     }
 
     /// Snapshots travel whole through [`full_snapshot`](Self::full_snapshot)

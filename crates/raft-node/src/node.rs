@@ -3,15 +3,20 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use openraft::error::Fatal;
 use openraft::{Config, SnapshotPolicy};
 use proto::kv::cluster_server::ClusterServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::config::NodeConfig;
 use crate::log_store::LogStore;
@@ -34,6 +39,10 @@ const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
 const PENDING_RESET_STREAMS_MAX: usize = 1024;
 /// Entries per append-entries message at most.
 const APPEND_ENTRIES_MAX: u64 = 1000;
+/// How long a node whose Raft stopped on a fatal error keeps answering
+/// (health `NOT_SERVING`, requests `UNAVAILABLE`) before it stops serving,
+/// in ms: time for health checkers and clients to move to another node.
+pub const FATAL_DRAIN_MS: u64 = 1000;
 
 /// Why a node could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +75,15 @@ pub enum NodeError {
     /// Raft stopped.
     #[error("raft: {0}")]
     Raft(String),
+    /// Raft stopped on a fatal error while serving (a full disk, a failed
+    /// fsync, a panic in its storage): the node stopped serving after
+    /// [`FATAL_DRAIN_MS`]. Restart it once the cause is fixed; it catches
+    /// up from its peers.
+    #[error("raft stopped on a fatal error: {reason}")]
+    Fatal {
+        /// openraft's error.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -145,6 +163,11 @@ impl KvNode {
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
     /// `listener` until `shutdown` resolves, then stops Raft.
+    ///
+    /// If Raft stops on its own (a fatal storage error), health turns
+    /// `NOT_SERVING` and KV requests are refused with `UNAVAILABLE` at once;
+    /// after [`FATAL_DRAIN_MS`] the server stops and this returns
+    /// [`NodeError::Fatal`].
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -155,9 +178,11 @@ impl KvNode {
         }
         let limits = self.config.limits.clone();
         let request_bytes_max = limits.request_bytes_max();
+        let stopped: Arc<OnceLock<String>> = Arc::default();
         let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
+        let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
         let admin = ClusterServer::new(AdminService::new(
             self.raft.clone(),
             self.engine.clone(),
@@ -172,6 +197,19 @@ impl KvNode {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let watch = tokio::spawn(watch_fatal(
+            self.raft.clone(),
+            health_reporter,
+            Arc::clone(&stopped),
+            drained,
+        ));
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = drained_rx => {}
+            }
+        };
         let incoming = incoming(listener);
         let served = Server::builder()
             // Every Raft RPC that times out during a partition resets its
@@ -185,6 +223,10 @@ impl KvNode {
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        watch.abort();
+        if let Some(reason) = stopped.get() {
+            return Err(NodeError::Fatal { reason: reason.clone() });
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
@@ -211,6 +253,52 @@ impl KvNode {
             }
         });
     }
+}
+
+/// Refuses every request with [`crate::service::status::node_stopped`]
+/// once `stopped` holds a reason.
+fn refuse_once_stopped(
+    stopped: Arc<OnceLock<String>>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request| match stopped.get() {
+        Some(reason) => Err(crate::service::status::node_stopped(reason)),
+        None => Ok(request),
+    }
+}
+
+/// Waits until Raft stops on its own; then records why in `stopped`, turns
+/// health `NOT_SERVING`, and after [`FATAL_DRAIN_MS`] fires `drained`.
+/// Returns quietly if Raft stops because it was told to.
+async fn watch_fatal(
+    raft: Raft,
+    health: HealthReporter,
+    stopped: Arc<OnceLock<String>>,
+    drained: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut metrics = raft.metrics();
+    let reason = loop {
+        let running = metrics.borrow_and_update().running_state.clone();
+        match running {
+            Ok(()) => {}
+            Err(Fatal::Stopped) => return,
+            Err(fatal) => break fatal.to_string(),
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    };
+    // Refuse first, then tell health checkers: no request is accepted by a
+    // node already known to be dead.
+    let _ = stopped.set(reason.clone());
+    health.set_not_serving::<KvServer<KvService>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    tracing::error!(
+        %reason,
+        drain_ms = FATAL_DRAIN_MS,
+        "raft stopped on a fatal error; health is NOT_SERVING and the node stops serving after the drain"
+    );
+    tokio::time::sleep(Duration::from_millis(FATAL_DRAIN_MS)).await;
+    let _ = drained.send(());
 }
 
 /// The connections a node accepts, with Nagle's algorithm off on each.
@@ -298,6 +386,25 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn once_stopped_every_kv_request_is_refused_as_unavailable_with_the_reason() {
+        // A node whose Raft died must send clients elsewhere, saying why.
+        let stopped: Arc<OnceLock<String>> = Arc::default();
+        let mut interceptor = refuse_once_stopped(Arc::clone(&stopped));
+        assert!(interceptor(tonic::Request::new(())).is_ok(), "a healthy node serves");
+        stopped.set("No space left on device".into()).expect("set once");
+        let status = interceptor(tonic::Request::new(())).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("No space left on device"), "{status:?}");
+        assert!(
+            status
+                .metadata()
+                .get(crate::service::status::NOT_APPLIED_HEADER)
+                .is_some(),
+            "refused before Raft: certainly not applied"
+        );
+    }
 
     #[test]
     fn a_data_directory_is_locked_by_one_holder_at_a_time() {

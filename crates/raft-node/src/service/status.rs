@@ -8,7 +8,10 @@
 //! - refusals made before proposing also carry `x-kv-not-applied: 1`, so a
 //!   client knows the write did not happen (a write whose leader stepped
 //!   down after proposing it may still commit);
-//! - a failing disk: `INTERNAL`.
+//! - a failing disk: `INTERNAL`;
+//! - a node whose Raft stopped on a fatal storage error (full disk, failed
+//!   fsync): `UNAVAILABLE` naming the error, `x-kv-not-applied: 1`, until
+//!   the node exits (see [`node_stopped`]).
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::metadata::MetadataValue;
@@ -72,6 +75,15 @@ pub fn from_read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>
         }
         RaftError::Fatal(fatal) => Status::unavailable(format!("raft stopped: {fatal}")),
     }
+}
+
+/// The refusal of every KV request once this node's Raft stopped on a
+/// fatal error (a full disk, a failed fsync): the request was refused
+/// before it reached Raft, and another node can serve it.
+pub fn node_stopped(reason: &str) -> Status {
+    not_applied(Status::unavailable(format!(
+        "this node stopped on a fatal storage error and is exiting: {reason}"
+    )))
 }
 
 /// Maps an engine failure.
