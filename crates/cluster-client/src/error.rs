@@ -84,6 +84,16 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// The server sent a reply that breaks the protocol (for example a
+    /// Range page whose `next_start` is not past its last key). Nothing is
+    /// retried: the node is misbehaving, not unavailable.
+    #[error("{request} reply breaks the protocol: {reason}")]
+    Protocol {
+        /// The request whose reply was wrong.
+        request: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The server answered with a status outside the retry contract
     /// (e.g. FAILED_PRECONDITION for a second Initialize, NOT_FOUND,
     /// INTERNAL for a failing disk).
@@ -101,9 +111,11 @@ impl Error {
             }
             // Unavailable is never produced for a write; the rest are not
             // covered by the server's contract, so assume the worst.
-            Error::Unknown { .. } | Error::SessionExpired { .. } | Error::Unavailable { .. } | Error::Other(_) => {
-                Outcome::Unknown
-            }
+            Error::Unknown { .. }
+            | Error::SessionExpired { .. }
+            | Error::Unavailable { .. }
+            | Error::Protocol { .. }
+            | Error::Other(_) => Outcome::Unknown,
         }
     }
 }

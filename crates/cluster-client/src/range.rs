@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio_stream::Stream;
 
 use crate::client::{Client, Consistency, Page};
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 type PageFuture = Pin<Box<dyn Future<Output = Result<Page>> + Send>>;
 
@@ -24,6 +24,8 @@ pub struct RangeStream {
     consistency: Consistency,
     /// The start of the next page to fetch; `None` when no page is left.
     next_start: Option<Bytes>,
+    /// The start of the page being fetched, to check the reply against.
+    fetching_start: Bytes,
     buffered: VecDeque<(Bytes, Bytes)>,
     fetching: Option<PageFuture>,
 }
@@ -55,6 +57,7 @@ impl Client {
             page_size: self.inner.range_page_size,
             consistency,
             next_start: Some(start.into()),
+            fetching_start: Bytes::new(),
             buffered: VecDeque::new(),
             fetching: None,
         }
@@ -76,11 +79,15 @@ impl Stream for RangeStream {
                     Poll::Ready(page) => page,
                 };
                 this.fetching = None;
+                let page = page.and_then(|page| {
+                    check_page(&this.fetching_start, &this.end, &page).map_err(|reason| Error::Protocol {
+                        request: "Range",
+                        reason,
+                    })?;
+                    Ok(page)
+                });
                 match page {
                     Ok(page) => {
-                        if let (Some(next), Some((last, _))) = (&page.next_start, page.pairs.last()) {
-                            assert!(next > last, "a range page's next_start is not past its last key");
-                        }
                         this.buffered.extend(page.pairs);
                         this.next_start = page.next_start;
                         continue;
@@ -94,11 +101,86 @@ impl Stream for RangeStream {
             let Some(start) = this.next_start.take() else {
                 return Poll::Ready(None);
             };
+            this.fetching_start = start.clone();
             let client = this.client.clone();
             let (end, limit, consistency) = (this.end.clone(), this.page_size, this.consistency);
             this.fetching = Some(Box::pin(async move {
                 client.range_page(start, end, limit, consistency).await
             }));
         }
+    }
+}
+
+/// Why a page the server sent for `start <= key < end` cannot be right, if
+/// it cannot: keys out of order or outside the range, or a `next_start`
+/// that would not move the stream forward (which would loop forever or
+/// repeat pairs).
+fn check_page(start: &Bytes, end: &Bytes, page: &Page) -> Result<(), String> {
+    let mut previous: Option<&Bytes> = None;
+    for (key, _) in &page.pairs {
+        if key < start || (!end.is_empty() && key >= end) {
+            return Err(format!(
+                "key {key:?} is outside the requested range [{start:?}, {end:?})"
+            ));
+        }
+        if let Some(previous) = previous.filter(|previous| key <= *previous) {
+            return Err(format!(
+                "key {key:?} follows {previous:?}: keys are not in ascending order"
+            ));
+        }
+        previous = Some(key);
+    }
+    if let Some(next) = &page.next_start {
+        // An empty page may resume past the requested start, never at it.
+        let floor = previous.unwrap_or(start);
+        if next <= floor {
+            return Err(format!(
+                "next_start {next:?} is not past {floor:?}, so the range would not advance"
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(keys: &[&'static str], next: Option<&'static str>) -> Page {
+        Page {
+            pairs: keys.iter().map(|k| (Bytes::from(*k), Bytes::new())).collect(),
+            next_start: next.map(Bytes::from),
+        }
+    }
+
+    fn check(start: &'static str, end: &'static str, page: &Page) -> Result<(), String> {
+        check_page(&Bytes::from(start), &Bytes::from(end), page)
+    }
+
+    #[test]
+    fn well_formed_pages_pass() {
+        // The pages a correct server sends, including an empty page that resumes later.
+        assert!(check("a", "z", &page(&["a", "b"], Some("c"))).is_ok());
+        assert!(check("a", "", &page(&["a", "b"], None)).is_ok());
+        assert!(check("", "", &page(&[], Some("m"))).is_ok());
+        assert!(check("b", "z", &page(&["b"], Some("b\0"))).is_ok());
+    }
+
+    #[test]
+    fn a_page_that_would_not_advance_is_refused() {
+        // A next_start at or before the last key repeats pairs or loops forever.
+        assert!(check("a", "z", &page(&["a", "b"], Some("b"))).is_err());
+        assert!(check("a", "z", &page(&["a", "b"], Some("a"))).is_err());
+        assert!(check("m", "z", &page(&[], Some("m"))).is_err());
+        assert!(check("", "", &page(&[], Some(""))).is_err());
+    }
+
+    #[test]
+    fn keys_out_of_order_or_out_of_range_are_refused() {
+        // A caller relies on the order and bounds of what the stream yields.
+        assert!(check("a", "z", &page(&["b", "a"], None)).is_err());
+        assert!(check("a", "z", &page(&["b", "b"], None)).is_err());
+        assert!(check("c", "z", &page(&["b"], None)).is_err());
+        assert!(check("a", "c", &page(&["c"], None)).is_err());
     }
 }

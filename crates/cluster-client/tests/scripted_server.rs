@@ -44,6 +44,8 @@ struct Scripted {
     calls: Mutex<u32>,
     /// Sessions opened (answered outside the script, ids 77, 78, ...).
     opens: Mutex<u64>,
+    /// What every Range answered with `Ok` returns.
+    range_reply: Mutex<api::RangeResponse>,
 }
 
 impl Scripted {
@@ -54,6 +56,7 @@ impl Scripted {
             seen: Mutex::new(Vec::new()),
             calls: Mutex::new(0),
             opens: Mutex::new(0),
+            range_reply: Mutex::new(api::RangeResponse::default()),
         })
     }
 
@@ -126,7 +129,8 @@ impl Kv for Shared {
         self.0.answer(None, reply).await
     }
     async fn range(&self, _request: Request<api::RangeRequest>) -> Result<Response<api::RangeResponse>, Status> {
-        self.0.answer(None, api::RangeResponse::default()).await
+        let reply = self.0.range_reply.lock().clone();
+        self.0.answer(None, reply).await
     }
     async fn batch_put(&self, request: Request<api::BatchPutRequest>) -> Result<Response<api::WriteResponse>, Status> {
         self.0.answer(request.into_inner().write_id, written(8)).await
@@ -357,4 +361,36 @@ async fn a_write_with_an_unknown_outcome_can_be_retried_later_as_the_same_write(
     let last = seen.last().expect("writes seen");
     assert_eq!((last.client_id, last.sequence), (client_id, sequence));
     assert_eq!(last.first_unanswered, sequence, "still unanswered while held");
+}
+
+#[tokio::test]
+async fn a_range_page_that_does_not_advance_is_a_protocol_error_not_a_panic() {
+    // The client must not trust the server: a next_start at the last key
+    // would repeat pairs forever; the stream reports it once and ends.
+    use tokio_stream::StreamExt;
+    let node = Scripted::new(vec![], Step::Ok);
+    *node.range_reply.lock() = api::RangeResponse {
+        pairs: vec![
+            api::KeyValue {
+                key: "a".into(),
+                value: "1".into(),
+            },
+            api::KeyValue {
+                key: "b".into(),
+                value: "2".into(),
+            },
+        ],
+        next_start: "b".into(),
+    };
+    let addr = serve(&node).await;
+    let client = fast_client(&[&addr]);
+    let results: Vec<_> = client.range("", "").collect().await;
+    assert_eq!(results.len(), 1, "one error, then the stream ends: {results:?}");
+    let error = results
+        .into_iter()
+        .next()
+        .expect("one item")
+        .expect_err("a protocol error");
+    assert!(matches!(error, Error::Protocol { request: "Range", .. }), "{error:?}");
+    assert_eq!(node.calls(), 1, "a broken reply is not retried");
 }

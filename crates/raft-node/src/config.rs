@@ -76,7 +76,8 @@ impl Limits {
 #[derive(Debug, Clone)]
 pub struct RaftTiming {
     /// Leader heartbeat period, in ms. Default 100. Also the deadline of
-    /// each append-entries call.
+    /// each heartbeat; an append-entries call carrying entries gets more
+    /// time by its size (see `network`).
     pub heartbeat_ms: u64,
     /// Lower bound of the election timeout, in ms. Default 200.
     ///

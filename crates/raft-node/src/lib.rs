@@ -8,6 +8,7 @@
 //! - `log_store`: the Raft log (segment files, group commit).
 //! - `state_machine`: commands applied to the engine; snapshots.
 //! - `network`: the Raft transport to peers (gRPC client).
+//! - `reachability`: which peers the leader reaches, logged once per change.
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
 //! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
 //! - `config`: node configuration and request limits.
@@ -19,6 +20,7 @@ pub mod config;
 pub mod log_store;
 pub mod network;
 pub mod node;
+pub mod reachability;
 pub mod service;
 mod snapshot_trigger;
 pub mod state_machine;

@@ -7,13 +7,21 @@
 //!
 //! Every flag has an environment fallback (`KV_NODE_ID`, `KV_LISTEN`, ...).
 //! SIGTERM or SIGINT stops the node gracefully.
+//!
+//! Exit status: 0 after a requested stop; [`FATAL_EXIT_STATUS`] when Raft
+//! stopped on a fatal storage error (a full disk, a failed fsync), after
+//! a short drain with health `NOT_SERVING`: fix the cause and restart the
+//! node, it catches up from its peers; 1 for any other failure.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use raft_node::{KvNode, Limits, NodeConfig, RaftTiming};
+use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming};
+
+/// The exit status after Raft stopped on a fatal storage error.
+const FATAL_EXIT_STATUS: i32 = 3;
 
 /// One node of the replicated key/value database.
 #[derive(Parser, Debug)]
@@ -66,7 +74,14 @@ struct Args {
     #[arg(long, env = "KV_BLOCK_CACHE_MB", default_value_t = 128)]
     block_cache_mb: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `raft_node=debug`.
-    #[arg(long, env = "KV_LOG", default_value = "info,openraft=warn")]
+    /// openraft's replication streams log every failed call to a peer (tens a
+    /// second while one is down); they are off by default, and the node logs
+    /// each peer's reachability changes instead (`raft_node::reachability`).
+    #[arg(
+        long,
+        env = "KV_LOG",
+        default_value = "info,openraft=warn,openraft::replication=off,openraft::engine::handler::replication_handler=off"
+    )]
     log: String,
 }
 
@@ -139,7 +154,18 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("cannot start node {} on {}", args.id, args.data_dir.display()))?;
     tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "serving");
-    node.serve(listener, shutdown_signal()).await.context("serving")?;
-    tracing::info!("stopped");
-    Ok(())
+    match node.serve(listener, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Err(NodeError::Fatal { reason }) => {
+            tracing::error!(
+                data_dir = %args.data_dir.display(),
+                "exiting with status {FATAL_EXIT_STATUS}: raft stopped on a fatal storage error: {reason}"
+            );
+            std::process::exit(FATAL_EXIT_STATUS)
+        }
+        Err(error) => Err(error).context("serving"),
+    }
 }

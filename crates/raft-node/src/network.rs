@@ -4,6 +4,23 @@
 //! for it; connections are lazy (openraft's `new_client` cannot fail) and
 //! re-established by tonic. A peer that cannot be reached is reported as
 //! `Unreachable`, which makes openraft back off instead of spinning.
+//!
+//! # Big append-entries
+//!
+//! openraft 0.9 bounds an append-entries message by entry count only and
+//! gives every call the heartbeat period (~100 ms) as its deadline. Entries
+//! can be 16 MiB each, so this transport adds what a follower needs to
+//! catch up from the log:
+//! - a message carries at most [`APPEND_ENTRIES_BYTES_MAX`] of encoded
+//!   entries (at least one entry); a longer run is cut and answered with
+//!   `PartialSuccess`, and openraft sends the rest at once;
+//! - a message the transport or the peer finds too large (`OUT_OF_RANGE`,
+//!   `RESOURCE_EXHAUSTED`) or that misses its deadline is reported as
+//!   `PayloadTooLarge` with half as many entries, so openraft splits it;
+//! - a call's deadline grows with its size ([`append_deadline`]). Such a
+//!   call outlives openraft's per-call timeout: it runs in its own task,
+//!   and openraft's retry of the same entries waits for it instead of
+//!   sending them again. Heartbeats still go out meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,16 +37,30 @@ use openraft::raft::{
 };
 use openraft::{AnyError, Snapshot};
 use parking_lot::Mutex;
+use prost::Message;
 use proto::raft as pb;
 use proto::raft::raft_client::RaftClient;
 use tokio::io::AsyncReadExt;
+use tokio::task::JoinHandle;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::codec;
-use crate::types::{Node, NodeId, TypeConfig, Vote};
+use crate::reachability::{self, Reachability};
+use crate::types::{LogId, Node, NodeId, TypeConfig, Vote};
 
 /// Largest gRPC message between nodes, in bytes (both directions).
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 64 << 20;
+/// Encoded entries per append-entries message at most, in bytes; a single
+/// larger entry travels alone. Small enough that a message takes a fraction
+/// of a second on a slow link, large enough to amortize the round trip.
+pub const APPEND_ENTRIES_BYTES_MAX: usize = 4 << 20;
+/// The slowest rate, in bytes per second, at which a follower is assumed to
+/// receive and persist entries: each append-entries call gets the heartbeat
+/// deadline plus its size at this rate.
+const APPEND_ENTRIES_BYTES_PER_S_MIN: u64 = 4 << 20;
+/// The longest deadline of one append-entries call, in ms.
+const APPEND_ENTRIES_DEADLINE_MS_MAX: u64 = 30_000;
+const _: () = assert!(APPEND_ENTRIES_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX);
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// How long connecting to a peer may take.
@@ -50,6 +81,8 @@ type RpcResult<T, E = openraft::error::Infallible> = Result<T, RPCError<NodeId, 
 #[derive(Debug, Clone, Default)]
 pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, PeerChannel>>>,
+    /// Each peer's reachability, shared by all its clients, for the log.
+    reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
 }
 
 /// The shared connection to one peer, and the address it was made for.
@@ -92,17 +125,99 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
         });
-        PeerClient { client }
+        PeerClient {
+            target,
+            client,
+            inflight: None,
+            reachability: Arc::clone(&self.reachability),
+        }
     }
 }
 
 /// One peer's RPC client (a handle on the peer's shared connection).
+/// openraft keeps one per replication stream and calls it sequentially.
 pub struct PeerClient {
+    target: NodeId,
     /// The client, or why none could be made (a malformed address).
     client: Result<RaftClient<Channel>, String>,
+    /// An append-entries call still running after openraft stopped waiting
+    /// for it (see the module docs).
+    inflight: Option<InflightAppend>,
+    reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
+}
+
+/// An append-entries call running in its own task.
+struct InflightAppend {
+    vote: Vote,
+    prev_log_id: Option<LogId>,
+    /// The last entry sent.
+    last_log_id: LogId,
+    /// Entries sent.
+    entries: usize,
+    reply: JoinHandle<Result<pb::AppendEntriesResponse, tonic::Status>>,
+}
+
+impl InflightAppend {
+    /// Whether this call answers `rpc` too: same leader, same starting
+    /// point, and it sent a prefix of `rpc`'s entries.
+    fn serves(&self, rpc: &AppendEntriesRequest<TypeConfig>) -> bool {
+        self.vote == rpc.vote
+            && self.prev_log_id == rpc.prev_log_id
+            && rpc.entries.iter().any(|entry| entry.log_id == self.last_log_id)
+    }
+}
+
+impl Drop for PeerClient {
+    fn drop(&mut self) {
+        if let Some(inflight) = self.inflight.take() {
+            inflight.reply.abort();
+        }
+    }
+}
+
+/// How many of the leading entries of encoded `sizes` fit in `bytes_max`:
+/// at least one (a larger entry travels alone), none only if there are none.
+pub fn entries_within(sizes: impl IntoIterator<Item = usize>, bytes_max: usize) -> usize {
+    let mut total_bytes = 0usize;
+    let mut count = 0usize;
+    for size in sizes {
+        total_bytes = total_bytes.saturating_add(size);
+        if count > 0 && total_bytes > bytes_max {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The deadline of an append-entries call of `bytes`: openraft's deadline
+/// (`base`) plus the time to move `bytes` at
+/// [`APPEND_ENTRIES_BYTES_PER_S_MIN`], at most
+/// [`APPEND_ENTRIES_DEADLINE_MS_MAX`].
+pub fn append_deadline(base: Duration, bytes: usize) -> Duration {
+    let transfer_ms = (bytes as u64).saturating_mul(1000) / APPEND_ENTRIES_BYTES_PER_S_MIN;
+    (base + Duration::from_millis(transfer_ms)).min(Duration::from_millis(APPEND_ENTRIES_DEADLINE_MS_MAX))
 }
 
 impl PeerClient {
+    /// Records whether a call reached the peer, logging a change.
+    fn note<T, E: std::error::Error>(&self, result: &Result<T, RPCError<NodeId, Node, E>>) {
+        let outcome = match result {
+            Err(RPCError::Unreachable(e)) => Err(e.to_string()),
+            Err(RPCError::Network(e)) => Err(e.to_string()),
+            _ => Ok(()),
+        };
+        let report = self
+            .reachability
+            .lock()
+            .entry(self.target)
+            .or_default()
+            .record(std::time::Instant::now(), outcome);
+        if let Some(report) = report {
+            reachability::log(self.target, &report);
+        }
+    }
+
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
         self.client
             .clone()
@@ -110,7 +225,8 @@ impl PeerClient {
     }
 }
 
-/// Maps a failed call to what openraft should do about it.
+/// Maps a failed call that carried `entries` to what openraft should do
+/// about it.
 fn rpc_error<E: std::error::Error>(
     status: &tonic::Status,
     entries: usize,
@@ -118,57 +234,132 @@ fn rpc_error<E: std::error::Error>(
     match status.code() {
         // Refused or dropped connections, and a peer that is shutting down.
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
-        tonic::Code::ResourceExhausted if entries > 1 => {
+        // tonic reports a message over a size limit (ours when encoding,
+        // the peer's when decoding) as OUT_OF_RANGE, some peers and proxies
+        // as RESOURCE_EXHAUSTED; a call that missed a deadline sized for
+        // its payload was too large for the link. Either way: fewer entries.
+        tonic::Code::OutOfRange | tonic::Code::ResourceExhausted | tonic::Code::DeadlineExceeded if entries > 1 => {
             RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint((entries / 2) as u64))
         }
         _ => RPCError::Network(NetworkError::new(status)),
     }
 }
 
+/// The message for `rpc` carrying `entries`.
+fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::Entry>) -> pb::AppendEntriesRequest {
+    pb::AppendEntriesRequest {
+        vote: Some(codec::vote_to_pb(&rpc.vote)),
+        prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
+        entries,
+        leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
+    }
+}
+
+/// Starts sending the leading entries of `rpc` that fit in
+/// [`APPEND_ENTRIES_BYTES_MAX`], in a task of its own with a deadline sized
+/// for them.
+fn start_append(
+    mut client: RaftClient<Channel>,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    base: Duration,
+) -> InflightAppend {
+    let encoded: Vec<pb::Entry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
+    let count = entries_within(encoded.iter().map(Message::encoded_len), APPEND_ENTRIES_BYTES_MAX);
+    let mut entries = encoded;
+    entries.truncate(count);
+    let bytes: usize = entries.iter().map(Message::encoded_len).sum();
+    // `entries_within` keeps at least one of the (non-empty) entries.
+    let last_log_id = rpc.entries[count - 1].log_id;
+    let deadline = append_deadline(base, bytes);
+    let mut request = tonic::Request::new(append_message(rpc, entries));
+    request.set_timeout(deadline);
+    let reply = tokio::spawn(async move {
+        match tokio::time::timeout(deadline, client.append_entries(request)).await {
+            Ok(reply) => reply.map(tonic::Response::into_inner),
+            Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
+                "append-entries of {bytes} bytes took longer than {} ms",
+                deadline.as_millis()
+            ))),
+        }
+    });
+    InflightAppend {
+        vote: rpc.vote,
+        prev_log_id: rpc.prev_log_id,
+        last_log_id,
+        entries: count,
+        reply,
+    }
+}
+
+/// Decodes a follower's answer. `cut_at`: the last entry sent when fewer
+/// entries were sent than openraft asked for, so a success is partial.
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's RaftNetwork returns its RPCError unboxed"
+)]
+fn append_reply(reply: pb::AppendEntriesResponse, cut_at: Option<LogId>) -> RpcResult<AppendEntriesResponse<NodeId>> {
+    let result = reply.result.ok_or_else(|| {
+        decode_error(&codec::CodecError {
+            what: "AppendEntriesResponse",
+            reason: "no result",
+        })
+    })?;
+    Ok(match result {
+        pb::append_entries_response::Result::Success(_) => match cut_at {
+            None => AppendEntriesResponse::Success,
+            Some(last_sent) => AppendEntriesResponse::PartialSuccess(Some(last_sent)),
+        },
+        pb::append_entries_response::Result::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(
+            codec::opt_log_id_from_pb(p.matching.as_ref()).map_err(|e| decode_error(&e))?,
+        ),
+        pb::append_entries_response::Result::Conflict(_) => AppendEntriesResponse::Conflict,
+        pb::append_entries_response::Result::HigherVote(v) => {
+            AppendEntriesResponse::HigherVote(codec::vote_from_pb(Some(&v)).map_err(|e| decode_error(&e))?)
+        }
+    })
+}
+
 fn decode_error<E: std::error::Error>(e: &codec::CodecError) -> RPCError<NodeId, Node, RaftError<NodeId, E>> {
     RPCError::Network(NetworkError::new(e))
 }
 
-impl RaftNetwork<TypeConfig> for PeerClient {
-    async fn append_entries(
+impl PeerClient {
+    /// An append-entries call (see the module docs on big ones).
+    async fn send_append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>> {
-        let entries = rpc.entries.len();
-        let message = pb::AppendEntriesRequest {
-            vote: Some(codec::vote_to_pb(&rpc.vote)),
-            prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
-            entries: rpc.entries.iter().map(codec::entry_to_pb).collect(),
-            leader_commit: codec::opt_log_id_to_pb(rpc.leader_commit.as_ref()),
-        };
-        let mut request = tonic::Request::new(message);
-        request.set_timeout(option.hard_ttl());
         let mut client = self.client().map_err(RPCError::Unreachable)?;
-        let reply = client
-            .append_entries(request)
-            .await
-            .map_err(|s| rpc_error(&s, entries))?
-            .into_inner();
-        let result = reply.result.ok_or_else(|| {
-            decode_error(&codec::CodecError {
-                what: "AppendEntriesResponse",
-                reason: "no result",
-            })
-        })?;
-        Ok(match result {
-            pb::append_entries_response::Result::Success(_) => AppendEntriesResponse::Success,
-            pb::append_entries_response::Result::PartialSuccess(p) => AppendEntriesResponse::PartialSuccess(
-                codec::opt_log_id_from_pb(p.matching.as_ref()).map_err(|e| decode_error(&e))?,
-            ),
-            pb::append_entries_response::Result::Conflict(_) => AppendEntriesResponse::Conflict,
-            pb::append_entries_response::Result::HigherVote(v) => {
-                AppendEntriesResponse::HigherVote(codec::vote_from_pb(Some(&v)).map_err(|e| decode_error(&e))?)
+        if rpc.entries.is_empty() {
+            // A heartbeat: small, and never held up by a big call in flight.
+            let mut request = tonic::Request::new(append_message(&rpc, Vec::new()));
+            request.set_timeout(option.hard_ttl());
+            let reply = client.append_entries(request).await.map_err(|s| rpc_error(&s, 0))?;
+            return append_reply(reply.into_inner(), None);
+        }
+        if !self.inflight.as_ref().is_some_and(|inflight| inflight.serves(&rpc)) {
+            if let Some(stale) = self.inflight.take() {
+                stale.reply.abort();
             }
-        })
+            self.inflight = Some(start_append(client, &rpc, option.hard_ttl()));
+        }
+        let Some(inflight) = self.inflight.as_mut() else {
+            unreachable!("an append-entries call was just found or started");
+        };
+        // If openraft's own deadline drops this future here, the call goes
+        // on in its task and openraft's retry of these entries joins it.
+        let joined = (&mut inflight.reply).await;
+        let (last_sent, sent) = (inflight.last_log_id, inflight.entries);
+        self.inflight = None;
+        let reply = joined
+            .unwrap_or_else(|join_error| Err(tonic::Status::cancelled(join_error.to_string())))
+            .map_err(|s| rpc_error(&s, sent))?;
+        let requested_last = rpc.entries.last().map(|entry| entry.log_id);
+        append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent))
     }
 
-    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+    async fn send_vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
         let mut request = tonic::Request::new(pb::VoteRequest {
             vote: Some(codec::vote_to_pb(&rpc.vote)),
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
@@ -181,6 +372,24 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             vote_granted: reply.vote_granted,
             last_log_id: codec::opt_log_id_from_pb(reply.last_log_id.as_ref()).map_err(|e| decode_error(&e))?,
         })
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> RpcResult<AppendEntriesResponse<NodeId>> {
+        let result = self.send_append_entries(rpc, option).await;
+        self.note(&result);
+        result
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<NodeId>, option: RPCOption) -> RpcResult<VoteResponse<NodeId>> {
+        let result = self.send_vote(rpc, option).await;
+        self.note(&result);
+        result
     }
 
     /// Snapshots travel whole through [`full_snapshot`](Self::full_snapshot)
@@ -266,6 +475,53 @@ impl RaftNetwork<TypeConfig> for PeerClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_holds_the_entries_that_fit_and_never_none() {
+        // A 16 MiB entry must still travel, alone; small ones share a message.
+        const MIB: usize = 1 << 20;
+        assert_eq!(entries_within([16 * MIB, 1], 4 * MIB), 1);
+        assert_eq!(entries_within([MIB, MIB, MIB, MIB, MIB], 4 * MIB), 4);
+        assert_eq!(entries_within([MIB; 3], 4 * MIB), 3);
+        assert_eq!(entries_within([], 4 * MIB), 0);
+    }
+
+    #[test]
+    fn the_deadline_grows_with_the_payload_up_to_a_bound() {
+        // A heartbeat-sized deadline cannot carry 16 MiB to a busy follower.
+        let base = Duration::from_millis(100);
+        assert_eq!(append_deadline(base, 0), base);
+        let sixteen_mib = append_deadline(base, 16 << 20);
+        assert!(sixteen_mib >= Duration::from_secs(4), "{sixteen_mib:?}");
+        assert_eq!(
+            append_deadline(base, usize::MAX),
+            Duration::from_millis(APPEND_ENTRIES_DEADLINE_MS_MAX)
+        );
+    }
+
+    #[test]
+    fn too_large_or_too_slow_messages_are_split_by_openraft() {
+        // tonic reports an oversized message as OUT_OF_RANGE, not RESOURCE_EXHAUSTED.
+        type E = RPCError<NodeId, Node, RaftError<NodeId>>;
+        for code in [
+            tonic::Code::OutOfRange,
+            tonic::Code::ResourceExhausted,
+            tonic::Code::DeadlineExceeded,
+        ] {
+            let error: E = rpc_error(&tonic::Status::new(code, "too large"), 10);
+            assert!(
+                matches!(error, RPCError::PayloadTooLarge(ref p) if p.entries_hint() == 5),
+                "{code:?}: {error:?}"
+            );
+            let single: E = rpc_error(&tonic::Status::new(code, "too large"), 1);
+            assert!(
+                matches!(single, RPCError::Network(_)),
+                "one entry cannot be split: {single:?}"
+            );
+        }
+        let refused: E = rpc_error(&tonic::Status::unavailable("refused"), 10);
+        assert!(matches!(refused, RPCError::Unreachable(_)));
+    }
 
     #[tokio::test]
     async fn clients_of_one_peer_share_its_channel_until_its_address_changes() {

@@ -3,15 +3,20 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
+use openraft::error::Fatal;
 use openraft::{Config, SnapshotPolicy};
 use proto::kv::cluster_server::ClusterServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
 
 use crate::config::NodeConfig;
 use crate::log_store::{LogStore, LogStoreOptions};
@@ -23,6 +28,10 @@ use crate::types::{Node as MemberNode, NodeId, Raft};
 
 /// The file that ties a data directory to one node id and format.
 const IDENTITY_FILE: &str = "NODE";
+/// The file at the top of a data directory that a running node holds an
+/// exclusive lock on (flock), so that no second process opens the same
+/// directory.
+pub const LOCK_FILE: &str = "LOCK";
 /// The data directory layout version this build reads and writes.
 const DATA_FORMAT_VERSION: u32 = 1;
 /// How long a snapshot transfer may take at most, in ms.
@@ -31,6 +40,10 @@ const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
 const PENDING_RESET_STREAMS_MAX: usize = 1024;
 /// Entries per append-entries message at most.
 const APPEND_ENTRIES_MAX: u64 = 1000;
+/// How long a node whose Raft stopped on a fatal error keeps answering
+/// (health `NOT_SERVING`, requests `UNAVAILABLE`) before it stops serving,
+/// in ms: time for health checkers and clients to move to another node.
+pub const FATAL_DRAIN_MS: u64 = 1000;
 
 /// Why a node could not start or serve.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +52,13 @@ pub enum NodeError {
     /// The configuration is unusable.
     #[error("configuration: {0}")]
     Config(String),
+    /// Another process (another `kv-node`, or a second node in this
+    /// process) holds the data directory's lock.
+    #[error("data directory {path} is in use: another process holds its lock file {LOCK_FILE} (is another kv-node running on it?)")]
+    DataDirLocked {
+        /// The directory.
+        path: String,
+    },
     /// The data directory belongs to another node or another format.
     #[error("data directory {path}: {reason}")]
     DataDir {
@@ -56,6 +76,15 @@ pub enum NodeError {
     /// Raft stopped.
     #[error("raft: {0}")]
     Raft(String),
+    /// Raft stopped on a fatal error while serving (a full disk, a failed
+    /// fsync, a panic in its storage): the node stopped serving after
+    /// [`FATAL_DRAIN_MS`]. Restart it once the cause is fixed; it catches
+    /// up from its peers.
+    #[error("raft stopped on a fatal error: {reason}")]
+    Fatal {
+        /// openraft's error.
+        reason: String,
+    },
     /// The gRPC server failed.
     #[error("gRPC server: {0}")]
     Serve(#[from] tonic::transport::Error),
@@ -67,6 +96,8 @@ pub struct KvNode {
     raft: Raft,
     engine: Engine,
     config: NodeConfig,
+    /// The data directory's lock, released when the last clone is dropped.
+    _lock: Arc<std::fs::File>,
 }
 
 impl KvNode {
@@ -75,6 +106,16 @@ impl KvNode {
         if config.id == 0 {
             return Err(NodeError::Config("node id 0 is reserved".into()));
         }
+        if config.limits.request_bytes_max() >= RAFT_MESSAGE_BYTES_MAX {
+            return Err(NodeError::Config(format!(
+                "a full batch ({} bytes) would not fit in one Raft message ({RAFT_MESSAGE_BYTES_MAX} bytes)",
+                config.limits.request_bytes_max()
+            )));
+        }
+        // The lock comes before anything in the directory is read: the log
+        // store deletes spare segments and truncates the last one on open,
+        // which would damage a node already running on this directory.
+        let lock = lock_data_dir(&config.data_dir)?;
         check_identity(&config.data_dir, config.id)?;
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
@@ -111,7 +152,12 @@ impl KvNode {
         // Snapshots by bytes too, besides openraft's entry count; the task
         // ends when Raft shuts down.
         snapshot_trigger::spawn(raft.clone(), log_reader, timing.snapshot_log_bytes_max);
-        Ok(KvNode { raft, engine, config })
+        Ok(KvNode {
+            raft,
+            engine,
+            config,
+            _lock: Arc::new(lock),
+        })
     }
 
     /// The Raft handle.
@@ -126,6 +172,11 @@ impl KvNode {
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
     /// `listener` until `shutdown` resolves, then stops Raft.
+    ///
+    /// If Raft stops on its own (a fatal storage error), health turns
+    /// `NOT_SERVING` and KV requests are refused with `UNAVAILABLE` at once;
+    /// after [`FATAL_DRAIN_MS`] the server stops and this returns
+    /// [`NodeError::Fatal`].
     pub async fn serve(
         &self,
         listener: TcpListener,
@@ -136,9 +187,11 @@ impl KvNode {
         }
         let limits = self.config.limits.clone();
         let request_bytes_max = limits.request_bytes_max();
+        let stopped: Arc<OnceLock<String>> = Arc::default();
         let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
+        let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
         let admin = ClusterServer::new(AdminService::new(
             self.raft.clone(),
             self.engine.clone(),
@@ -153,6 +206,19 @@ impl KvNode {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let watch = tokio::spawn(watch_fatal(
+            self.raft.clone(),
+            health_reporter,
+            Arc::clone(&stopped),
+            drained,
+        ));
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = drained_rx => {}
+            }
+        };
         let incoming = incoming(listener);
         let served = Server::builder()
             // Every Raft RPC that times out during a partition resets its
@@ -166,6 +232,10 @@ impl KvNode {
             .add_service(reflection)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
+        watch.abort();
+        if let Some(reason) = stopped.get() {
+            return Err(NodeError::Fatal { reason: reason.clone() });
+        }
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
@@ -194,6 +264,52 @@ impl KvNode {
     }
 }
 
+/// Refuses every request with [`crate::service::status::node_stopped`]
+/// once `stopped` holds a reason.
+fn refuse_once_stopped(
+    stopped: Arc<OnceLock<String>>,
+) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
+    move |request| match stopped.get() {
+        Some(reason) => Err(crate::service::status::node_stopped(reason)),
+        None => Ok(request),
+    }
+}
+
+/// Waits until Raft stops on its own; then records why in `stopped`, turns
+/// health `NOT_SERVING`, and after [`FATAL_DRAIN_MS`] fires `drained`.
+/// Returns quietly if Raft stops because it was told to.
+async fn watch_fatal(
+    raft: Raft,
+    health: HealthReporter,
+    stopped: Arc<OnceLock<String>>,
+    drained: tokio::sync::oneshot::Sender<()>,
+) {
+    let mut metrics = raft.metrics();
+    let reason = loop {
+        let running = metrics.borrow_and_update().running_state.clone();
+        match running {
+            Ok(()) => {}
+            Err(Fatal::Stopped) => return,
+            Err(fatal) => break fatal.to_string(),
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
+    };
+    // Refuse first, then tell health checkers: no request is accepted by a
+    // node already known to be dead.
+    let _ = stopped.set(reason.clone());
+    health.set_not_serving::<KvServer<KvService>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    tracing::error!(
+        %reason,
+        drain_ms = FATAL_DRAIN_MS,
+        "raft stopped on a fatal error; health is NOT_SERVING and the node stops serving after the drain"
+    );
+    tokio::time::sleep(Duration::from_millis(FATAL_DRAIN_MS)).await;
+    let _ = drained.send(());
+}
+
 /// The connections a node accepts, with Nagle's algorithm off on each.
 ///
 /// The server builder's own `tcp_nodelay` only covers listeners tonic binds
@@ -201,6 +317,30 @@ impl KvNode {
 /// read) waited for the client's delayed ACK: ~40 ms on one read in ten.
 fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
     TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Creates `data_dir` if needed and takes an exclusive, non-blocking lock
+/// on its lock file; the lock lasts as long as the returned file is open.
+fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, NodeError> {
+    let fail = |reason: String| NodeError::DataDir {
+        path: data_dir.display().to_string(),
+        reason,
+    };
+    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| fail(format!("cannot open {LOCK_FILE}: {e}")))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirLocked {
+            path: data_dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock {LOCK_FILE}: {e}"))),
+    }
 }
 
 /// Creates or checks the identity file, so a data directory is never
@@ -255,6 +395,38 @@ mod tests {
     use tokio_stream::StreamExt;
 
     use super::*;
+
+    #[test]
+    fn once_stopped_every_kv_request_is_refused_as_unavailable_with_the_reason() {
+        // A node whose Raft died must send clients elsewhere, saying why.
+        let stopped: Arc<OnceLock<String>> = Arc::default();
+        let mut interceptor = refuse_once_stopped(Arc::clone(&stopped));
+        assert!(interceptor(tonic::Request::new(())).is_ok(), "a healthy node serves");
+        stopped.set("No space left on device".into()).expect("set once");
+        let status = interceptor(tonic::Request::new(())).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("No space left on device"), "{status:?}");
+        assert!(
+            status
+                .metadata()
+                .get(crate::service::status::NOT_APPLIED_HEADER)
+                .is_some(),
+            "refused before Raft: certainly not applied"
+        );
+    }
+
+    #[test]
+    fn a_data_directory_is_locked_by_one_holder_at_a_time() {
+        // A second node on the same directory would truncate the first one's log.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data_dir = dir.path().join("node");
+        let held = lock_data_dir(&data_dir).expect("first lock");
+        let error = lock_data_dir(&data_dir).expect_err("second lock");
+        assert!(matches!(error, NodeError::DataDirLocked { .. }), "{error:?}");
+        assert!(error.to_string().contains(&data_dir.display().to_string()), "{error}");
+        drop(held);
+        lock_data_dir(&data_dir).expect("free again once the holder is gone");
+    }
 
     #[tokio::test]
     async fn accepted_connections_have_nagle_off() {

@@ -346,6 +346,7 @@ fn big_entry(term: u64, index: u64, value_bytes: usize) -> Entry {
             client_id: 7,
             sequence: index,
             first_unanswered: 0,
+            proposed_at_ms: 0,
         }),
     }
 }

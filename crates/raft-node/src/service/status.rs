@@ -13,7 +13,10 @@
 //!   the window): `FAILED_PRECONDITION` with `x-kv-session-expired: 1`; the
 //!   write's outcome is unknown, and it was not applied now;
 //! - a session with too many unanswered writes: `RESOURCE_EXHAUSTED`;
-//! - a failing disk: `INTERNAL`.
+//! - a failing disk: `INTERNAL`;
+//! - a node whose Raft stopped on a fatal storage error (full disk, failed
+//!   fsync): `UNAVAILABLE` naming the error, `x-kv-not-applied: 1`, until
+//!   the node exits (see [`node_stopped`]).
 
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use tonic::metadata::MetadataValue;
@@ -114,6 +117,15 @@ pub fn from_refusal(refusal: Refusal) -> Option<Status> {
             "too many sessions opened at once; retry after a backoff",
         ))),
     }
+}
+
+/// The refusal of every KV request once this node's Raft stopped on a
+/// fatal error (a full disk, a failed fsync): the request was refused
+/// before it reached Raft, and another node can serve it.
+pub fn node_stopped(reason: &str) -> Status {
+    not_applied(Status::unavailable(format!(
+        "this node stopped on a fatal storage error and is exiting: {reason}"
+    )))
 }
 
 /// Maps an engine failure.
