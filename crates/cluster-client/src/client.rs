@@ -158,7 +158,7 @@ impl ClientBuilder {
         }
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints: Endpoints::new(addrs, self.connect_timeout),
+                endpoints: Arc::new(Endpoints::new(addrs, self.connect_timeout)),
                 session: parking_lot::Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 request_timeout: self.request_timeout,
@@ -183,7 +183,7 @@ pub struct Client {
 
 #[derive(Debug)]
 pub(crate) struct Inner {
-    pub(crate) endpoints: Endpoints,
+    pub(crate) endpoints: Arc<Endpoints>,
     /// The session writes are numbered in; opened on the first write.
     pub(crate) session: parking_lot::Mutex<Option<Arc<Session>>>,
     /// Held while a session is being opened, so only one is.
@@ -221,6 +221,26 @@ impl Client {
     /// A builder, to change timeouts and backoff.
     pub fn builder(endpoints: impl IntoIterator<Item = impl Into<String>>) -> ClientBuilder {
         ClientBuilder::new(endpoints)
+    }
+
+    /// A client that shares this one's connections, cached leader and
+    /// settings but numbers its writes in a session of its own (opened at
+    /// its first write): for many independent writers over one set of
+    /// connections, each with its own window of unanswered writes.
+    pub fn with_new_session(&self) -> Client {
+        let inner = &self.inner;
+        Client {
+            inner: Arc::new(Inner {
+                endpoints: Arc::clone(&inner.endpoints),
+                session: parking_lot::Mutex::new(None),
+                opening: tokio::sync::Mutex::new(()),
+                request_timeout: inner.request_timeout,
+                attempt_timeout: inner.attempt_timeout,
+                backoff_min: inner.backoff_min,
+                backoff_max: inner.backoff_max,
+                range_page_size: inner.range_page_size,
+            }),
+        }
     }
 
     /// Every endpoint known: the given ones, then those learned from hints.

@@ -1,6 +1,7 @@
 //! `kvctl bench`: concurrent clients, a fixed number of operations, and a
 //! latency histogram.
 
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
-use cluster_client::{Client, Consistency};
+use cluster_client::{Client, Consistency, Error};
 use hdrhistogram::Histogram;
 
 use crate::cli::{BenchArgs, Workload};
@@ -39,7 +40,25 @@ fn value_of(size: usize, rng: &mut fastrand::Rng) -> Bytes {
 /// What one client task measured.
 struct TaskResult {
     histogram: Histogram<u64>,
-    errors: u64,
+    errors: ErrorMix,
+}
+
+/// Failed operations by kind.
+type ErrorMix = BTreeMap<String, u64>;
+
+/// A short name for the kind of `error`, for the error mix.
+fn error_kind(error: &Error) -> String {
+    match error {
+        Error::InvalidArgument(_) => "invalid_argument".to_owned(),
+        Error::NotApplied { last, .. } if last.contains("ResourceExhausted") => "resource_exhausted".to_owned(),
+        Error::NotApplied { .. } => "not_applied".to_owned(),
+        Error::Unknown { .. } => "unknown_outcome".to_owned(),
+        Error::SessionExpired { .. } => "session_expired".to_owned(),
+        Error::Unavailable { last, .. } if last.contains("ResourceExhausted") => "resource_exhausted".to_owned(),
+        Error::Unavailable { .. } => "unavailable".to_owned(),
+        Error::Other(status) => format!("{:?}", status.code()).to_lowercase(),
+        _ => "other".to_owned(),
+    }
 }
 
 /// `kvctl bench`.
@@ -57,22 +76,36 @@ pub async fn run(client: &Client, out: &Printer, args: &BenchArgs) -> Result<Exi
     }
     let errors_printed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
+    let until = args.duration_s.map(|s| started + Duration::from_secs(s));
     let mut tasks = tokio::task::JoinSet::new();
     for task in 0..args.clients {
         // Spread the operations: the first `ops % clients` tasks do one more.
         let ops = args.ops / args.clients + u64::from(task < args.ops % args.clients);
-        let (client, args, errors_printed) = (client.clone(), args.clone(), Arc::clone(&errors_printed));
-        tasks.spawn(async move { run_task(client, args, ops, key_size, value_size, errors_printed).await });
+        let client = if args.session_per_client {
+            client.with_new_session()
+        } else {
+            client.clone()
+        };
+        let (args, errors_printed) = (args.clone(), Arc::clone(&errors_printed));
+        let plan = Plan {
+            ops,
+            until,
+            key_size,
+            value_size,
+        };
+        tasks.spawn(async move { run_task(client, args, plan, errors_printed).await });
     }
     let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).context("histogram")?;
-    let mut errors = 0;
+    let mut errors = ErrorMix::new();
     while let Some(joined) = tasks.join_next().await {
         let result = joined.context("a bench task failed")??;
         histogram.add(&result.histogram).context("merging histograms")?;
-        errors += result.errors;
+        for (kind, count) in result.errors {
+            *errors.entry(kind).or_default() += count;
+        }
     }
     let seconds = started.elapsed().as_secs_f64();
-    report(out, args, &histogram, errors, seconds)?;
+    report(out, args, &histogram, &errors, seconds)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -108,19 +141,29 @@ async fn preload(client: &Client, args: &BenchArgs, key_size: usize, value_size:
     Ok(())
 }
 
-async fn run_task(
-    client: Client,
-    args: BenchArgs,
+/// What one client task does.
+struct Plan {
     ops: u64,
+    until: Option<Instant>,
     key_size: usize,
     value_size: usize,
-    errors_printed: Arc<AtomicU64>,
-) -> Result<TaskResult> {
+}
+
+async fn run_task(client: Client, args: BenchArgs, plan: Plan, errors_printed: Arc<AtomicU64>) -> Result<TaskResult> {
+    let Plan {
+        ops,
+        until,
+        key_size,
+        value_size,
+    } = plan;
     let mut histogram = Histogram::<u64>::new_with_bounds(1, LATENCY_US_MAX, 3).context("histogram")?;
     let mut rng = fastrand::Rng::new();
     let consistency = consistency_of(&args);
-    let mut errors = 0;
+    let mut errors = ErrorMix::new();
     for _ in 0..ops {
+        if until.is_some_and(|until| Instant::now() >= until) {
+            break;
+        }
         let key = key_of(rng.u64(0..args.keyspace), key_size);
         let write = match args.workload {
             Workload::Put => true,
@@ -141,7 +184,7 @@ async fn run_task(
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         histogram.saturating_record(micros.clamp(1, LATENCY_US_MAX));
         if let Err(error) = result {
-            errors += 1;
+            *errors.entry(error_kind(&error)).or_default() += 1;
             if errors_printed.fetch_add(1, Ordering::Relaxed) < ERRORS_PRINTED_MAX {
                 eprintln!("kvctl: bench: {error}");
             }
@@ -150,14 +193,15 @@ async fn run_task(
     Ok(TaskResult { histogram, errors })
 }
 
-fn report(out: &Printer, args: &BenchArgs, histogram: &Histogram<u64>, errors: u64, seconds: f64) -> Result<()> {
+fn report(out: &Printer, args: &BenchArgs, histogram: &Histogram<u64>, mix: &ErrorMix, seconds: f64) -> Result<()> {
+    let errors: u64 = mix.values().sum();
     let ms = |micros: u64| Duration::from_micros(micros).as_secs_f64() * 1000.0;
     let quantile = |q: f64| ms(histogram.value_at_quantile(q));
     let ops = histogram.len();
     let throughput = if seconds > 0.0 { ops as f64 / seconds } else { 0.0 };
     let json = serde_json::json!({
         "workload": format!("{:?}", args.workload).to_lowercase(),
-        "clients": args.clients, "ops": ops, "errors": errors, "seconds": seconds,
+        "clients": args.clients, "ops": ops, "errors": errors, "error_mix": mix, "seconds": seconds,
         "ops_per_sec": throughput,
         "latency_ms": {
             "p50": quantile(0.5), "p90": quantile(0.9), "p99": quantile(0.99),
@@ -175,6 +219,12 @@ fn report(out: &Printer, args: &BenchArgs, histogram: &Histogram<u64>, errors: u
         quantile(0.999),
         ms(histogram.max()),
     );
+    let text = if mix.is_empty() {
+        text
+    } else {
+        let kinds: Vec<String> = mix.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        format!("{text}\nerrors: {}", kinds.join(", "))
+    };
     out.emit(&json, &text)
 }
 

@@ -187,6 +187,15 @@ pub struct BenchArgs {
     /// Reads are stale (served by any node).
     #[arg(long)]
     pub stale: bool,
+    /// Each client writes in a session of its own (over the shared
+    /// connections) instead of all sharing one; each session allows 1024
+    /// unanswered writes, so thousands of clients need their own to
+    /// overload a leader.
+    #[arg(long)]
+    pub session_per_client: bool,
+    /// Stop after this many seconds even if operations remain.
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..))]
+    pub duration_s: Option<u64>,
 }
 
 fn parse_member(text: &str) -> Result<(u64, String), String> {
