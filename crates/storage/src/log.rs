@@ -16,7 +16,7 @@ use std::path::Path;
 
 use crate::coding::{u32_le_at, u64_le_at};
 use crate::error::{Error, Result};
-use crate::io::{AppendFile, ReadFile};
+use crate::io::{AppendFile, FileSystem, ReadFile};
 
 /// Bytes of a log file's header.
 pub const FILE_HEADER_BYTES: usize = 16;
@@ -54,8 +54,8 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Creates `path` and writes (and syncs) its header.
-    pub fn create(path: &Path, kind: LogKind) -> Result<Self> {
-        let mut file = AppendFile::create_new(path)?;
+    pub fn create(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
+        let mut file = AppendFile::create_new(fs, path)?;
         let mut header = Vec::with_capacity(FILE_HEADER_BYTES);
         header.extend_from_slice(&kind.magic().to_le_bytes());
         header.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
@@ -139,8 +139,8 @@ impl LogContents {
 
 /// Reads every record of the log at `path`, dropping a torn tail and
 /// failing on corruption anywhere before it.
-pub fn read_log(path: &Path, kind: LogKind) -> Result<LogContents> {
-    let buf = ReadFile::open(path)?.read_all()?;
+pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogContents> {
+    let buf = ReadFile::open(fs, path)?.read_all()?;
     let file_len = buf.len();
     let torn_from = |offset: usize, buf: Vec<u8>, records| LogContents {
         buf,
@@ -233,9 +233,10 @@ fn all_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::RealFs;
 
     fn write_log(path: &Path, payloads: &[&[u8]]) {
-        let mut writer = LogWriter::create(path, LogKind::Wal).expect("create");
+        let mut writer = LogWriter::create(&RealFs, path, LogKind::Wal).expect("create");
         for p in payloads {
             writer.add_record(p).expect("append");
         }
@@ -252,7 +253,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log");
         write_log(&path, &[b"one", b"", b"three"]);
-        let contents = read_log(&path, LogKind::Wal).expect("read");
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
         assert_eq!(payloads_of(&contents), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
         assert!(!contents.torn_tail);
     }
@@ -267,7 +268,7 @@ mod tests {
         let first_end = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + b"first record".len();
         for cut in first_end..full.len() {
             std::fs::write(&path, &full[..cut]).expect("write");
-            let contents = read_log(&path, LogKind::Wal).expect("torn tail is not an error");
+            let contents = read_log(&RealFs, &path, LogKind::Wal).expect("torn tail is not an error");
             assert_eq!(payloads_of(&contents), vec![b"first record".to_vec()], "cut at {cut}");
             assert_eq!(contents.valid_bytes, first_end as u64);
             assert_eq!(contents.torn_tail, cut != first_end);
@@ -283,7 +284,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 2] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
-        let err = read_log(&path, LogKind::Wal).expect_err("corruption");
+        let err = read_log(&RealFs, &path, LogKind::Wal).expect_err("corruption");
         assert!(matches!(err, Error::ChecksumMismatch { offset, .. } if offset == FILE_HEADER_BYTES as u64));
     }
 
@@ -296,10 +297,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes.extend_from_slice(&[0u8; 100]);
         std::fs::write(&path, &bytes).expect("write");
-        let contents = read_log(&path, LogKind::Wal).expect("read");
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
         assert_eq!(contents.records().count(), 1);
         assert!(contents.torn_tail);
-        assert!(read_log(&path, LogKind::Manifest)
+        assert!(read_log(&RealFs, &path, LogKind::Manifest)
             .expect_err("wrong kind")
             .is_corruption());
     }

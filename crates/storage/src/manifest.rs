@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::io::{self, ReadFile};
+use crate::io::{self, FileSystem, ReadFile};
 use crate::key::SequenceNumber;
 use crate::log::{read_log, LogKind, LogWriter};
 use crate::options::LEVELS;
@@ -34,6 +34,7 @@ pub(crate) fn manifest_name(number: u64) -> String {
 /// The live files and the counters that go with them.
 #[derive(Debug)]
 pub(crate) struct VersionSet {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     cache: Arc<BlockCache>,
     manifest: LogWriter,
@@ -60,19 +61,19 @@ struct Replayed {
 
 impl VersionSet {
     /// Creates the manifest of an empty database in `dir`.
-    pub fn create(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
         let replayed = Replayed {
             next_file_number: 1,
             ..Replayed::default()
         };
-        Self::install(dir, cache, replayed, Version::default())
+        Self::install(fs, dir, cache, replayed, Version::default())
     }
 
     /// Recovers the live set from the manifest `CURRENT` names, then starts
     /// a fresh manifest holding just that state.
-    pub fn recover(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    pub fn recover(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
         let current_path = dir.join(CURRENT_FILE);
-        let current = io::read_if_exists(&current_path)?
+        let current = io::read_if_exists(&*fs, &current_path)?
             .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT is missing"))?;
         let name = std::str::from_utf8(&current)
             .ok()
@@ -80,10 +81,10 @@ impl VersionSet {
             .filter(|s| s.starts_with("MANIFEST-") && !s.contains('/'))
             .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT does not name a manifest"))?;
         let manifest_path = dir.join(name);
-        let mut replayed = replay(&manifest_path)?;
+        let mut replayed = replay(&*fs, &manifest_path)?;
         // WALs and tables being written take numbers the manifest has not
         // recorded yet; a crash leaves them behind. Never reuse one.
-        let highest_on_disk = io::list_dir(dir)?
+        let highest_on_disk = io::list_dir(&*fs, dir)?
             .iter()
             .filter_map(|name| file_number_of(name))
             .max()
@@ -93,20 +94,27 @@ impl VersionSet {
         let mut version = Version::default();
         for (level, metas) in replayed.files.iter().enumerate() {
             for meta in metas {
-                version.levels[level].push(open_table(dir, &cache, meta.clone())?);
+                version.levels[level].push(open_table(&fs, dir, &cache, meta.clone())?);
             }
         }
         let version = version.apply(&VersionEdit::default(), &[]);
-        Self::install(dir, cache, replayed, version)
+        Self::install(fs, dir, cache, replayed, version)
     }
 
     /// Writes a new manifest describing `replayed`/`version` and points
     /// `CURRENT` at it.
-    fn install(dir: &Path, cache: Arc<BlockCache>, mut replayed: Replayed, version: Version) -> Result<Self> {
+    fn install(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        cache: Arc<BlockCache>,
+        mut replayed: Replayed,
+        version: Version,
+    ) -> Result<Self> {
         let manifest_number = replayed.next_file_number;
         replayed.next_file_number += 1;
-        let manifest = write_snapshot_manifest(dir, manifest_number, &replayed, &version)?;
+        let manifest = write_snapshot_manifest(&*fs, dir, manifest_number, &replayed, &version)?;
         Ok(VersionSet {
+            fs,
             dir: dir.to_path_buf(),
             cache,
             manifest,
@@ -185,14 +193,14 @@ impl VersionSet {
             replayed.files[level] = files.iter().map(|f| f.meta.clone()).collect();
         }
         let old = self.manifest_number;
-        self.manifest = write_snapshot_manifest(&self.dir, number, &replayed, next)?;
+        self.manifest = write_snapshot_manifest(&*self.fs, &self.dir, number, &replayed, next)?;
         self.manifest_number = number;
-        io::remove_if_exists(&self.dir.join(manifest_name(old)))
+        io::remove_if_exists(&*self.fs, &self.dir.join(manifest_name(old)))
     }
 
     /// Opens a table file just written by a flush or compaction.
     pub fn open_table(&self, meta: FileMeta) -> Result<Arc<TableFile>> {
-        open_table(&self.dir, &self.cache, meta)
+        open_table(&self.fs, &self.dir, &self.cache, meta)
     }
 }
 
@@ -205,9 +213,9 @@ fn file_number_of(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-fn open_table(dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
+fn open_table(fs: &Arc<dyn FileSystem>, dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
     let path = table_path(dir, meta.number);
-    let file = ReadFile::open(&path)?;
+    let file = ReadFile::open(&**fs, &path)?;
     if file.len_bytes() != meta.size_bytes {
         return Err(Error::corruption(
             &path,
@@ -236,11 +244,11 @@ fn open_table(dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc
             ),
         ));
     }
-    Ok(TableFile::new(meta, table, path))
+    Ok(TableFile::new(meta, table, path, Arc::clone(fs)))
 }
 
-fn replay(path: &Path) -> Result<Replayed> {
-    let contents = read_log(path, LogKind::Manifest)?;
+fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
+    let contents = read_log(fs, path, LogKind::Manifest)?;
     if contents.is_empty() {
         return Err(Error::corruption(path, 0, "manifest holds no edit"));
     }
@@ -290,7 +298,13 @@ fn replay(path: &Path) -> Result<Replayed> {
 
 /// Writes manifest `number` holding one edit that describes the whole state,
 /// syncs it, and atomically points `CURRENT` at it.
-fn write_snapshot_manifest(dir: &Path, number: u64, state: &Replayed, version: &Version) -> Result<LogWriter> {
+fn write_snapshot_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    number: u64,
+    state: &Replayed,
+    version: &Version,
+) -> Result<LogWriter> {
     let edit = VersionEdit {
         log_number: Some(state.log_number),
         next_file_number: Some(state.next_file_number),
@@ -300,12 +314,12 @@ fn write_snapshot_manifest(dir: &Path, number: u64, state: &Replayed, version: &
         new_files: version.files().map(|(level, f)| (level, f.meta.clone())).collect(),
     };
     let name = manifest_name(number);
-    let mut writer = LogWriter::create(&dir.join(&name), LogKind::Manifest)?;
+    let mut writer = LogWriter::create(fs, &dir.join(&name), LogKind::Manifest)?;
     writer.add_record(&edit.encode())?;
     writer.sync()?;
     // The new manifest is complete and durable before CURRENT names it; a
     // crash before the rename leaves CURRENT on the old, still valid one.
-    io::write_atomically(dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
+    io::write_atomically(fs, dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
     Ok(writer)
 }
 
@@ -317,7 +331,7 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
     let version = versions.current();
     for (_, file) in version.files() {
         // Table files are immutable, so a link is as good as a copy.
-        io::hard_link(file.path(), &table_path(target, file.meta.number))?;
+        io::hard_link(&*versions.fs, file.path(), &table_path(target, file.meta.number))?;
     }
     let manifest_number = versions.next_file_number;
     let mut state = Replayed {
@@ -332,9 +346,9 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
         state.files[level] = files.iter().map(|f| f.meta.clone()).collect();
     }
     // Syncs the links' directory entries along with CURRENT.
-    write_snapshot_manifest(target, manifest_number, &state, &version)?;
+    write_snapshot_manifest(&*versions.fs, target, manifest_number, &state, &version)?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        io::sync_dir(parent)?;
+        io::sync_dir(&*versions.fs, parent)?;
     }
     Ok(())
 }
