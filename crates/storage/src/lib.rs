@@ -57,6 +57,8 @@ mod manifest;
 mod memtable;
 mod merge;
 mod options;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod sstable;
 mod stats;
 mod version;
