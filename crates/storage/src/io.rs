@@ -299,9 +299,29 @@ pub fn hard_link(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
     fs.hard_link(from, to).map_err(|e| Error::io("hard link", to, e))
 }
 
-/// Creates `dir` and its parents.
+/// Creates `dir` and its missing parents, durably: each new directory is
+/// an entry in its parent, and until the parent is synced a power cut can
+/// forget it, and with it every file inside, synced or not.
 pub fn create_dir_all(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
-    fs.create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        if exists(fs, path)? {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+    for path in missing {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(fs, parent)?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `path` exists.

@@ -62,8 +62,13 @@ struct Replayed {
 impl VersionSet {
     /// Creates the manifest of an empty database in `dir`.
     pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+        // A creation cut short by a crash (before CURRENT was durable) can
+        // leave its manifest behind, and nothing was acknowledged then.
+        // Number new files above it, or every later open would fail to
+        // create that manifest again; the open sweeps the leftover away.
+        // Found by the simulated-disk crash test.
         let replayed = Replayed {
-            next_file_number: 1,
+            next_file_number: highest_file_number(&*fs, dir)? + 1,
             ..Replayed::default()
         };
         Self::install(fs, dir, cache, replayed, Version::default())
@@ -84,11 +89,7 @@ impl VersionSet {
         let mut replayed = replay(&*fs, &manifest_path)?;
         // WALs and tables being written take numbers the manifest has not
         // recorded yet; a crash leaves them behind. Never reuse one.
-        let highest_on_disk = io::list_dir(&*fs, dir)?
-            .iter()
-            .filter_map(|name| file_number_of(name))
-            .max()
-            .unwrap_or(0);
+        let highest_on_disk = highest_file_number(&*fs, dir)?;
         replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
 
         let mut version = Version::default();
@@ -202,6 +203,15 @@ impl VersionSet {
     pub fn open_table(&self, meta: FileMeta) -> Result<Arc<TableFile>> {
         open_table(&self.fs, &self.dir, &self.cache, meta)
     }
+}
+
+/// The highest number of a WAL, table or manifest in `dir`, 0 if none.
+fn highest_file_number(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    Ok(io::list_dir(fs, dir)?
+        .iter()
+        .filter_map(|name| file_number_of(name))
+        .max()
+        .unwrap_or(0))
 }
 
 /// The number in a WAL, table or manifest file name.

@@ -73,8 +73,8 @@ pub enum LyingSyncs {
     /// Every sync is honest.
     #[default]
     None,
-    /// `sync_data`/`sync_all` of files whose name ends with this suffix.
-    FilesEndingWith(String),
+    /// `sync_data`/`sync_all` of files whose name contains this string.
+    FilesContaining(String),
     /// Every `sync_dir`.
     Directories,
 }
@@ -425,12 +425,12 @@ impl State {
         match &self.lying {
             LyingSyncs::None => false,
             LyingSyncs::Directories => is_dir,
-            LyingSyncs::FilesEndingWith(suffix) => {
+            LyingSyncs::FilesContaining(part) => {
                 !is_dir
                     && path
                         .file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.ends_with(suffix))
+                        .is_some_and(|n| n.contains(part.as_str()))
             }
         }
     }

@@ -201,7 +201,7 @@ fn a_failed_fsync_loses_the_data_it_covered() {
 fn lying_syncs_make_nothing_durable() {
     // The negative control: a sync that does nothing loses its data at a crash.
     let fs = disk(10);
-    fs.lie_about_syncs(LyingSyncs::FilesEndingWith(".wal".to_string()));
+    fs.lie_about_syncs(LyingSyncs::FilesContaining(".wal".to_string()));
     write(&fs, "1.wal", b"x", true, true);
     write(&fs, "1.sst", b"y", true, true);
     let after = fs.crash(CrashMode::DropUnsynced);
