@@ -42,6 +42,8 @@ const ATTEMPTS_PER_LIFE_MAX: usize = 240;
 const STEPS_PER_LIFE_MAX: u64 = 1_100;
 /// Distinct keys, few enough that writes overwrite and delete each other.
 const KEYS: u64 = 48;
+/// Seeds a negative control may try before it must have failed.
+const CONTROL_SEEDS_MAX: usize = 200;
 
 const DATA_DIR: &str = "/data";
 const DB_DIR: &str = "/data/db";
@@ -396,5 +398,42 @@ fn acknowledged_writes_survive_power_cuts_at_any_io_step() {
     assert!(
         coverage.cut_mid_workload * 2 >= coverage.rounds,
         "most power cuts must land while the workload runs: {coverage:?}"
+    );
+}
+
+/// Runs seeds with `lying` syncs until one fails; panics if none does.
+fn negative_control(test: &str, lying: LyingSyncs) {
+    let first = env_u64("STORAGE_SIM_SEED").unwrap_or_else(|| fastrand::u64(..u64::MAX / 2));
+    eprintln!("{test}: seeds from {first} (rerun with STORAGE_SIM_SEED={first})");
+    for seed in first..first + CONTROL_SEEDS_MAX as u64 {
+        if let Err(failure) = run_seed(seed, &lying, &mut Coverage::default()) {
+            eprintln!("{test}: seed {seed} caught it: {failure}");
+            return;
+        }
+    }
+    panic!("{CONTROL_SEEDS_MAX} seeds with {lying:?} found nothing: the crash test cannot fail");
+}
+
+#[test]
+fn a_wal_fsync_that_does_nothing_is_caught() {
+    // A suite that cannot fail proves nothing: skip the WAL's fsync and it must fail.
+    negative_control(
+        "a_wal_fsync_that_does_nothing_is_caught",
+        LyingSyncs::FilesContaining(".wal".into()),
+    );
+}
+
+#[test]
+fn a_directory_fsync_that_does_nothing_is_caught() {
+    // Without directory syncs new WALs, tables and CURRENT can vanish; the suite must notice.
+    negative_control("a_directory_fsync_that_does_nothing_is_caught", LyingSyncs::Directories);
+}
+
+#[test]
+fn a_manifest_fsync_that_does_nothing_is_caught() {
+    // A manifest edit that is not durable loses flushed data or names missing files.
+    negative_control(
+        "a_manifest_fsync_that_does_nothing_is_caught",
+        LyingSyncs::FilesContaining("MANIFEST".into()),
     );
 }
