@@ -47,6 +47,9 @@ pub(crate) struct VersionSet {
     pub last_sequence: SequenceNumber,
     /// Caller metadata of the newest write in the tables.
     pub metadata: Option<Bytes>,
+    /// Why an earlier manifest write failed, if one did: from then on no
+    /// edit is logged until the database is reopened.
+    failed: Option<String>,
 }
 
 /// State rebuilt by replaying a manifest.
@@ -120,6 +123,7 @@ impl VersionSet {
             cache,
             manifest,
             manifest_number,
+            failed: None,
             current: Arc::new(version),
             next_file_number: replayed.next_file_number,
             log_number: replayed.log_number,
@@ -153,16 +157,30 @@ impl VersionSet {
             added.len(),
             "every new file of an edit must be opened"
         );
+        if let Some(reason) = &self.failed {
+            // A failed append or sync may still have left the edit in the
+            // file; the next successful sync would make it durable although
+            // its version was never installed, and after a restart the
+            // replay would apply an edit the engine never did (seen as
+            // "edit N deletes unknown file", a database that will not open).
+            // Found by the simulated-disk crash test with an ENOSPC fsync.
+            return Err(Error::Background(format!("an earlier manifest write failed: {reason}")));
+        }
         let next = self.current.apply(&edit, added);
         edit.next_file_number = Some(self.next_file_number);
-        if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
-            self.roll_manifest(&edit, &next)?;
+        let written = if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
+            self.roll_manifest(&edit, &next)
         } else {
-            self.manifest.add_record(&edit.encode())?;
-            // The edit must be durable before the version it describes is
-            // used: readers may be handed the new files, and the caller
-            // deletes the inputs and WALs it makes obsolete.
-            self.manifest.sync()?;
+            self.manifest.add_record(&edit.encode()).and_then(|()| {
+                // The edit must be durable before the version it describes
+                // is used: readers may be handed the new files, and the
+                // caller deletes the inputs and WALs it makes obsolete.
+                self.manifest.sync()
+            })
+        };
+        if let Err(error) = written {
+            self.failed = Some(error.to_string());
+            return Err(error);
         }
         self.absorb_counters(&edit);
         self.current = Arc::new(next);
@@ -361,4 +379,42 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
         io::sync_dir(&*versions.fs, parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sim::{CrashMode, Fault, SimFs};
+
+    fn edit(log_number: u64) -> VersionEdit {
+        VersionEdit {
+            log_number: Some(log_number),
+            ..VersionEdit::default()
+        }
+    }
+
+    #[test]
+    fn no_edit_is_logged_after_a_failed_manifest_sync() {
+        // A failed fsync can leave its edit in the file; a later successful
+        // sync would make durable an edit the engine never applied.
+        let fs = SimFs::new(1);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).expect("mkdir");
+        fs.sync_dir(Path::new("/")).expect("sync");
+        let cache = Arc::new(BlockCache::new(0));
+        let mut versions = VersionSet::create(fs.clone(), dir, Arc::clone(&cache)).expect("create");
+        versions.log_and_apply(edit(5), &[]).expect("logged");
+        // Step +1 appends the edit, step +2 syncs it.
+        fs.fail_at_step(fs.steps() + 2, Fault::NoSpace);
+        versions.log_and_apply(edit(6), &[]).expect_err("the sync fails");
+        versions
+            .log_and_apply(edit(7), &[])
+            .expect_err("refused after a failed manifest write");
+        let after = fs.crash(CrashMode::DropUnsynced);
+        let recovered = VersionSet::recover(after, dir, cache).expect("recover");
+        assert_eq!(recovered.log_number, 5);
+    }
 }
