@@ -149,23 +149,24 @@ enum Kind {
 impl SimFs {
     /// An empty disk whose crashes are drawn from `seed`.
     pub fn new(seed: u64) -> Arc<SimFs> {
-        Arc::new(SimFs::from_state(State {
-            rng: Rng(seed),
-            dirs: BTreeMap::new(),
-            inodes: HashMap::new(),
-            next_inode: 1,
-            locks: HashSet::new(),
-            steps: 0,
-            freeze_at: None,
-            frozen: false,
-            faults: BTreeMap::new(),
-            lying: LyingSyncs::None,
-        }))
+        Arc::new(SimFs::from_state(Rng(seed), BTreeMap::new(), HashMap::new(), 1))
     }
 
-    fn from_state(state: State) -> SimFs {
+    /// A powered-on disk holding `dirs` and `inodes`, with no faults planned.
+    fn from_state(rng: Rng, dirs: BTreeMap<PathBuf, Dir>, inodes: HashMap<u64, Inode>, next_inode: u64) -> SimFs {
         SimFs {
-            state: Arc::new(Mutex::new(state)),
+            state: Arc::new(Mutex::new(State {
+                rng,
+                dirs,
+                inodes,
+                next_inode,
+                locks: HashSet::new(),
+                steps: 0,
+                freeze_at: None,
+                frozen: false,
+                faults: BTreeMap::new(),
+                lying: LyingSyncs::None,
+            })),
         }
     }
 
@@ -258,18 +259,7 @@ impl SimFs {
                 }
             }
         }
-        Arc::new(SimFs::from_state(State {
-            rng,
-            dirs,
-            inodes,
-            next_inode: old.next_inode,
-            locks: HashSet::new(),
-            steps: 0,
-            freeze_at: None,
-            frozen: false,
-            faults: BTreeMap::new(),
-            lying: LyingSyncs::None,
-        }))
+        Arc::new(SimFs::from_state(rng, dirs, inodes, old.next_inode))
     }
 
     /// The current bytes of `path` (what a read would see), if it is a file.
