@@ -15,7 +15,10 @@
 //! of the attempted writes (nothing invented, no batch half-applied, no
 //! hole) that includes every write acknowledged with `sync` and everything
 //! before a flush, compaction or checkpoint that returned. A checkpoint that
-//! returned must open to exactly the state it was taken at.
+//! returned must open to exactly the state it was taken at. In the
+//! unlogged mode (`disable_wal` writes carrying metadata, as the Raft state
+//! machine writes) the recovered state must be exactly the writes up to the
+//! recovered metadata, and hold at least everything before a returned flush.
 //!
 //! `STORAGE_SIM_SEEDS=5000` runs a soak; `STORAGE_SIM_SEED=n` starts at seed
 //! `n` (with `STORAGE_SIM_SEEDS=1`, reruns just that seed). Background
