@@ -14,7 +14,7 @@
 //! what survived. With [`CrashMode::DropUnsynced`] that is exactly the
 //! durable state. With [`CrashMode::Torn`] each file also keeps a random
 //! subset of its unsynced 512-byte sectors, in any order, and a random
-//! length (old or new), and each directory keeps a random prefix of its
+//! length (old, new or in between), and each directory keeps a random prefix of its
 //! unsynced entry changes, as a journaling filesystem may.
 //!
 //! Faults: [`SimFs::freeze_at_step`] cuts the power at the n-th mutating call
@@ -61,8 +61,9 @@ pub enum Fault {
 pub enum CrashMode {
     /// Nothing: every unsynced write and entry change is lost.
     DropUnsynced,
-    /// A random subset of unsynced sectors per file (and old or new length),
-    /// a random prefix of unsynced entry changes per directory.
+    /// A random subset of unsynced sectors per file (and a length between the
+    /// old and the new one), a random prefix of unsynced entry changes per
+    /// directory.
     Torn,
 }
 
@@ -307,13 +308,20 @@ fn dir_survives(dirs: &BTreeMap<PathBuf, Dir>, path: &Path) -> bool {
     }
 }
 
-/// What a torn crash leaves of a file: a length (old or new), and per sector
-/// the new bytes or the old ones (zeros where the old file was shorter).
+/// What a torn crash leaves of a file: a length (the old one, the new one,
+/// or one in between, as if only some appends' size updates landed), and
+/// per sector the new bytes or the old ones (zeros where the old file was
+/// shorter).
 fn tear(rng: &mut Rng, durable: &[u8], data: &[u8]) -> Vec<u8> {
     if durable == data {
         return durable.to_vec();
     }
-    let len = if rng.below(2) == 0 { durable.len() } else { data.len() };
+    let (short, long) = (durable.len().min(data.len()), durable.len().max(data.len()));
+    let len = match rng.below(3) {
+        0 => durable.len(),
+        1 => data.len(),
+        _ => short + rng.below((long - short) as u64 + 1) as usize,
+    };
     let mut out = vec![0u8; len];
     for start in (0..len).step_by(SECTOR_BYTES) {
         let end = (start + SECTOR_BYTES).min(len);
