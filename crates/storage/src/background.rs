@@ -102,6 +102,7 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     let mut iter = imm.iter();
     iter.seek_to_first()?;
     let (outputs, _) = write_tables(
+        &*inner.options.fs,
         &inner.dir,
         &mut iter,
         policy,
@@ -146,10 +147,11 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     drop(versions);
     Counters::add(&inner.counters.flushes, 1);
     // The manifest now says WALs below `next_wal` are not needed.
-    for name in io::list_dir(&inner.dir)? {
+    let fs = &*inner.options.fs;
+    for name in io::list_dir(fs, &inner.dir)? {
         if let Some(number) = name.strip_suffix(".wal").and_then(|s| s.parse::<u64>().ok()) {
             if number < next_wal {
-                io::remove_if_exists(&inner.dir.join(wal_name(number)))?;
+                io::remove_if_exists(fs, &inner.dir.join(wal_name(number)))?;
             }
         }
     }
@@ -276,6 +278,7 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         let mut merged = MergingIterator::new(children);
         merged.seek_to_first()?;
         let (outputs, stats) = write_tables(
+            &*inner.options.fs,
             &inner.dir,
             &mut merged,
             policy,

@@ -1,18 +1,173 @@
 //! The engine's one I/O seam: every file the engine touches is opened, read,
-//! appended, synced, renamed and removed through this module, so the rules
-//! of crash safety live in one place and tests can reason about them.
+//! appended, synced, renamed and removed through a [`FileSystem`], so the
+//! rules of crash safety live in one place and tests can run the engine on
+//! a simulated disk that loses what was not made durable (the `sim`
+//! feature's `storage::sim::SimFs`).
+//!
+//! [`RealFs`] is `std::fs`. The engine calls the seam once per record, block
+//! or file operation, never per byte, so the dynamic dispatch costs nothing
+//! measurable next to the system call behind it.
+//!
+//! Above the trait sit the engine's helpers, which add the path to every
+//! error: [`AppendFile`], [`ReadFile`], [`sync_dir`], [`write_atomically`].
 
+use std::any::Any;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
+
+/// A held lock on a file; released when dropped.
+pub type FileLock = Box<dyn Any + Send + Sync>;
+
+/// The operations the engine performs on directories and file names.
+///
+/// Implementations: [`RealFs`] (`std::fs`) and, with the `sim` feature,
+/// `storage::sim::SimFs` (in memory, with crashes and injected faults).
+pub trait FileSystem: Send + Sync + std::fmt::Debug {
+    /// Creates `path` for appending; fails with `AlreadyExists` if it exists.
+    /// The new name is durable only after [`sync_dir`](Self::sync_dir).
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn File>>;
+    /// Opens the existing `path` for positional reads.
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn File>>;
+    /// Whether `path` names a file or directory.
+    fn exists(&self, path: &Path) -> std::io::Result<bool>;
+    /// Renames `from` to `to`, replacing `to` atomically if it exists.
+    /// Durable only after the directory is synced.
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()>;
+    /// Removes the name `path` (the data lives on while a handle is open).
+    /// Durable only after the directory is synced.
+    fn remove_file(&self, path: &Path) -> std::io::Result<()>;
+    /// Gives the file `from` the second name `to`.
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()>;
+    /// Creates `dir` and its missing parents.
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()>;
+    /// The names of the entries of `dir`.
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>>;
+    /// Makes the entries of `dir` (creations, renames, removals) durable.
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()>;
+    /// Takes an exclusive lock on `path` (created if missing); fails with
+    /// `WouldBlock` while another holder has it.
+    fn lock(&self, path: &Path) -> std::io::Result<FileLock>;
+}
+
+/// An open file. Written files are only ever appended to.
+pub trait File: Send + Sync + std::fmt::Debug {
+    /// Fills `buf` from `offset`; a file too short is `UnexpectedEof`.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
+    /// Appends all of `bytes`; durable only after a sync.
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Truncates or extends the file to `len_bytes`.
+    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()>;
+    /// Makes the file's data durable (`fdatasync`).
+    fn sync_data(&mut self) -> std::io::Result<()>;
+    /// Makes the file's data and metadata durable (`fsync`).
+    fn sync_all(&mut self) -> std::io::Result<()>;
+    /// The file's length in bytes.
+    fn len_bytes(&self) -> std::io::Result<u64>;
+}
+
+/// The real filesystem, through `std::fs`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+impl RealFs {
+    /// The real filesystem as the handle [`crate::Options::fs`] holds.
+    pub fn shared() -> Arc<dyn FileSystem> {
+        Arc::new(RealFs)
+    }
+}
+
+#[derive(Debug)]
+struct RealFile(fs::File);
+
+impl FileSystem for RealFs {
+    fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
+        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        Ok(Box::new(RealFile(file)))
+    }
+
+    fn open(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
+        Ok(Box::new(RealFile(fs::File::open(path)?)))
+    }
+
+    fn exists(&self, path: &Path) -> std::io::Result<bool> {
+        path.try_exists()
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove_file(&self, path: &Path) -> std::io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+        fs::hard_link(from, to)
+    }
+
+    fn create_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list_dir(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            if let Ok(name) = entry?.file_name().into_string() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+        fs::File::open(dir)?.sync_all()
+    }
+
+    fn lock(&self, path: &Path) -> std::io::Result<FileLock> {
+        let file = OpenOptions::new().create(true).truncate(false).write(true).open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Box::new(file)),
+            Err(fs::TryLockError::WouldBlock) => Err(std::io::ErrorKind::WouldBlock.into()),
+            Err(fs::TryLockError::Error(e)) => Err(e),
+        }
+    }
+}
+
+impl File for RealFile {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        self.0.read_exact_at(buf, offset)
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all(bytes)
+    }
+
+    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()> {
+        self.0.set_len(len_bytes)
+    }
+
+    fn sync_data(&mut self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn sync_all(&mut self) -> std::io::Result<()> {
+        self.0.sync_all()
+    }
+
+    fn len_bytes(&self) -> std::io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
 
 /// A file opened for appending: WAL segments, manifests, tables being built.
 #[derive(Debug)]
 pub struct AppendFile {
-    file: fs::File,
+    file: Box<dyn File>,
     path: PathBuf,
     len_bytes: u64,
 }
@@ -20,12 +175,8 @@ pub struct AppendFile {
 impl AppendFile {
     /// Creates `path`, failing if it exists: the engine never reuses a file
     /// number, so an existing file means a bug or a foreign file.
-    pub fn create_new(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(path)
-            .map_err(|e| Error::io("create", path, e))?;
+    pub fn create_new(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
+        let file = fs.create_new(path).map_err(|e| Error::io("create", path, e))?;
         Ok(AppendFile {
             file,
             path: path.to_path_buf(),
@@ -35,14 +186,13 @@ impl AppendFile {
 
     /// Appends all of `bytes` (buffered by the OS until [`sync`](Self::sync)).
     pub fn append(&mut self, bytes: &[u8]) -> Result<()> {
-        self.file
-            .write_all(bytes)
-            .map_err(|e| Error::io("write", &self.path, e))?;
+        self.file.append(bytes).map_err(|e| Error::io("write", &self.path, e))?;
         self.len_bytes += bytes.len() as u64;
         Ok(())
     }
 
-    /// Makes everything appended so far durable (`fdatasync`).
+    /// Makes everything appended so far durable (`fdatasync`: the length is
+    /// data too, as the file only grows).
     pub fn sync(&mut self) -> Result<()> {
         self.file.sync_data().map_err(|e| Error::io("fsync", &self.path, e))
     }
@@ -56,16 +206,16 @@ impl AppendFile {
 /// A file opened for positional reads: tables, and logs during recovery.
 #[derive(Debug)]
 pub struct ReadFile {
-    file: fs::File,
+    file: Box<dyn File>,
     path: PathBuf,
     len_bytes: u64,
 }
 
 impl ReadFile {
     /// Opens `path` for reading.
-    pub fn open(path: &Path) -> Result<Self> {
-        let file = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len_bytes = file.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    pub fn open(fs: &dyn FileSystem, path: &Path) -> Result<Self> {
+        let file = fs.open(path).map_err(|e| Error::io("open", path, e))?;
+        let len_bytes = file.len_bytes().map_err(|e| Error::io("stat", path, e))?;
         Ok(ReadFile {
             file,
             path: path.to_path_buf(),
@@ -75,7 +225,7 @@ impl ReadFile {
 
     /// Fills `buf` from `offset`; a short file is a corruption.
     pub fn read_exact_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_exact_at(buf, offset).map_err(|e| {
+        self.file.read_at(offset, buf).map_err(|e| {
             if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 Error::corruption(
                     &self.path,
@@ -110,30 +260,34 @@ impl ReadFile {
 
 /// Makes the directory entries of `dir` (creations, renames, removals)
 /// durable. Without it a crash can forget a file whose data was synced.
-pub fn sync_dir(dir: &Path) -> Result<()> {
-    let handle = fs::File::open(dir).map_err(|e| Error::io("open dir", dir, e))?;
-    handle.sync_all().map_err(|e| Error::io("fsync dir", dir, e))
+pub fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    fs.sync_dir(dir).map_err(|e| Error::io("fsync dir", dir, e))
 }
 
 /// Replaces `dir/name` with `contents` atomically: write a temp file, fsync
 /// it, rename it over the old one, fsync the directory. A crash at any point
 /// leaves either the old file or the new one, never a mix.
-pub fn write_atomically(dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
+pub fn write_atomically(fs: &dyn FileSystem, dir: &Path, name: &str, contents: &[u8]) -> Result<()> {
     let temp = dir.join(format!("{name}.tmp"));
     let target = dir.join(name);
     // A temp file left by an earlier crash is garbage: start over.
-    remove_if_exists(&temp)?;
-    let mut file = AppendFile::create_new(&temp)?;
+    remove_if_exists(fs, &temp)?;
+    let mut file = AppendFile::create_new(fs, &temp)?;
     file.append(contents)?;
+    // The contents are durable before the rename: otherwise a crash could
+    // keep the rename (the new name) but not the data, leaving `name`
+    // empty or torn where the old file was whole.
     file.sync()?;
     drop(file);
-    fs::rename(&temp, &target).map_err(|e| Error::io("rename", &target, e))?;
-    sync_dir(dir)
+    fs.rename(&temp, &target).map_err(|e| Error::io("rename", &target, e))?;
+    // Until the directory is synced a crash may undo the rename; callers
+    // count on `name` holding `contents` once this returns.
+    sync_dir(fs, dir)
 }
 
 /// Removes `path`; a missing file is not an error.
-pub fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
@@ -141,32 +295,62 @@ pub fn remove_if_exists(path: &Path) -> Result<()> {
 }
 
 /// Creates a hard link `to` for `from` (checkpoints share table files).
-pub fn hard_link(from: &Path, to: &Path) -> Result<()> {
-    fs::hard_link(from, to).map_err(|e| Error::io("hard link", to, e))
+pub fn hard_link(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
+    fs.hard_link(from, to).map_err(|e| Error::io("hard link", to, e))
 }
 
-/// Creates `dir` and its parents.
-pub fn create_dir_all(dir: &Path) -> Result<()> {
-    fs::create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))
+/// Creates `dir` and its missing parents, durably: each new directory is
+/// an entry in its parent, and until the parent is synced a power cut can
+/// forget it, and with it every file inside, synced or not.
+pub fn create_dir_all(fs: &dyn FileSystem, dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut at = Some(dir);
+    while let Some(path) = at.filter(|p| !p.as_os_str().is_empty()) {
+        if exists(fs, path)? {
+            break;
+        }
+        missing.push(path);
+        at = path.parent();
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    fs.create_dir_all(dir).map_err(|e| Error::io("create dir", dir, e))?;
+    for path in missing {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            sync_dir(fs, parent)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` exists.
+pub fn exists(fs: &dyn FileSystem, path: &Path) -> Result<bool> {
+    fs.exists(path).map_err(|e| Error::io("stat", path, e))
 }
 
 /// The names of the entries in `dir`.
-pub fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| Error::io("list dir", dir, e))? {
-        let entry = entry.map_err(|e| Error::io("list dir", dir, e))?;
-        if let Ok(name) = entry.file_name().into_string() {
-            names.push(name);
-        }
-    }
-    Ok(names)
+pub fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<String>> {
+    fs.list_dir(dir).map_err(|e| Error::io("list dir", dir, e))
 }
 
 /// Reads a small file whole, `None` if it does not exist.
-pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(Error::io("read", path, e)),
+pub fn read_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<Option<Vec<u8>>> {
+    match ReadFile::open(fs, path) {
+        Ok(file) => file.read_all().map(Some),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Takes the lock file `path` that keeps two processes from opening one
+/// database directory `dir`.
+pub fn lock(fs: &dyn FileSystem, dir: &Path, path: &Path) -> Result<FileLock> {
+    match fs.lock(path) {
+        Ok(lock) => Ok(lock),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(Error::io("lock", path, e)),
     }
 }

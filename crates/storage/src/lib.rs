@@ -27,7 +27,8 @@
 //! - `compaction`: the pure picker and the table writer.
 //! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.
 //! - [`key`]: internal keys (user key, sequence, kind) and their order.
-//! - `io`: the one seam through which every file is touched.
+//! - [`io`]: the one seam through which every file is touched: the
+//!   [`FileSystem`](io::FileSystem) trait and its `std::fs` implementation.
 //!
 //! The on-disk formats are described byte by byte in `docs/storage-format.md`.
 //!
@@ -48,7 +49,7 @@ mod compaction;
 mod db;
 mod db_iter;
 mod error;
-mod io;
+pub mod io;
 mod iterator;
 pub mod key;
 mod log;
@@ -56,6 +57,8 @@ mod manifest;
 mod memtable;
 mod merge;
 mod options;
+#[cfg(feature = "sim")]
+pub mod sim;
 mod sstable;
 mod stats;
 mod version;

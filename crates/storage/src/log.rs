@@ -5,18 +5,23 @@
 //! `crc32: u32 | length: u32 | payload`, where the crc covers the length
 //! bytes and the payload. Files are only ever appended to.
 //!
-//! Recovery reads records until the end. A record cut short by a crash (its
-//! declared end lies past the end of the file, or it is the last record and
-//! its checksum fails, or only zeros follow it) is a *torn tail*: it was
-//! never acknowledged as durable and is dropped. A bad record with valid
-//! data after it is corruption, and recovery refuses to continue.
+//! Recovery reads records until the end. A record cut short by a crash is a
+//! *torn tail*: it was never acknowledged as durable and is dropped with
+//! everything after it. A record is torn if its declared end lies past the
+//! end of the file, or its checksum fails and it is the last record, or only
+//! zeros follow it, or one of the disk sectors it spans reads as zeros
+//! there (that part of the append never reached the disk: unsynced sectors
+//! land in any order, so a lost one can be followed by written ones). A
+//! record header of eight zero bytes is torn for the same reason (no record
+//! starts so: the crc of a zero length is not zero). Any other bad record
+//! is corruption, and recovery refuses to continue.
 
 use std::ops::Range;
 use std::path::Path;
 
 use crate::coding::{u32_le_at, u64_le_at};
 use crate::error::{Error, Result};
-use crate::io::{AppendFile, ReadFile};
+use crate::io::{AppendFile, FileSystem, ReadFile};
 
 /// Bytes of a log file's header.
 pub const FILE_HEADER_BYTES: usize = 16;
@@ -26,6 +31,9 @@ pub const RECORD_HEADER_BYTES: usize = 8;
 pub const RECORD_BYTES_MAX: usize = 256 << 20;
 /// The log format version this build writes and reads.
 pub const LOG_FORMAT_VERSION: u32 = 1;
+/// Granularity at which a torn append can leave unwritten (zero) bytes
+/// between written ones: the disk's sector.
+pub const SECTOR_BYTES: usize = 512;
 
 /// Which kind of log a file is, told apart by its magic number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +62,8 @@ pub struct LogWriter {
 
 impl LogWriter {
     /// Creates `path` and writes (and syncs) its header.
-    pub fn create(path: &Path, kind: LogKind) -> Result<Self> {
-        let mut file = AppendFile::create_new(path)?;
+    pub fn create(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
+        let mut file = AppendFile::create_new(fs, path)?;
         let mut header = Vec::with_capacity(FILE_HEADER_BYTES);
         header.extend_from_slice(&kind.magic().to_le_bytes());
         header.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
@@ -139,8 +147,8 @@ impl LogContents {
 
 /// Reads every record of the log at `path`, dropping a torn tail and
 /// failing on corruption anywhere before it.
-pub fn read_log(path: &Path, kind: LogKind) -> Result<LogContents> {
-    let buf = ReadFile::open(path)?.read_all()?;
+pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogContents> {
+    let buf = ReadFile::open(fs, path)?.read_all()?;
     let file_len = buf.len();
     let torn_from = |offset: usize, buf: Vec<u8>, records| LogContents {
         buf,
@@ -161,11 +169,19 @@ pub fn read_log(path: &Path, kind: LogKind) -> Result<LogContents> {
         let Some(header_end) = offset.checked_add(RECORD_HEADER_BYTES).filter(|&e| e <= file_len) else {
             return Ok(torn_from(offset, buf, records));
         };
+        if all_zero(&buf[offset..header_end]) {
+            // A header that never reached the disk, possibly with later
+            // sectors of the same unsynced append written after it. A power
+            // cut with non-sync writes in flight leaves this; calling it
+            // corruption would refuse to open a database that lost nothing
+            // it had promised.
+            return Ok(torn_from(offset, buf, records));
+        }
         let stored_crc = u32_le_at(&buf, offset);
         let len = u32_le_at(&buf, offset + 4) as usize;
         let end = header_end + len;
         if len > RECORD_BYTES_MAX || end > file_len {
-            if all_zero(&buf[offset..]) || end > file_len {
+            if end > file_len {
                 return Ok(torn_from(offset, buf, records));
             }
             return Err(Error::corruption(
@@ -176,7 +192,9 @@ pub fn read_log(path: &Path, kind: LogKind) -> Result<LogContents> {
         }
         let actual_crc = crc32fast::hash(&buf[offset + 4..end]);
         if actual_crc != stored_crc {
-            if end == file_len || all_zero(&buf[offset..]) {
+            // The last record, or one with a sector never written: the append
+            // was cut by the crash (see the module doc), not damaged later.
+            if end == file_len || all_zero(&buf[end..]) || has_zeroed_sector(&buf, offset, end) {
                 return Ok(torn_from(offset, buf, records));
             }
             return Err(Error::ChecksumMismatch {
@@ -226,6 +244,19 @@ fn check_header(path: &Path, kind: LogKind, buf: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Whether the part of some disk sector that lies in `buf[start..end]` is
+/// all zeros.
+fn has_zeroed_sector(buf: &[u8], start: usize, end: usize) -> bool {
+    let mut sector = start - start % SECTOR_BYTES;
+    while sector < end {
+        if all_zero(&buf[sector.max(start)..(sector + SECTOR_BYTES).min(end)]) {
+            return true;
+        }
+        sector += SECTOR_BYTES;
+    }
+    false
+}
+
 fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
@@ -233,9 +264,10 @@ fn all_zero(bytes: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::RealFs;
 
     fn write_log(path: &Path, payloads: &[&[u8]]) {
-        let mut writer = LogWriter::create(path, LogKind::Wal).expect("create");
+        let mut writer = LogWriter::create(&RealFs, path, LogKind::Wal).expect("create");
         for p in payloads {
             writer.add_record(p).expect("append");
         }
@@ -252,7 +284,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("log");
         write_log(&path, &[b"one", b"", b"three"]);
-        let contents = read_log(&path, LogKind::Wal).expect("read");
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
         assert_eq!(payloads_of(&contents), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
         assert!(!contents.torn_tail);
     }
@@ -267,7 +299,7 @@ mod tests {
         let first_end = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + b"first record".len();
         for cut in first_end..full.len() {
             std::fs::write(&path, &full[..cut]).expect("write");
-            let contents = read_log(&path, LogKind::Wal).expect("torn tail is not an error");
+            let contents = read_log(&RealFs, &path, LogKind::Wal).expect("torn tail is not an error");
             assert_eq!(payloads_of(&contents), vec![b"first record".to_vec()], "cut at {cut}");
             assert_eq!(contents.valid_bytes, first_end as u64);
             assert_eq!(contents.torn_tail, cut != first_end);
@@ -283,8 +315,34 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 2] ^= 0x40;
         std::fs::write(&path, &bytes).expect("write");
-        let err = read_log(&path, LogKind::Wal).expect_err("corruption");
+        let err = read_log(&RealFs, &path, LogKind::Wal).expect_err("corruption");
         assert!(matches!(err, Error::ChecksumMismatch { offset, .. } if offset == FILE_HEADER_BYTES as u64));
+    }
+
+    #[test]
+    fn a_lost_sector_followed_by_written_ones_is_a_torn_tail() {
+        // Unsynced sectors reach the disk in any order: a power cut can zero
+        // a record's sector (or its header) and keep later records. That is
+        // a torn tail, not corruption: found by the simulated-disk crash test.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let big = vec![7u8; 3 * SECTOR_BYTES];
+        write_log(&path, &[b"first", &big, &big, b"last"]);
+        let full = std::fs::read(&path).expect("read");
+        let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + b"first".len();
+        for (from, to) in [
+            // The second record's header lost, its payload written.
+            (second, second + RECORD_HEADER_BYTES),
+            // A whole sector inside the second record lost.
+            (SECTOR_BYTES, 2 * SECTOR_BYTES),
+        ] {
+            let mut torn = full.clone();
+            torn[from..to].fill(0);
+            std::fs::write(&path, &torn).expect("write");
+            let contents = read_log(&RealFs, &path, LogKind::Wal).expect("a torn tail is not an error");
+            assert_eq!(payloads_of(&contents), vec![b"first".to_vec()], "zeroed {from}..{to}");
+            assert!(contents.torn_tail);
+        }
     }
 
     #[test]
@@ -296,10 +354,10 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes.extend_from_slice(&[0u8; 100]);
         std::fs::write(&path, &bytes).expect("write");
-        let contents = read_log(&path, LogKind::Wal).expect("read");
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
         assert_eq!(contents.records().count(), 1);
         assert!(contents.torn_tail);
-        assert!(read_log(&path, LogKind::Manifest)
+        assert!(read_log(&RealFs, &path, LogKind::Manifest)
             .expect_err("wrong kind")
             .is_corruption());
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::io::{self, ReadFile};
+use crate::io::{self, FileSystem, ReadFile};
 use crate::key::SequenceNumber;
 use crate::log::{read_log, LogKind, LogWriter};
 use crate::options::LEVELS;
@@ -34,6 +34,7 @@ pub(crate) fn manifest_name(number: u64) -> String {
 /// The live files and the counters that go with them.
 #[derive(Debug)]
 pub(crate) struct VersionSet {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     cache: Arc<BlockCache>,
     manifest: LogWriter,
@@ -46,6 +47,9 @@ pub(crate) struct VersionSet {
     pub last_sequence: SequenceNumber,
     /// Caller metadata of the newest write in the tables.
     pub metadata: Option<Bytes>,
+    /// Why an earlier manifest write failed, if one did: from then on no
+    /// edit is logged until the database is reopened.
+    failed: Option<String>,
 }
 
 /// State rebuilt by replaying a manifest.
@@ -60,19 +64,24 @@ struct Replayed {
 
 impl VersionSet {
     /// Creates the manifest of an empty database in `dir`.
-    pub fn create(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+        // A creation cut short by a crash (before CURRENT was durable) can
+        // leave its manifest behind, and nothing was acknowledged then.
+        // Number new files above it, or every later open would fail to
+        // create that manifest again; the open sweeps the leftover away.
+        // Found by the simulated-disk crash test.
         let replayed = Replayed {
-            next_file_number: 1,
+            next_file_number: highest_file_number(&*fs, dir)? + 1,
             ..Replayed::default()
         };
-        Self::install(dir, cache, replayed, Version::default())
+        Self::install(fs, dir, cache, replayed, Version::default())
     }
 
     /// Recovers the live set from the manifest `CURRENT` names, then starts
     /// a fresh manifest holding just that state.
-    pub fn recover(dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    pub fn recover(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
         let current_path = dir.join(CURRENT_FILE);
-        let current = io::read_if_exists(&current_path)?
+        let current = io::read_if_exists(&*fs, &current_path)?
             .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT is missing"))?;
         let name = std::str::from_utf8(&current)
             .ok()
@@ -80,37 +89,41 @@ impl VersionSet {
             .filter(|s| s.starts_with("MANIFEST-") && !s.contains('/'))
             .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT does not name a manifest"))?;
         let manifest_path = dir.join(name);
-        let mut replayed = replay(&manifest_path)?;
+        let mut replayed = replay(&*fs, &manifest_path)?;
         // WALs and tables being written take numbers the manifest has not
         // recorded yet; a crash leaves them behind. Never reuse one.
-        let highest_on_disk = io::list_dir(dir)?
-            .iter()
-            .filter_map(|name| file_number_of(name))
-            .max()
-            .unwrap_or(0);
+        let highest_on_disk = highest_file_number(&*fs, dir)?;
         replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
 
         let mut version = Version::default();
         for (level, metas) in replayed.files.iter().enumerate() {
             for meta in metas {
-                version.levels[level].push(open_table(dir, &cache, meta.clone())?);
+                version.levels[level].push(open_table(&fs, dir, &cache, meta.clone())?);
             }
         }
         let version = version.apply(&VersionEdit::default(), &[]);
-        Self::install(dir, cache, replayed, version)
+        Self::install(fs, dir, cache, replayed, version)
     }
 
     /// Writes a new manifest describing `replayed`/`version` and points
     /// `CURRENT` at it.
-    fn install(dir: &Path, cache: Arc<BlockCache>, mut replayed: Replayed, version: Version) -> Result<Self> {
+    fn install(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        cache: Arc<BlockCache>,
+        mut replayed: Replayed,
+        version: Version,
+    ) -> Result<Self> {
         let manifest_number = replayed.next_file_number;
         replayed.next_file_number += 1;
-        let manifest = write_snapshot_manifest(dir, manifest_number, &replayed, &version)?;
+        let manifest = write_snapshot_manifest(&*fs, dir, manifest_number, &replayed, &version)?;
         Ok(VersionSet {
+            fs,
             dir: dir.to_path_buf(),
             cache,
             manifest,
             manifest_number,
+            failed: None,
             current: Arc::new(version),
             next_file_number: replayed.next_file_number,
             log_number: replayed.log_number,
@@ -144,16 +157,30 @@ impl VersionSet {
             added.len(),
             "every new file of an edit must be opened"
         );
+        if let Some(reason) = &self.failed {
+            // A failed append or sync may still have left the edit in the
+            // file; the next successful sync would make it durable although
+            // its version was never installed, and after a restart the
+            // replay would apply an edit the engine never did (seen as
+            // "edit N deletes unknown file", a database that will not open).
+            // Found by the simulated-disk crash test with an ENOSPC fsync.
+            return Err(Error::Background(format!("an earlier manifest write failed: {reason}")));
+        }
         let next = self.current.apply(&edit, added);
         edit.next_file_number = Some(self.next_file_number);
-        if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
-            self.roll_manifest(&edit, &next)?;
+        let written = if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
+            self.roll_manifest(&edit, &next)
         } else {
-            self.manifest.add_record(&edit.encode())?;
-            // The edit must be durable before the version it describes is
-            // used: readers may be handed the new files, and the caller
-            // deletes the inputs and WALs it makes obsolete.
-            self.manifest.sync()?;
+            self.manifest.add_record(&edit.encode()).and_then(|()| {
+                // The edit must be durable before the version it describes
+                // is used: readers may be handed the new files, and the
+                // caller deletes the inputs and WALs it makes obsolete.
+                self.manifest.sync()
+            })
+        };
+        if let Err(error) = written {
+            self.failed = Some(error.to_string());
+            return Err(error);
         }
         self.absorb_counters(&edit);
         self.current = Arc::new(next);
@@ -185,15 +212,24 @@ impl VersionSet {
             replayed.files[level] = files.iter().map(|f| f.meta.clone()).collect();
         }
         let old = self.manifest_number;
-        self.manifest = write_snapshot_manifest(&self.dir, number, &replayed, next)?;
+        self.manifest = write_snapshot_manifest(&*self.fs, &self.dir, number, &replayed, next)?;
         self.manifest_number = number;
-        io::remove_if_exists(&self.dir.join(manifest_name(old)))
+        io::remove_if_exists(&*self.fs, &self.dir.join(manifest_name(old)))
     }
 
     /// Opens a table file just written by a flush or compaction.
     pub fn open_table(&self, meta: FileMeta) -> Result<Arc<TableFile>> {
-        open_table(&self.dir, &self.cache, meta)
+        open_table(&self.fs, &self.dir, &self.cache, meta)
     }
+}
+
+/// The highest number of a WAL, table or manifest in `dir`, 0 if none.
+fn highest_file_number(fs: &dyn FileSystem, dir: &Path) -> Result<u64> {
+    Ok(io::list_dir(fs, dir)?
+        .iter()
+        .filter_map(|name| file_number_of(name))
+        .max()
+        .unwrap_or(0))
 }
 
 /// The number in a WAL, table or manifest file name.
@@ -205,9 +241,9 @@ fn file_number_of(name: &str) -> Option<u64> {
     stem.parse().ok()
 }
 
-fn open_table(dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
+fn open_table(fs: &Arc<dyn FileSystem>, dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
     let path = table_path(dir, meta.number);
-    let file = ReadFile::open(&path)?;
+    let file = ReadFile::open(&**fs, &path)?;
     if file.len_bytes() != meta.size_bytes {
         return Err(Error::corruption(
             &path,
@@ -236,11 +272,11 @@ fn open_table(dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc
             ),
         ));
     }
-    Ok(TableFile::new(meta, table, path))
+    Ok(TableFile::new(meta, table, path, Arc::clone(fs)))
 }
 
-fn replay(path: &Path) -> Result<Replayed> {
-    let contents = read_log(path, LogKind::Manifest)?;
+fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
+    let contents = read_log(fs, path, LogKind::Manifest)?;
     if contents.is_empty() {
         return Err(Error::corruption(path, 0, "manifest holds no edit"));
     }
@@ -290,7 +326,13 @@ fn replay(path: &Path) -> Result<Replayed> {
 
 /// Writes manifest `number` holding one edit that describes the whole state,
 /// syncs it, and atomically points `CURRENT` at it.
-fn write_snapshot_manifest(dir: &Path, number: u64, state: &Replayed, version: &Version) -> Result<LogWriter> {
+fn write_snapshot_manifest(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    number: u64,
+    state: &Replayed,
+    version: &Version,
+) -> Result<LogWriter> {
     let edit = VersionEdit {
         log_number: Some(state.log_number),
         next_file_number: Some(state.next_file_number),
@@ -300,12 +342,12 @@ fn write_snapshot_manifest(dir: &Path, number: u64, state: &Replayed, version: &
         new_files: version.files().map(|(level, f)| (level, f.meta.clone())).collect(),
     };
     let name = manifest_name(number);
-    let mut writer = LogWriter::create(&dir.join(&name), LogKind::Manifest)?;
+    let mut writer = LogWriter::create(fs, &dir.join(&name), LogKind::Manifest)?;
     writer.add_record(&edit.encode())?;
     writer.sync()?;
     // The new manifest is complete and durable before CURRENT names it; a
     // crash before the rename leaves CURRENT on the old, still valid one.
-    io::write_atomically(dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
+    io::write_atomically(fs, dir, CURRENT_FILE, format!("{name}\n").as_bytes())?;
     Ok(writer)
 }
 
@@ -317,7 +359,7 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
     let version = versions.current();
     for (_, file) in version.files() {
         // Table files are immutable, so a link is as good as a copy.
-        io::hard_link(file.path(), &table_path(target, file.meta.number))?;
+        io::hard_link(&*versions.fs, file.path(), &table_path(target, file.meta.number))?;
     }
     let manifest_number = versions.next_file_number;
     let mut state = Replayed {
@@ -332,9 +374,47 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
         state.files[level] = files.iter().map(|f| f.meta.clone()).collect();
     }
     // Syncs the links' directory entries along with CURRENT.
-    write_snapshot_manifest(target, manifest_number, &state, &version)?;
+    write_snapshot_manifest(&*versions.fs, target, manifest_number, &state, &version)?;
     if let Some(parent) = target.parent().filter(|p| !p.as_os_str().is_empty()) {
-        io::sync_dir(parent)?;
+        io::sync_dir(&*versions.fs, parent)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::sim::{CrashMode, Fault, SimFs};
+
+    fn edit(log_number: u64) -> VersionEdit {
+        VersionEdit {
+            log_number: Some(log_number),
+            ..VersionEdit::default()
+        }
+    }
+
+    #[test]
+    fn no_edit_is_logged_after_a_failed_manifest_sync() {
+        // A failed fsync can leave its edit in the file; a later successful
+        // sync would make durable an edit the engine never applied.
+        let fs = SimFs::new(1);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).expect("mkdir");
+        fs.sync_dir(Path::new("/")).expect("sync");
+        let cache = Arc::new(BlockCache::new(0));
+        let mut versions = VersionSet::create(fs.clone(), dir, Arc::clone(&cache)).expect("create");
+        versions.log_and_apply(edit(5), &[]).expect("logged");
+        // Step +1 appends the edit, step +2 syncs it.
+        fs.fail_at_step(fs.steps() + 2, Fault::NoSpace);
+        versions.log_and_apply(edit(6), &[]).expect_err("the sync fails");
+        versions
+            .log_and_apply(edit(7), &[])
+            .expect_err("refused after a failed manifest write");
+        let after = fs.crash(CrashMode::DropUnsynced);
+        let recovered = VersionSet::recover(after, dir, cache).expect("recover");
+        assert_eq!(recovered.log_number, 5);
+    }
 }

@@ -1,5 +1,9 @@
 //! Configuration. Every knob documents its default and its trade-off.
 
+use std::sync::Arc;
+
+use crate::io::{FileSystem, RealFs};
+
 /// Largest user key the engine accepts, in bytes.
 pub const KEY_BYTES_MAX: usize = 64 * 1024;
 /// Largest value the engine accepts, in bytes.
@@ -50,6 +54,11 @@ pub struct Options {
     pub compaction_threads: usize,
     /// Create the database when the directory holds none. Default true.
     pub create_if_missing: bool,
+    /// The filesystem every file of the database goes through. Default
+    /// [`RealFs`] (`std::fs`). Tests pass a simulated disk (the `sim`
+    /// feature's `storage::sim::SimFs`) to crash the engine and inject
+    /// faults; the cost is one dynamic call per record, block or file op.
+    pub fs: Arc<dyn FileSystem>,
 }
 
 impl Default for Options {
@@ -69,6 +78,7 @@ impl Default for Options {
             level_size_ratio: 10,
             compaction_threads: 1,
             create_if_missing: true,
+            fs: RealFs::shared(),
         }
     }
 }

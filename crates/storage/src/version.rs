@@ -14,6 +14,7 @@ use bytes::Bytes;
 
 use crate::coding::{put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
+use crate::io::FileSystem;
 use crate::key::{self, SequenceNumber};
 use crate::memtable::Lookup;
 use crate::options::LEVELS;
@@ -59,16 +60,19 @@ pub(crate) struct TableFile {
     pub meta: FileMeta,
     pub table: Arc<Table>,
     path: PathBuf,
+    /// The filesystem that removes the file once it is obsolete.
+    fs: Arc<dyn FileSystem>,
     obsolete: AtomicBool,
 }
 
 impl TableFile {
     /// Wraps an opened table.
-    pub fn new(meta: FileMeta, table: Table, path: PathBuf) -> Arc<Self> {
+    pub fn new(meta: FileMeta, table: Table, path: PathBuf, fs: Arc<dyn FileSystem>) -> Arc<Self> {
         Arc::new(TableFile {
             meta,
             table: Arc::new(table),
             path,
+            fs,
             obsolete: AtomicBool::new(false),
         })
     }
@@ -89,7 +93,7 @@ impl TableFile {
 impl Drop for TableFile {
     fn drop(&mut self) {
         if self.obsolete.load(Ordering::Acquire) {
-            if let Err(error) = crate::io::remove_if_exists(&self.path) {
+            if let Err(error) = crate::io::remove_if_exists(&*self.fs, &self.path) {
                 // A leftover file wastes space but loses nothing: the next
                 // open deletes files the manifest does not name.
                 tracing::warn!(%error, "could not delete an obsolete table file");

@@ -272,11 +272,12 @@ fn stall(inner: &Inner) -> Result<()> {
 /// Freezes the active memtable and starts a new one with a new WAL.
 fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<()> {
     let number = inner.versions.lock().new_file_number();
-    let wal = LogWriter::create(&inner.dir.join(wal_name(number)), LogKind::Wal)?;
+    let fs = &*inner.options.fs;
+    let wal = LogWriter::create(fs, &inner.dir.join(wal_name(number)), LogKind::Wal)?;
     // The old WAL is synced before writes go to the new one, so a machine
     // crash cannot keep a later write while losing an earlier one.
     writer.wal.sync()?;
-    crate::io::sync_dir(&inner.dir)?;
+    crate::io::sync_dir(fs, &inner.dir)?;
     writer.wal = wal;
     writer.wal_number = number;
     // Built from the state as it is now, under its lock: a flush or

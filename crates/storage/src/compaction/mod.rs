@@ -9,7 +9,7 @@ pub(crate) mod picker;
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::io::{self, AppendFile};
+use crate::io::{self, AppendFile, FileSystem};
 use crate::iterator::InternalIterator;
 use crate::key::{self, SequenceNumber, ValueKind};
 use crate::sstable::{TableBuilder, TableOptions};
@@ -39,6 +39,7 @@ pub(crate) struct WriteStats {
 /// named by `next_number`. The new files are synced and so is `dir`, so a
 /// manifest edit may name them as soon as this returns.
 pub(crate) fn write_tables(
+    fs: &dyn FileSystem,
     dir: &Path,
     input: &mut dyn InternalIterator,
     policy: DropPolicy,
@@ -81,7 +82,7 @@ pub(crate) fn write_tables(
                 Some(open) => open,
                 None => {
                     let number = next_number();
-                    let file = AppendFile::create_new(&table_path(dir, number))?;
+                    let file = AppendFile::create_new(fs, &table_path(dir, number))?;
                     builder.insert((number, TableBuilder::new(file, table_options.clone())))
                 }
             };
@@ -97,7 +98,7 @@ pub(crate) fn write_tables(
     stats.bytes_written = outputs.iter().map(|m| m.size_bytes).sum();
     if !outputs.is_empty() {
         // New file names must be durable before a manifest edit names them.
-        io::sync_dir(dir)?;
+        io::sync_dir(fs, dir)?;
     }
     Ok((outputs, stats))
 }

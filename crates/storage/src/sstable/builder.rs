@@ -351,7 +351,7 @@ mod tests {
     fn estimated_bytes_grow_with_the_table() {
         // Compaction cuts output tables by this estimate, so it must track what was written.
         let dir = tempfile::tempdir().expect("temp dir");
-        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let file = AppendFile::create_new(&crate::io::RealFs, &dir.path().join("000001.sst")).expect("create");
         let mut builder = TableBuilder::new(file, default_options());
         let mut last = 0;
         for (key, value) in table_entries(1_000) {
@@ -373,7 +373,7 @@ mod tests {
     fn adding_a_key_twice_panics() {
         // A duplicate internal key means the caller lost track of sequence numbers: a bug.
         let dir = tempfile::tempdir().expect("temp dir");
-        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let file = AppendFile::create_new(&crate::io::RealFs, &dir.path().join("000001.sst")).expect("create");
         let mut builder = TableBuilder::new(file, default_options());
         let key = internal_key(b"k", 1, ValueKind::Put);
         builder.add(&key, b"a").expect("add");
@@ -385,7 +385,7 @@ mod tests {
     fn finishing_an_empty_table_panics() {
         // Callers never write empty tables; one would have no smallest or largest key.
         let dir = tempfile::tempdir().expect("temp dir");
-        let file = AppendFile::create_new(&dir.path().join("000001.sst")).expect("create");
+        let file = AppendFile::create_new(&crate::io::RealFs, &dir.path().join("000001.sst")).expect("create");
         let _ = TableBuilder::new(file, default_options()).finish();
     }
 }

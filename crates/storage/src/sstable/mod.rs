@@ -248,7 +248,7 @@ pub(crate) mod tests_support {
 
     /// Writes `entries` (sorted) as a table at `path`.
     pub(crate) fn write_table(path: &Path, entries: &[Entry], options: TableOptions) -> TableSummary {
-        let file = AppendFile::create_new(path).expect("create table file");
+        let file = AppendFile::create_new(&crate::io::RealFs, path).expect("create table file");
         let mut builder = TableBuilder::new(file, options);
         for (key, value) in entries {
             builder.add(key, value).expect("add to table");
@@ -258,7 +258,11 @@ pub(crate) mod tests_support {
 
     /// Opens the table at `path` as file number 1.
     pub(crate) fn open_table(path: &Path, cache: &Arc<BlockCache>) -> Result<Arc<Table>> {
-        Ok(Arc::new(Table::open(ReadFile::open(path)?, 1, Arc::clone(cache))?))
+        Ok(Arc::new(Table::open(
+            ReadFile::open(&crate::io::RealFs, path)?,
+            1,
+            Arc::clone(cache),
+        )?))
     }
 
     /// Every entry of `table`, in iteration order.
