@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bytes::Bytes;
 use proto::kv as api;
 use proto::raft as pb;
 use tokio::sync::Semaphore;
@@ -13,6 +14,44 @@ use super::status;
 use crate::config::Limits;
 use crate::state_machine::{Engine, PageBounds};
 use crate::types::Raft;
+
+/// Write payloads up to this many bytes are copied out of their request's
+/// receive buffer before they are proposed. tonic decodes `bytes` fields as
+/// slices of a per-request buffer of at least 8 KiB, and a proposed command
+/// lives on in the Raft log's memory window: a 100-byte put would pin its
+/// whole buffer, about 50 times its size (this made the leader's memory grow
+/// by ~5 KB per put). A larger payload fills most of its buffer, so it is
+/// kept as it is rather than copied.
+const DETACH_PAYLOAD_BYTES_MAX: usize = 64 << 10;
+
+/// Copies a small write's keys and values into allocations of their own;
+/// see [`DETACH_PAYLOAD_BYTES_MAX`].
+fn detach_small_payload(op: &mut pb::command::Op) {
+    let payload_bytes = match &*op {
+        pb::command::Op::Put(put) => put.key.len() + put.value.len(),
+        pb::command::Op::Delete(delete) => delete.key.len(),
+        pb::command::Op::BatchPut(batch) => batch.pairs.iter().map(|p| p.key.len() + p.value.len()).sum(),
+        _ => return,
+    };
+    if payload_bytes > DETACH_PAYLOAD_BYTES_MAX {
+        return;
+    }
+    let detach = |bytes: &mut Bytes| *bytes = Bytes::copy_from_slice(bytes);
+    match op {
+        pb::command::Op::Put(put) => {
+            detach(&mut put.key);
+            detach(&mut put.value);
+        }
+        pb::command::Op::Delete(delete) => detach(&mut delete.key),
+        pb::command::Op::BatchPut(batch) => {
+            for pair in &mut batch.pairs {
+                detach(&mut pair.key);
+                detach(&mut pair.value);
+            }
+        }
+        _ => {}
+    }
+}
 
 /// Serves reads and writes for one node.
 pub struct KvService {
@@ -121,7 +160,11 @@ impl KvService {
 
     /// Proposes one command and waits for its result; a command the state
     /// machine refused becomes its status.
-    async fn propose_command(&self, op: pb::command::Op, write_id: api::WriteId) -> Result<pb::CommandResult, Status> {
+    async fn propose_command(
+        &self,
+        mut op: pb::command::Op,
+        write_id: api::WriteId,
+    ) -> Result<pb::CommandResult, Status> {
         // A node that knows it is not the leader refuses before proposing,
         // so the client learns the write certainly did not happen.
         // Borrowed, not cloned: this runs on every write, and the leader's
@@ -139,6 +182,7 @@ impl KvService {
         if let Some(forward) = refusal {
             return Err(status::not_applied(status::not_leader(&forward)));
         }
+        detach_small_payload(&mut op);
         let command = pb::Command {
             op: Some(op),
             client_id: write_id.client_id,
@@ -279,5 +323,40 @@ impl api::kv_server::Kv for KvService {
         Ok(Response::new(api::OpenSessionResponse {
             client_id: result.opened_client_id,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    use super::*;
+
+    #[test]
+    fn a_small_write_no_longer_pins_its_request_buffer() {
+        // A decoded put's value is a slice of the whole receive buffer; the
+        // proposed command must hold only its own bytes.
+        let request = api::PutRequest {
+            key: Bytes::from_static(b"key"),
+            value: Bytes::from(vec![7u8; 100]),
+            write_id: None,
+        };
+        let mut buffer = request.encode_to_vec();
+        buffer.resize(8 << 10, 0); // the rest of an 8 KiB receive buffer
+        let buffer = Bytes::from(buffer);
+        let len = request.encoded_len();
+        let decoded = api::PutRequest::decode(buffer.slice(..len)).expect("decodes");
+        let in_buffer = |b: &Bytes| buffer.as_ptr_range().contains(&b.as_ptr());
+        assert!(in_buffer(&decoded.value), "prost slices the buffer");
+        let mut op = pb::command::Op::Put(pb::Put {
+            key: decoded.key,
+            value: decoded.value,
+        });
+        detach_small_payload(&mut op);
+        let pb::command::Op::Put(put) = op else {
+            unreachable!("still a put")
+        };
+        assert!(!in_buffer(&put.value) && !in_buffer(&put.key));
+        assert_eq!(put.value, vec![7u8; 100]);
     }
 }
