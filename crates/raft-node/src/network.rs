@@ -85,7 +85,7 @@ pub struct Network {
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
 }
 
-/// The shared connection to one peer, and the address it was made for.
+/// The shared connection to one peer, and the (peer) address it was made for.
 #[derive(Debug, Clone)]
 struct PeerChannel {
     addr: String,
@@ -120,7 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let client = self.channel(target, &node.addr).map(|channel| {
+        let client = self.channel(target, node.peer_addr()).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -541,5 +541,17 @@ mod tests {
         );
         assert!(network.channel(4, "not an address").is_err());
         assert_eq!(network.channels.lock().len(), 2, "a bad address is not cached");
+    }
+
+    #[tokio::test]
+    async fn raft_dials_a_members_peer_address_when_it_has_one() {
+        // Raft is served only on the peer port of a node that has one.
+        let mut network = Network::default();
+        let split = Node::with_peer_addr("127.0.0.1:7002", Some("127.0.0.1:7052".into()));
+        let _client = network.new_client(2, &split).await;
+        let _client = network.new_client(3, &Node::new("127.0.0.1:7003")).await;
+        let addr_of = |id| network.channels.lock().get(&id).map(|peer| peer.addr.clone());
+        assert_eq!(addr_of(2).as_deref(), Some("127.0.0.1:7052"));
+        assert_eq!(addr_of(3).as_deref(), Some("127.0.0.1:7003"));
     }
 }

@@ -21,7 +21,8 @@ use tonic_health::ServingStatus;
 use crate::config::NodeConfig;
 use crate::log_store::{LogStore, LogStoreOptions};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
-use crate::service::{admin::AdminService, kv::KvService, raft::RaftService};
+use crate::service::admin::{AdminService, Port as AdminPort};
+use crate::service::{kv::KvService, raft::RaftService};
 use crate::snapshot_trigger;
 use crate::state_machine::{Engine, StateMachine};
 use crate::types::{Node as MemberNode, NodeId, Raft};
@@ -171,7 +172,8 @@ impl KvNode {
     }
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
-    /// `listener` until `shutdown` resolves, then stops Raft.
+    /// `listener` until `shutdown` resolves, then stops Raft. The same as
+    /// [`KvNode::serve_with_peer_listener`] without a peer listener.
     ///
     /// If Raft stops on its own (a fatal storage error), health turns
     /// `NOT_SERVING` and KV requests are refused with `UNAVAILABLE` at once;
@@ -180,6 +182,26 @@ impl KvNode {
     pub async fn serve(
         &self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        self.serve_with_peer_listener(listener, None, shutdown).await
+    }
+
+    /// Serves until `shutdown` resolves, then stops Raft; with a
+    /// `peer_listener`, on two ports:
+    /// - `listener` (the client port): KV, the read-only Cluster calls
+    ///   (Status, Digest), health and reflection;
+    /// - `peer_listener`: Raft and every Cluster call, including those that
+    ///   initialize or change membership (refused on the client port), and
+    ///   health.
+    ///
+    /// Without a peer listener, `listener` serves all of it. Both servers
+    /// stop together: on `shutdown`, on a fatal Raft error (as for
+    /// [`KvNode::serve`]), or when either fails.
+    pub async fn serve_with_peer_listener(
+        &self,
+        listener: TcpListener,
+        peer_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), NodeError> {
         if self.config.initialize {
@@ -192,11 +214,18 @@ impl KvNode {
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
         let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
-        let admin = ClusterServer::new(AdminService::new(
-            self.raft.clone(),
-            self.engine.clone(),
+        let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
-        ));
+            self.config.peer_advertise_addr.clone(),
+        );
+        let admin = |port: AdminPort| {
+            ClusterServer::new(AdminService::new(
+                self.raft.clone(),
+                self.engine.clone(),
+                advertised.clone(),
+                port,
+            ))
+        };
         let raft = RaftServer::new(RaftService::new(self.raft.clone()))
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
@@ -213,25 +242,56 @@ impl KvNode {
             Arc::clone(&stopped),
             drained,
         ));
-        let shutdown = async move {
-            tokio::select! {
-                () = shutdown => {}
-                _ = drained_rx => {}
+        // One stop signal for both servers: set by `shutdown`, the fatal
+        // drain, or either server ending, so neither outlives the other.
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let stop_requested = |stop: &tokio::sync::watch::Sender<bool>| {
+            let mut stopping = stop.subscribe();
+            async move {
+                let _ = stopping.wait_for(|stopping| *stopping).await;
             }
         };
-        let incoming = incoming(listener);
-        let served = Server::builder()
-            // Every Raft RPC that times out during a partition resets its
-            // stream; h2's default guard (20 pending resets) would then drop
-            // the peer's whole connection right after the partition heals.
-            .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
-            .add_service(kv)
-            .add_service(admin)
-            .add_service(raft)
-            .add_service(health)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let trigger = {
+            let stopping = stop_requested(&stop);
+            let stop = &stop;
+            async move {
+                tokio::select! {
+                    () = shutdown => {}
+                    _ = drained_rx => {}
+                    () = stopping => {}
+                }
+                stop.send_replace(true);
+            }
+        };
+        let client_port = server_builder().add_service(kv).add_service(health.clone());
+        let client_port = match peer_listener {
+            Some(_) => client_port.add_service(admin(AdminPort::Client)),
+            None => client_port
+                .add_service(admin(AdminPort::Shared))
+                .add_service(raft.clone()),
+        };
+        let client_served = async {
+            let served = client_port
+                .add_service(reflection)
+                .serve_with_incoming_shutdown(incoming(listener), stop_requested(&stop))
+                .await;
+            stop.send_replace(true);
+            served
+        };
+        let peer_served = async {
+            let Some(peer_listener) = peer_listener else {
+                return Ok(());
+            };
+            let served = server_builder()
+                .add_service(raft)
+                .add_service(admin(AdminPort::Peer))
+                .add_service(health)
+                .serve_with_incoming_shutdown(incoming(peer_listener), stop_requested(&stop))
+                .await;
+            stop.send_replace(true);
+            served
+        };
+        let ((), client_served, peer_served) = tokio::join!(trigger, client_served, peer_served);
         watch.abort();
         if let Some(reason) = stopped.get() {
             return Err(NodeError::Fatal { reason: reason.clone() });
@@ -239,7 +299,7 @@ impl KvNode {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
-        served.map_err(NodeError::from)
+        client_served.and(peer_served).map_err(NodeError::from)
     }
 
     /// Forms the cluster of `initial_members` unless Raft state exists.
@@ -249,7 +309,10 @@ impl KvNode {
             .config
             .initial_members
             .iter()
-            .map(|(id, addr)| (*id, MemberNode { addr: addr.clone() }))
+            .map(|(id, addr)| {
+                let peer_addr = self.config.initial_peer_addrs.get(id).cloned();
+                (*id, MemberNode::with_peer_addr(addr.clone(), peer_addr))
+            })
             .collect();
         tokio::spawn(async move {
             match raft.is_initialized().await {
@@ -308,6 +371,15 @@ async fn watch_fatal(
     );
     tokio::time::sleep(Duration::from_millis(FATAL_DRAIN_MS)).await;
     let _ = drained.send(());
+}
+
+/// A gRPC server with the settings both ports share.
+fn server_builder() -> Server {
+    Server::builder()
+        // Every Raft RPC that times out during a partition resets its
+        // stream; h2's default guard (20 pending resets) would then drop
+        // the peer's whole connection right after the partition heals.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
 }
 
 /// The connections a node accepts, with Nagle's algorithm off on each.
