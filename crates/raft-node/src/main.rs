@@ -147,13 +147,21 @@ async fn main() -> Result<()> {
     }
     let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     let peer_advertise = args.peer_advertise.clone().or_else(|| args.peer_listen.clone());
-    if args.init && peer_advertise.as_ref() != peer_addrs.get(&args.id) {
+    // Peers reach a node with a peer port only there: an entry without its
+    // peer address would leave this node unreachable for Raft.
+    if args.init && peer_advertise.is_some() != peer_addrs.contains_key(&args.id) {
         bail!(
-            "--peers gives node {} the peer address {:?}, but it serves its peer port at {:?} \
-             (--peer-listen/--peer-advertise); write its entry as id=client_addr/peer_addr",
+            "--peers gives node {} {}, but it {}; write its entry as id=client_addr/peer_addr \
+             exactly when it runs with --peer-listen",
             args.id,
-            peer_addrs.get(&args.id),
-            peer_advertise
+            peer_addrs
+                .get(&args.id)
+                .map_or_else(|| "no peer address".to_string(), |a| format!("the peer address {a}")),
+            if peer_advertise.is_some() {
+                "runs with --peer-listen"
+            } else {
+                "has no --peer-listen"
+            }
         );
     }
     let config = NodeConfig {

@@ -234,6 +234,14 @@ fn rpc_error<E: std::error::Error>(
     match status.code() {
         // Refused or dropped connections, and a peer that is shutting down.
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+        // No Raft service at the address: the client port of a node that
+        // serves Raft on a separate peer port, named as the member's peer
+        // address by mistake. That does not fix itself soon: back off.
+        tonic::Code::Unimplemented => RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
+            "the peer serves no raft.v1.Raft at this address (the client port of a node with \
+             --peer-listen? its membership entry needs its peer address): {}",
+            status.message()
+        )))),
         // tonic reports a message over a size limit (ours when encoding,
         // the peer's when decoding) as OUT_OF_RANGE, some peers and proxies
         // as RESOURCE_EXHAUSTED; a call that missed a deadline sized for
@@ -521,6 +529,12 @@ mod tests {
         }
         let refused: E = rpc_error(&tonic::Status::unavailable("refused"), 10);
         assert!(matches!(refused, RPCError::Unreachable(_)));
+        // A client port of a node with a peer port: back off, say why.
+        let client_port: E = rpc_error(&tonic::Status::unimplemented(""), 10);
+        assert!(
+            matches!(client_port, RPCError::Unreachable(ref u) if u.to_string().contains("peer-listen")),
+            "{client_port:?}"
+        );
     }
 
     #[tokio::test]

@@ -13,7 +13,7 @@ use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -235,6 +235,24 @@ impl KvNode {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let client_port = server_builder().add_service(kv).add_service(health.clone());
+        let (client_port, peer_port) = match peer_listener {
+            Some(peer_listener) => {
+                let peer_port = server_builder()
+                    .add_service(raft)
+                    .add_service(admin(AdminPort::Peer))
+                    .add_service(health);
+                (
+                    client_port.add_service(admin(AdminPort::Client)),
+                    Some((peer_port, peer_listener)),
+                )
+            }
+            None => (
+                client_port.add_service(admin(AdminPort::Shared)).add_service(raft),
+                None,
+            ),
+        };
+        let client_port = client_port.add_service(reflection);
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),
@@ -242,56 +260,13 @@ impl KvNode {
             Arc::clone(&stopped),
             drained,
         ));
-        // One stop signal for both servers: set by `shutdown`, the fatal
-        // drain, or either server ending, so neither outlives the other.
-        let (stop, _) = tokio::sync::watch::channel(false);
-        let stop_requested = |stop: &tokio::sync::watch::Sender<bool>| {
-            let mut stopping = stop.subscribe();
-            async move {
-                let _ = stopping.wait_for(|stopping| *stopping).await;
+        let shutdown = async move {
+            tokio::select! {
+                () = shutdown => {}
+                _ = drained_rx => {}
             }
         };
-        let trigger = {
-            let stopping = stop_requested(&stop);
-            let stop = &stop;
-            async move {
-                tokio::select! {
-                    () = shutdown => {}
-                    _ = drained_rx => {}
-                    () = stopping => {}
-                }
-                stop.send_replace(true);
-            }
-        };
-        let client_port = server_builder().add_service(kv).add_service(health.clone());
-        let client_port = match peer_listener {
-            Some(_) => client_port.add_service(admin(AdminPort::Client)),
-            None => client_port
-                .add_service(admin(AdminPort::Shared))
-                .add_service(raft.clone()),
-        };
-        let client_served = async {
-            let served = client_port
-                .add_service(reflection)
-                .serve_with_incoming_shutdown(incoming(listener), stop_requested(&stop))
-                .await;
-            stop.send_replace(true);
-            served
-        };
-        let peer_served = async {
-            let Some(peer_listener) = peer_listener else {
-                return Ok(());
-            };
-            let served = server_builder()
-                .add_service(raft)
-                .add_service(admin(AdminPort::Peer))
-                .add_service(health)
-                .serve_with_incoming_shutdown(incoming(peer_listener), stop_requested(&stop))
-                .await;
-            stop.send_replace(true);
-            served
-        };
-        let ((), client_served, peer_served) = tokio::join!(trigger, client_served, peer_served);
+        let served = serve_ports((client_port, listener), peer_port, shutdown).await;
         watch.abort();
         if let Some(reason) = stopped.get() {
             return Err(NodeError::Fatal { reason: reason.clone() });
@@ -299,7 +274,7 @@ impl KvNode {
         if let Err(error) = self.raft.shutdown().await {
             tracing::warn!(%error, "raft did not shut down cleanly");
         }
-        client_served.and(peer_served).map_err(NodeError::from)
+        served.map_err(NodeError::from)
     }
 
     /// Forms the cluster of `initial_members` unless Raft state exists.
@@ -371,6 +346,48 @@ async fn watch_fatal(
     );
     tokio::time::sleep(Duration::from_millis(FATAL_DRAIN_MS)).await;
     let _ = drained.send(());
+}
+
+/// Serves `client` (and `peer`, if given) until `shutdown` resolves or
+/// either server fails; both stop together, so neither outlives the other.
+async fn serve_ports(
+    (client, listener): (Router, TcpListener),
+    peer: Option<(Router, TcpListener)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stop_requested = |stop: &tokio::sync::watch::Sender<bool>| {
+        let mut stopping = stop.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let trigger = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop_requested(&stop) => {}
+        }
+        stop.send_replace(true);
+    };
+    let client_served = async {
+        let served = client
+            .serve_with_incoming_shutdown(incoming(listener), stop_requested(&stop))
+            .await;
+        stop.send_replace(true);
+        served
+    };
+    let peer_served = async {
+        let Some((peer, peer_listener)) = peer else {
+            return Ok(());
+        };
+        let served = peer
+            .serve_with_incoming_shutdown(incoming(peer_listener), stop_requested(&stop))
+            .await;
+        stop.send_replace(true);
+        served
+    };
+    let ((), client_served, peer_served) = tokio::join!(trigger, client_served, peer_served);
+    client_served.and(peer_served)
 }
 
 /// A gRPC server with the settings both ports share.
