@@ -260,6 +260,7 @@ impl KvNode {
             Arc::clone(&stopped),
             drained,
         ));
+        let check = tokio::spawn(warn_on_misplaced_entry(self.raft.clone(), advertised));
         let shutdown = async move {
             tokio::select! {
                 () = shutdown => {}
@@ -268,6 +269,7 @@ impl KvNode {
         };
         let served = serve_ports((client_port, listener), peer_port, shutdown).await;
         watch.abort();
+        check.abort();
         if let Some(reason) = stopped.get() {
             return Err(NodeError::Fatal { reason: reason.clone() });
         }
@@ -310,6 +312,49 @@ fn refuse_once_stopped(
     move |request| match stopped.get() {
         Some(reason) => Err(crate::service::status::node_stopped(reason)),
         None => Ok(request),
+    }
+}
+
+/// Why peers cannot reach this node's Raft through the membership's entry
+/// for it, if they cannot: the entry names another peer address than the
+/// one the node serves Raft at (`advertised`).
+fn misplaced_entry(entry: &MemberNode, advertised: &MemberNode) -> Option<String> {
+    (entry.peer_addr() != advertised.peer_addr()).then(|| {
+        format!(
+            "the cluster's membership reaches this node's Raft at {}, but it serves Raft at {}: \
+             peers cannot replicate to it; remove it and add it again with its peer address \
+             (kvctl member add ID ADDR --peer-addr PEER_ADDR), or restart it to match",
+            entry.peer_addr(),
+            advertised.peer_addr()
+        )
+    })
+}
+
+/// Logs an error, once per membership change, while the membership's
+/// entry for this node names a peer address it does not serve Raft at (a
+/// node restarted with or without `--peer-listen`, or added without
+/// `--peer-addr`).
+async fn warn_on_misplaced_entry(raft: Raft, advertised: MemberNode) {
+    let mut metrics = raft.metrics();
+    let mut last_warned = None;
+    loop {
+        let (id, membership) = {
+            let m = metrics.borrow_and_update();
+            (m.id, m.membership_config.clone())
+        };
+        let problem = membership
+            .membership()
+            .get_node(&id)
+            .and_then(|entry| misplaced_entry(entry, &advertised));
+        if let Some(problem) = &problem {
+            if last_warned.as_ref() != Some(membership.log_id()) {
+                tracing::error!("{problem}");
+                last_warned = Some(*membership.log_id());
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -501,6 +546,22 @@ mod tests {
                 .get(crate::service::status::NOT_APPLIED_HEADER)
                 .is_some(),
             "refused before Raft: certainly not applied"
+        );
+    }
+
+    #[test]
+    fn a_membership_entry_that_misses_the_peer_port_is_reported() {
+        // Peers dial the entry's peer address: if the node serves Raft
+        // elsewhere, it silently stops receiving the log.
+        let split = MemberNode::with_peer_addr("127.0.0.1:7001", Some("127.0.0.1:7051".into()));
+        let one_port = MemberNode::new("127.0.0.1:7001");
+        assert_eq!(misplaced_entry(&split, &split), None);
+        assert_eq!(misplaced_entry(&one_port, &one_port), None);
+        let problem = misplaced_entry(&one_port, &split).expect("entry lacks the peer port");
+        assert!(problem.contains("127.0.0.1:7051"), "{problem}");
+        assert!(
+            misplaced_entry(&split, &one_port).is_some(),
+            "entry names a port not served"
         );
     }
 
