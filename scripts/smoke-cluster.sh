@@ -29,6 +29,13 @@ expect "$(printf 'a\t1\nb\t2')" "$kvctl" range a c
 "$kvctl" delete a >/dev/null
 if "$kvctl" get a >/dev/null 2>&1; then fail "a deleted key is still readable"; fi
 
+# Membership calls are served on the peer ports (base-port + 50 + N - 1) only.
+peer_endpoints="127.0.0.1:$((base_port + 50)),127.0.0.1:$((base_port + 51)),127.0.0.1:$((base_port + 52))"
+refused=$("$kvctl" member remove 9 2>&1) && fail "a membership call on the client ports was served"
+case "$refused" in *"peer port"*) ;; *) fail "a membership call on the client ports: '$refused'" ;; esac
+refused=$("$kvctl" --endpoints "$peer_endpoints" member remove 9 2>&1) && fail "removing an unknown node succeeded"
+case "$refused" in *"not a member"*) ;; *) fail "a membership call on the peer ports: '$refused'" ;; esac
+
 leader=$("$kvctl" --output json cluster status | grep -o '"leader_id": *[0-9]*' | head -1 | grep -o '[0-9]*$')
 [ -n "$leader" ] && [ "$leader" != 0 ] || fail "no leader in cluster status"
 kill -KILL "$(cat "$data_dir/node$leader.pid")"

@@ -6,9 +6,11 @@
 # Builds the release binaries if they are missing, starts the nodes that are
 # not running (all three, or only --node N) on their existing data, forms the
 # cluster on its first start, and waits until a leader is elected and every
-# node answers. Node N listens on base-port + N - 1, keeps its data in
-# <data-dir>/nodeN, its PID in <data-dir>/nodeN.pid and its log in
-# <data-dir>/nodeN.log. Stop with scripts/stop-cluster.sh.
+# node answers. Node N serves clients on base-port + N - 1 and its peers
+# (Raft, and the membership calls of `kvctl member`) on base-port + 50 + N - 1,
+# keeps its data in <data-dir>/nodeN, its PID in <data-dir>/nodeN.pid and its
+# log in <data-dir>/nodeN.log. Stop with scripts/stop-cluster.sh. A data
+# directory formed before peer ports existed keeps one port per node.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,7 +21,7 @@ nodes=3
 wait_seconds=30
 
 usage() {
-    sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -46,17 +48,32 @@ fi
 mkdir -p "$data_dir"
 data_dir=$(cd "$data_dir" && pwd)
 port_of() { echo $((base_port + $1 - 1)); }
-peers=""
-endpoints=""
-for n in $(seq 1 $nodes); do
-    peers="${peers:+$peers,}$n=127.0.0.1:$(port_of "$n")"
-    endpoints="${endpoints:+$endpoints,}127.0.0.1:$(port_of "$n")"
-done
+peer_port_of() { echo $((base_port + 50 + $1 - 1)); }
 
 first_start=1
 declare -a log_start
 for n in $(seq 1 $nodes); do
     [ -d "$data_dir/node$n" ] && first_start=0
+done
+# The cluster's membership records each node's peer address when it is
+# formed; a cluster formed without peer ports must keep serving Raft on its
+# client ports, or its nodes could not reach each other.
+peer_ports_marker="$data_dir/PEER_PORTS"
+if [ "$first_start" = 1 ]; then touch "$peer_ports_marker"; fi
+peer_ports=0
+[ -e "$peer_ports_marker" ] && peer_ports=1
+
+peers=""
+endpoints=""
+peer_endpoints=""
+for n in $(seq 1 $nodes); do
+    if [ "$peer_ports" = 1 ]; then
+        peers="${peers:+$peers,}$n=127.0.0.1:$(port_of "$n")/127.0.0.1:$(peer_port_of "$n")"
+        peer_endpoints="${peer_endpoints:+$peer_endpoints,}127.0.0.1:$(peer_port_of "$n")"
+    else
+        peers="${peers:+$peers,}$n=127.0.0.1:$(port_of "$n")"
+    fi
+    endpoints="${endpoints:+$endpoints,}127.0.0.1:$(port_of "$n")"
 done
 
 . "$root/scripts/lib.sh"
@@ -72,12 +89,18 @@ for n in $(seq 1 $nodes); do
     log_start[$n]=$(( $(stat -c %s "$data_dir/node$n.log" 2>/dev/null || echo 0) + 1 ))
     init=()
     if [ "$first_start" = 1 ] && [ "$n" = 1 ]; then init=(--init); fi
-    nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" \
+    peer_listen=()
+    if [ "$peer_ports" = 1 ]; then peer_listen=(--peer-listen "127.0.0.1:$(peer_port_of "$n")"); fi
+    nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" "${peer_listen[@]}" \
         --data-dir "$data_dir/node$n" --peers "$peers" "${init[@]}" \
         >>"$data_dir/node$n.log" 2>&1 </dev/null &
     echo $! >"$data_dir/node$n.pid"
     started="${started:-} $n"
-    echo "started node $n (pid $!) on 127.0.0.1:$(port_of "$n")"
+    if [ "$peer_ports" = 1 ]; then
+        echo "started node $n (pid $!) on 127.0.0.1:$(port_of "$n"), peers on 127.0.0.1:$(peer_port_of "$n")"
+    else
+        echo "started node $n (pid $!) on 127.0.0.1:$(port_of "$n") (one port: formed before peer ports)"
+    fi
 done
 
 echo "waiting for a leader..."
@@ -121,3 +144,9 @@ cluster is up. Endpoints: $endpoints
   $bin_dir/kvctl put hello world
   $bin_dir/kvctl get hello
 MSG
+if [ "$peer_ports" = 1 ]; then
+    cat <<MSG
+Membership changes go to the peer ports:
+  $bin_dir/kvctl --endpoints $peer_endpoints member add-learner ID HOST:PORT --peer-addr HOST:PORT
+MSG
+fi

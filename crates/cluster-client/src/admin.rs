@@ -85,10 +85,26 @@ impl Client {
     /// Forms a new cluster whose voters are `members` (`(id, host:port)`).
     /// Sent to one reachable endpoint. Fails with [`Error::Other`]
     /// (FAILED_PRECONDITION) on a cluster that is already initialized.
+    ///
+    /// Nodes with a separate peer port serve this call there only: make
+    /// the client with their peer addresses as endpoints.
     pub async fn initialize(&self, members: Vec<(u64, String)>) -> Result<()> {
+        let members = members.into_iter().map(|(id, addr)| (id, addr, None)).collect();
+        self.initialize_with_peer_addrs(members).await
+    }
+
+    /// Like [`Client::initialize`], for voters given as `(id, client
+    /// host:port, peer host:port)`; a peer address of `None` means the
+    /// voter serves Raft at its client address.
+    pub async fn initialize_with_peer_addrs(&self, members: Vec<(u64, String, Option<String>)>) -> Result<()> {
         let members: Vec<api::Member> = members
             .into_iter()
-            .map(|(id, addr)| api::Member { id, addr, voter: true })
+            .map(|(id, addr, peer_addr)| api::Member {
+                id,
+                addr,
+                voter: true,
+                peer_addr: peer_addr.unwrap_or_default(),
+            })
             .collect();
         self.execute(RequestKind::AnyNode, None, |channel, timeout| {
             let mut request = tonic::Request::new(api::InitializeRequest {
@@ -104,9 +120,27 @@ impl Client {
     /// Adds node `id` at `addr` (`host:port`) as a learner; returns once it
     /// has caught up.
     pub async fn add_learner(&self, id: u64, addr: impl Into<String>) -> Result<api::MembershipResponse> {
+        self.add_learner_with_peer_addr(id, addr, None).await
+    }
+
+    /// Adds node `id`, reached by clients at `addr` and by peers at
+    /// `peer_addr` (`None`: at `addr` too), as a learner; returns once it
+    /// has caught up. Nodes with a separate peer port serve membership
+    /// calls there only: make the client with their peer addresses.
+    pub async fn add_learner_with_peer_addr(
+        &self,
+        id: u64,
+        addr: impl Into<String>,
+        peer_addr: Option<String>,
+    ) -> Result<api::MembershipResponse> {
         let addr = addr.into();
+        let peer_addr = peer_addr.unwrap_or_default();
         self.execute(RequestKind::Membership, None, |channel, timeout| {
-            let mut request = tonic::Request::new(api::AddLearnerRequest { id, addr: addr.clone() });
+            let mut request = tonic::Request::new(api::AddLearnerRequest {
+                id,
+                addr: addr.clone(),
+                peer_addr: peer_addr.clone(),
+            });
             request.set_timeout(timeout);
             async move { ClusterClient::new(channel).add_learner(request).await }
         })

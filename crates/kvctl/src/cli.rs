@@ -119,10 +119,16 @@ pub enum ClusterCommand {
         require_leader: bool,
     },
     /// Forms a new cluster (once): the endpoints become voters 1..n in order.
+    ///
+    /// Nodes started with --peer-listen serve this call on their peer port
+    /// only: give their peer ports as --endpoints and each member as
+    /// ID=CLIENT_HOST:PORT/PEER_HOST:PORT.
     Init {
-        /// A member as ID=HOST:PORT, instead of the endpoints (repeatable).
-        #[arg(long = "member", value_name = "ID=ADDR", value_parser = parse_member)]
-        members: Vec<(u64, String)>,
+        /// A member as ID=HOST:PORT, or ID=HOST:PORT/PEER_HOST:PORT for a
+        /// node with a separate peer port, instead of the endpoints
+        /// (repeatable).
+        #[arg(long = "member", value_name = "ID=ADDR[/PEER_ADDR]", value_parser = parse_member)]
+        members: Vec<MemberSpec>,
     },
     /// Shows each endpoint's applied index, key count and keyspace digest.
     Digest,
@@ -132,11 +138,19 @@ pub enum ClusterCommand {
 #[derive(Debug, Subcommand)]
 pub enum MemberCommand {
     /// Adds node ID at ADDR as a learner (it receives the log, does not vote).
+    ///
+    /// Nodes started with --peer-listen serve membership calls on their
+    /// peer port only: give their peer ports as --endpoints.
+    #[command(alias = "add")]
     AddLearner {
         /// The new node's id (not 0).
         id: u64,
-        /// The new node's host:port.
+        /// The new node's client host:port.
         addr: String,
+        /// The new node's peer host:port, when it runs with --peer-listen
+        /// (default: peers reach it at ADDR).
+        #[arg(long, value_name = "HOST:PORT")]
+        peer_addr: Option<String>,
     },
     /// Makes learner ID a voter.
     Promote {
@@ -198,16 +212,37 @@ pub struct BenchArgs {
     pub duration_s: Option<u64>,
 }
 
-fn parse_member(text: &str) -> Result<(u64, String), String> {
-    let (id, addr) = text.split_once('=').ok_or("expected ID=HOST:PORT")?;
+/// A member of `cluster init`: `ID=ADDR` or `ID=ADDR/PEER_ADDR`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSpec {
+    /// The node id (not 0).
+    pub id: u64,
+    /// Its client host:port.
+    pub addr: String,
+    /// Its peer host:port, when it runs with --peer-listen.
+    pub peer_addr: Option<String>,
+}
+
+fn parse_member(text: &str) -> Result<MemberSpec, String> {
+    let (id, addrs) = text.split_once('=').ok_or("expected ID=HOST:PORT")?;
     let id: u64 = id.parse().map_err(|_| format!("node id {id:?} is not a number"))?;
     if id == 0 {
         return Err("node id 0 is reserved".to_owned());
     }
-    if !addr.contains(':') {
-        return Err(format!("address {addr:?} is not host:port"));
+    let (addr, peer_addr) = match addrs.split_once('/') {
+        Some((addr, peer_addr)) => (addr, Some(peer_addr)),
+        None => (addrs, None),
+    };
+    for a in std::iter::once(addr).chain(peer_addr) {
+        if !a.contains(':') {
+            return Err(format!("address {a:?} is not host:port"));
+        }
     }
-    Ok((id, addr.to_owned()))
+    Ok(MemberSpec {
+        id,
+        addr: addr.to_owned(),
+        peer_addr: peer_addr.map(str::to_owned),
+    })
 }
 
 #[cfg(test)]
@@ -273,7 +308,18 @@ mod tests {
         let Command::Cluster(ClusterCommand::Init { members }) = cli.command else {
             panic!("not cluster init");
         };
-        assert_eq!(members, vec![(1, "a:1".to_owned()), (2, "b:2".to_owned())]);
+        let member = |id, addr: &str, peer_addr: Option<&str>| MemberSpec {
+            id,
+            addr: addr.to_owned(),
+            peer_addr: peer_addr.map(str::to_owned),
+        };
+        assert_eq!(members, vec![member(1, "a:1", None), member(2, "b:2", None)]);
+        let cli = parse(&["cluster", "init", "--member", "1=a:1/a:51"]).expect("parses");
+        let Command::Cluster(ClusterCommand::Init { members }) = cli.command else {
+            panic!("not cluster init");
+        };
+        assert_eq!(members, vec![member(1, "a:1", Some("a:51"))]);
+        assert!(parse(&["cluster", "init", "--member", "1=a:1/"]).is_err());
         assert!(parse(&["cluster", "init", "--member", "0=a:1"]).is_err());
         assert!(parse(&["cluster", "init", "--member", "x=a:1"]).is_err());
         assert!(parse(&["cluster", "init", "--member", "1"]).is_err());

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context, Result};
 use cluster_client::{Client, MembershipResponse, StatusResponse};
 
-use crate::cli::{ClusterCommand, MemberCommand, OutputFormat};
+use crate::cli::{ClusterCommand, MemberCommand, MemberSpec, OutputFormat};
 use crate::data::Printer;
 
 /// `kvctl cluster ...`.
@@ -21,8 +21,8 @@ pub async fn cluster(client: &Client, out: &Printer, command: &ClusterCommand) -
 /// `kvctl member ...`.
 pub async fn member(client: &Client, out: &Printer, command: &MemberCommand) -> Result<ExitCode> {
     let reply = match command {
-        MemberCommand::AddLearner { id, addr } => client
-            .add_learner(*id, addr.clone())
+        MemberCommand::AddLearner { id, addr, peer_addr } => client
+            .add_learner_with_peer_addr(*id, addr.clone(), peer_addr.clone())
             .await
             .context("add-learner failed")?,
         MemberCommand::Promote { id } => {
@@ -46,13 +46,18 @@ fn print_membership(out: &Printer, reply: &MembershipResponse) -> Result<()> {
     let members: Vec<serde_json::Value> = reply
         .members
         .iter()
-        .map(|m| serde_json::json!({ "id": m.id, "addr": m.addr, "voter": m.voter }))
+        .map(|m| serde_json::json!({ "id": m.id, "addr": m.addr, "peer_addr": m.peer_addr, "voter": m.voter }))
         .collect();
     let json = serde_json::json!({ "log_index": reply.log_index, "members": members });
     let mut text = format!("OK (membership at log index {})\n", reply.log_index);
     for m in &reply.members {
         let role = if m.voter { "voter" } else { "learner" };
-        let _ = writeln!(text, "  {:>4}  {:<24}  {role}", m.id, m.addr);
+        let peer = if m.peer_addr.is_empty() || m.peer_addr == m.addr {
+            String::new()
+        } else {
+            format!("  (peer {})", m.peer_addr)
+        };
+        let _ = writeln!(text, "  {:>4}  {:<24}  {role}{peer}", m.id, m.addr);
     }
     out.emit(&json, text.trim_end())
 }
@@ -88,7 +93,7 @@ async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<
                 .iter()
                 .map(|(endpoint, result)| match result {
                     Ok(s) => serde_json::json!({
-                        "endpoint": endpoint, "reachable": true, "id": s.id, "addr": s.addr,
+                        "endpoint": endpoint, "reachable": true, "id": s.id, "addr": s.addr, "peer_addr": s.peer_addr,
                         "role": s.role, "term": s.term, "leader_id": s.leader_id, "leader_addr": s.leader_addr,
                         "last_log_index": s.last_log_index, "commit_index": s.commit_index,
                         "applied_index": s.applied_index, "lag": lag(s),
@@ -137,22 +142,42 @@ async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<
     Ok(ExitCode::SUCCESS)
 }
 
-async fn init(client: &Client, out: &Printer, members: &[(u64, String)]) -> Result<ExitCode> {
-    let members: Vec<(u64, String)> = if members.is_empty() {
+async fn init(client: &Client, out: &Printer, members: &[MemberSpec]) -> Result<ExitCode> {
+    let members: Vec<MemberSpec> = if members.is_empty() {
         client
             .endpoints()
             .into_iter()
             .zip(1u64..)
-            .map(|(addr, id)| (id, addr))
+            .map(|(addr, id)| MemberSpec {
+                id,
+                addr,
+                peer_addr: None,
+            })
             .collect()
     } else {
         members.to_vec()
     };
-    client.initialize(members.clone()).await.context("initialize failed")?;
+    let request = members
+        .iter()
+        .map(|m| (m.id, m.addr.clone(), m.peer_addr.clone()))
+        .collect();
+    client
+        .initialize_with_peer_addrs(request)
+        .await
+        .context("initialize failed")?;
     let json = serde_json::json!({
-        "members": members.iter().map(|(id, addr)| serde_json::json!({ "id": id, "addr": addr })).collect::<Vec<_>>(),
+        "members": members
+            .iter()
+            .map(|m| serde_json::json!({ "id": m.id, "addr": m.addr, "peer_addr": m.peer_addr }))
+            .collect::<Vec<_>>(),
     });
-    let list: Vec<String> = members.iter().map(|(id, addr)| format!("{id}={addr}")).collect();
+    let list: Vec<String> = members
+        .iter()
+        .map(|m| match &m.peer_addr {
+            Some(peer_addr) => format!("{}={}/{peer_addr}", m.id, m.addr),
+            None => format!("{}={}", m.id, m.addr),
+        })
+        .collect();
     out.emit(
         &json,
         &format!("initialized a cluster of {} voters: {}", members.len(), list.join(", ")),

@@ -233,6 +233,46 @@ async fn members_are_added_promoted_and_removed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_of_a_cluster_with_peer_ports_are_added_through_the_peer_ports() {
+    // Membership calls are served on peer ports only; kvctl reaches them
+    // there and tells the cluster where the new node serves its peers.
+    let mut cluster = TestCluster::start_with_peer_ports(3).await;
+    let e = cluster.addrs();
+    let peers: Vec<String> = (1..=3).map(|id| cluster.peer_addr(id)).collect();
+    let addr4 = cluster.start_extra(4).await;
+    let peer4 = cluster.peer_addr(4);
+    ok(&kvctl(&e, &["put", "k", "v"]).await);
+
+    let refused = kvctl(&e, &["member", "add", "4", &addr4, "--peer-addr", &peer4]).await;
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(stderr(&refused).contains("peer port"), "{}", stderr(&refused));
+
+    let added = json(&ok(&kvctl(
+        &peers,
+        &["--output", "json", "member", "add", "4", &addr4, "--peer-addr", &peer4],
+    )
+    .await));
+    let members = added["members"].as_array().expect("members");
+    let member4 = members.iter().find(|m| m["id"] == 4).expect("node 4 added");
+    assert_eq!(
+        (&member4["addr"], &member4["peer_addr"]),
+        (&addr4.clone().into(), &peer4.clone().into())
+    );
+    ok(&kvctl(&peers, &["member", "promote", "4"]).await);
+
+    // Clients keep using the client ports; node 4 gets the log over its peer port.
+    ok(&kvctl(&e, &["put", "k2", "v2"]).await);
+    let node4 = vec![addr4.clone()];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while stdout(&kvctl(&node4, &["get", "k2", "--stale"]).await) != "v2\n" {
+        assert!(Instant::now() < deadline, "node 4 never got k2");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = json(&ok(&kvctl(&node4, &["--output", "json", "cluster", "status"]).await));
+    assert_eq!(status[0]["peer_addr"], serde_json::Value::from(peer4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_reports_throughput_and_latency() {
     let cluster = TestCluster::start(3).await;
     let e = cluster.addrs();

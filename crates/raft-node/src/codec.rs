@@ -88,6 +88,10 @@ pub fn membership_to_pb(membership: &Membership) -> pb::Membership {
             })
             .collect(),
         nodes: membership.nodes().map(|(id, node)| (*id, node.addr.clone())).collect(),
+        peer_addrs: membership
+            .nodes()
+            .filter_map(|(id, node)| Some((*id, node.peer_addr.clone()?)))
+            .collect(),
     }
 }
 
@@ -111,8 +115,14 @@ pub fn membership_from_pb(membership: &pb::Membership) -> Result<Membership, Cod
     let nodes: BTreeMap<NodeId, Node> = membership
         .nodes
         .iter()
-        .map(|(id, addr)| (*id, Node { addr: addr.clone() }))
+        .map(|(id, addr)| (*id, Node::with_peer_addr(addr, membership.peer_addrs.get(id).cloned())))
         .collect();
+    if membership.peer_addrs.keys().any(|id| !nodes.contains_key(id)) {
+        return Err(CodecError {
+            what: "Membership",
+            reason: "a peer address names no member",
+        });
+    }
     let voters_known = configs.iter().flatten().all(|id| nodes.contains_key(id));
     if !voters_known {
         return Err(CodecError {
@@ -196,30 +206,10 @@ mod tests {
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2, 3])],
             BTreeMap::from([
-                (
-                    1,
-                    Node {
-                        addr: "127.0.0.1:1".into(),
-                    },
-                ),
-                (
-                    2,
-                    Node {
-                        addr: "127.0.0.1:2".into(),
-                    },
-                ),
-                (
-                    3,
-                    Node {
-                        addr: "127.0.0.1:3".into(),
-                    },
-                ),
-                (
-                    4,
-                    Node {
-                        addr: "127.0.0.1:4".into(),
-                    },
-                ),
+                (1, Node::new("127.0.0.1:1")),
+                (2, Node::with_peer_addr("127.0.0.1:2", Some("127.0.0.1:52".into()))),
+                (3, Node::new("127.0.0.1:3")),
+                (4, Node::with_peer_addr("127.0.0.1:4", Some("127.0.0.1:54".into()))),
             ]),
         );
         let log_id = LogId::new(CommittedLeaderId::new(7, 2), 41);
@@ -267,7 +257,30 @@ mod tests {
         let bad = pb::Membership {
             configs: vec![pb::NodeIds { ids: vec![5] }],
             nodes: Default::default(),
+            peer_addrs: Default::default(),
         };
         assert!(membership_from_pb(&bad).is_err());
+        let stray_peer = pb::Membership {
+            configs: vec![pb::NodeIds { ids: vec![1] }],
+            nodes: [(1, "127.0.0.1:1".to_string())].into(),
+            peer_addrs: [(2, "127.0.0.1:52".to_string())].into(),
+        };
+        assert!(membership_from_pb(&stray_peer).is_err());
+    }
+
+    #[test]
+    fn a_membership_without_peer_addresses_reaches_members_at_their_address() {
+        // Logs and snapshots written before peer ports existed must decode
+        // to members that serve Raft on their one port.
+        let old = pb::Membership {
+            configs: vec![pb::NodeIds { ids: vec![1, 2] }],
+            nodes: [(1, "127.0.0.1:1".to_string()), (2, "127.0.0.1:2".to_string())].into(),
+            peer_addrs: Default::default(),
+        };
+        let membership = membership_from_pb(&old).expect("decodes");
+        let node = membership.get_node(&2).expect("member 2");
+        assert_eq!(node.peer_addr, None);
+        assert_eq!(node.peer_addr(), "127.0.0.1:2");
+        assert!(membership_to_pb(&membership).peer_addrs.is_empty());
     }
 }

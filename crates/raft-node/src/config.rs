@@ -129,12 +129,21 @@ impl Default for RaftTiming {
 pub struct NodeConfig {
     /// This node's id (not 0).
     pub id: NodeId,
-    /// The `host:port` peers and clients reach this node at.
+    /// The `host:port` clients (and, without `peer_advertise_addr`, peers)
+    /// reach this node at.
     pub advertise_addr: String,
+    /// The `host:port` peers and admin tools reach this node's peer port at,
+    /// when it serves Raft and membership calls on a separate peer listener
+    /// (see `KvNode::serve_with_peer_listener`). Default `None`: one port.
+    pub peer_advertise_addr: Option<String>,
     /// Where the node keeps its Raft log and state machine.
     pub data_dir: PathBuf,
-    /// With `initialize`: the initial voters and their addresses.
+    /// With `initialize`: the initial voters and their (client) addresses.
     pub initial_members: BTreeMap<NodeId, String>,
+    /// With `initialize`: the peer addresses of the initial voters that
+    /// have a separate peer port. Default empty: a voter absent here is
+    /// reached by its peers at its address in `initial_members`.
+    pub initial_peer_addrs: BTreeMap<NodeId, String>,
     /// Whether this node forms a new cluster of `initial_members` when it
     /// holds no Raft state yet. Give it to one node, on first start only.
     pub initialize: bool,
@@ -144,4 +153,87 @@ pub struct NodeConfig {
     pub engine: storage::Options,
     /// API request limits.
     pub limits: Limits,
+}
+
+/// The separator of a peer spec's client and peer address:
+/// `id=client_host:port/peer_host:port`.
+pub const PEER_ADDR_SEPARATOR: char = '/';
+
+/// A malformed `--peers` entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerSpecError {
+    /// The entry has no `=` between id and address.
+    #[error("peer {spec:?} is not id=host:port or id=host:port/peer_host:port")]
+    Shape {
+        /// The entry.
+        spec: String,
+    },
+    /// The id is not a positive integer.
+    #[error("peer id {id:?} is not a positive integer")]
+    Id {
+        /// The id as written.
+        id: String,
+    },
+    /// An address is not `ip:port`.
+    #[error("peer address {addr:?} is not ip:port")]
+    Addr {
+        /// The address as written.
+        addr: String,
+    },
+}
+
+/// Parses one `--peers` entry: `id=host:port` (one port for clients and
+/// peers) or `id=host:port/peer_host:port` (a separate peer port).
+pub fn parse_peer_spec(spec: &str) -> Result<(NodeId, crate::types::Node), PeerSpecError> {
+    let (id, addrs) = spec
+        .split_once('=')
+        .ok_or_else(|| PeerSpecError::Shape { spec: spec.into() })?;
+    let id_number: NodeId = id.parse().map_err(|_| PeerSpecError::Id { id: id.into() })?;
+    if id_number == 0 {
+        return Err(PeerSpecError::Id { id: id.into() });
+    }
+    let (addr, peer_addr) = match addrs.split_once(PEER_ADDR_SEPARATOR) {
+        Some((addr, peer_addr)) => (addr, Some(peer_addr)),
+        None => (addrs, None),
+    };
+    for a in std::iter::once(addr).chain(peer_addr) {
+        if a.parse::<std::net::SocketAddr>().is_err() {
+            return Err(PeerSpecError::Addr { addr: a.into() });
+        }
+    }
+    Ok((
+        id_number,
+        crate::types::Node::with_peer_addr(addr, peer_addr.map(str::to_string)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Node;
+
+    #[test]
+    fn a_peer_spec_names_a_client_and_optionally_a_peer_address() {
+        // `--peers` must say where each voter serves Raft, and old specs
+        // (one address) keep meaning one port.
+        assert_eq!(
+            parse_peer_spec("1=127.0.0.1:7001"),
+            Ok((1, Node::new("127.0.0.1:7001")))
+        );
+        assert_eq!(
+            parse_peer_spec("2=127.0.0.1:7002/127.0.0.1:7052"),
+            Ok((2, Node::with_peer_addr("127.0.0.1:7002", Some("127.0.0.1:7052".into()))))
+        );
+        for bad in [
+            "127.0.0.1:7001",
+            "0=127.0.0.1:7001",
+            "x=127.0.0.1:7001",
+            "1=nowhere",
+            "1=127.0.0.1:7001/",
+            "1=127.0.0.1:7001/nowhere",
+        ] {
+            assert!(parse_peer_spec(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
 }

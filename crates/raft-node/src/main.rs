@@ -5,6 +5,15 @@
 //!     --peers 1=127.0.0.1:7001,2=127.0.0.1:7002,3=127.0.0.1:7003 --init
 //! ```
 //!
+//! With a separate peer port (Raft and membership calls, firewalled to the
+//! cluster's hosts), each peer is `id=client_addr/peer_addr`:
+//!
+//! ```text
+//! kv-node --id 1 --listen 127.0.0.1:7001 --peer-listen 127.0.0.1:7051 \
+//!     --data-dir data/node1 --init --peers \
+//!     1=127.0.0.1:7001/127.0.0.1:7051,2=127.0.0.1:7002/127.0.0.1:7052,3=127.0.0.1:7003/127.0.0.1:7053
+//! ```
+//!
 //! Every flag has an environment fallback (`KV_NODE_ID`, `KV_LISTEN`, ...).
 //! SIGTERM or SIGINT stops the node gracefully.
 //!
@@ -18,6 +27,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use raft_node::config::parse_peer_spec;
 use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming};
 
 /// The exit status after Raft stopped on a fatal storage error.
@@ -30,16 +40,27 @@ struct Args {
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "KV_NODE_ID")]
     id: u64,
-    /// The address to listen on for clients and peers.
+    /// The address to listen on for clients (and peers, without --peer-listen).
     #[arg(long, env = "KV_LISTEN", default_value = "127.0.0.1:7001")]
     listen: String,
-    /// The address peers and clients reach this node at (default: --listen).
+    /// The address clients (and peers, without --peer-advertise) reach this
+    /// node at (default: --listen).
     #[arg(long, env = "KV_ADVERTISE")]
     advertise: Option<String>,
+    /// A separate address to listen on for peers: Raft and the calls that
+    /// initialize or change membership are then served there only, not on
+    /// --listen. Firewall it to the cluster's hosts (and admin host).
+    #[arg(long, env = "KV_PEER_LISTEN")]
+    peer_listen: Option<String>,
+    /// The address peers and admin tools reach the peer port at (default:
+    /// --peer-listen). Needs --peer-listen.
+    #[arg(long, env = "KV_PEER_ADVERTISE", requires = "peer_listen")]
+    peer_advertise: Option<String>,
     /// The node's data directory (Raft log and state machine).
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: PathBuf,
-    /// The initial voters, as `id=host:port,...` (used with --init).
+    /// The initial voters, as `id=host:port,...`, or `id=host:port/peer_host:port`
+    /// for voters with a separate peer port (used with --init).
     #[arg(long, env = "KV_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
     /// Form a new cluster of --peers if this node has no Raft state yet.
@@ -85,20 +106,20 @@ struct Args {
     log: String,
 }
 
-fn parse_peers(peers: &[String]) -> Result<BTreeMap<u64, String>> {
+/// The initial voters' client addresses and their separate peer addresses.
+fn parse_peers(peers: &[String]) -> Result<(BTreeMap<u64, String>, BTreeMap<u64, String>)> {
     let mut members = BTreeMap::new();
+    let mut peer_addrs = BTreeMap::new();
     for peer in peers.iter().filter(|p| !p.is_empty()) {
-        let (id, addr) = peer
-            .split_once('=')
-            .with_context(|| format!("peer {peer:?} is not id=host:port"))?;
-        let id: u64 = id.parse().with_context(|| format!("peer id {id:?} is not a number"))?;
-        addr.parse::<std::net::SocketAddr>()
-            .with_context(|| format!("peer address {addr:?} is not host:port"))?;
-        if members.insert(id, addr.to_string()).is_some() {
+        let (id, node) = parse_peer_spec(peer)?;
+        if members.insert(id, node.addr).is_some() {
             bail!("peer id {id} appears twice");
         }
+        if let Some(peer_addr) = node.peer_addr {
+            peer_addrs.insert(id, peer_addr);
+        }
     }
-    Ok(members)
+    Ok((members, peer_addrs))
 }
 
 async fn shutdown_signal() {
@@ -120,16 +141,36 @@ async fn main() -> Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_target(false)
         .init();
-    let members = parse_peers(&args.peers)?;
+    let (members, peer_addrs) = parse_peers(&args.peers)?;
     if args.init && !members.contains_key(&args.id) {
         bail!("--init needs --peers that include this node (id {})", args.id);
     }
     let advertise = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
+    let peer_advertise = args.peer_advertise.clone().or_else(|| args.peer_listen.clone());
+    // Peers reach a node with a peer port only there: an entry without its
+    // peer address would leave this node unreachable for Raft.
+    if args.init && peer_advertise.is_some() != peer_addrs.contains_key(&args.id) {
+        bail!(
+            "--peers gives node {} {}, but it {}; write its entry as id=client_addr/peer_addr \
+             exactly when it runs with --peer-listen",
+            args.id,
+            peer_addrs
+                .get(&args.id)
+                .map_or_else(|| "no peer address".to_string(), |a| format!("the peer address {a}")),
+            if peer_advertise.is_some() {
+                "runs with --peer-listen"
+            } else {
+                "has no --peer-listen"
+            }
+        );
+    }
     let config = NodeConfig {
         id: args.id,
         advertise_addr: advertise.clone(),
+        peer_advertise_addr: peer_advertise.clone(),
         data_dir: args.data_dir.clone(),
         initial_members: members,
+        initial_peer_addrs: peer_addrs,
         initialize: args.init,
         timing: RaftTiming {
             heartbeat_ms: args.heartbeat_ms,
@@ -150,11 +191,29 @@ async fn main() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let peer_listener = match &args.peer_listen {
+        Some(peer_listen) => Some(
+            tokio::net::TcpListener::bind(peer_listen)
+                .await
+                .with_context(|| format!("cannot listen for peers on {peer_listen}"))?,
+        ),
+        None => None,
+    };
     let node = KvNode::start(config)
         .await
         .with_context(|| format!("cannot start node {} on {}", args.id, args.data_dir.display()))?;
-    tracing::info!(id = args.id, listen = %args.listen, advertise = %advertise, "serving");
-    match node.serve(listener, shutdown_signal()).await {
+    tracing::info!(
+        id = args.id,
+        listen = %args.listen,
+        advertise = %advertise,
+        peer_listen = ?args.peer_listen,
+        peer_advertise = ?peer_advertise,
+        "serving"
+    );
+    match node
+        .serve_with_peer_listener(listener, peer_listener, shutdown_signal())
+        .await
+    {
         Ok(()) => {
             tracing::info!("stopped");
             Ok(())

@@ -85,7 +85,7 @@ pub struct Network {
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
 }
 
-/// The shared connection to one peer, and the address it was made for.
+/// The shared connection to one peer, and the (peer) address it was made for.
 #[derive(Debug, Clone)]
 struct PeerChannel {
     addr: String,
@@ -120,7 +120,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let client = self.channel(target, &node.addr).map(|channel| {
+        let client = self.channel(target, node.peer_addr()).map(|channel| {
             RaftClient::new(channel)
                 .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
@@ -234,6 +234,14 @@ fn rpc_error<E: std::error::Error>(
     match status.code() {
         // Refused or dropped connections, and a peer that is shutting down.
         tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(status)),
+        // No Raft service at the address: the client port of a node that
+        // serves Raft on a separate peer port, named as the member's peer
+        // address by mistake. That does not fix itself soon: back off.
+        tonic::Code::Unimplemented => RPCError::Unreachable(Unreachable::new(&AnyError::error(format!(
+            "the peer serves no raft.v1.Raft at this address (the client port of a node with \
+             --peer-listen? its membership entry needs its peer address): {}",
+            status.message()
+        )))),
         // tonic reports a message over a size limit (ours when encoding,
         // the peer's when decoding) as OUT_OF_RANGE, some peers and proxies
         // as RESOURCE_EXHAUSTED; a call that missed a deadline sized for
@@ -521,6 +529,12 @@ mod tests {
         }
         let refused: E = rpc_error(&tonic::Status::unavailable("refused"), 10);
         assert!(matches!(refused, RPCError::Unreachable(_)));
+        // A client port of a node with a peer port: back off, say why.
+        let client_port: E = rpc_error(&tonic::Status::unimplemented(""), 10);
+        assert!(
+            matches!(client_port, RPCError::Unreachable(ref u) if u.to_string().contains("peer-listen")),
+            "{client_port:?}"
+        );
     }
 
     #[tokio::test]
@@ -541,5 +555,17 @@ mod tests {
         );
         assert!(network.channel(4, "not an address").is_err());
         assert_eq!(network.channels.lock().len(), 2, "a bad address is not cached");
+    }
+
+    #[tokio::test]
+    async fn raft_dials_a_members_peer_address_when_it_has_one() {
+        // Raft is served only on the peer port of a node that has one.
+        let mut network = Network::default();
+        let split = Node::with_peer_addr("127.0.0.1:7002", Some("127.0.0.1:7052".into()));
+        let _client = network.new_client(2, &split).await;
+        let _client = network.new_client(3, &Node::new("127.0.0.1:7003")).await;
+        let addr_of = |id| network.channels.lock().get(&id).map(|peer| peer.addr.clone());
+        assert_eq!(addr_of(2).as_deref(), Some("127.0.0.1:7052"));
+        assert_eq!(addr_of(3).as_deref(), Some("127.0.0.1:7003"));
     }
 }

@@ -13,7 +13,7 @@ use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{Router, TcpIncoming};
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
@@ -21,7 +21,8 @@ use tonic_health::ServingStatus;
 use crate::config::NodeConfig;
 use crate::log_store::{LogStore, LogStoreOptions};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
-use crate::service::{admin::AdminService, kv::KvService, raft::RaftService};
+use crate::service::admin::{AdminService, Port as AdminPort};
+use crate::service::{kv::KvService, raft::RaftService};
 use crate::snapshot_trigger;
 use crate::state_machine::{Engine, StateMachine};
 use crate::types::{Node as MemberNode, NodeId, Raft};
@@ -171,7 +172,8 @@ impl KvNode {
     }
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
-    /// `listener` until `shutdown` resolves, then stops Raft.
+    /// `listener` until `shutdown` resolves, then stops Raft. The same as
+    /// [`KvNode::serve_with_peer_listener`] without a peer listener.
     ///
     /// If Raft stops on its own (a fatal storage error), health turns
     /// `NOT_SERVING` and KV requests are refused with `UNAVAILABLE` at once;
@@ -180,6 +182,26 @@ impl KvNode {
     pub async fn serve(
         &self,
         listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        self.serve_with_peer_listener(listener, None, shutdown).await
+    }
+
+    /// Serves until `shutdown` resolves, then stops Raft; with a
+    /// `peer_listener`, on two ports:
+    /// - `listener` (the client port): KV, the read-only Cluster calls
+    ///   (Status, Digest), health and reflection;
+    /// - `peer_listener`: Raft and every Cluster call, including those that
+    ///   initialize or change membership (refused on the client port), and
+    ///   health.
+    ///
+    /// Without a peer listener, `listener` serves all of it. Both servers
+    /// stop together: on `shutdown`, on a fatal Raft error (as for
+    /// [`KvNode::serve`]), or when either fails.
+    pub async fn serve_with_peer_listener(
+        &self,
+        listener: TcpListener,
+        peer_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), NodeError> {
         if self.config.initialize {
@@ -192,11 +214,18 @@ impl KvNode {
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
         let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
-        let admin = ClusterServer::new(AdminService::new(
-            self.raft.clone(),
-            self.engine.clone(),
+        let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
-        ));
+            self.config.peer_advertise_addr.clone(),
+        );
+        let admin = |port: AdminPort| {
+            ClusterServer::new(AdminService::new(
+                self.raft.clone(),
+                self.engine.clone(),
+                advertised.clone(),
+                port,
+            ))
+        };
         let raft = RaftServer::new(RaftService::new(self.raft.clone()))
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
@@ -206,6 +235,24 @@ impl KvNode {
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
             .build_v1()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let client_port = server_builder().add_service(kv).add_service(health.clone());
+        let (client_port, peer_port) = match peer_listener {
+            Some(peer_listener) => {
+                let peer_port = server_builder()
+                    .add_service(raft)
+                    .add_service(admin(AdminPort::Peer))
+                    .add_service(health);
+                (
+                    client_port.add_service(admin(AdminPort::Client)),
+                    Some((peer_port, peer_listener)),
+                )
+            }
+            None => (
+                client_port.add_service(admin(AdminPort::Shared)).add_service(raft),
+                None,
+            ),
+        };
+        let client_port = client_port.add_service(reflection);
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),
@@ -213,26 +260,16 @@ impl KvNode {
             Arc::clone(&stopped),
             drained,
         ));
+        let check = tokio::spawn(warn_on_misplaced_entry(self.raft.clone(), advertised));
         let shutdown = async move {
             tokio::select! {
                 () = shutdown => {}
                 _ = drained_rx => {}
             }
         };
-        let incoming = incoming(listener);
-        let served = Server::builder()
-            // Every Raft RPC that times out during a partition resets its
-            // stream; h2's default guard (20 pending resets) would then drop
-            // the peer's whole connection right after the partition heals.
-            .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
-            .add_service(kv)
-            .add_service(admin)
-            .add_service(raft)
-            .add_service(health)
-            .add_service(reflection)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+        let served = serve_ports((client_port, listener), peer_port, shutdown).await;
         watch.abort();
+        check.abort();
         if let Some(reason) = stopped.get() {
             return Err(NodeError::Fatal { reason: reason.clone() });
         }
@@ -249,7 +286,10 @@ impl KvNode {
             .config
             .initial_members
             .iter()
-            .map(|(id, addr)| (*id, MemberNode { addr: addr.clone() }))
+            .map(|(id, addr)| {
+                let peer_addr = self.config.initial_peer_addrs.get(id).cloned();
+                (*id, MemberNode::with_peer_addr(addr.clone(), peer_addr))
+            })
             .collect();
         tokio::spawn(async move {
             match raft.is_initialized().await {
@@ -272,6 +312,49 @@ fn refuse_once_stopped(
     move |request| match stopped.get() {
         Some(reason) => Err(crate::service::status::node_stopped(reason)),
         None => Ok(request),
+    }
+}
+
+/// Why peers cannot reach this node's Raft through the membership's entry
+/// for it, if they cannot: the entry names another peer address than the
+/// one the node serves Raft at (`advertised`).
+fn misplaced_entry(entry: &MemberNode, advertised: &MemberNode) -> Option<String> {
+    (entry.peer_addr() != advertised.peer_addr()).then(|| {
+        format!(
+            "the cluster's membership reaches this node's Raft at {}, but it serves Raft at {}: \
+             peers cannot replicate to it; remove it and add it again with its peer address \
+             (kvctl member add ID ADDR --peer-addr PEER_ADDR), or restart it to match",
+            entry.peer_addr(),
+            advertised.peer_addr()
+        )
+    })
+}
+
+/// Logs an error, once per membership change, while the membership's
+/// entry for this node names a peer address it does not serve Raft at (a
+/// node restarted with or without `--peer-listen`, or added without
+/// `--peer-addr`).
+async fn warn_on_misplaced_entry(raft: Raft, advertised: MemberNode) {
+    let mut metrics = raft.metrics();
+    let mut last_warned = None;
+    loop {
+        let (id, membership) = {
+            let m = metrics.borrow_and_update();
+            (m.id, m.membership_config.clone())
+        };
+        let problem = membership
+            .membership()
+            .get_node(&id)
+            .and_then(|entry| misplaced_entry(entry, &advertised));
+        if let Some(problem) = &problem {
+            if last_warned.as_ref() != Some(membership.log_id()) {
+                tracing::error!("{problem}");
+                last_warned = Some(*membership.log_id());
+            }
+        }
+        if metrics.changed().await.is_err() {
+            return;
+        }
     }
 }
 
@@ -308,6 +391,57 @@ async fn watch_fatal(
     );
     tokio::time::sleep(Duration::from_millis(FATAL_DRAIN_MS)).await;
     let _ = drained.send(());
+}
+
+/// Serves `client` (and `peer`, if given) until `shutdown` resolves or
+/// either server fails; both stop together, so neither outlives the other.
+async fn serve_ports(
+    (client, listener): (Router, TcpListener),
+    peer: Option<(Router, TcpListener)>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stop_requested = |stop: &tokio::sync::watch::Sender<bool>| {
+        let mut stopping = stop.subscribe();
+        async move {
+            let _ = stopping.wait_for(|stopping| *stopping).await;
+        }
+    };
+    let trigger = async {
+        tokio::select! {
+            () = shutdown => {}
+            () = stop_requested(&stop) => {}
+        }
+        stop.send_replace(true);
+    };
+    let client_served = async {
+        let served = client
+            .serve_with_incoming_shutdown(incoming(listener), stop_requested(&stop))
+            .await;
+        stop.send_replace(true);
+        served
+    };
+    let peer_served = async {
+        let Some((peer, peer_listener)) = peer else {
+            return Ok(());
+        };
+        let served = peer
+            .serve_with_incoming_shutdown(incoming(peer_listener), stop_requested(&stop))
+            .await;
+        stop.send_replace(true);
+        served
+    };
+    let ((), client_served, peer_served) = tokio::join!(trigger, client_served, peer_served);
+    client_served.and(peer_served)
+}
+
+/// A gRPC server with the settings both ports share.
+fn server_builder() -> Server {
+    Server::builder()
+        // Every Raft RPC that times out during a partition resets its
+        // stream; h2's default guard (20 pending resets) would then drop
+        // the peer's whole connection right after the partition heals.
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
 }
 
 /// The connections a node accepts, with Nagle's algorithm off on each.
@@ -412,6 +546,22 @@ mod tests {
                 .get(crate::service::status::NOT_APPLIED_HEADER)
                 .is_some(),
             "refused before Raft: certainly not applied"
+        );
+    }
+
+    #[test]
+    fn a_membership_entry_that_misses_the_peer_port_is_reported() {
+        // Peers dial the entry's peer address: if the node serves Raft
+        // elsewhere, it silently stops receiving the log.
+        let split = MemberNode::with_peer_addr("127.0.0.1:7001", Some("127.0.0.1:7051".into()));
+        let one_port = MemberNode::new("127.0.0.1:7001");
+        assert_eq!(misplaced_entry(&split, &split), None);
+        assert_eq!(misplaced_entry(&one_port, &one_port), None);
+        let problem = misplaced_entry(&one_port, &split).expect("entry lacks the peer port");
+        assert!(problem.contains("127.0.0.1:7051"), "{problem}");
+        assert!(
+            misplaced_entry(&split, &one_port).is_some(),
+            "entry names a port not served"
         );
     }
 

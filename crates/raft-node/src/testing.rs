@@ -36,6 +36,10 @@ struct RunningNode {
 pub struct TestCluster {
     dir: tempfile::TempDir,
     addrs: BTreeMap<u64, String>,
+    /// Each node's separate peer address; empty unless the cluster was
+    /// started with peer ports.
+    peer_addrs: BTreeMap<u64, String>,
+    peer_ports: bool,
     running: BTreeMap<u64, RunningNode>,
     timing: RaftTiming,
 }
@@ -48,7 +52,7 @@ impl TestCluster {
 
     /// Starts `n` voters with `timing` and waits for a leader.
     pub async fn start_with_timing(n: u64, timing: RaftTiming) -> TestCluster {
-        let cluster = TestCluster::boot(n, timing, true).await;
+        let cluster = TestCluster::boot(n, timing, true, false).await;
         cluster.wait_for_leader(None).await;
         cluster
     }
@@ -56,54 +60,88 @@ impl TestCluster {
     /// Starts `n` nodes that know their peers but form no cluster until
     /// someone calls Initialize.
     pub async fn start_uninitialized(n: u64) -> TestCluster {
-        TestCluster::boot(n, fast_timing(), false).await
+        TestCluster::boot(n, fast_timing(), false, false).await
     }
 
-    async fn boot(n: u64, timing: RaftTiming, initialize: bool) -> TestCluster {
+    /// Starts `n` voters that serve Raft and membership calls on a
+    /// separate peer port each ([`TestCluster::peer_addr`]), and waits for
+    /// a leader.
+    pub async fn start_with_peer_ports(n: u64) -> TestCluster {
+        let cluster = TestCluster::boot(n, fast_timing(), true, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
+    /// Like [`TestCluster::start_uninitialized`], with a separate peer
+    /// port per node.
+    pub async fn start_uninitialized_with_peer_ports(n: u64) -> TestCluster {
+        TestCluster::boot(n, fast_timing(), false, true).await
+    }
+
+    async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool) -> TestCluster {
         let mut cluster = TestCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             addrs: BTreeMap::new(),
+            peer_addrs: BTreeMap::new(),
+            peer_ports,
             running: BTreeMap::new(),
             timing,
         };
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
-            let listener = bind_free_port().await;
-            cluster
-                .addrs
-                .insert(id, listener.local_addr().expect("addr").to_string());
-            listeners.insert(id, listener);
+            let listeners_of_id = cluster.bind(id).await;
+            listeners.insert(id, listeners_of_id);
         }
         let members = cluster.addrs.clone();
-        for (id, listener) in listeners {
+        for (id, (listener, peer_listener)) in listeners {
             cluster
-                .launch(id, listener, members.clone(), initialize && id == 1)
+                .launch(id, listener, peer_listener, members.clone(), initialize && id == 1)
                 .await;
         }
         cluster
     }
 
+    /// Binds node `id`'s client port (and peer port, with peer ports) on
+    /// free ports and records their addresses.
+    async fn bind(&mut self, id: u64) -> (tokio::net::TcpListener, Option<tokio::net::TcpListener>) {
+        let listener = bind_free_port().await;
+        self.addrs.insert(id, listener.local_addr().expect("addr").to_string());
+        if !self.peer_ports {
+            return (listener, None);
+        }
+        let peer_listener = bind_free_port().await;
+        self.peer_addrs
+            .insert(id, peer_listener.local_addr().expect("addr").to_string());
+        (listener, Some(peer_listener))
+    }
+
     /// Starts node `id` outside the cluster (to be added as a learner);
     /// returns its address.
     pub async fn start_extra(&mut self, id: u64) -> String {
-        let listener = bind_free_port().await;
-        let addr = listener.local_addr().expect("addr").to_string();
-        self.addrs.insert(id, addr.clone());
-        self.launch(id, listener, BTreeMap::new(), false).await;
-        addr
+        let (listener, peer_listener) = self.bind(id).await;
+        self.launch(id, listener, peer_listener, BTreeMap::new(), false).await;
+        self.addr(id)
     }
 
     async fn launch(
         &mut self,
         id: u64,
         listener: tokio::net::TcpListener,
+        peer_listener: Option<tokio::net::TcpListener>,
         initial_members: BTreeMap<u64, String>,
         initialize: bool,
     ) {
         let config = NodeConfig {
             id,
             advertise_addr: self.addrs[&id].clone(),
+            peer_advertise_addr: self.peer_addrs.get(&id).cloned(),
             data_dir: self.data_dir(id),
+            initial_peer_addrs: self
+                .peer_addrs
+                .iter()
+                .filter(|(id, _)| initial_members.contains_key(id))
+                .map(|(id, addr)| (*id, addr.clone()))
+                .collect(),
             initial_members,
             initialize,
             timing: self.timing.clone(),
@@ -120,7 +158,10 @@ impl TestCluster {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(error) = serving.serve(listener, shutdown).await {
+            if let Err(error) = serving
+                .serve_with_peer_listener(listener, peer_listener, shutdown)
+                .await
+            {
                 eprintln!("node {id} stopped with {error}");
             }
         });
@@ -130,6 +171,12 @@ impl TestCluster {
     /// The address of node `id`.
     pub fn addr(&self, id: u64) -> String {
         self.addrs[&id].clone()
+    }
+
+    /// The peer address of node `id`: its separate peer port, or its
+    /// address when the cluster has no peer ports.
+    pub fn peer_addr(&self, id: u64) -> String {
+        self.peer_addrs.get(&id).unwrap_or(&self.addrs[&id]).clone()
     }
 
     /// The addresses of every node started, in id order.
@@ -153,8 +200,12 @@ impl TestCluster {
     pub async fn restart(&mut self, id: u64) {
         let addr = self.addr(id);
         let listener = bind_retrying(&addr).await;
+        let peer_listener = match self.peer_addrs.get(&id).cloned() {
+            Some(peer_addr) => Some(bind_retrying(&peer_addr).await),
+            None => None,
+        };
         let members = self.addrs.clone();
-        self.launch(id, listener, members, false).await;
+        self.launch(id, listener, peer_listener, members, false).await;
     }
 
     /// Stops every running node.

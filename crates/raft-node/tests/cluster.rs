@@ -475,6 +475,7 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
         let request = api::AddLearnerRequest {
             id: victim,
             addr: addr.clone(),
+            peer_addr: String::new(),
         };
         async move { admin.add_learner(request).await }
     })

@@ -10,8 +10,10 @@ fn config(data_dir: &Path) -> NodeConfig {
     NodeConfig {
         id: 1,
         advertise_addr: "127.0.0.1:1".into(),
+        peer_advertise_addr: None,
         data_dir: data_dir.to_path_buf(),
         initial_members: BTreeMap::new(),
+        initial_peer_addrs: BTreeMap::new(),
         initialize: false,
         timing: RaftTiming::default(),
         engine: storage::Options::default(),

@@ -1,4 +1,8 @@
 //! The `kv.v1.Cluster` admin service: status and membership.
+//!
+//! A node with a separate peer port serves this service twice: on the
+//! client port with the read-only calls only ([`Port::Client`]), and on the
+//! peer port with every call ([`Port::Peer`]). See `proto/kv.proto`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -6,28 +10,70 @@ use openraft::{ChangeMembers, ServerState};
 use proto::kv as api;
 use tonic::{Request, Response, Status};
 
-use super::status;
+use super::status::{self, LeaderHint};
 use crate::state_machine::Engine;
 use crate::types::{Membership, Node, NodeId, Raft};
 
-/// Serves cluster administration for one node.
+/// The port an [`AdminService`] serves on, which decides the calls it
+/// serves and the leader address it hints at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Port {
+    /// The one port of a node without a separate peer port: every call;
+    /// hints name the leader's client address.
+    Shared,
+    /// The client port of a node with a separate peer port: Status and
+    /// Digest only; the calls that change membership or initialize are
+    /// refused ([`status::served_on_peer_port`]).
+    Client,
+    /// The peer port: every call; hints name the leader's peer address.
+    Peer,
+}
+
+/// Serves cluster administration for one node, on one port.
 pub struct AdminService {
     raft: Raft,
     engine: Engine,
-    addr: String,
+    /// This node's advertised client and peer addresses.
+    node: Node,
+    port: Port,
 }
 
 impl AdminService {
-    /// An admin service for the node advertised at `addr`.
-    pub fn new(raft: Raft, engine: Engine, addr: String) -> Self {
-        AdminService { raft, engine, addr }
+    /// An admin service on `port` of the node advertised as `node`.
+    pub fn new(raft: Raft, engine: Engine, node: Node, port: Port) -> Self {
+        AdminService {
+            raft,
+            engine,
+            node,
+            port,
+        }
+    }
+
+    /// Refuses `call` unless this port serves membership changes.
+    fn check_changes_served(&self, call: &str) -> Result<(), Status> {
+        match self.port {
+            Port::Shared | Port::Peer => Ok(()),
+            Port::Client => Err(status::served_on_peer_port(call)),
+        }
+    }
+
+    /// The leader address that not-leader answers on this port name.
+    fn hint(&self) -> LeaderHint {
+        match self.port {
+            Port::Shared | Port::Client => LeaderHint::Client,
+            Port::Peer => LeaderHint::Peer,
+        }
     }
 
     /// Waits until this node is a leader that has committed an entry of its
     /// own term: before that openraft refuses membership changes, as the
     /// previous leader's change may still be in flight.
     async fn settled_leader(&self) -> Result<(), Status> {
-        self.raft.ensure_linearizable().await.map_err(status::from_read_error)?;
+        let hint = self.hint();
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| status::from_read_error_to(e, hint))?;
         Ok(())
     }
 }
@@ -40,8 +86,19 @@ fn members_of(membership: &Membership) -> Vec<api::Member> {
             id: *id,
             addr: node.addr.clone(),
             voter: voters.contains(id),
+            peer_addr: node.peer_addr().to_string(),
         })
         .collect()
+}
+
+/// The member a request names: `peer_addr` empty means none of its own.
+fn node_of(id: NodeId, addr: &str, peer_addr: &str) -> Result<Node, Status> {
+    check_node(id, addr)?;
+    if peer_addr.is_empty() {
+        return Ok(Node::new(addr));
+    }
+    check_node(id, peer_addr)?;
+    Ok(Node::with_peer_addr(addr, Some(peer_addr.to_string())))
 }
 
 fn role_name(state: ServerState) -> &'static str {
@@ -88,7 +145,8 @@ impl api::cluster_server::Cluster for AdminService {
             .unwrap_or_default();
         Ok(Response::new(api::StatusResponse {
             id: metrics.id,
-            addr: self.addr.clone(),
+            addr: self.node.addr.clone(),
+            peer_addr: self.node.peer_addr().to_string(),
             role: role_name(metrics.state).to_string(),
             term: metrics.current_term,
             leader_id: metrics.current_leader.unwrap_or(0),
@@ -106,19 +164,14 @@ impl api::cluster_server::Cluster for AdminService {
         &self,
         request: Request<api::InitializeRequest>,
     ) -> Result<Response<api::InitializeResponse>, Status> {
+        self.check_changes_served("Initialize")?;
         let request = request.into_inner();
         if request.members.is_empty() {
             return Err(Status::invalid_argument("initialize needs at least one member"));
         }
         let mut members = BTreeMap::new();
         for member in &request.members {
-            check_node(member.id, &member.addr)?;
-            members.insert(
-                member.id,
-                Node {
-                    addr: member.addr.clone(),
-                },
-            );
+            members.insert(member.id, node_of(member.id, &member.addr, &member.peer_addr)?);
         }
         self.raft.initialize(members).await.map_err(|e| match e {
             openraft::error::RaftError::APIError(api_error) => Status::failed_precondition(api_error.to_string()),
@@ -131,14 +184,16 @@ impl api::cluster_server::Cluster for AdminService {
         &self,
         request: Request<api::AddLearnerRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
+        self.check_changes_served("AddLearner")?;
         let request = request.into_inner();
-        check_node(request.id, &request.addr)?;
+        let node = node_of(request.id, &request.addr, &request.peer_addr)?;
         self.settled_leader().await?;
+        let hint = self.hint();
         let reply = self
             .raft
-            .add_learner(request.id, Node { addr: request.addr }, true)
+            .add_learner(request.id, node, true)
             .await
-            .map_err(status::from_write_error)?;
+            .map_err(|e| status::from_write_error_to(e, hint))?;
         Ok(membership_reply(reply.log_id.index, reply.membership.as_ref()))
     }
 
@@ -146,16 +201,18 @@ impl api::cluster_server::Cluster for AdminService {
         &self,
         request: Request<api::ChangeMembershipRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
+        self.check_changes_served("ChangeMembership")?;
         let voters: BTreeSet<NodeId> = request.into_inner().voters.into_iter().collect();
         if voters.is_empty() {
             return Err(Status::invalid_argument("a cluster needs at least one voter"));
         }
         self.settled_leader().await?;
+        let hint = self.hint();
         let reply = self
             .raft
             .change_membership(voters, false)
             .await
-            .map_err(status::from_write_error)?;
+            .map_err(|e| status::from_write_error_to(e, hint))?;
         Ok(membership_reply(reply.log_id.index, reply.membership.as_ref()))
     }
 
@@ -163,6 +220,7 @@ impl api::cluster_server::Cluster for AdminService {
         &self,
         request: Request<api::RemoveNodeRequest>,
     ) -> Result<Response<api::MembershipResponse>, Status> {
+        self.check_changes_served("RemoveNode")?;
         let id = request.into_inner().id;
         self.settled_leader().await?;
         let metrics = self.raft.metrics().borrow().clone();
@@ -181,11 +239,12 @@ impl api::cluster_server::Cluster for AdminService {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
         // `retain = false`: a removed voter is dropped from the members too.
+        let hint = self.hint();
         let reply = self
             .raft
             .change_membership(change, false)
             .await
-            .map_err(status::from_write_error)?;
+            .map_err(|e| status::from_write_error_to(e, hint))?;
         Ok(membership_reply(reply.log_id.index, reply.membership.as_ref()))
     }
 

@@ -13,6 +13,9 @@
 //!   the window): `FAILED_PRECONDITION` with `x-kv-session-expired: 1`; the
 //!   write's outcome is unknown, and it was not applied now;
 //! - a session with too many unanswered writes: `RESOURCE_EXHAUSTED`;
+//! - a membership or initialize call on a client port of a node with a
+//!   separate peer port: `UNIMPLEMENTED`, `x-kv-not-applied: 1` (see
+//!   [`served_on_peer_port`]);
 //! - a failing disk: `INTERNAL`;
 //! - a node whose Raft stopped on a fatal storage error (full disk, failed
 //!   fsync): `UNAVAILABLE` naming the error, `x-kv-not-applied: 1`, until
@@ -47,8 +50,23 @@ pub fn not_applied(mut status: Status) -> Status {
     status
 }
 
-/// `UNAVAILABLE`, with the leader's id and address when known.
+/// Which of the leader's addresses a not-leader answer names: the port the
+/// caller used, so that following the hint reaches the same service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderHint {
+    /// The leader's client address (KV and read-only calls).
+    Client,
+    /// The leader's peer address (membership calls on a peer port).
+    Peer,
+}
+
+/// `UNAVAILABLE`, with the leader's id and client address when known.
 pub fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
+    not_leader_to(forward, LeaderHint::Client)
+}
+
+/// `UNAVAILABLE`, with the leader's id and its `hint` address when known.
+pub fn not_leader_to(forward: &ForwardToLeader<NodeId, Node>, hint: LeaderHint) -> Status {
     let mut status = Status::unavailable(match forward.leader_id {
         Some(id) => format!("not the leader; the leader is node {id}"),
         None => "not the leader, and no leader is known yet".to_string(),
@@ -57,7 +75,11 @@ pub fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
         status.metadata_mut().insert(LEADER_ID_HEADER, MetadataValue::from(id));
     }
     if let Some(node) = &forward.leader_node {
-        if let Ok(addr) = MetadataValue::try_from(node.addr.as_str()) {
+        let addr = match hint {
+            LeaderHint::Client => node.addr.as_str(),
+            LeaderHint::Peer => node.peer_addr(),
+        };
+        if let Ok(addr) = MetadataValue::try_from(addr) {
             status.metadata_mut().insert(LEADER_ADDR_HEADER, addr);
         }
     }
@@ -66,8 +88,13 @@ pub fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
 
 /// Maps a failed `client_write` (a proposal).
 pub fn from_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>) -> Status {
+    from_write_error_to(error, LeaderHint::Client)
+}
+
+/// Maps a failed `client_write`, hinting at the leader's `hint` address.
+pub fn from_write_error_to(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>, hint: LeaderHint) -> Status {
     match error {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => not_leader_to(&forward, hint),
         // A change still in progress (or a new leader that has not yet
         // committed an entry of its term) clears up by itself: retry later.
         RaftError::APIError(ClientWriteError::ChangeMembershipError(ChangeMembershipError::InProgress(e))) => {
@@ -80,8 +107,13 @@ pub fn from_write_error(error: RaftError<NodeId, ClientWriteError<NodeId, Node>>
 
 /// Maps a failed leadership check of a linearizable read.
 pub fn from_read_error(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>) -> Status {
+    from_read_error_to(error, LeaderHint::Client)
+}
+
+/// Maps a failed leadership check, hinting at the leader's `hint` address.
+pub fn from_read_error_to(error: RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>, hint: LeaderHint) -> Status {
     match error {
-        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => not_leader(&forward),
+        RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward)) => not_leader_to(&forward, hint),
         RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e)) => {
             Status::unavailable(format!("the leader cannot reach a quorum: {e}"))
         }
@@ -128,6 +160,17 @@ pub fn node_stopped(reason: &str) -> Status {
     )))
 }
 
+/// The refusal of a call that changes membership or initializes (`call`
+/// names it) on the client port of a node that serves such calls on a
+/// separate peer port only: nothing was done, and the same call on the
+/// node's peer port is served.
+pub fn served_on_peer_port(call: &str) -> Status {
+    not_applied(Status::unimplemented(format!(
+        "{call} is served on this node's peer port only (it runs with --peer-listen); \
+         send it to the peer port"
+    )))
+}
+
 /// Maps an engine failure.
 pub fn from_storage(error: &storage::Error) -> Status {
     Status::internal(format!("storage engine: {error}"))
@@ -140,12 +183,7 @@ mod tests {
     #[test]
     fn a_not_leader_status_carries_the_leader_hint() {
         // Clients follow this hint to the leader without guessing.
-        let status = not_leader(&ForwardToLeader::new(
-            3,
-            Node {
-                addr: "127.0.0.1:7003".into(),
-            },
-        ));
+        let status = not_leader(&ForwardToLeader::new(3, Node::new("127.0.0.1:7003")));
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert_eq!(
             status.metadata().get(LEADER_ID_HEADER).and_then(|v| v.to_str().ok()),
@@ -157,5 +195,30 @@ mod tests {
         );
         let unknown = not_leader(&ForwardToLeader::empty());
         assert!(unknown.metadata().get(LEADER_ID_HEADER).is_none());
+    }
+
+    #[test]
+    fn a_not_leader_status_on_the_peer_port_hints_at_the_leaders_peer_port() {
+        // An admin tool that follows the hint must reach a port that serves
+        // the call it made; clients keep the client address.
+        let leader = Node::with_peer_addr("127.0.0.1:7003", Some("127.0.0.1:7053".into()));
+        let forward = ForwardToLeader::new(3, leader);
+        let addr = |status: &Status| {
+            status
+                .metadata()
+                .get(LEADER_ADDR_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(addr(&not_leader(&forward)).as_deref(), Some("127.0.0.1:7003"));
+        assert_eq!(
+            addr(&not_leader_to(&forward, LeaderHint::Peer)).as_deref(),
+            Some("127.0.0.1:7053")
+        );
+        let one_port = ForwardToLeader::new(2, Node::new("127.0.0.1:7002"));
+        assert_eq!(
+            addr(&not_leader_to(&one_port, LeaderHint::Peer)).as_deref(),
+            Some("127.0.0.1:7002")
+        );
     }
 }
