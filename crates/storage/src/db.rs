@@ -191,7 +191,7 @@ impl Db {
 
     /// The value of `key`, or `None` if it is absent or deleted.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.inner.get(key, self.inner.visible_sequence.load(Ordering::Acquire))
+        self.inner.get(key, None)
     }
 
     /// Sets `key` to `value` (no fsync; see [`write`](Self::write)).
@@ -216,8 +216,7 @@ impl Db {
 
     /// The pairs with keys in `range`, in key order, as of now.
     pub fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<DbIter> {
-        self.inner
-            .scan(range, self.inner.visible_sequence.load(Ordering::Acquire))
+        self.inner.scan(range, None)
     }
 
     /// A consistent point-in-time view for repeatable reads. While it lives,
@@ -301,12 +300,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// The value of `key` as of the snapshot.
     pub fn get(&self, key: &[u8]) -> Result<Option<Bytes>> {
-        self.inner.get(key, self.sequence)
+        self.inner.get(key, Some(self.sequence))
     }
 
     /// The pairs with keys in `range` as of the snapshot.
     pub fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<DbIter> {
-        self.inner.scan(range, self.sequence)
+        self.inner.scan(range, Some(self.sequence))
     }
 
     /// The sequence number the snapshot reads at.
@@ -332,8 +331,20 @@ impl Inner {
         Arc::clone(&self.state.read())
     }
 
-    fn get(&self, key: &[u8], snapshot: SequenceNumber) -> Result<Option<Bytes>> {
+    /// The SuperVersion to read, and the sequence to read it at: a
+    /// registered snapshot's, or (`None`) the newest visible one, loaded
+    /// only after the SuperVersion is taken. The other order loses data:
+    /// a compaction between the load and the take, not knowing the reader,
+    /// may drop the version of a key the loaded sequence should see (it is
+    /// shadowed by a newer one the reader cannot see).
+    fn read_view(&self, snapshot: Option<SequenceNumber>) -> (Arc<SuperVersion>, SequenceNumber) {
         let sv = self.super_version();
+        let sequence = snapshot.unwrap_or_else(|| self.visible_sequence.load(Ordering::Acquire));
+        (sv, sequence)
+    }
+
+    fn get(&self, key: &[u8], snapshot: Option<SequenceNumber>) -> Result<Option<Bytes>> {
+        let (sv, snapshot) = self.read_view(snapshot);
         let found = std::iter::once(&sv.mem)
             .chain(&sv.imms)
             .find_map(|table| table.get(key, snapshot));
@@ -347,8 +358,8 @@ impl Inner {
         })
     }
 
-    fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>, snapshot: SequenceNumber) -> Result<DbIter> {
-        let sv = self.super_version();
+    fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>, snapshot: Option<SequenceNumber>) -> Result<DbIter> {
+        let (sv, snapshot) = self.read_view(snapshot);
         let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
         children.push(Box::new(sv.mem.iter()));
         for imm in &sv.imms {

@@ -13,6 +13,9 @@ pub const METADATA_BYTES_MAX: usize = 64 * 1024;
 /// Number of levels in the tree (L0 to L6).
 pub const LEVELS: usize = 7;
 
+/// Background compaction threads at most.
+pub const COMPACTION_THREADS_MAX: usize = 64;
+
 /// How a [`crate::Db`] is configured when opened.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -97,6 +100,20 @@ impl Options {
             self.memtable_bytes_max >= 4096,
             "memtable_bytes_max must be at least 4096",
         )?;
+        // With no room for an immutable memtable, a full memtable could
+        // never be frozen and every write would wait forever.
+        check(
+            self.immutable_memtables_max >= 1,
+            "immutable_memtables_max must be at least 1",
+        )?;
+        check(
+            self.bloom_bits_per_key <= 64,
+            "bloom_bits_per_key must be at most 64 (0 disables filters)",
+        )?;
+        check(
+            self.l1_bytes_target >= self.table_bytes_target,
+            "l1_bytes_target must be at least table_bytes_target",
+        )?;
         check(self.block_bytes_target >= 64, "block_bytes_target must be at least 64")?;
         check(
             self.block_restart_interval >= 1,
@@ -112,6 +129,10 @@ impl Options {
         )?;
         check(self.level_size_ratio >= 2, "level_size_ratio must be at least 2")?;
         check(self.compaction_threads >= 1, "compaction_threads must be at least 1")?;
+        check(
+            self.compaction_threads <= COMPACTION_THREADS_MAX,
+            "compaction_threads must be at most 64",
+        )?;
         check(
             self.table_bytes_target >= 4096,
             "table_bytes_target must be at least 4096",

@@ -121,7 +121,21 @@ fn lead(inner: &Inner, own: &Arc<Slot>) -> Result<()> {
     let mut writer = inner.writer.lock();
     loop {
         let group = take_group(inner);
-        let result = commit_group(inner, &mut writer, &group);
+        // A panic here is a bug, but it must not strand the group's other
+        // writers (and every later one) waiting for a leader that is gone:
+        // it fails the group and, through the background error, every
+        // later write, like a failed WAL append.
+        let committed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            commit_group(inner, &mut writer, &group)
+        }));
+        let result = committed.unwrap_or_else(|panic| {
+            let reason = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".to_owned());
+            Err(Error::Background(format!("the write leader panicked: {reason}")))
+        });
         let own_result = finish_group(inner, group, result, own);
         if let Some(own_result) = own_result {
             drop(writer);
