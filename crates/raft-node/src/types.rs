@@ -65,7 +65,7 @@ openraft::declare_raft_types!(
         NodeId = NodeId,
         Node = Node,
         Entry = openraft::Entry<TypeConfig>,
-        SnapshotData = tokio::fs::File,
+        SnapshotData = crate::state_machine::SnapshotData,
         AsyncRuntime = openraft::TokioRuntime,
 );
 

@@ -58,33 +58,55 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
 pub fn pack(source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u64, ArchiveError> {
     let file = fs::File::create(dest).map_err(io_err(dest))?;
     let mut out = BufWriter::with_capacity(COPY_BUFFER_BYTES, file);
-    let meta_bytes = meta.encode_to_vec();
-    let mut header = Vec::new();
-    header.extend_from_slice(&VERSION.to_le_bytes());
-    header.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
-    header.extend_from_slice(&meta_bytes);
-    let write = |out: &mut BufWriter<fs::File>, bytes: &[u8]| out.write_all(bytes).map_err(io_err(dest));
-    write(&mut out, &MAGIC.to_le_bytes())?;
-    write(&mut out, &header)?;
-    write(&mut out, &crc32fast::hash(&header).to_le_bytes())?;
+    let size = pack_to(source_dir, meta, &mut out)?;
+    let file = out.into_inner().map_err(|e| ArchiveError::Io {
+        path: dest.to_path_buf(),
+        source: e.into_error(),
+    })?;
+    // The archive is complete on disk before anyone may rename or send it.
+    file.sync_all().map_err(io_err(dest))?;
+    Ok(size)
+}
 
+/// Writes the archive of every file in `source_dir` with `meta` to `out`;
+/// returns its size in bytes. Every file is opened before any is written,
+/// so the directory may be removed once packing has started.
+pub fn pack_to(source_dir: &Path, meta: &pb::SnapshotMeta, out: &mut impl Write) -> Result<u64, ArchiveError> {
     let mut names: Vec<String> = fs::read_dir(source_dir)
         .map_err(io_err(source_dir))?
         .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
         .collect::<Result<_, _>>()
         .map_err(io_err(source_dir))?;
     names.sort();
-    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
-    for name in &names {
-        let path = source_dir.join(name);
-        let mut input = fs::File::open(&path).map_err(io_err(&path))?;
+    let mut inputs = Vec::with_capacity(names.len());
+    for name in names {
+        let path = source_dir.join(&name);
+        let input = fs::File::open(&path).map_err(io_err(&path))?;
         let size = input.metadata().map_err(io_err(&path))?.len();
+        inputs.push((name, path, input, size));
+    }
+    let mut written = 0u64;
+    let mut write = |out: &mut dyn Write, bytes: &[u8]| {
+        written += bytes.len() as u64;
+        out.write_all(bytes).map_err(io_err(source_dir))
+    };
+    let meta_bytes = meta.encode_to_vec();
+    let mut header = Vec::new();
+    header.extend_from_slice(&VERSION.to_le_bytes());
+    header.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    header.extend_from_slice(&meta_bytes);
+    write(out, &MAGIC.to_le_bytes())?;
+    write(out, &header)?;
+    write(out, &crc32fast::hash(&header).to_le_bytes())?;
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    let count = inputs.len();
+    for (name, path, mut input, size) in inputs {
         let name_len =
             u16::try_from(name.len()).map_err(|_| ArchiveError::Corrupt(format!("file name too long: {name}")))?;
-        write(&mut out, &[KIND_FILE])?;
-        write(&mut out, &name_len.to_le_bytes())?;
-        write(&mut out, name.as_bytes())?;
-        write(&mut out, &size.to_le_bytes())?;
+        write(out, &[KIND_FILE])?;
+        write(out, &name_len.to_le_bytes())?;
+        write(out, name.as_bytes())?;
+        write(out, &size.to_le_bytes())?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(name.as_bytes());
         let mut left = size;
@@ -92,20 +114,14 @@ pub fn pack(source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u
             let chunk = usize::try_from(left).map_or(buffer.len(), |l| l.min(buffer.len()));
             input.read_exact(&mut buffer[..chunk]).map_err(io_err(&path))?;
             crc.update(&buffer[..chunk]);
-            write(&mut out, &buffer[..chunk])?;
+            write(out, &buffer[..chunk])?;
             left -= chunk as u64;
         }
-        write(&mut out, &crc.finalize().to_le_bytes())?;
+        write(out, &crc.finalize().to_le_bytes())?;
     }
-    write(&mut out, &[KIND_END])?;
-    write(&mut out, &(names.len() as u32).to_le_bytes())?;
-    let file = out.into_inner().map_err(|e| ArchiveError::Io {
-        path: dest.to_path_buf(),
-        source: e.into_error(),
-    })?;
-    // The archive is complete on disk before anyone may rename or send it.
-    file.sync_all().map_err(io_err(dest))?;
-    file.metadata().map(|m| m.len()).map_err(io_err(dest))
+    write(out, &[KIND_END])?;
+    write(out, &(count as u32).to_le_bytes())?;
+    Ok(written)
 }
 
 fn read_array<const N: usize>(input: &mut impl Read, what: &str) -> Result<[u8; N], ArchiveError> {

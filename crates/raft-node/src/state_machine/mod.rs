@@ -20,6 +20,7 @@ mod engine;
 pub mod keys;
 pub mod sessions;
 mod snapshot;
+mod transfer;
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +35,7 @@ use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 pub use engine::{encoded_pair_bytes, Engine, PageBounds, RangePage};
 use sessions::{Sessions, Verdict};
 pub use snapshot::SnapshotBuilder;
+pub use transfer::SnapshotData;
 
 /// An applied batch is written to the engine once it holds this many bytes,
 /// so one apply call never builds an unbounded batch.
@@ -273,26 +275,32 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         SnapshotBuilder::new(self.engine.clone(), self.layout.clone())
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let file = self
-            .layout
-            .create_receive_file()
-            .await
-            .map_err(|e| StorageIOError::write_snapshot(None, &e))?;
-        Ok(Box::new(file))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotData>, StorageError> {
+        Ok(Box::new(self.layout.receive()))
     }
 
-    async fn install_snapshot(
-        &mut self,
-        meta: &SnapshotMeta,
-        snapshot: Box<tokio::fs::File>,
-    ) -> Result<(), StorageError> {
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let file = snapshot.into_std().await;
+        let snapshot = if snapshot.is_incoming() {
+            *snapshot
+        } else {
+            // A snapshot this node built (openraft's own tests install one):
+            // received from itself, through the same unpacking path.
+            let mut incoming = self.layout.receive();
+            let mut outgoing = *snapshot;
+            tokio::io::copy(&mut outgoing, &mut incoming)
+                .await
+                .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
+            incoming
+        };
+        let (received, archived) = snapshot
+            .finish_incoming()
+            .await
+            .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         let layout = self.layout.clone();
         let options = self.engine_options.clone();
         let expected = codec::snapshot_meta_to_pb(meta);
-        let db = tokio::task::spawn_blocking(move || layout.install(file, &expected, options))
+        let db = tokio::task::spawn_blocking(move || layout.install(&received, &archived, &expected, options))
             .await
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
@@ -312,7 +320,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_current_snapshot(&mut self) -> Result<Option<openraft::Snapshot<TypeConfig>>, StorageError> {
         self.layout
             .current_snapshot()
-            .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
     }
 }

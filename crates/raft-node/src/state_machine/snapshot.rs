@@ -2,18 +2,29 @@
 //! from an engine checkpoint, and installing one received from the leader.
 //!
 //! ```text
-//! <sm>/GENERATION          names the engine directory in use ("gen-000003")
-//! <sm>/gen-000003/         the engine
-//! <sm>/snapshots/current.snap   the newest snapshot archive (built or installed)
-//! <sm>/snapshots/*.tmp, build-* in-progress files, removed at startup
+//! <sm>/GENERATION               names the engine directory in use ("gen-000003")
+//! <sm>/gen-000003/              the engine
+//! <sm>/snapshots/CURRENT        names the current snapshot ("snap-<id>")
+//! <sm>/snapshots/snap-<id>/     a checkpoint: tables hard-linked, manifest copied
+//! <sm>/snapshots/snap-<id>.meta its metadata (see `write_meta`)
+//! <sm>/recv-<id>/               a snapshot being received
 //! ```
 //!
-//! Installing unpacks into a new generation directory, makes it durable,
-//! then switches `GENERATION` atomically: a crash before the switch leaves
-//! the old engine in use, after it the new one.
+//! Nothing is copied whole. Building a snapshot is an engine checkpoint:
+//! its tables are hard links of the engine's (immutable) tables, so it
+//! costs a flush and a small manifest; the disk it holds is what later
+//! compactions would otherwise free, until the next snapshot replaces it.
+//! Sending one packs the checkpoint into the archive format on the fly
+//! ([`super::transfer`]); receiving one unpacks the stream as it arrives
+//! into a new directory, which becomes the next engine generation by a
+//! rename. The received tables are hard-linked into the new current
+//! snapshot before the engine opens them, so this node can send it on.
+//!
+//! Installing switches `GENERATION` atomically: a crash before the switch
+//! leaves the old engine in use, after it the new one. Leftovers of
+//! interrupted builds, receptions and installs are removed at startup.
 
 use std::fs;
-use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,13 +34,26 @@ use proto::raft as pb;
 use storage::Db;
 
 use super::archive::{self, ArchiveError};
+use super::transfer::SnapshotData;
 use super::{Engine, StateMachineError};
 use crate::codec;
 use crate::types::{LogId, StorageError, TypeConfig};
 
 const GENERATION_FILE: &str = "GENERATION";
 const SNAPSHOTS_DIR: &str = "snapshots";
-const CURRENT_SNAPSHOT: &str = "current.snap";
+/// Names the current snapshot in the snapshots directory.
+const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
+/// The archive file earlier builds kept as the current snapshot.
+const LEGACY_SNAPSHOT_FILE: &str = "current.snap";
+const SNAPSHOT_PREFIX: &str = "snap-";
+const META_SUFFIX: &str = ".meta";
+const RECEIVE_PREFIX: &str = "recv-";
+/// First bytes of a snapshot metadata file.
+const META_MAGIC: u32 = 0x4b56_534d; // "KVSM"
+/// The metadata file format this build writes and reads.
+const META_VERSION: u32 = 1;
+/// Largest snapshot metadata accepted, in bytes.
+const META_BYTES_MAX: usize = 16 << 20;
 
 /// Failures building or installing a snapshot.
 #[derive(Debug, thiserror::Error)]
@@ -67,13 +91,13 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 pub(crate) struct Layout {
     root: PathBuf,
     generation: Arc<parking_lot::Mutex<u64>>,
-    /// Serialises replacing `current.snap`.
+    /// Serialises replacing the current snapshot.
     publish_lock: Arc<parking_lot::Mutex<()>>,
 }
 
 impl Layout {
     /// Opens (or creates) the layout under `root`, removing leftovers of
-    /// interrupted builds and installs.
+    /// interrupted builds, receptions and installs.
     pub fn open(root: &Path) -> Result<Self, StateMachineError> {
         let io = |path: &Path| {
             let path = path.to_path_buf();
@@ -97,12 +121,45 @@ impl Layout {
             publish_lock: Arc::new(parking_lot::Mutex::new(())),
         };
         layout.remove_stale_generations();
+        layout
+            .migrate_legacy_snapshot()
+            .map_err(|e| StateMachineError::Corrupt(format!("snapshot: {e}")))?;
+        let current = layout.current_snapshot_id();
         for entry in fs::read_dir(&snapshots).map_err(io(&snapshots))?.flatten() {
-            if entry.file_name() != CURRENT_SNAPSHOT {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let kept = name == CURRENT_SNAPSHOT_FILE
+                || current
+                    .as_deref()
+                    .is_some_and(|id| name == id || name == format!("{id}{META_SUFFIX}"));
+            if !kept {
+                remove_path(&entry.path());
+            }
+        }
+        for entry in fs::read_dir(root).map_err(io(root))?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX) {
                 remove_path(&entry.path());
             }
         }
         Ok(layout)
+    }
+
+    /// Turns the single-file snapshot of earlier builds into a snapshot
+    /// directory, once: unpacked, then named current, then removed.
+    fn migrate_legacy_snapshot(&self) -> Result<(), SnapshotError> {
+        let legacy = self.snapshots_dir().join(LEGACY_SNAPSHOT_FILE);
+        let file = match fs::File::open(&legacy) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(&legacy)(e)),
+        };
+        if self.current_snapshot_id().is_none() {
+            let id = format!("{SNAPSHOT_PREFIX}{:016x}", fastrand::u64(..));
+            let meta = archive::unpack(file, &self.snapshots_dir().join(&id))?;
+            self.write_meta(&id, &meta)?;
+            self.publish(&id, &meta)?;
+        }
+        fs::remove_file(&legacy).map_err(io_err(&legacy))?;
+        sync_dir(&self.snapshots_dir())
     }
 
     /// The engine directory in use.
@@ -128,77 +185,138 @@ impl Layout {
         }
     }
 
-    /// A new empty file to receive a snapshot into.
-    pub async fn create_receive_file(&self) -> std::io::Result<tokio::fs::File> {
-        let path = self
-            .snapshots_dir()
-            .join(format!("recv-{:016x}.tmp", fastrand::u64(..)));
-        tokio::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .await
+    /// A new snapshot being received: unpacked as it arrives into a new
+    /// directory of its own.
+    pub fn receive(&self) -> SnapshotData {
+        let dir = self.root.join(format!("{RECEIVE_PREFIX}{:016x}", fastrand::u64(..)));
+        SnapshotData::incoming(dir)
     }
 
-    /// The newest snapshot, opened at its start.
-    pub async fn current_snapshot(&self) -> std::io::Result<Option<openraft::Snapshot<TypeConfig>>> {
-        let path = self.snapshots_dir().join(CURRENT_SNAPSHOT);
-        let mut file = match fs::File::open(&path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+    /// The id (directory name) of the current snapshot, if any.
+    fn current_snapshot_id(&self) -> Option<String> {
+        let text = fs::read_to_string(self.snapshots_dir().join(CURRENT_SNAPSHOT_FILE)).ok()?;
+        let id = text.trim();
+        (id.starts_with(SNAPSHOT_PREFIX) && !id.contains('/')).then(|| id.to_owned())
+    }
+
+    /// The current snapshot's metadata and directory, if any.
+    fn current(&self) -> Result<Option<(pb::SnapshotMeta, PathBuf)>, SnapshotError> {
+        let Some(id) = self.current_snapshot_id() else {
+            return Ok(None);
         };
-        let invalid = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
-        let meta = archive::read_meta(&mut std::io::BufReader::new(&mut file)).map_err(|e| invalid(e.to_string()))?;
-        let meta = codec::snapshot_meta_from_pb(&meta).map_err(|e| invalid(e.to_string()))?;
-        file.seek(SeekFrom::Start(0))?;
+        let meta = self.read_meta(&id)?;
+        Ok(Some((meta, self.snapshots_dir().join(id))))
+    }
+
+    /// The newest snapshot, as a stream from its start.
+    pub fn current_snapshot(&self) -> Result<Option<openraft::Snapshot<TypeConfig>>, SnapshotError> {
+        let Some((pb_meta, dir)) = self.current()? else {
+            return Ok(None);
+        };
+        let meta = codec::snapshot_meta_from_pb(&pb_meta).map_err(|e| SnapshotError::Mismatch(e.to_string()))?;
         Ok(Some(openraft::Snapshot {
             meta,
-            snapshot: Box::new(tokio::fs::File::from_std(file)),
+            snapshot: Box::new(SnapshotData::outgoing(dir, pb_meta)),
         }))
     }
 
-    /// Makes the archive at `archive` the current snapshot unless the
-    /// current one is at least as new.
-    fn publish(&self, archive: &Path, meta: &pb::SnapshotMeta) -> Result<(), SnapshotError> {
+    /// Writes snapshot `id`'s metadata file: magic, version, length, the
+    /// protobuf, and a crc32 of all before it.
+    fn write_meta(&self, id: &str, meta: &pb::SnapshotMeta) -> Result<(), SnapshotError> {
+        let body = meta.encode_to_vec();
+        let mut bytes = Vec::with_capacity(body.len() + 16);
+        bytes.extend_from_slice(&META_MAGIC.to_le_bytes());
+        bytes.extend_from_slice(&META_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&body);
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        let name = format!("{id}{META_SUFFIX}");
+        write_atomically_bytes(&self.snapshots_dir(), &name, &bytes).map_err(io_err(&self.snapshots_dir()))
+    }
+
+    fn read_meta(&self, id: &str) -> Result<pb::SnapshotMeta, SnapshotError> {
+        let path = self.snapshots_dir().join(format!("{id}{META_SUFFIX}"));
+        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let corrupt = |what: &str| SnapshotError::Mismatch(format!("{}: {what}", path.display()));
+        if bytes.len() < 16 || u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) != META_MAGIC {
+            return Err(corrupt("not a snapshot metadata file"));
+        }
+        let version = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]);
+        if version != META_VERSION {
+            return Err(corrupt(&format!("unsupported version {version}")));
+        }
+        let len = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize;
+        if len > META_BYTES_MAX || bytes.len() != 16 + len {
+            return Err(corrupt("length does not match the file"));
+        }
+        let (covered, crc) = bytes.split_at(12 + len);
+        if crc32fast::hash(covered) != u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]) {
+            return Err(corrupt("checksum mismatch"));
+        }
+        pb::SnapshotMeta::decode(&covered[12..]).map_err(|e| corrupt(&e.to_string()))
+    }
+
+    /// Makes snapshot `id` (its directory and metadata file already
+    /// durable) the current one unless the current one is at least as new,
+    /// then removes the one it replaced.
+    fn publish(&self, id: &str, meta: &pb::SnapshotMeta) -> Result<(), SnapshotError> {
         let _guard = self.publish_lock.lock();
-        let current = self.snapshots_dir().join(CURRENT_SNAPSHOT);
-        if let Ok(mut file) = fs::File::open(&current) {
-            if let Ok(existing) = archive::read_meta(&mut std::io::BufReader::new(&mut file)) {
+        let previous = self.current_snapshot_id();
+        if let Some(previous) = &previous {
+            if let Ok(existing) = self.read_meta(previous) {
                 if last_log_id(&existing) >= last_log_id(meta) {
-                    remove_path(archive);
+                    self.remove_snapshot(id);
                     return Ok(());
                 }
             }
         }
-        fs::rename(archive, &current).map_err(io_err(&current))?;
-        // The rename is durable before the older snapshot it replaced is
-        // forgotten (openraft purges logs up to the new one).
-        sync_dir(&self.snapshots_dir())
+        // CURRENT names the new snapshot durably before the old one is
+        // removed (openraft purges the log up to the new one next), so a
+        // crash leaves one whole current snapshot, old or new.
+        write_atomically(&self.snapshots_dir(), CURRENT_SNAPSHOT_FILE, id).map_err(io_err(&self.snapshots_dir()))?;
+        if let Some(previous) = previous.filter(|p| p != id) {
+            self.remove_snapshot(&previous);
+        }
+        Ok(())
     }
 
-    /// Installs the archive in `file` as a new engine generation; returns
-    /// the opened engine. `expected` is what openraft says the snapshot is.
+    fn remove_snapshot(&self, id: &str) {
+        remove_path(&self.snapshots_dir().join(id));
+        remove_path(&self.snapshots_dir().join(format!("{id}{META_SUFFIX}")));
+    }
+
+    /// Installs a received snapshot, unpacked in `received`, as a new engine
+    /// generation; returns the opened engine. `meta` is what the archive
+    /// says, `expected` what openraft says the snapshot is.
     pub fn install(
         &self,
-        mut file: fs::File,
+        received: &Path,
+        meta: &pb::SnapshotMeta,
         expected: &pb::SnapshotMeta,
         options: storage::Options,
     ) -> Result<Db, SnapshotError> {
-        file.seek(SeekFrom::Start(0)).map_err(io_err(&self.root))?;
-        let next = *self.generation.lock() + 1;
-        let dir = self.root.join(generation_name(next));
-        remove_path(&dir);
-        let meta = archive::unpack(&mut file, &dir)?;
-        if last_log_id(&meta) != last_log_id(expected) {
+        if last_log_id(meta) != last_log_id(expected) {
+            remove_path(received);
             return Err(SnapshotError::Mismatch(format!(
                 "archive holds {:?}, openraft expects {:?}",
-                last_log_id(&meta),
+                last_log_id(meta),
                 last_log_id(expected)
             )));
         }
+        // The received checkpoint becomes this node's current snapshot too,
+        // so it can send it on: its tables are linked, not copied, and the
+        // rest (manifest, CURRENT) copied, before the engine opens the
+        // directory and starts changing those.
+        let id = format!("{SNAPSHOT_PREFIX}{:016x}", fastrand::u64(..));
+        let kept = self.snapshots_dir().join(&id);
+        link_checkpoint(received, &kept)?;
+        self.write_meta(&id, meta)?;
+        let next = *self.generation.lock() + 1;
+        let dir = self.root.join(generation_name(next));
+        remove_path(&dir);
+        fs::rename(received, &dir).map_err(io_err(&dir))?;
+        sync_dir(&self.root)?;
         let db = Db::open(&dir, options)?;
         let state = db
             .metadata()
@@ -217,23 +335,31 @@ impl Layout {
         // snapshot newer than the engine's applied state.
         write_atomically(&self.root, GENERATION_FILE, &generation_name(next)).map_err(io_err(&self.root))?;
         *self.generation.lock() = next;
-        // Keep a copy as the current snapshot, so this node can send it on.
-        let copy = self.snapshots_dir().join(format!("install-{next}.tmp"));
-        file.seek(SeekFrom::Start(0)).map_err(io_err(&copy))?;
-        let mut out = fs::File::create(&copy).map_err(io_err(&copy))?;
-        std::io::copy(&mut file, &mut out).map_err(io_err(&copy))?;
-        out.sync_all().map_err(io_err(&copy))?;
-        self.publish(&copy, &meta)?;
-        for entry in fs::read_dir(self.snapshots_dir())
-            .map_err(io_err(&self.root))?
-            .flatten()
-        {
-            if entry.file_name().to_string_lossy().starts_with("recv-") {
-                remove_path(&entry.path());
-            }
-        }
+        self.publish(&id, meta)?;
         Ok(db)
     }
+}
+
+/// Makes `to` a copy of the checkpoint in `from` that shares its tables:
+/// `.sst` files are immutable and hard-linked, every other file is copied.
+/// Every copied file and the directory are synced.
+fn link_checkpoint(from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    fs::create_dir_all(to).map_err(io_err(to))?;
+    for entry in fs::read_dir(from).map_err(io_err(from))? {
+        let entry = entry.map_err(io_err(from))?;
+        let name = entry.file_name();
+        let (source, target) = (entry.path(), to.join(&name));
+        if name.to_string_lossy().ends_with(".sst") {
+            fs::hard_link(&source, &target).map_err(io_err(&target))?;
+        } else {
+            fs::copy(&source, &target).map_err(io_err(&target))?;
+            fs::File::open(&target)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&target))?;
+        }
+    }
+    sync_dir(to)?;
+    sync_dir(to.parent().unwrap_or(to))
 }
 
 /// Builds snapshots from a checkpoint of the engine.
@@ -249,10 +375,11 @@ impl SnapshotBuilder {
 
     fn build_blocking(&self) -> Result<(), SnapshotError> {
         let db = self.engine.db();
-        let id = format!("{:016x}", fastrand::u64(..));
-        let checkpoint = self.layout.snapshots_dir().join(format!("build-{id}"));
+        let id = format!("{SNAPSHOT_PREFIX}{:016x}", fastrand::u64(..));
+        let checkpoint = self.layout.snapshots_dir().join(&id);
         // The checkpoint flushes the engine, so everything it holds, and the
-        // applied state describing it, is durable from here on.
+        // applied state describing it, is durable from here on; its tables
+        // are links to the engine's, so nothing is copied.
         let metadata = db.checkpoint(&checkpoint)?;
         let state = metadata
             .map(|raw| pb::AppliedState::decode(raw.as_ref()))
@@ -263,13 +390,10 @@ impl SnapshotBuilder {
         let meta = pb::SnapshotMeta {
             last_log_id: state.last_applied,
             last_membership: state.membership,
-            snapshot_id: format!("{index}-{id}"),
+            snapshot_id: format!("{index}-{}", &id[SNAPSHOT_PREFIX.len()..]),
         };
-        let archive_path = self.layout.snapshots_dir().join(format!("build-{id}.tmp"));
-        let result = archive::pack(&checkpoint, &meta, &archive_path);
-        remove_path(&checkpoint);
-        result?;
-        self.layout.publish(&archive_path, &meta)
+        self.layout.write_meta(&id, &meta)?;
+        self.layout.publish(&id, &meta)
     }
 }
 
@@ -286,7 +410,6 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
         let snapshot = self
             .layout
             .current_snapshot()
-            .await
             .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
         snapshot.ok_or_else(|| {
             StorageIOError::read_snapshot(None, &std::io::Error::other("no snapshot after a build")).into()
@@ -327,12 +450,131 @@ fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
     fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
 }
 
-/// Replaces `dir/name` with `contents`: temp file, fsync, rename, fsync dir.
+/// Replaces `dir/name` with the line `contents`.
 fn write_atomically(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
+    write_atomically_bytes(dir, name, format!("{contents}\n").as_bytes())
+}
+
+/// Replaces `dir/name` with `contents`: temp file, fsync, rename, fsync dir.
+fn write_atomically_bytes(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
     let temp = dir.join(format!("{name}.tmp"));
     let mut file = fs::File::create(&temp)?;
-    std::io::Write::write_all(&mut file, format!("{contents}\n").as_bytes())?;
+    std::io::Write::write_all(&mut file, contents)?;
     file.sync_all()?;
     fs::rename(&temp, dir.join(name))?;
     fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A layout with an engine holding `keys` flushed keys.
+    fn layout_with_data(root: &Path, keys: u32) -> (Layout, Engine) {
+        let layout = Layout::open(root).expect("layout");
+        let db = Db::open(layout.current_generation_dir(), storage::Options::default()).expect("engine");
+        for i in 0..keys {
+            db.put(format!("key-{i:06}"), vec![7u8; 200]).expect("put");
+        }
+        let mut batch = storage::WriteBatch::new();
+        let state = pb::AppliedState {
+            last_applied: Some(pb::LogId {
+                leader_id: Some(pb::LeaderId { term: 1, node_id: 1 }),
+                index: 42,
+            }),
+            ..Default::default()
+        };
+        batch.set_metadata(state.encode_to_vec());
+        db.write(batch, &storage::WriteOptions::default()).expect("metadata");
+        (layout, Engine::new(db))
+    }
+
+    fn tables(dir: &Path) -> Vec<(String, fs::Metadata)> {
+        let mut tables: Vec<_> = fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+            .map(|e| {
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.metadata().expect("stat"),
+                )
+            })
+            .collect();
+        tables.sort_by(|a, b| a.0.cmp(&b.0));
+        tables
+    }
+
+    #[test]
+    fn building_a_snapshot_links_the_engine_tables_instead_of_copying_them() {
+        // A snapshot used to be a full copy of the database: twice the data on disk.
+        let root = tempfile::tempdir().expect("tempdir");
+        let (layout, engine) = layout_with_data(root.path(), 20_000);
+        SnapshotBuilder::new(engine, layout.clone())
+            .build_blocking()
+            .expect("build");
+        let (meta, dir) = layout.current().expect("read").expect("a current snapshot");
+        assert_eq!(meta.last_log_id.map(|l| l.index), Some(42));
+        let engine_tables = tables(&layout.current_generation_dir());
+        let snapshot_tables = tables(&dir);
+        assert!(!snapshot_tables.is_empty(), "the data is in tables");
+        for (name, metadata) in &snapshot_tables {
+            let (_, original) = engine_tables
+                .iter()
+                .find(|(n, _)| n == name)
+                .expect("every snapshot table is an engine table");
+            assert_eq!(metadata.ino(), original.ino(), "{name} is a link, not a copy");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_streams_into_another_node_and_an_interrupted_one_leaves_no_trace() {
+        // The receiver unpacks as bytes arrive; a reception cut short must not
+        // stop the node from restarting on its old engine.
+        let sender_root = tempfile::tempdir().expect("tempdir");
+        let (sender, engine) = layout_with_data(sender_root.path(), 5_000);
+        SnapshotBuilder::new(engine, sender.clone())
+            .build_blocking()
+            .expect("build");
+        let receiver_root = tempfile::tempdir().expect("tempdir");
+        let receiver = Layout::open(receiver_root.path()).expect("layout");
+
+        // Cut short: a few bytes, then the stream is dropped.
+        let mut partial = receiver.receive();
+        let mut outgoing = sender.current_snapshot().expect("read").expect("a snapshot").snapshot;
+        let mut buffer = vec![0u8; 4096];
+        let n = outgoing.read(&mut buffer).await.expect("read");
+        partial.write_all(&buffer[..n]).await.expect("write");
+        drop(partial);
+        drop(outgoing);
+        let reopened = Layout::open(receiver_root.path()).expect("restarts after a cut transfer");
+        let leftovers: Vec<_> = fs::read_dir(receiver_root.path())
+            .expect("list")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(RECEIVE_PREFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+
+        // Whole: installed as the next generation, and kept to send on.
+        let snapshot = sender.current_snapshot().expect("read").expect("a snapshot");
+        let mut outgoing = snapshot.snapshot;
+        let mut incoming = reopened.receive();
+        tokio::io::copy(&mut outgoing, &mut incoming).await.expect("stream");
+        let (received, meta) = incoming.finish_incoming().await.expect("unpacked");
+        let expected = codec::snapshot_meta_to_pb(&snapshot.meta);
+        let db = reopened
+            .install(&received, &meta, &expected, storage::Options::default())
+            .expect("installed");
+        assert_eq!(db.get(b"key-004999").expect("get").map(|v| v.len()), Some(200));
+        let (kept, kept_dir) = reopened.current().expect("read").expect("kept to send on");
+        assert_eq!(kept.last_log_id, expected.last_log_id);
+        for (name, metadata) in tables(&kept_dir) {
+            assert!(metadata.nlink() >= 2, "{name} shares its data with the engine");
+        }
+    }
 }
