@@ -59,8 +59,7 @@ for n in 1 2 3; do confine "$n"; done
 echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
 echo "cap ${cap_mb} MiB per node; ${total_mb} MiB of ${value_size} B values in ${steps} steps, ${clients} clients"
 ops_per_step=$(( (total_mb << 20) / value_size / steps ))
-leader_port=$("$kvctl" --output json cluster status | sed -n 's/.*"leader_addr": *"[^"]*:\([0-9]*\)".*/\1/p' | head -n 1)
-leader=$((leader_port - base_port + 1))
+leader=$(leader_node "$base_port")
 victim=$(( leader % 3 + 1 ))
 mb() { echo $(( $1 >> 20 )); }
 node_line() {

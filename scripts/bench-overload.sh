@@ -28,8 +28,7 @@ done
 temp_cluster overload "$base_port"
 echo "commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown), $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores"
 
-leader_port=$("$kvctl" --output json cluster status | sed -n 's/.*"leader_addr": *"[^"]*:\([0-9]*\)".*/\1/p' | head -n 1)
-leader_id=$((leader_port - base_port + 1))
+leader_id=$(leader_node "$base_port")
 leader_pid=$(cat "$data_dir/node$leader_id.pid")
 rss_mb() { awk '/VmRSS/ { printf "%d", $2 / 1024 }' "/proc/$leader_pid/status"; }
 echo "leader node $leader_id (pid $leader_pid), RSS before load: $(rss_mb) MB"

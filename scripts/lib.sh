@@ -36,3 +36,11 @@ temp_cluster() {
     trap '"$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true' EXIT
     "$root/scripts/start-cluster.sh" --base-port "$2" --data-dir "$data_dir" >/dev/null
 }
+
+# leader_node BASE_PORT: the number (1..3) of the node of a temp_cluster that
+# leads, from `kvctl cluster status`. Needs $kvctl.
+leader_node() {
+    local port
+    port=$("$kvctl" --output json cluster status | sed -n 's/.*"leader_addr": *"[^"]*:\([0-9]*\)".*/\1/p' | head -n 1)
+    echo $((port - $1 + 1))
+}
