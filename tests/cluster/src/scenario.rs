@@ -86,7 +86,8 @@ pub struct Run {
     pub windows: Vec<Option<Duration>>,
     /// A client with short deadlines for probes.
     pub probe: Client,
-    /// Faults injected, for the report.
+    /// Faults injected (kills, freezes, wipes, dropped or delayed links),
+    /// for the report; recoveries and observations are only logged.
     pub faults: Vec<String>,
     workload: Option<Workload>,
     rounds: u32,
@@ -154,16 +155,32 @@ impl Run {
         }
     }
 
-    /// Notes a fault for the report.
+    /// The current fault round, from 1 (0 before the first).
+    pub fn round(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Notes an injected fault (a kill, a freeze, a wipe, a cut or delayed
+    /// link): logged and counted in the report.
     pub fn fault(&mut self, what: impl Into<String>) {
         let what = what.into();
+        self.log(&format!("fault: {what}"));
+        self.faults.push(what);
+    }
+
+    /// Notes a recovery (restart, thaw, heal) or an observation (a new
+    /// leader, a snapshot installed): logged, not counted as a fault.
+    pub fn note(&mut self, what: impl Into<String>) {
+        self.log(&what.into());
+    }
+
+    fn log(&self, what: &str) {
         eprintln!(
             "chaos {}: round {} at {} ms: {what}",
             self.config.name,
             self.rounds,
             self.recorder.now().as_millis()
         );
-        self.faults.push(what);
     }
 
     /// The current leader's id (waits up to 10 s).
@@ -204,7 +221,7 @@ impl Run {
         let count = |outcome| ops.iter().filter(|op| op.outcome == outcome).count();
         use crate::history::Outcome;
         let report = format!(
-            "chaos {name}: seed {}: {} rounds, {} faults; {} ops ({} ok, {} failed, {} unknown)\n  \
+            "chaos {name}: seed {}: {} rounds, {} faults injected; {} ops ({} ok, {} failed, {} unknown)\n  \
              durability: {durability}\n  linearizability: {linearizability}\n  \
              batch atomicity: {atomicity}\n  convergence: {convergence}\n  availability: {availability}",
             self.config.seed,
