@@ -201,9 +201,13 @@ impl Run {
     /// rerun command) if one fails.
     pub async fn finish(mut self) {
         let name = self.config.name.clone();
-        if let Some(workload) = self.workload.take() {
-            workload.stop().await;
-        }
+        let workload = match self.workload.take() {
+            Some(workload) => {
+                let clients = workload.clients();
+                crate::workload::verdict(clients, &workload.stop().await)
+            }
+            None => Verdict::Pass("no workload".to_owned()),
+        };
         self.cluster.heal_and_restart_all().expect("restarting every node");
         self.cluster
             .wait_ready(CLUSTER_READY_TIMEOUT)
@@ -222,7 +226,7 @@ impl Run {
         use crate::history::Outcome;
         let report = format!(
             "chaos {name}: seed {}: {} rounds, {} faults injected; {} ops ({} ok, {} failed, {} unknown)\n  \
-             durability: {durability}\n  linearizability: {linearizability}\n  \
+             workload: {workload}\n  durability: {durability}\n  linearizability: {linearizability}\n  \
              batch atomicity: {atomicity}\n  convergence: {convergence}\n  availability: {availability}",
             self.config.seed,
             self.rounds,
@@ -233,7 +237,14 @@ impl Run {
             count(Outcome::Unknown),
         );
         eprintln!("{report}");
-        let verdicts = [&durability, &linearizability, &atomicity, &convergence, &availability];
+        let verdicts = [
+            &workload,
+            &durability,
+            &linearizability,
+            &atomicity,
+            &convergence,
+            &availability,
+        ];
         if verdicts.iter().any(|v| v.is_fail()) {
             panic!(
                 "chaos {name} FAILED (seed {}); rerun with: {}\n{report}",
