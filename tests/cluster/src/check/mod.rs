@@ -25,11 +25,17 @@ pub enum Verdict {
     Pass(String),
     /// The invariant is broken; what breaks it.
     Fail(String),
-    /// The checker ran out of budget before deciding; why.
+    /// The checker ran out of budget before deciding; why. A run with an
+    /// inconclusive check fails: a check that gives up proves nothing.
     Inconclusive(String),
 }
 
 impl Verdict {
+    /// Whether the invariant is known to hold.
+    pub fn is_pass(&self) -> bool {
+        matches!(self, Verdict::Pass(_))
+    }
+
     /// Whether the invariant is known to be broken.
     pub fn is_fail(&self) -> bool {
         matches!(self, Verdict::Fail(_))
@@ -100,6 +106,10 @@ pub(crate) mod testing {
                 value: value.into(),
             };
             self.push(kind, invoke, Some(complete), Outcome::Fail)
+        }
+
+        pub fn delete_unknown(&mut self, key: &str, invoke: u64) -> &mut Self {
+            self.push(OpKind::Delete { key: key.into() }, invoke, None, Outcome::Unknown)
         }
 
         pub fn delete(&mut self, key: &str, invoke: u64, complete: u64) -> &mut Self {
