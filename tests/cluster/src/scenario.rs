@@ -221,13 +221,14 @@ impl Run {
         let durability = check::durability::check(&ops, &final_state);
         let linearizability = check::linearizability::check(&ops);
         let atomicity = check::atomicity::check(&ops);
+        let snapshot = check::snapshot::check(&ops);
         let availability = check::availability::check(&self.windows, check::availability::WRITE_UNAVAILABLE_MAX);
         let count = |outcome| ops.iter().filter(|op| op.outcome == outcome).count();
         use crate::history::Outcome;
         let report = format!(
             "chaos {name}: seed {}: {} rounds, {} faults injected; {} ops ({} ok, {} failed, {} unknown)\n  \
              workload: {workload}\n  durability: {durability}\n  linearizability: {linearizability}\n  \
-             batch atomicity: {atomicity}\n  convergence: {convergence}\n  availability: {availability}",
+             batch atomicity: {atomicity}\n  range snapshot: {snapshot}\n  convergence: {convergence}\n  availability: {availability}",
             self.config.seed,
             self.rounds,
             self.faults.len(),
