@@ -46,6 +46,9 @@ struct KeyWrites<'a> {
     acked: Vec<(u64, u64)>,
     /// Acknowledged Puts and BatchPuts, sorted by invocation, likewise.
     acked_values: Vec<(u64, u64)>,
+    /// Once indexed: when the key may have been absent, one interval for
+    /// the initial state and one per delete.
+    absent: Vec<Interval>,
 }
 
 impl KeyWrites<'_> {
@@ -59,8 +62,9 @@ impl KeyWrites<'_> {
         writes.get(first).map_or(u64::MAX, |(_, min_ret)| *min_ret)
     }
 
-    /// The moments at which the key may have held `value` (`None`: absent).
-    fn intervals(&self, value: Option<&str>) -> Option<Vec<Interval>> {
+    /// The moments at which the key may have held `value` (`None`:
+    /// absent); of the many "absent" intervals only those meeting `within`.
+    fn intervals(&self, value: Option<&str>, within: Interval) -> Option<Vec<Interval>> {
         match value {
             Some(value) => {
                 // A value no write produced: the linearizability check's job.
@@ -71,18 +75,28 @@ impl KeyWrites<'_> {
                 };
                 Some(vec![(writer.invoke_us, end)])
             }
-            None => {
-                let mut intervals = vec![(0, Self::bound(&self.acked_values, None))];
-                for delete in &self.deletes {
-                    let end = match delete.complete_us {
-                        Some(ret) => Self::bound(&self.acked_values, Some(ret)),
-                        None => u64::MAX,
-                    };
-                    intervals.push((delete.invoke_us, end));
-                }
-                Some(intervals)
-            }
+            None => Some(
+                self.absent
+                    .iter()
+                    .copied()
+                    .filter(|(lo, hi)| *lo <= within.1 && *hi >= within.0)
+                    .collect(),
+            ),
         }
+    }
+
+    /// Computes [`KeyWrites::absent`] once the acknowledged writes are
+    /// sorted.
+    fn index_absent(&mut self) {
+        let mut absent = vec![(0, Self::bound(&self.acked_values, None))];
+        for delete in &self.deletes {
+            let end = match delete.complete_us {
+                Some(ret) => Self::bound(&self.acked_values, Some(ret)),
+                None => u64::MAX,
+            };
+            absent.push((delete.invoke_us, end));
+        }
+        self.absent = absent;
     }
 }
 
@@ -119,6 +133,7 @@ fn index(ops: &[Op]) -> HashMap<&str, KeyWrites<'_>> {
     for entry in keys.values_mut() {
         suffix_min(&mut entry.acked);
         suffix_min(&mut entry.acked_values);
+        entry.index_absent();
     }
     keys
 }
@@ -143,7 +158,7 @@ pub fn check(ops: &[Op]) -> Verdict {
         let mut keys: Vec<(&str, Vec<Interval>)> = writes
             .iter()
             .filter(|(key, _)| in_range(key, start, end))
-            .filter_map(|(key, w)| Some((*key, w.intervals(seen.get(key).copied())?)))
+            .filter_map(|(key, w)| Some((*key, w.intervals(seen.get(key).copied(), (read.invoke_us, ret))?)))
             .collect();
         if keys.len() < 2 {
             continue;
@@ -156,7 +171,6 @@ pub fn check(ops: &[Op]) -> Verdict {
                 .map(|(key, intervals)| {
                     let near: Vec<String> = intervals
                         .iter()
-                        .filter(|(lo, hi)| *lo <= ret && *hi >= read.invoke_us)
                         .map(|(lo, hi)| {
                             let hi = if *hi == u64::MAX {
                                 "..".to_owned()
