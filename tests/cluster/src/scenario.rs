@@ -246,8 +246,7 @@ impl Run {
             &convergence,
             &availability,
         ];
-        // An inconclusive check fails the run too: it checked nothing.
-        if verdicts.iter().any(|v| !v.is_pass()) {
+        if !run_passes(&verdicts) {
             panic!(
                 "chaos {name} FAILED (seed {}); rerun with: {}\n{report}",
                 self.config.seed,
@@ -293,6 +292,12 @@ impl Run {
     }
 }
 
+/// Whether a run with these verdicts passes: every check passed. An
+/// inconclusive check fails the run too: it checked nothing.
+pub fn run_passes(verdicts: &[&Verdict]) -> bool {
+    verdicts.iter().all(|v| v.is_pass())
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -307,5 +312,21 @@ impl Drop for Run {
                 self.cluster.dir.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inconclusive_check_fails_the_run() {
+        // A checker that gave up proved nothing; the run must not pass.
+        let pass = Verdict::Pass("checked".into());
+        let gave_up = Verdict::Inconclusive("search budget spent".into());
+        let fail = Verdict::Fail("stale read".into());
+        assert!(run_passes(&[&pass, &pass]));
+        assert!(!run_passes(&[&pass, &gave_up]));
+        assert!(!run_passes(&[&fail, &pass]));
     }
 }

@@ -52,6 +52,18 @@ pub const OPS_PER_WINDOW_MAX: usize = 20_000;
 /// Search steps (states visited) per window, at most.
 pub const STEPS_PER_WINDOW_MAX: u64 = 2_000_000;
 
+/// The search's bounds, per window; past either the key is inconclusive.
+#[derive(Debug, Clone, Copy)]
+struct Budget {
+    ops_per_window_max: usize,
+    steps_per_window_max: u64,
+}
+
+const BUDGET: Budget = Budget {
+    ops_per_window_max: OPS_PER_WINDOW_MAX,
+    steps_per_window_max: STEPS_PER_WINDOW_MAX,
+};
+
 /// One op of a key's projection. Values are interned: 0 is "absent".
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct KeyOp {
@@ -75,11 +87,15 @@ type States = BTreeMap<u32, u32>;
 
 /// Checks every key of `ops`; the verdict names the first key that fails.
 pub fn check(ops: &[Op]) -> Verdict {
+    check_within(ops, BUDGET)
+}
+
+fn check_within(ops: &[Op], budget: Budget) -> Verdict {
     std::thread::scope(|scope| {
         std::thread::Builder::new()
             .name("linearizability".into())
             .stack_size(SEARCH_STACK_BYTES)
-            .spawn_scoped(scope, || check_keys(ops))
+            .spawn_scoped(scope, || check_keys(ops, budget))
             .expect("spawning the search thread")
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
@@ -89,7 +105,7 @@ pub fn check(ops: &[Op]) -> Verdict {
 /// Stack for the search thread: the recursion is as deep as a window.
 const SEARCH_STACK_BYTES: usize = 1 << 30;
 
-fn check_keys(ops: &[Op]) -> Verdict {
+fn check_keys(ops: &[Op], budget: Budget) -> Verdict {
     let mut keys: Vec<String> = ops.iter().flat_map(keys_of).collect();
     keys.sort();
     keys.dedup();
@@ -101,7 +117,7 @@ fn check_keys(ops: &[Op]) -> Verdict {
         let cuts = windows_of(&projection);
         windows += cuts.len();
         window_ops_max = window_ops_max.max(cuts.iter().map(|w| w.len()).max().unwrap_or(0));
-        match check_key(&projection, &cuts) {
+        match check_key(&projection, &cuts, budget) {
             KeyVerdict::Ok => {}
             KeyVerdict::Inconclusive(why) => inconclusive.push(format!("{key}: {why}")),
             KeyVerdict::Violation(detail) => {
@@ -305,21 +321,23 @@ impl Stuck {
     }
 }
 
-fn check_key(ops: &[KeyOp], windows: &[Range<usize>]) -> KeyVerdict {
+fn check_key(ops: &[KeyOp], windows: &[Range<usize>], budget: Budget) -> KeyVerdict {
     let mut states = States::from([(0, 0)]);
     for window in windows {
         let part = &ops[window.clone()];
-        if part.len() > OPS_PER_WINDOW_MAX {
+        if part.len() > budget.ops_per_window_max {
             return KeyVerdict::Inconclusive(format!(
-                "a window of {} ops > OPS_PER_WINDOW_MAX {OPS_PER_WINDOW_MAX}",
-                part.len()
+                "a window of {} ops > {} ops per window at most",
+                part.len(),
+                budget.ops_per_window_max
             ));
         }
-        let mut search = Search::new(part);
+        let mut search = Search::new(part, budget.steps_per_window_max);
         for (&value, &pending) in &states {
             if search.dfs(value, pending).is_err() {
                 return KeyVerdict::Inconclusive(format!(
-                    "search budget of {STEPS_PER_WINDOW_MAX} steps spent on a window of {} ops",
+                    "search budget of {} steps spent on a window of {} ops",
+                    budget.steps_per_window_max,
                     part.len()
                 ));
             }
@@ -351,11 +369,12 @@ struct Search<'a> {
     /// The states the window can end in.
     finals: States,
     steps: u64,
+    steps_max: u64,
     stuck: Stuck,
 }
 
 impl<'a> Search<'a> {
-    fn new(ops: &'a [KeyOp]) -> Search<'a> {
+    fn new(ops: &'a [KeyOp], steps_max: u64) -> Search<'a> {
         let required = ops.iter().filter(|o| o.required).count();
         Search {
             ops,
@@ -366,6 +385,7 @@ impl<'a> Search<'a> {
             memo: HashSet::new(),
             finals: States::new(),
             steps: 0,
+            steps_max,
             stuck: Stuck::default(),
         }
     }
@@ -396,7 +416,7 @@ impl<'a> Search<'a> {
             return Ok(false);
         }
         self.steps += 1;
-        if self.steps > STEPS_PER_WINDOW_MAX {
+        if self.steps > self.steps_max {
             return Err(());
         }
         let mut any = false;
@@ -739,5 +759,30 @@ mod tests {
             .clone();
         let (projection, _) = project(&h, "a");
         assert_eq!(windows_of(&projection), vec![0..2, 2..3, 3..4, 4..5]);
+    }
+
+    #[test]
+    fn a_window_past_the_search_budget_is_inconclusive_not_passed() {
+        // Many fully concurrent writes leave too many orders to try; the
+        // checker must say it could not decide (which fails the run), not
+        // pass. 16 overlapping puts have 2^16 placed-sets, past a budget
+        // of 10 000 steps (the real one is hit the same way, only later).
+        let mut h = H::default();
+        for i in 0..16u64 {
+            h.put("a", &format!("v{i}"), i, 1_000);
+        }
+        h.get("a", Some("nobody wrote this"), 500, 1_000);
+        let small = Budget {
+            steps_per_window_max: 10_000,
+            ..BUDGET
+        };
+        let verdict = check_within(&h.ops, small);
+        assert!(matches!(verdict, Verdict::Inconclusive(_)), "{verdict}");
+        assert!(!verdict.is_pass());
+        let narrow = Budget {
+            ops_per_window_max: 10,
+            ..BUDGET
+        };
+        assert!(matches!(check_within(&h.ops, narrow), Verdict::Inconclusive(_)));
     }
 }
