@@ -11,7 +11,9 @@
 //! - `R` read `v` on `k`, written by `W` (values are unique): `W` took
 //!   effect at or after its invocation, so `t >= W.invoke`; every
 //!   acknowledged write `W'` of `k` invoked after `W` returned took effect
-//!   after `W`, and by its return, so `t <= W'.return`.
+//!   after `W`, and by its return, so `t <= W'.return`. An unknown write
+//!   whose value some read saw took effect before that read returned: it
+//!   counts as acknowledged, returning then.
 //! - `R` read `k` absent: the last write of `k` before `t` was a delete `D`
 //!   (any not failed) or there was none (the initial state). For `D`,
 //!   `t >= D.invoke` and `t <= W'.return` for every acknowledged Put or
@@ -36,15 +38,18 @@ type Interval = (u64, u64);
 /// The writes of one key, in the form this check needs.
 #[derive(Default)]
 struct KeyWrites<'a> {
-    /// Who wrote each value (not failed), by value.
-    by_value: HashMap<&'a str, &'a Op>,
+    /// Each value's write (not failed), as its invocation and the moment
+    /// by which it certainly took effect: its return, or for an unknown
+    /// write whose value was read, the first return of such a read.
+    by_value: HashMap<&'a str, (u64, Option<u64>)>,
     /// Deletes not failed.
     deletes: Vec<&'a Op>,
-    /// Acknowledged writes (any kind) as (invoke, return); once indexed,
+    /// Writes known to have taken effect (acknowledged, or unknown and
+    /// read) as (invoke, by when); once indexed,
     /// sorted by invocation, each return replaced by the earliest return
     /// from there on.
     acked: Vec<(u64, u64)>,
-    /// Acknowledged Puts and BatchPuts, sorted by invocation, likewise.
+    /// The same for Puts and BatchPuts only, likewise.
     acked_values: Vec<(u64, u64)>,
     /// Once indexed: when the key may have been absent, one interval for
     /// the initial state and one per delete.
@@ -68,12 +73,12 @@ impl KeyWrites<'_> {
         match value {
             Some(value) => {
                 // A value no write produced: the linearizability check's job.
-                let writer = self.by_value.get(value)?;
-                let end = match writer.complete_us {
+                let (invoke, took_effect) = *self.by_value.get(value)?;
+                let end = match took_effect {
                     Some(ret) => Self::bound(&self.acked, Some(ret)),
                     None => u64::MAX,
                 };
-                Some(vec![(writer.invoke_us, end)])
+                Some(vec![(invoke, end)])
             }
             None => Some(
                 self.absent
@@ -111,18 +116,49 @@ fn suffix_min(writes: &mut [(u64, u64)]) {
     }
 }
 
+/// The earliest return of an acknowledged read of each (key, value).
+fn first_reads(ops: &[Op]) -> HashMap<(&str, &str), u64> {
+    let mut first: HashMap<(&str, &str), u64> = HashMap::new();
+    for op in ops.iter().filter(|op| op.outcome == Outcome::Ok) {
+        let Some(ret) = op.complete_us else { continue };
+        let seen: Vec<(&str, &str)> = match &op.kind {
+            OpKind::Get {
+                key,
+                result: Some(Some(value)),
+            } => vec![(key.as_str(), value.as_str())],
+            OpKind::Range {
+                result: Some(pairs), ..
+            } => pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect(),
+            _ => Vec::new(),
+        };
+        for pair in seen {
+            let at = first.entry(pair).or_insert(ret);
+            *at = (*at).min(ret);
+        }
+    }
+    first
+}
+
 fn index(ops: &[Op]) -> HashMap<&str, KeyWrites<'_>> {
+    let first_read = first_reads(ops);
     let mut keys: HashMap<&str, KeyWrites<'_>> = HashMap::new();
     for op in ops.iter().filter(|op| op.outcome != Outcome::Fail) {
         for (key, value) in op.kind.writes() {
             let entry = keys.entry(key).or_default();
+            // When the write certainly had taken effect (a write whose
+            // value was read did, before that read returned).
+            let took_effect = match (op.outcome, value) {
+                (Outcome::Ok, _) => op.complete_us,
+                (_, Some(value)) => first_read.get(&(key, value)).copied(),
+                (_, None) => None,
+            };
             match value {
                 Some(value) => {
-                    entry.by_value.insert(value, op);
+                    entry.by_value.insert(value, (op.invoke_us, took_effect));
                 }
                 None => entry.deletes.push(op),
             }
-            if let (Outcome::Ok, Some(ret)) = (op.outcome, op.complete_us) {
+            if let Some(ret) = took_effect {
                 entry.acked.push((op.invoke_us, ret));
                 if value.is_some() {
                     entry.acked_values.push((op.invoke_us, ret));
@@ -293,5 +329,20 @@ mod tests {
             .ops
             .clone();
         assert!(check(&h).is_pass(), "{}", check(&h));
+    }
+
+    #[test]
+    fn an_unknown_write_that_was_read_bounds_like_an_acknowledged_one() {
+        // a=2 timed out but a read saw it by 45: a range seeing a=1 with
+        // b=3 (written from 50 on) mixes two moments.
+        let h = H::default()
+            .put("a", "1", 0, 10)
+            .range("a", "c", &[("a", "1"), ("b", "3")], 20, 200)
+            .put_unknown("a", "2", 30)
+            .get("a", Some("2"), 35, 45)
+            .put("b", "3", 50, 60)
+            .ops
+            .clone();
+        assert!(check(&h).is_fail(), "{}", check(&h));
     }
 }
