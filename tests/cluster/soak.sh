@@ -55,7 +55,7 @@ for _ in $(seq 1 1000); do
             echo "soak: $scenario FAILED with seed $seed; full output in $out" | tee -a "$log"
             exit 1
         fi
-        report=$(grep -E "^chaos $scenario: seed $seed: " "$out" | tail -n 1)
+        report=$(grep -E "^chaos $scenario: seed $seed: " "$out" | tail -n 1 || true)
         echo "$report"
         run_faults=$(sed -nE 's/.* ([0-9]+) faults injected.*/\1/p' <<<"$report")
         run_ops=$(sed -nE 's/.*; ([0-9]+) ops .*/\1/p' <<<"$report")
