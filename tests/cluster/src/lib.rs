@@ -14,7 +14,7 @@
 //! - [`workload`]: concurrent clients doing Put, Get, Delete, BatchPut and
 //!   Range over a few keys, with unique values.
 //! - [`check`]: one invariant per module: linearizability, batch atomicity,
-//!   durability, convergence, availability.
+//!   range snapshots, durability, convergence, availability.
 //! - [`scenario`]: a run: seed and sizes from the environment, the final
 //!   heal, the checks, the failure report.
 //!

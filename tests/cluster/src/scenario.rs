@@ -86,7 +86,8 @@ pub struct Run {
     pub windows: Vec<Option<Duration>>,
     /// A client with short deadlines for probes.
     pub probe: Client,
-    /// Faults injected, for the report.
+    /// Faults injected (kills, freezes, wipes, dropped or delayed links),
+    /// for the report; recoveries and observations are only logged.
     pub faults: Vec<String>,
     workload: Option<Workload>,
     rounds: u32,
@@ -154,16 +155,32 @@ impl Run {
         }
     }
 
-    /// Notes a fault for the report.
+    /// The current fault round, from 1 (0 before the first).
+    pub fn round(&self) -> u32 {
+        self.rounds
+    }
+
+    /// Notes an injected fault (a kill, a freeze, a wipe, a cut or delayed
+    /// link): logged and counted in the report.
     pub fn fault(&mut self, what: impl Into<String>) {
         let what = what.into();
+        self.log(&format!("fault: {what}"));
+        self.faults.push(what);
+    }
+
+    /// Notes a recovery (restart, thaw, heal) or an observation (a new
+    /// leader, a snapshot installed): logged, not counted as a fault.
+    pub fn note(&mut self, what: impl Into<String>) {
+        self.log(&what.into());
+    }
+
+    fn log(&self, what: &str) {
         eprintln!(
             "chaos {}: round {} at {} ms: {what}",
             self.config.name,
             self.rounds,
             self.recorder.now().as_millis()
         );
-        self.faults.push(what);
     }
 
     /// The current leader's id (waits up to 10 s).
@@ -181,12 +198,16 @@ impl Run {
 
     /// Stops the workload, heals and restarts everything, waits for the
     /// replicas to converge, runs every check and panics (with the seed and
-    /// rerun command) if one fails.
+    /// rerun command) if one fails or is inconclusive.
     pub async fn finish(mut self) {
         let name = self.config.name.clone();
-        if let Some(workload) = self.workload.take() {
-            workload.stop().await;
-        }
+        let workload = match self.workload.take() {
+            Some(workload) => {
+                let clients = workload.clients();
+                crate::workload::verdict(clients, &workload.stop().await)
+            }
+            None => Verdict::Pass("no workload".to_owned()),
+        };
         self.cluster.heal_and_restart_all().expect("restarting every node");
         self.cluster
             .wait_ready(CLUSTER_READY_TIMEOUT)
@@ -200,13 +221,14 @@ impl Run {
         let durability = check::durability::check(&ops, &final_state);
         let linearizability = check::linearizability::check(&ops);
         let atomicity = check::atomicity::check(&ops);
+        let snapshot = check::snapshot::check(&ops);
         let availability = check::availability::check(&self.windows, check::availability::WRITE_UNAVAILABLE_MAX);
         let count = |outcome| ops.iter().filter(|op| op.outcome == outcome).count();
         use crate::history::Outcome;
         let report = format!(
-            "chaos {name}: seed {}: {} rounds, {} faults; {} ops ({} ok, {} failed, {} unknown)\n  \
-             durability: {durability}\n  linearizability: {linearizability}\n  \
-             batch atomicity: {atomicity}\n  convergence: {convergence}\n  availability: {availability}",
+            "chaos {name}: seed {}: {} rounds, {} faults injected; {} ops ({} ok, {} failed, {} unknown)\n  \
+             workload: {workload}\n  durability: {durability}\n  linearizability: {linearizability}\n  \
+             batch atomicity: {atomicity}\n  range snapshot: {snapshot}\n  convergence: {convergence}\n  availability: {availability}",
             self.config.seed,
             self.rounds,
             self.faults.len(),
@@ -216,16 +238,20 @@ impl Run {
             count(Outcome::Unknown),
         );
         eprintln!("{report}");
-        let verdicts = [&durability, &linearizability, &atomicity, &convergence, &availability];
-        if verdicts.iter().any(|v| v.is_fail()) {
+        let verdicts = [
+            &workload,
+            &durability,
+            &linearizability,
+            &atomicity,
+            &convergence,
+            &availability,
+        ];
+        if !run_passes(&verdicts) {
             panic!(
                 "chaos {name} FAILED (seed {}); rerun with: {}\n{report}",
                 self.config.seed,
                 self.config.rerun_command()
             );
-        }
-        if verdicts.iter().any(|v| matches!(v, Verdict::Inconclusive(_))) {
-            eprintln!("chaos {name}: WARNING: a check was inconclusive (see above)");
         }
         self.cluster.success();
     }
@@ -266,6 +292,12 @@ impl Run {
     }
 }
 
+/// Whether a run with these verdicts passes: every check passed. An
+/// inconclusive check fails the run too: it checked nothing.
+pub fn run_passes(verdicts: &[&Verdict]) -> bool {
+    verdicts.iter().all(|v| v.is_pass())
+}
+
 impl Drop for Run {
     fn drop(&mut self) {
         if std::thread::panicking() {
@@ -280,5 +312,21 @@ impl Drop for Run {
                 self.cluster.dir.display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_inconclusive_check_fails_the_run() {
+        // A checker that gave up proved nothing; the run must not pass.
+        let pass = Verdict::Pass("checked".into());
+        let gave_up = Verdict::Inconclusive("search budget spent".into());
+        let fail = Verdict::Fail("stale read".into());
+        assert!(run_passes(&[&pass, &pass]));
+        assert!(!run_passes(&[&pass, &gave_up]));
+        assert!(!run_passes(&[&fail, &pass]));
     }
 }

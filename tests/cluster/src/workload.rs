@@ -9,6 +9,7 @@ use bytes::Bytes;
 use cluster_client::{Client, Consistency};
 use tokio::task::JoinSet;
 
+use crate::check::Verdict;
 use crate::history::{OpKind, Outcome, Recorder};
 
 /// Workload shape.
@@ -49,9 +50,16 @@ pub fn key(i: u64) -> String {
 pub struct Workload {
     stop: Arc<AtomicBool>,
     tasks: JoinSet<()>,
+    /// Client tasks started.
+    clients: u64,
 }
 
 impl Workload {
+    /// Client tasks started.
+    pub fn clients(&self) -> u64 {
+        self.clients
+    }
+
     /// Starts `options.clients` clients of `endpoints`, recording into
     /// `recorder`. Client `c` draws its operations from `seed + c`.
     pub fn start(
@@ -75,19 +83,71 @@ impl Workload {
             let (stop, recorder, options) = (stop.clone(), recorder.clone(), options.clone());
             tasks.spawn(run_client(c, client, rng, options, stop, recorder));
         }
-        Ok(Workload { stop, tasks })
+        Ok(Workload {
+            stop,
+            tasks,
+            clients: options.clients,
+        })
     }
 
     /// Stops every client and waits for their last operation (bounded by
-    /// the request deadline, plus a margin).
-    pub async fn stop(mut self) {
+    /// [`WORKLOAD_STOP_WAIT`]); returns how each client task that did not
+    /// end cleanly ended (a panic fails the run: see [`verdict`]).
+    pub async fn stop(mut self) -> Vec<String> {
         self.stop.store(true, Ordering::SeqCst);
-        let wait = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(10), wait).await.is_err() {
+        let mut failures = Vec::new();
+        let wait = async {
+            while let Some(joined) = self.tasks.join_next().await {
+                if let Err(error) = joined {
+                    failures.push(describe_join_error(error));
+                }
+            }
+        };
+        let timed_out = tokio::time::timeout(WORKLOAD_STOP_WAIT, wait).await.is_err();
+        if timed_out {
             // A client stuck past every deadline: its op stays unrecorded,
             // which only removes information (reads) or an unknown write.
             self.tasks.abort_all();
+            while let Some(joined) = self.tasks.join_next().await {
+                match joined {
+                    Err(error) if error.is_panic() => failures.push(describe_join_error(error)),
+                    _ => eprintln!("workload: a client was still running after {WORKLOAD_STOP_WAIT:?}; aborted"),
+                }
+            }
         }
+        failures
+    }
+}
+
+/// How long [`Workload::stop`] waits for the clients' last operations: the
+/// request deadline (1.5 s by default) plus a wide margin.
+pub const WORKLOAD_STOP_WAIT: Duration = Duration::from_secs(10);
+
+fn describe_join_error(error: tokio::task::JoinError) -> String {
+    if !error.is_panic() {
+        return format!("client task ended: {error}");
+    }
+    let panic = error.into_panic();
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(a panic without a message)".to_owned());
+    format!("client task panicked: {message}")
+}
+
+/// The workload's own invariant: every client task ended cleanly. A panic
+/// in a client (an assertion about a response, such as a paged range)
+/// is a failed run, not a silently shorter history.
+pub fn verdict(clients: u64, failures: &[String]) -> Verdict {
+    if failures.is_empty() {
+        Verdict::Pass(format!("{clients} clients ended cleanly"))
+    } else {
+        Verdict::Fail(format!(
+            "{} of {clients} clients: {}",
+            failures.len(),
+            failures.join("; ")
+        ))
     }
 }
 
@@ -246,5 +306,71 @@ async fn execute(client: &Client, kind: OpKind) -> (OpKind, Outcome, Option<Stri
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_client_task_fails_the_run() {
+        // A client's assertion (here the paged-range one) must not vanish
+        // with its JoinError: the run would pass on a shorter history.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        let flag = stop.clone();
+        tasks.spawn(async move {
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        tasks.spawn(async { panic!("a range over the small key set was paged") });
+        let workload = Workload {
+            stop,
+            tasks,
+            clients: 2,
+        };
+        let failures = workload.stop().await;
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(
+            failures[0].contains("range over the small key set was paged"),
+            "{failures:?}"
+        );
+        let verdict = verdict(2, &failures);
+        assert!(verdict.is_fail(), "{verdict}");
+    }
+
+    #[test]
+    fn an_expired_session_is_an_unknown_outcome_not_a_failure() {
+        // The server forgot the write's session: an earlier attempt may have
+        // been applied, so the oracle must not promise it was not.
+        let expired: cluster_client::Result<()> = Err(cluster_client::Error::SessionExpired {
+            last: "FAILED_PRECONDITION: session expired".into(),
+        });
+        assert_eq!(write_outcome(&expired).0, Outcome::Unknown);
+        let refused: cluster_client::Result<()> = Err(cluster_client::Error::InvalidArgument("empty key".into()));
+        assert_eq!(write_outcome(&refused).0, Outcome::Fail);
+    }
+
+    #[tokio::test]
+    async fn clients_that_stop_cleanly_pass() {
+        // The control: stopping a healthy workload reports nothing.
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = JoinSet::new();
+        let flag = stop.clone();
+        tasks.spawn(async move {
+            while !flag.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        });
+        let workload = Workload {
+            stop,
+            tasks,
+            clients: 1,
+        };
+        let failures = workload.stop().await;
+        assert!(failures.is_empty(), "{failures:?}");
+        assert!(matches!(verdict(1, &failures), Verdict::Pass(_)));
     }
 }

@@ -18,7 +18,7 @@ async fn a_full_cluster_crash_loses_no_acknowledged_write() {
             run.cluster.kill(index);
         }
         tokio::time::sleep(run.random_ms(100, 1000)).await;
-        run.fault("restart all three nodes");
+        run.note("restart all three nodes");
         for index in 0..3 {
             run.cluster.restart(index).expect("restart");
         }

@@ -21,7 +21,7 @@ async fn leader_kills_lose_nothing_and_fail_over_fast() {
         let window = chaos::check::availability::measure(&run.probe, killed_at).await;
         run.windows.push(window);
         tokio::time::sleep(run.random_ms(0, 500)).await;
-        run.fault(format!("restart node {leader}"));
+        run.note(format!("restart node {leader}"));
         run.cluster.restart(index).expect("restart");
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;

@@ -17,17 +17,17 @@ async fn random_kills_restarts_and_rejoins_lose_nothing() {
         let victim = run.rng.u64(1..=3);
         let index = run.cluster.index_of(victim);
         // Every run wipes at least once (in its last round if not before).
-        let last = run.faults.len() >= 2 * (run.config.iterations as usize - 1);
+        let last = run.round() >= run.config.iterations;
         if (!wiped && last) || run.rng.u32(0..4) == 0 {
             wiped = true;
             run.fault(format!("SIGKILL node {victim}, remove it, wipe its data, add it back"));
             run.cluster.wipe_and_readd(index).await.expect("wipe and re-add");
-            run.fault(format!("node {victim} is a voter again"));
+            run.note(format!("node {victim} is a voter again"));
         } else {
             run.fault(format!("SIGKILL node {victim}"));
             run.cluster.kill(index);
             tokio::time::sleep(run.random_ms(200, 1500)).await;
-            run.fault(format!("restart node {victim}"));
+            run.note(format!("restart node {victim}"));
             run.cluster.restart(index).expect("restart");
         }
     }

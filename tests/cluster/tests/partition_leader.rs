@@ -60,13 +60,13 @@ async fn a_partitioned_leader_serves_nothing_stale() {
             from_nodes > 0,
             "the proxies never identified a node: partitions would be no-ops"
         );
-        run.fault(format!(
+        run.note(format!(
             "the majority elected node {successor} after {} ms",
             cut_at.elapsed().as_millis()
         ));
         // Keep the old leader cut off a while longer, with clients at it.
         tokio::time::sleep(run.random_ms(500, 2000)).await;
-        run.fault("heal every link");
+        run.note("heal every link");
         run.cluster.links.heal();
         tokio::time::sleep(Duration::from_millis(800)).await;
     }

@@ -25,22 +25,29 @@ use crate::history::{Op, OpKind, Outcome};
 pub fn check(ops: &[Op]) -> Verdict {
     // Who wrote each (key, value), for unique values.
     let mut writer: HashMap<(&str, &str), &Op> = HashMap::new();
-    let mut deletes: HashMap<&str, Vec<&Op>> = HashMap::new();
+    // The latest return of a delete of each key (an unknown one: never).
+    let mut deletes_returned_max: HashMap<&str, u64> = HashMap::new();
     for op in ops.iter().filter(|op| op.outcome != Outcome::Fail) {
         for (key, value) in op.kind.writes() {
             match value {
                 Some(value) => {
                     writer.insert((key, value), op);
                 }
-                None => deletes.entry(key).or_default().push(op),
+                None => {
+                    let returned = op.complete_us.unwrap_or(u64::MAX);
+                    let latest = deletes_returned_max.entry(key).or_insert(returned);
+                    *latest = (*latest).max(returned);
+                }
             }
         }
     }
-    let batches: Vec<(&Op, &[String], &str)> = ops
+    // The batches by value (unique): a range can only have seen the
+    // batches whose value it returned, so only those are looked at.
+    let batches: HashMap<&str, (&Op, &[String], &str)> = ops
         .iter()
         .filter(|op| op.outcome != Outcome::Fail)
         .filter_map(|op| match &op.kind {
-            OpKind::Batch { keys, value } => Some((op, keys.as_slice(), value.as_str())),
+            OpKind::Batch { keys, value } => Some((value.as_str(), (op, keys.as_slice(), value.as_str()))),
             _ => None,
         })
         .collect();
@@ -55,7 +62,10 @@ pub fn check(ops: &[Op]) -> Verdict {
             continue;
         };
         let seen: HashMap<&str, &str> = pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        for (batch, keys, value) in &batches {
+        let mut values: Vec<&str> = seen.values().copied().collect();
+        values.sort_unstable();
+        values.dedup();
+        for (batch, keys, value) in values.iter().filter_map(|v| batches.get(v)) {
             let covered: Vec<&str> = keys
                 .iter()
                 .map(String::as_str)
@@ -70,7 +80,9 @@ pub fn check(ops: &[Op]) -> Verdict {
                 let older = match seen.get(key) {
                     Some(v) if v == value => false,
                     Some(v) => writer.get(&(*key, *v)).is_some_and(|w| precedes_batch(w)),
-                    None => deletes.get(key).is_none_or(|ds| ds.iter().all(|d| precedes_batch(d))),
+                    None => deletes_returned_max
+                        .get(key)
+                        .is_none_or(|latest| *latest < batch.invoke_us),
                 };
                 if older {
                     return Verdict::Fail(format!(
