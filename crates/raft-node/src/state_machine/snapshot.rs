@@ -188,6 +188,15 @@ impl Layout {
     /// A new snapshot being received: unpacked as it arrives into a new
     /// directory of its own.
     pub fn receive(&self) -> SnapshotData {
+        // openraft receives one snapshot at a time: any earlier reception
+        // left behind was cut short, and its directory is garbage.
+        if let Ok(entries) = fs::read_dir(&self.root) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX) {
+                    remove_path(&entry.path());
+                }
+            }
+        }
         let dir = self.root.join(format!("{RECEIVE_PREFIX}{:016x}", fastrand::u64(..)));
         SnapshotData::incoming(dir)
     }
