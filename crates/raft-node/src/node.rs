@@ -231,9 +231,18 @@ impl KvNode {
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         let (health_reporter, health) = tonic_health::server::health_reporter();
         health_reporter.set_serving::<KvServer<KvService>>().await;
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        // Reflection in both versions: tools that still ask for v1alpha
+        // (older grpcurl builds, several GUI clients) get UNIMPLEMENTED
+        // from a v1-only server.
+        let reflection_builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        };
+        let reflection = reflection_builder()
             .build_v1()
+            .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
+        let reflection_v1alpha = reflection_builder()
+            .build_v1alpha()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
         let client_port = server_builder().add_service(kv).add_service(health.clone());
         let (client_port, peer_port) = match peer_listener {
@@ -252,7 +261,7 @@ impl KvNode {
                 None,
             ),
         };
-        let client_port = client_port.add_service(reflection);
+        let client_port = client_port.add_service(reflection).add_service(reflection_v1alpha);
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),

@@ -534,3 +534,46 @@ async fn a_snapshot_is_taken_once_the_log_passes_its_byte_bound() {
     }
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reflection_answers_in_both_protocol_versions() {
+    // Older grpcurl builds and GUI clients ask v1alpha; a v1-only server left them with UNIMPLEMENTED.
+    use tonic_reflection::pb::{v1, v1alpha};
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(1).await;
+    let channel = Channel::from_shared(format!("http://{}", cluster.addr(1)))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut alpha = v1alpha::server_reflection_client::ServerReflectionClient::new(channel.clone());
+    let request = v1alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let mut replies = alpha
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1alpha is served")
+        .into_inner();
+    let reply = replies.message().await.expect("a reply").expect("one message");
+    let Some(v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) = reply.message_response
+    else {
+        panic!("not a service list: {reply:?}");
+    };
+    assert!(list.service.iter().any(|s| s.name == "kv.v1.KV"), "{list:?}");
+    let mut v1_client = v1::server_reflection_client::ServerReflectionClient::new(channel);
+    let request = v1::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    v1_client
+        .server_reflection_info(tokio_stream::iter(vec![request]))
+        .await
+        .expect("v1 is served");
+    cluster.shutdown().await;
+}
