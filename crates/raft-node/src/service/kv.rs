@@ -90,10 +90,11 @@ impl KvService {
         read: impl FnOnce(Engine) -> storage::Result<T> + Send + 'static,
     ) -> Result<T, Status> {
         let Ok(permit) = Arc::clone(&self.reads).try_acquire_owned() else {
-            return Err(Status::resource_exhausted(format!(
-                "too many reads in flight (reads_in_flight_max = {}); retry after a backoff",
-                self.limits.reads_in_flight_max
-            )));
+            return Err(status::overloaded(
+                "reads in flight",
+                "reads_in_flight_max",
+                self.limits.reads_in_flight_max,
+            ));
         };
         let engine = self.engine.clone();
         let result = tokio::task::spawn_blocking(move || {

@@ -101,10 +101,11 @@ impl Proposer {
     pub async fn propose(&self, command: pb::Command) -> Result<pb::CommandResult, Status> {
         let options = &self.options;
         let Ok(count) = Arc::clone(&self.proposals).try_acquire_owned() else {
-            return Err(status::not_applied(Status::resource_exhausted(format!(
-                "too many writes in flight (proposals_in_flight_max = {}); retry after a backoff",
-                options.proposals_max
-            ))));
+            return Err(status::overloaded(
+                "writes in flight",
+                "proposals_in_flight_max",
+                options.proposals_max,
+            ));
         };
         // A command larger than the whole budget takes all of it (it then
         // waits for an idle leader rather than being refused forever).
@@ -112,10 +113,11 @@ impl Proposer {
             .encoded_len()
             .clamp(1, options.proposal_bytes_max.clamp(1, u32::MAX as usize));
         let Ok(bytes) = Arc::clone(&self.proposal_bytes).try_acquire_many_owned(size as u32) else {
-            return Err(status::not_applied(Status::resource_exhausted(format!(
-                "too many bytes of writes in flight (proposal_bytes_in_flight_max = {}); retry after a backoff",
-                options.proposal_bytes_max
-            ))));
+            return Err(status::overloaded(
+                "bytes of writes in flight",
+                "proposal_bytes_in_flight_max",
+                options.proposal_bytes_max,
+            ));
         };
         let (reply, result) = oneshot::channel();
         let proposal = Proposal {

@@ -171,6 +171,15 @@ pub fn served_on_peer_port(call: &str) -> Status {
     )))
 }
 
+/// `RESOURCE_EXHAUSTED` for a request refused because `what` is at its
+/// bound `limit` (named as in the configuration) of `value`. Nothing was
+/// started, so writes also carry `x-kv-not-applied`.
+pub fn overloaded(what: &str, limit: &str, value: usize) -> Status {
+    not_applied(Status::resource_exhausted(format!(
+        "too many {what} ({limit} = {value}); retry after a backoff"
+    )))
+}
+
 /// Maps an engine failure.
 pub fn from_storage(error: &storage::Error) -> Status {
     Status::internal(format!("storage engine: {error}"))
