@@ -1,9 +1,10 @@
 //! Rebuilding the log from its segments when the store opens.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fs::{File, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
+
+use storage::io::{File, FileSystem};
 
 use super::error::LogStoreError;
 use super::reader::{Location, Log};
@@ -40,8 +41,8 @@ struct Found {
 /// and the decoded entries of the newest `window_bytes_max` bytes of
 /// records (older ones are dropped as the scan moves on, and read back
 /// from disk when asked for).
-pub(crate) fn recover(dir: &Path, window_bytes_max: u64) -> Result<Recovered, LogStoreError> {
-    let seqs = list_segments(dir)?;
+pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) -> Result<Recovered, LogStoreError> {
+    let seqs = list_segments(fs, dir)?;
     let next_seq = seqs.last().map_or(1, |s| s + 1);
     let mut segments = BTreeMap::new();
     // Pass 1, over the files: the last record of each kind is the current
@@ -53,13 +54,14 @@ pub(crate) fn recover(dir: &Path, window_bytes_max: u64) -> Result<Recovered, Lo
     for (position, &seq) in seqs.iter().enumerate() {
         let path = segment_path(dir, seq);
         let is_last = position + 1 == seqs.len();
-        let scanned = scan(&path, is_last)?;
+        let scanned = scan(fs, &path, is_last)?;
         if scanned.torn_header {
             // The crash came while the segment was being created, before it
             // held anything: remove it, so the next segment created does not
             // leave a headerless file in the middle of the log.
-            std::fs::remove_file(&path).map_err(|e| LogStoreError::io("remove", &path, e))?;
-            sync_dir(dir)?;
+            fs.remove_file(&path)
+                .map_err(|e| LogStoreError::io("remove", &path, e))?;
+            sync_dir(fs, dir)?;
             continue;
         }
         if scanned.torn_tail || (is_last && scanned.zero_tail) {
@@ -67,9 +69,8 @@ pub(crate) fn recover(dir: &Path, window_bytes_max: u64) -> Result<Recovered, Lo
             // is about to follow this one, and only the last segment may end
             // in a torn record. (An unused preallocated end is cut too, to
             // give its disk space back: appends go to a new segment.)
-            let file = OpenOptions::new()
-                .write(true)
-                .open(&path)
+            let file = fs
+                .open_writable(&path)
                 .map_err(|e| LogStoreError::io("open", &path, e))?;
             file.set_len(scanned.valid_bytes)
                 .map_err(|e| LogStoreError::io("truncate", &path, e))?;
@@ -144,8 +145,8 @@ pub(crate) fn recover(dir: &Path, window_bytes_max: u64) -> Result<Recovered, Lo
         // Handles on every surviving segment, for reads of entries older
         // than the window.
         let path = segment_path(dir, seq);
-        let file = File::open(&path).map_err(|e| LogStoreError::io("open", &path, e))?;
-        log.add_file(seq, Arc::new(file));
+        let file: Arc<dyn File> = fs.open(&path).map_err(|e| LogStoreError::io("open", &path, e))?.into();
+        log.add_file(seq, file);
     }
 
     // Committed is a hint openraft can re-learn from the leader; one that
@@ -215,11 +216,10 @@ pub(crate) fn follows(previous: Option<u64>, index: u64, purged: Option<u64>) ->
 }
 
 /// The segment numbers in `dir`, ascending.
-fn list_segments(dir: &Path) -> Result<Vec<u64>, LogStoreError> {
+fn list_segments(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<u64>, LogStoreError> {
     let mut seqs = Vec::new();
-    for item in std::fs::read_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
-        let item = item.map_err(|e| LogStoreError::io("list", dir, e))?;
-        if let Some(seq) = item.file_name().to_str().and_then(parse_segment_name) {
+    for name in fs.list_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
+        if let Some(seq) = parse_segment_name(&name) {
             seqs.push(seq);
         }
     }

@@ -6,11 +6,12 @@
 //! `crc32: u32 | len: u32 | payload`, the crc covering the 4 length bytes
 //! and the payload. The format is in `docs/log-store-format.md`.
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use storage::io::{File, FileSystem};
 
 use super::error::LogStoreError;
 
@@ -95,14 +96,17 @@ pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
 /// Creates segment `path` holding the header and `framed` records, and
 /// makes it durable (file and directory) before returning. The file grows
 /// as records are appended (see [`prepare_spare`] for the faster kind).
-pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<File, LogStoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| LogStoreError::io("create", path, e))?;
-    file.write_all_at(&opening(framed), 0)
+pub(crate) fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    path: &Path,
+    framed: &[u8],
+) -> Result<Arc<dyn File>, LogStoreError> {
+    let file: Arc<dyn File> = fs
+        .create_new(path)
+        .map_err(|e| LogStoreError::io("create", path, e))?
+        .into();
+    file.write_at(0, &opening(framed))
         .map_err(|e| LogStoreError::io("write", path, e))?;
     // The header and the state records are synced before the segment is
     // used: a segment that exists after a crash then always has a readable
@@ -111,7 +115,7 @@ pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<F
     file.sync_all().map_err(|e| LogStoreError::io("fsync", path, e))?;
     // The directory entry is synced too: entries acknowledged in this file
     // must not vanish with a directory that forgot it.
-    sync_dir(dir)?;
+    sync_dir(fs, dir)?;
     Ok(file)
 }
 
@@ -123,18 +127,22 @@ fn opening(framed: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Writes `bytes` zeros to a new spare file at `path` and syncs it, so that
-/// writes into it later change no file metadata: an fdatasync of such a
-/// file writes only data, not the inode and the journal a growing file
-/// needs (about half the cost on this machine's disk). Stops early, with
-/// an error, once `cancel` is set.
-pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+/// Writes `bytes` zeros to a new spare file at `path` (replacing one a
+/// crash left) and syncs it, so that writes into it later change no file
+/// metadata: an fdatasync of such a file writes only data, not the inode
+/// and the journal a growing file needs (about half the cost on this
+/// machine's disk). Stops early, with an error, once `cancel` is set.
+pub(crate) fn prepare_spare(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes: u64,
+    cancel: &AtomicBool,
+) -> io::Result<Box<dyn File>> {
+    match fs.remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = fs.create_new(path)?;
     let zeros = vec![0u8; FILL_CHUNK_BYTES];
     let mut left = bytes;
     while left > 0 {
@@ -142,7 +150,7 @@ pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io:
             return Err(io::Error::other("spare preparation cancelled"));
         }
         let chunk = usize::try_from(left).unwrap_or(usize::MAX).min(FILL_CHUNK_BYTES);
-        file.write_all(&zeros[..chunk])?;
+        file.append(&zeros[..chunk])?;
         left -= chunk as u64;
     }
     file.sync_all()?;
@@ -153,28 +161,45 @@ pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io:
 /// `framed` records, durably: the opening is synced before the rename, and
 /// the rename before this returns.
 pub(crate) fn install_spare(
+    fs: &dyn FileSystem,
     dir: &Path,
-    spare: File,
+    spare: Box<dyn File>,
     spare_path: &Path,
     path: &Path,
     framed: &[u8],
-) -> Result<File, LogStoreError> {
+) -> Result<Arc<dyn File>, LogStoreError> {
     spare
-        .write_all_at(&opening(framed), 0)
+        .write_at(0, &opening(framed))
         .map_err(|e| LogStoreError::io("write", spare_path, e))?;
+    // Synced before the rename: a segment name that survives a crash must
+    // never point at a file whose header is still zeros.
     spare
         .sync_data()
         .map_err(|e| LogStoreError::io("fsync", spare_path, e))?;
-    std::fs::rename(spare_path, path).map_err(|e| LogStoreError::io("rename", spare_path, e))?;
-    sync_dir(dir)?;
-    Ok(spare)
+    fs.rename(spare_path, path)
+        .map_err(|e| LogStoreError::io("rename", spare_path, e))?;
+    // The rename is durable before appends land in the segment: otherwise
+    // a crash could forget the new name, and with it acknowledged entries.
+    sync_dir(fs, dir)?;
+    Ok(spare.into())
 }
 
-/// Makes creations and deletions of files in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogStoreError::io("fsync directory", dir, e))
+/// Makes creations and deletions of files in `dir` durable (the seam's one
+/// `sync_dir`).
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
+    storage::io::sync_dir(fs, dir).map_err(LogStoreError::from)
+}
+
+/// Reads the whole of `path`.
+fn read_whole(fs: &dyn FileSystem, path: &Path) -> Result<Vec<u8>, LogStoreError> {
+    let file = fs.open(path).map_err(|e| LogStoreError::io("open", path, e))?;
+    let len_bytes = file.len_bytes().map_err(|e| LogStoreError::io("stat", path, e))?;
+    let len = usize::try_from(len_bytes)
+        .map_err(|_| LogStoreError::corrupt(path, 0, format!("segment of {len_bytes} bytes")))?;
+    let mut buf = vec![0u8; len];
+    file.read_at(0, &mut buf)
+        .map_err(|e| LogStoreError::io("read", path, e))?;
+    Ok(buf)
 }
 
 /// One valid record found by [`scan`].
@@ -222,8 +247,8 @@ pub(crate) struct Scan {
 /// is torn for the same reason. Anything else that is wrong, and any damage
 /// at all in a segment that is not the last, is [`LogStoreError::Corrupt`]:
 /// older segments are synced in full before a newer one is created.
-pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
-    let buf = std::fs::read(path).map_err(|e| LogStoreError::io("read", path, e))?;
+pub(crate) fn scan(fs: &dyn FileSystem, path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
+    let buf = read_whole(fs, path)?;
     let torn = |buf: Vec<u8>, offset: usize, records: Vec<ScannedRecord>, reason: &str| {
         if is_last {
             Ok(Scan {
@@ -403,6 +428,8 @@ fn all_zero(bytes: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use storage::io::RealFs;
+
     use super::*;
 
     fn write_segment(dir: &Path, payloads: &[&[u8]]) -> PathBuf {
@@ -411,7 +438,7 @@ mod tests {
         for p in payloads {
             frame(&mut framed, p);
         }
-        create_segment(dir, &path, &framed).expect("create");
+        create_segment(&RealFs, dir, &path, &framed).expect("create");
         path
     }
 
@@ -434,12 +461,12 @@ mod tests {
         let first_end = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         for cut in first_end..full.len() {
             std::fs::write(&path, &full[..cut]).expect("write");
-            let found = scan(&path, true).expect("a torn tail is not an error");
+            let found = scan(&RealFs, &path, true).expect("a torn tail is not an error");
             assert_eq!(found.records.len(), 1, "cut at {cut}");
             assert_eq!(found.valid_bytes, first_end as u64);
             assert_eq!(found.torn_tail, cut != first_end);
             if cut != first_end {
-                assert!(scan(&path, false).is_err(), "not the last segment: corrupt");
+                assert!(scan(&RealFs, &path, false).is_err(), "not the last segment: corrupt");
             }
         }
     }
@@ -452,7 +479,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 1] ^= 0x10;
         std::fs::write(&path, &bytes).expect("write");
-        let err = scan(&path, true).expect_err("corrupt");
+        let err = scan(&RealFs, &path, true).expect_err("corrupt");
         assert!(
             matches!(&err, LogStoreError::Corrupt { file, offset, .. } if file == &path && *offset == FILE_HEADER_BYTES as u64),
             "{err}"
@@ -469,7 +496,7 @@ mod tests {
         bytes.resize(written + 4096, 0);
         std::fs::write(&path, &bytes).expect("write");
         for is_last in [true, false] {
-            let found = scan(&path, is_last).expect("a zero tail is clean");
+            let found = scan(&RealFs, &path, is_last).expect("a zero tail is clean");
             assert_eq!(found.records.len(), 2);
             assert_eq!(found.valid_bytes, written as u64);
             assert!(found.zero_tail && !found.torn_tail);
@@ -486,11 +513,11 @@ mod tests {
         let big_start = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         bytes[SECTOR_BYTES..2 * SECTOR_BYTES].fill(0);
         std::fs::write(&path, &bytes).expect("write");
-        let found = scan(&path, true).expect("torn, not corrupt");
+        let found = scan(&RealFs, &path, true).expect("torn, not corrupt");
         assert_eq!(found.records.len(), 1, "the torn record and all after it are dropped");
         assert_eq!(found.valid_bytes, big_start as u64);
         assert!(found.torn_tail);
-        assert!(scan(&path, false).is_err(), "not the last segment: corrupt");
+        assert!(scan(&RealFs, &path, false).is_err(), "not the last segment: corrupt");
     }
 
     #[test]
@@ -502,8 +529,8 @@ mod tests {
         let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         bytes[second..second + RECORD_HEADER_BYTES].fill(0);
         std::fs::write(&path, &bytes).expect("write");
-        let found = scan(&path, true).expect("torn");
+        let found = scan(&RealFs, &path, true).expect("torn");
         assert_eq!((found.records.len(), found.torn_tail), (1, true));
-        assert!(scan(&path, false).is_err());
+        assert!(scan(&RealFs, &path, false).is_err());
     }
 }

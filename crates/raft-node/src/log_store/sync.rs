@@ -1,7 +1,6 @@
 //! Group commit: a thread that makes appended records durable with one
 //! fsync for all the appends that arrived while the previous fsync ran.
 
-use std::fs::File;
 use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+use storage::io::File;
 
 /// What an append asks to be told once its records are durable (or not).
 pub(crate) type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -19,7 +19,7 @@ struct State {
     pending: Vec<OnDurable>,
     /// The segment being appended to: the only one that can hold unsynced
     /// records, since the writer syncs a segment in full before it rolls.
-    file: Arc<File>,
+    file: Arc<dyn File>,
     /// Whether the sync thread is running an fsync for a batch it took.
     in_flight: bool,
     /// The first write or fsync failure, after which nothing is durable
@@ -57,7 +57,7 @@ impl std::fmt::Debug for Syncer {
 
 impl Syncer {
     /// Starts the sync thread with `file` as the current segment.
-    pub(crate) fn start(file: Arc<File>) -> io::Result<Syncer> {
+    pub(crate) fn start(file: Arc<dyn File>) -> io::Result<Syncer> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: Vec::new(),
@@ -98,7 +98,7 @@ impl Syncer {
     /// The caller must have synced the previous segment in full first: the
     /// callbacks still pending for records there are then already durable,
     /// whichever file the thread syncs before running them.
-    pub(crate) fn set_file(&self, file: Arc<File>) {
+    pub(crate) fn set_file(&self, file: Arc<dyn File>) {
         self.shared.state.lock().file = file;
     }
 
