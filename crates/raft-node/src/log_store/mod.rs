@@ -613,14 +613,13 @@ impl LogStore {
 
     /// fsyncs the current segment on the calling thread.
     fn sync_current(&mut self) -> Result<(), LogStoreError> {
-        self.syncer.count_sync();
-        if let Err(e) = self.current.file.sync_data() {
-            let e = LogStoreError::io("fsync", &self.current.path, e);
-            self.syncer.fail(e.to_string());
-            return Err(e);
-        }
-        Ok(())
+        // Through the syncer, in turn with its fsyncs: a failure here must
+        // be recorded before the sync thread's next fsync can succeed.
+        self.syncer
+            .sync(self.current.file.as_ref())
+            .map_err(|reason| LogStoreError::io("fsync", &self.current.path, io::Error::other(reason)))
     }
+
     /// Moves appends to a new segment that opens with `state`.
     fn roll(&mut self, state: &DurableState) -> Result<(), LogStoreError> {
         // The old segment is synced in full before the new one exists. So
