@@ -4,21 +4,21 @@
 //! A segment starts with a 16-byte header (`magic: u64`, `version: u32`,
 //! `crc32` of those 12 bytes: u32, all little-endian), then records:
 //! `crc32: u32 | len: u32 | payload`, the crc covering the 4 length bytes
-//! and the payload. The format is in `docs/log-store-format.md`.
+//! and the payload. The format is in `docs/log-store-format.md`; it is the
+//! engine's WAL format with another magic number, and the framing and the
+//! scan are the engine's ([`storage::framing`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+pub(crate) use storage::framing::FILE_HEADER_BYTES;
+use storage::framing::{self, all_zero, FileHeader, ScanEnd, RECORD_HEADER_BYTES};
 use storage::io::{File, FileSystem};
 
 use super::error::LogStoreError;
 
-/// Bytes of a segment's file header.
-pub(crate) const FILE_HEADER_BYTES: usize = 16;
-/// Bytes of a record's header (crc and length).
-pub(crate) const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record payload, in bytes (one entry, its type byte included).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 /// The segment format version this build writes and reads.
@@ -31,9 +31,6 @@ const NAME_PREFIX: &str = "log-";
 const NAME_SUFFIX: &str = ".seg";
 /// File name suffix of a spare: a zero-filled file becoming the next segment.
 const SPARE_SUFFIX: &str = ".spare";
-/// Granularity at which a torn write can leave old (zero) bytes behind: the
-/// disk's sector. A page that did not reach the disk is eight of them.
-const SECTOR_BYTES: usize = 512;
 /// Zeros written per call when filling a spare.
 const FILL_CHUNK_BYTES: usize = 1 << 20;
 
@@ -64,12 +61,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// The file header every segment starts with.
 fn file_header() -> [u8; FILE_HEADER_BYTES] {
-    let mut header = [0u8; FILE_HEADER_BYTES];
-    header[..8].copy_from_slice(&MAGIC.to_le_bytes());
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let crc = crc32fast::hash(&header[..12]);
-    header[12..].copy_from_slice(&crc.to_le_bytes());
-    header
+    framing::file_header(MAGIC, FORMAT_VERSION)
 }
 
 /// Frames `payload` as one record at the end of `out`.
@@ -77,20 +69,7 @@ fn file_header() -> [u8; FILE_HEADER_BYTES] {
 /// Panics if the payload exceeds [`RECORD_BYTES_MAX`]; callers check
 /// sizes they do not control first.
 pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(
-        payload.len() <= RECORD_BYTES_MAX,
-        "record of {} bytes exceeds RECORD_BYTES_MAX",
-        payload.len()
-    );
-    let len = u32::try_from(payload.len())
-        .expect("RECORD_BYTES_MAX fits in u32")
-        .to_le_bytes();
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&len);
-    hasher.update(payload);
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    out.extend_from_slice(&len);
-    out.extend_from_slice(payload);
+    framing::frame(out, payload, RECORD_BYTES_MAX);
 }
 
 /// Creates segment `path` holding the header and `framed` records, and
@@ -269,75 +248,41 @@ pub(crate) fn scan(fs: &dyn FileSystem, path: &Path, is_last: bool) -> Result<Sc
         return torn(buf, 0, Vec::new(), "short or zeroed file header");
     }
     check_header(path, &buf)?;
-
-    let mut records = Vec::new();
-    let mut offset = FILE_HEADER_BYTES;
-    while offset < buf.len() {
-        let rest = &buf[offset..];
-        let header = &rest[..rest.len().min(RECORD_HEADER_BYTES)];
-        if all_zero(header) {
-            if all_zero(rest) {
-                return Ok(Scan {
-                    buf,
-                    records,
-                    valid_bytes: offset as u64,
-                    torn_tail: false,
-                    torn_header: false,
-                    zero_tail: true,
-                });
-            }
-            return torn(buf, offset, records, "zeroed record header followed by data");
-        }
-        if rest.len() < RECORD_HEADER_BYTES {
-            return torn(buf, offset, records, "record header cut short");
-        }
-        let stored_crc = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let end = RECORD_HEADER_BYTES.saturating_add(len);
-        if end > rest.len() {
-            return torn(buf, offset, records, "record runs past the end of the file");
-        }
-        if len > RECORD_BYTES_MAX {
-            return Err(LogStoreError::corrupt(
-                path,
-                offset as u64,
-                format!("record length {len} exceeds {RECORD_BYTES_MAX}"),
-            ));
-        }
-        let actual_crc = crc32fast::hash(&rest[4..end]);
-        if actual_crc != stored_crc {
-            if all_zero(&rest[end..]) {
-                return torn(buf, offset, records, "checksum mismatch on the final record");
-            }
-            if has_zeroed_sector(&buf, offset, offset + end) {
-                return torn(
-                    buf,
-                    offset,
-                    records,
-                    "checksum mismatch on a record with a sector never written",
-                );
-            }
-            return Err(LogStoreError::corrupt(
-                path,
-                offset as u64,
-                format!("checksum mismatch: stored {stored_crc:#010x}, computed {actual_crc:#010x}"),
-            ));
-        }
-        records.push(ScannedRecord {
-            offset: offset as u64,
-            record_bytes: end as u64,
-        });
-        offset += end;
+    let scan = framing::scan_records(&buf, FILE_HEADER_BYTES, RECORD_BYTES_MAX);
+    let records = scan
+        .payloads
+        .iter()
+        .map(|payload| ScannedRecord {
+            offset: (payload.start - RECORD_HEADER_BYTES) as u64,
+            record_bytes: (payload.end - payload.start + RECORD_HEADER_BYTES) as u64,
+        })
+        .collect();
+    let offset = scan.valid_bytes;
+    let whole = |buf, records, zero_tail| {
+        Ok(Scan {
+            buf,
+            records,
+            valid_bytes: offset as u64,
+            torn_tail: false,
+            torn_header: false,
+            zero_tail,
+        })
+    };
+    match scan.end {
+        ScanEnd::Complete => whole(buf, records, false),
+        ScanEnd::ZeroTail => whole(buf, records, true),
+        ScanEnd::Torn { reason } => torn(buf, offset, records, reason),
+        ScanEnd::LengthTooLarge { len } => Err(LogStoreError::corrupt(
+            path,
+            offset as u64,
+            format!("record length {len} exceeds {RECORD_BYTES_MAX}"),
+        )),
+        ScanEnd::ChecksumMismatch { stored, computed } => Err(LogStoreError::corrupt(
+            path,
+            offset as u64,
+            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+        )),
     }
-    let valid_bytes = buf.len() as u64;
-    Ok(Scan {
-        buf,
-        records,
-        valid_bytes,
-        torn_tail: false,
-        torn_header: false,
-        zero_tail: false,
-    })
 }
 
 impl Scan {
@@ -360,74 +305,30 @@ impl Scan {
 /// so a mismatch now is damage (or a bug), never a torn write, and must
 /// never be served as an entry.
 pub(crate) fn check_record<'a>(path: &Path, offset: u64, frame: &'a [u8]) -> Result<&'a [u8], LogStoreError> {
-    let corrupt = |reason: String| LogStoreError::corrupt(path, offset, reason);
-    if frame.len() < RECORD_HEADER_BYTES {
-        return Err(corrupt(format!(
-            "record of {} bytes has no room for its header",
-            frame.len()
-        )));
-    }
-    let stored_crc = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-    let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
-    if RECORD_HEADER_BYTES.saturating_add(len) != frame.len() {
-        return Err(corrupt(format!(
-            "record length {len} disagrees with the index ({} payload bytes)",
-            frame.len() - RECORD_HEADER_BYTES
-        )));
-    }
-    let actual_crc = crc32fast::hash(&frame[4..]);
-    if actual_crc != stored_crc {
-        return Err(corrupt(format!(
-            "checksum mismatch on read: stored {stored_crc:#010x}, computed {actual_crc:#010x}"
-        )));
-    }
-    Ok(&frame[RECORD_HEADER_BYTES..])
-}
-
-/// Whether some disk sector overlapping `buf[start..end]` holds only zeros
-/// within that range.
-fn has_zeroed_sector(buf: &[u8], start: usize, end: usize) -> bool {
-    let mut sector = start - start % SECTOR_BYTES;
-    while sector < end {
-        let piece = &buf[sector.max(start)..(sector + SECTOR_BYTES).min(end)];
-        if all_zero(piece) {
-            return true;
-        }
-        sector += SECTOR_BYTES;
-    }
-    false
+    framing::check_record(frame).map_err(|reason| LogStoreError::corrupt(path, offset, reason))
 }
 
 /// Checks the magic number, version and checksum of a segment's header.
 fn check_header(path: &Path, buf: &[u8]) -> Result<(), LogStoreError> {
-    let expected = file_header();
-    if buf[12..16] != crc32fast::hash(&buf[..12]).to_le_bytes() {
-        return Err(LogStoreError::corrupt(path, 0, "file header checksum mismatch"));
-    }
-    if buf[..8] != expected[..8] {
-        return Err(LogStoreError::corrupt(
+    match framing::read_file_header(buf) {
+        FileHeader::ChecksumMismatch { .. } => Err(LogStoreError::corrupt(path, 0, "file header checksum mismatch")),
+        FileHeader::Valid { magic, .. } if magic != MAGIC => Err(LogStoreError::corrupt(
             path,
             0,
             "not a log store segment (bad magic number)",
-        ));
-    }
-    if buf[8..12] != expected[8..12] {
-        return Err(LogStoreError::UnsupportedVersion {
+        )),
+        FileHeader::Valid { version, .. } if version != FORMAT_VERSION => Err(LogStoreError::UnsupportedVersion {
             file: path.to_path_buf(),
-            found: u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            found: version,
             supported: FORMAT_VERSION,
-        });
+        }),
+        FileHeader::Valid { .. } => Ok(()),
     }
-    Ok(())
-}
-
-/// Whether every byte is zero.
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
 mod tests {
+    use storage::framing::SECTOR_BYTES;
     use storage::io::RealFs;
 
     use super::*;
