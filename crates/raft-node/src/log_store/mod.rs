@@ -4,8 +4,11 @@
 //!
 //! # Layout
 //!
-//! - `segment`: file naming, the file header, record framing, the
-//!   recovery scan (torn tail versus corruption).
+//! - `segment`: file naming, the file header, the recovery scan (torn
+//!   tail versus corruption), over the engine's record framing
+//!   (`storage::framing`). Every file operation goes through the engine's
+//!   disk seam (`storage::io::FileSystem`; [`LogStore::open_on`]), so the
+//!   crash tests run the store on the simulated disk.
 //! - `record`: the record types (entry, vote, committed, purged).
 //! - `sync`: the group-commit thread.
 //! - `reader`: the index of live entries, the memory window, and
