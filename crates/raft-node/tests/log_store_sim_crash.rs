@@ -24,7 +24,7 @@
 //!   last attempted one (purged entries never come back);
 //! - the vote is at least the last acknowledged one and one that was saved.
 //!
-//! Knobs: `LOG_SIM_SEEDS` (seeds to run, default 300), `LOG_SIM_SEED` (run
+//! Knobs: `LOG_SIM_SEEDS` (seeds to run, default 1000), `LOG_SIM_SEED` (run
 //! just this one). The store's sync and preallocation threads make the
 //! interleaving of I/O steps vary slightly between runs, so a seed replays
 //! the same operations, faults and cut step, though not always the same
@@ -48,7 +48,7 @@ use storage::sim::{CrashMode, Fault, LyingSyncs, SimFs};
 /// Where the log lives on the simulated disk.
 const LOG_DIR: &str = "/node/raft-log";
 /// Seeds run by default (CI size); `LOG_SIM_SEEDS` overrides.
-const SEEDS_DEFAULT: u64 = 300;
+const SEEDS_DEFAULT: u64 = 1000;
 /// Operations per round before the crash, at most.
 const OPS_PER_ROUND_MAX: u64 = 60;
 /// Crash-and-reopen rounds per seed: the second round runs on a log that
