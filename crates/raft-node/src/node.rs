@@ -11,6 +11,7 @@ use openraft::{Config, SnapshotPolicy};
 use proto::kv::cluster_server::ClusterServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
+use storage::io::RealFs;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
@@ -493,7 +494,9 @@ fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
         path: data_dir.display().to_string(),
         reason,
     };
-    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
+    // Durably: the identity file must not outlive a directory entry a
+    // crash forgot.
+    storage::io::create_dir_all(&RealFs, data_dir).map_err(|e| fail(e.to_string()))?;
     let path = data_dir.join(IDENTITY_FILE);
     let expected = format!("format={DATA_FORMAT_VERSION}\nnode_id={id}\n");
     match std::fs::read_to_string(&path) {
@@ -518,16 +521,11 @@ fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
             }
             Ok(())
         }
+        // The disk seam's one atomic replace (temp file, fsync, rename,
+        // fsync dir): a crash leaves no identity file or the whole one.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let temp = data_dir.join(format!("{IDENTITY_FILE}.tmp"));
-            let write = || -> std::io::Result<()> {
-                let mut file = std::fs::File::create(&temp)?;
-                std::io::Write::write_all(&mut file, expected.as_bytes())?;
-                file.sync_all()?;
-                std::fs::rename(&temp, &path)?;
-                std::fs::File::open(data_dir)?.sync_all()
-            };
-            write().map_err(|e| fail(e.to_string()))
+            storage::io::write_atomically(&RealFs, data_dir, IDENTITY_FILE, expected.as_bytes())
+                .map_err(|e| fail(e.to_string()))
         }
         Err(e) => Err(fail(e.to_string())),
     }

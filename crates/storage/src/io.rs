@@ -33,6 +33,10 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn File>>;
     /// Opens the existing `path` for positional reads.
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn File>>;
+    /// Opens the existing `path` for reads and writes (to cut it with
+    /// [`File::set_len`] or to overwrite a preallocated file in place with
+    /// [`File::write_at`]).
+    fn open_writable(&self, path: &Path) -> std::io::Result<Box<dyn File>>;
     /// Whether `path` names a file or directory.
     fn exists(&self, path: &Path) -> std::io::Result<bool>;
     /// Renames `from` to `to`, replacing `to` atomically if it exists.
@@ -54,18 +58,26 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     fn lock(&self, path: &Path) -> std::io::Result<FileLock>;
 }
 
-/// An open file. Written files are only ever appended to.
+/// An open file. The engine's files are only ever appended to; the Raft
+/// log store also writes at offsets into preallocated (zero-filled) files.
+///
+/// Every method takes `&self`, as `std::fs::File`'s do, so one handle can
+/// be shared (`Arc<dyn File>`): the Raft log store writes on one thread
+/// and fsyncs on another (group commit).
 pub trait File: Send + Sync + std::fmt::Debug {
     /// Fills `buf` from `offset`; a file too short is `UnexpectedEof`.
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()>;
     /// Appends all of `bytes`; durable only after a sync.
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()>;
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()>;
+    /// Writes all of `bytes` at `offset`, extending the file (with zeros
+    /// before `offset` if it lies past the end); durable only after a sync.
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()>;
     /// Truncates or extends the file to `len_bytes`.
-    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()>;
+    fn set_len(&self, len_bytes: u64) -> std::io::Result<()>;
     /// Makes the file's data durable (`fdatasync`).
-    fn sync_data(&mut self) -> std::io::Result<()>;
+    fn sync_data(&self) -> std::io::Result<()>;
     /// Makes the file's data and metadata durable (`fsync`).
-    fn sync_all(&mut self) -> std::io::Result<()>;
+    fn sync_all(&self) -> std::io::Result<()>;
     /// The file's length in bytes.
     fn len_bytes(&self) -> std::io::Result<u64>;
 }
@@ -86,12 +98,19 @@ struct RealFile(fs::File);
 
 impl FileSystem for RealFs {
     fn create_new(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
-        let file = OpenOptions::new().write(true).create_new(true).open(path)?;
+        // Readable too: the Raft log store reads entries back through the
+        // handle it appends with.
+        let file = OpenOptions::new().read(true).write(true).create_new(true).open(path)?;
         Ok(Box::new(RealFile(file)))
     }
 
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
         Ok(Box::new(RealFile(fs::File::open(path)?)))
+    }
+
+    fn open_writable(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
+        let file = OpenOptions::new().read(true).write(true).open(path)?;
+        Ok(Box::new(RealFile(file)))
     }
 
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
@@ -143,19 +162,23 @@ impl File for RealFile {
         self.0.read_exact_at(buf, offset)
     }
 
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.0.write_all(bytes)
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        (&self.0).write_all(bytes)
     }
 
-    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()> {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.0.write_all_at(bytes, offset)
+    }
+
+    fn set_len(&self, len_bytes: u64) -> std::io::Result<()> {
         self.0.set_len(len_bytes)
     }
 
-    fn sync_data(&mut self) -> std::io::Result<()> {
+    fn sync_data(&self) -> std::io::Result<()> {
         self.0.sync_data()
     }
 
-    fn sync_all(&mut self) -> std::io::Result<()> {
+    fn sync_all(&self) -> std::io::Result<()> {
         self.0.sync_all()
     }
 

@@ -19,7 +19,9 @@
 //! - `write`: group commit, the WAL append, backpressure.
 //! - `background`: the flush thread and the compaction threads.
 //! - `memtable`: recent writes in a concurrent skip list.
-//! - `log`: record framing shared by the WAL and the manifest.
+//! - `log`: the WAL's and the manifest's files, framed by [`framing`].
+//! - [`framing`]: record framing and the torn-tail scan, shared with the
+//!   Raft log store's segments.
 //! - `batch`: [`WriteBatch`] and its WAL encoding.
 //! - `manifest`, `version`: which table files are live, changed atomically.
 //! - `sstable`: immutable sorted tables (blocks, bloom filter, index, footer).
@@ -49,6 +51,7 @@ mod compaction;
 mod db;
 mod db_iter;
 mod error;
+pub mod framing;
 pub mod io;
 mod iterator;
 pub mod key;

@@ -1,9 +1,10 @@
-//! Record framing shared by the WAL and the manifest.
+//! The log files of the engine: the WAL and the manifest.
 //!
 //! A log file starts with a 16-byte header (`magic: u64`, `version: u32`,
 //! `crc32` of those 12 bytes: u32, all little-endian) followed by records:
 //! `crc32: u32 | length: u32 | payload`, where the crc covers the length
-//! bytes and the payload. Files are only ever appended to.
+//! bytes and the payload. Files are only ever appended to. The framing and
+//! the scan are [`crate::framing`]'s, shared with the Raft log store.
 //!
 //! Recovery reads records until the end. A record cut short by a crash is a
 //! *torn tail*: it was never acknowledged as durable and is dropped with
@@ -19,21 +20,15 @@
 use std::ops::Range;
 use std::path::Path;
 
-use crate::coding::{u32_le_at, u64_le_at};
 use crate::error::{Error, Result};
+use crate::framing::FILE_HEADER_BYTES;
+use crate::framing::{self, all_zero, FileHeader, ScanEnd};
 use crate::io::{AppendFile, FileSystem, ReadFile};
 
-/// Bytes of a log file's header.
-pub const FILE_HEADER_BYTES: usize = 16;
-/// Bytes of a record's header (crc and length).
-pub const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record payload, in bytes.
 pub const RECORD_BYTES_MAX: usize = 256 << 20;
 /// The log format version this build writes and reads.
 pub const LOG_FORMAT_VERSION: u32 = 1;
-/// Granularity at which a torn append can leave unwritten (zero) bytes
-/// between written ones: the disk's sector.
-pub const SECTOR_BYTES: usize = 512;
 
 /// Which kind of log a file is, told apart by its magic number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +59,7 @@ impl LogWriter {
     /// Creates `path` and writes (and syncs) its header.
     pub fn create(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<Self> {
         let mut file = AppendFile::create_new(fs, path)?;
-        let mut header = Vec::with_capacity(FILE_HEADER_BYTES);
-        header.extend_from_slice(&kind.magic().to_le_bytes());
-        header.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
-        let crc = crc32fast::hash(&header);
-        header.extend_from_slice(&crc.to_le_bytes());
-        file.append(&header)?;
+        file.append(&framing::file_header(kind.magic(), LOG_FORMAT_VERSION))?;
         // The header is synced at once so that a log file that exists after a
         // crash always has a readable header, whatever was appended later.
         file.sync()?;
@@ -82,18 +72,7 @@ impl LogWriter {
     /// Frames `payload` as one record into `out` without writing it, so a
     /// caller can gather many records into one write.
     pub fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-        assert!(
-            payload.len() <= RECORD_BYTES_MAX,
-            "record of {} bytes exceeds RECORD_BYTES_MAX",
-            payload.len()
-        );
-        let len = (payload.len() as u32).to_le_bytes();
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&len);
-        hasher.update(payload);
-        out.extend_from_slice(&hasher.finalize().to_le_bytes());
-        out.extend_from_slice(&len);
-        out.extend_from_slice(payload);
+        framing::frame(out, payload, RECORD_BYTES_MAX);
     }
 
     /// Appends one record (not yet durable: see [`sync`](Self::sync)).
@@ -162,78 +141,54 @@ pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogCo
         return Ok(torn_from(0, buf, Vec::new()));
     }
     check_header(path, kind, &buf)?;
-
-    let mut records = Vec::new();
-    let mut offset = FILE_HEADER_BYTES;
-    while offset < file_len {
-        let Some(header_end) = offset.checked_add(RECORD_HEADER_BYTES).filter(|&e| e <= file_len) else {
-            return Ok(torn_from(offset, buf, records));
-        };
-        if all_zero(&buf[offset..header_end]) {
-            // A header that never reached the disk, possibly with later
-            // sectors of the same unsynced append written after it. A power
-            // cut with non-sync writes in flight leaves this; calling it
-            // corruption would refuse to open a database that lost nothing
-            // it had promised.
-            return Ok(torn_from(offset, buf, records));
-        }
-        let stored_crc = u32_le_at(&buf, offset);
-        let len = u32_le_at(&buf, offset + 4) as usize;
-        let end = header_end + len;
-        if len > RECORD_BYTES_MAX || end > file_len {
-            if end > file_len {
-                return Ok(torn_from(offset, buf, records));
-            }
-            return Err(Error::corruption(
-                path,
-                offset as u64,
-                format!("record length {len} exceeds the limit"),
-            ));
-        }
-        let actual_crc = crc32fast::hash(&buf[offset + 4..end]);
-        if actual_crc != stored_crc {
-            // The last record, or one with a sector never written: the append
-            // was cut by the crash (see the module doc), not damaged later.
-            if end == file_len || all_zero(&buf[end..]) || has_zeroed_sector(&buf, offset, end) {
-                return Ok(torn_from(offset, buf, records));
-            }
-            return Err(Error::ChecksumMismatch {
-                file: path.to_path_buf(),
-                offset: offset as u64,
-                expected: stored_crc,
-                actual: actual_crc,
-            });
-        }
-        records.push(header_end..end);
-        offset = end;
+    let scan = framing::scan_records(&buf, FILE_HEADER_BYTES, RECORD_BYTES_MAX);
+    let offset = scan.valid_bytes as u64;
+    match scan.end {
+        ScanEnd::Complete => Ok(LogContents {
+            buf,
+            records: scan.payloads,
+            valid_bytes: offset,
+            torn_tail: false,
+        }),
+        // A zeroed header, with or without data after it, is a header that
+        // never reached the disk, possibly with later sectors of the same
+        // unsynced append written after it. A power cut with non-sync writes
+        // in flight leaves this; calling it corruption would refuse to open
+        // a database that lost nothing it had promised.
+        ScanEnd::ZeroTail | ScanEnd::Torn { .. } => Ok(torn_from(scan.valid_bytes, buf, scan.payloads)),
+        ScanEnd::LengthTooLarge { len } => Err(Error::corruption(
+            path,
+            offset,
+            format!("record length {len} exceeds the limit"),
+        )),
+        ScanEnd::ChecksumMismatch { stored, computed } => Err(Error::ChecksumMismatch {
+            file: path.to_path_buf(),
+            offset,
+            expected: stored,
+            actual: computed,
+        }),
     }
-    Ok(LogContents {
-        buf,
-        records,
-        valid_bytes: file_len as u64,
-        torn_tail: false,
-    })
 }
 
 fn check_header(path: &Path, kind: LogKind, buf: &[u8]) -> Result<()> {
-    let stored_crc = u32_le_at(buf, 12);
-    let actual_crc = crc32fast::hash(&buf[..12]);
-    if stored_crc != actual_crc {
-        return Err(Error::ChecksumMismatch {
-            file: path.to_path_buf(),
-            offset: 0,
-            expected: stored_crc,
-            actual: actual_crc,
-        });
-    }
-    if u64_le_at(buf, 0) != kind.magic() {
+    let (magic, version) = match framing::read_file_header(buf) {
+        FileHeader::Valid { magic, version } => (magic, version),
+        FileHeader::ChecksumMismatch { stored, computed } => {
+            return Err(Error::ChecksumMismatch {
+                file: path.to_path_buf(),
+                offset: 0,
+                expected: stored,
+                actual: computed,
+            })
+        }
+    };
+    if magic != kind.magic() {
         return Err(Error::corruption(
             path,
             0,
             format!("not a {kind:?} log (bad magic number)"),
         ));
     }
-    let version = u32_le_at(buf, 8);
     if version != LOG_FORMAT_VERSION {
         return Err(Error::UnsupportedVersion {
             file: path.to_path_buf(),
@@ -244,26 +199,10 @@ fn check_header(path: &Path, kind: LogKind, buf: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Whether the part of some disk sector that lies in `buf[start..end]` is
-/// all zeros.
-fn has_zeroed_sector(buf: &[u8], start: usize, end: usize) -> bool {
-    let mut sector = start - start % SECTOR_BYTES;
-    while sector < end {
-        if all_zero(&buf[sector.max(start)..(sector + SECTOR_BYTES).min(end)]) {
-            return true;
-        }
-        sector += SECTOR_BYTES;
-    }
-    false
-}
-
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::framing::{RECORD_HEADER_BYTES, SECTOR_BYTES};
     use crate::io::RealFs;
 
     fn write_log(path: &Path, payloads: &[&[u8]]) {

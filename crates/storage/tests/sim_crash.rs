@@ -412,7 +412,7 @@ fn a_database_whose_creation_was_cut_short_opens() {
     fs.create_dir_all(Path::new(DB_DIR)).expect("mkdir");
     fs.sync_dir(Path::new("/")).expect("sync");
     fs.sync_dir(Path::new(DATA_DIR)).expect("sync");
-    let mut leftover = fs
+    let leftover = fs
         .create_new(&Path::new(DB_DIR).join("MANIFEST-000001"))
         .expect("create");
     leftover.append(b"half a header").expect("append");

@@ -77,6 +77,21 @@ pub enum LogStoreError {
     },
 }
 
+impl From<storage::Error> for LogStoreError {
+    /// An error of the disk seam's helpers (`storage::io`), which add the
+    /// operation and path to the OS error just as this type does.
+    fn from(e: storage::Error) -> Self {
+        match e {
+            storage::Error::Io { op, path, source } => LogStoreError::Io { op, path, source },
+            other => LogStoreError::Io {
+                op: "disk",
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 impl LogStoreError {
     /// An I/O error on `path` while doing `op`.
     pub(crate) fn io(op: &'static str, path: &Path, source: std::io::Error) -> Self {

@@ -4,8 +4,11 @@
 //!
 //! # Layout
 //!
-//! - `segment`: file naming, the file header, record framing, the
-//!   recovery scan (torn tail versus corruption).
+//! - `segment`: file naming, the file header, the recovery scan (torn
+//!   tail versus corruption), over the engine's record framing
+//!   (`storage::framing`). Every file operation goes through the engine's
+//!   disk seam (`storage::io::FileSystem`; [`LogStore::open_on`]), so the
+//!   crash tests run the store on the simulated disk.
 //! - `record`: the record types (entry, vote, committed, purged).
 //! - `sync`: the group-commit thread.
 //! - `reader`: the index of live entries, the memory window, and
@@ -81,15 +84,14 @@ mod segment;
 mod sync;
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::RwLock;
+use storage::io::{File, FileSystem, RealFs};
 
 pub use self::error::LogStoreError;
 pub use self::reader::LogReader;
@@ -204,7 +206,7 @@ pub(crate) struct SegmentInfo {
 struct Current {
     seq: u64,
     path: PathBuf,
-    file: Arc<File>,
+    file: Arc<dyn File>,
     /// Bytes written (the next write's offset), not the file's size.
     len_bytes: u64,
     /// Whether the file was preallocated (made from a spare).
@@ -218,19 +220,19 @@ struct Spare {
     seq: u64,
     path: PathBuf,
     cancel: Arc<AtomicBool>,
-    thread: JoinHandle<io::Result<File>>,
+    thread: JoinHandle<io::Result<Box<dyn File>>>,
 }
 
 impl Spare {
     /// Starts preparing the spare for segment `seq`.
-    fn start(dir: &Path, seq: u64, bytes: u64) -> Result<Spare, LogStoreError> {
+    fn start(fs: &Arc<dyn FileSystem>, dir: &Path, seq: u64, bytes: u64) -> Result<Spare, LogStoreError> {
         let path = spare_path(dir, seq);
         let cancel = Arc::new(AtomicBool::new(false));
         let thread = {
-            let (path, cancel) = (path.clone(), Arc::clone(&cancel));
+            let (fs, path, cancel) = (Arc::clone(fs), path.clone(), Arc::clone(&cancel));
             std::thread::Builder::new()
                 .name("raft-log-spare".into())
-                .spawn(move || prepare_spare(&path, bytes, &cancel))
+                .spawn(move || prepare_spare(fs.as_ref(), &path, bytes, &cancel))
                 .map_err(|e| LogStoreError::io("start the spare thread for", dir, e))?
         };
         Ok(Spare {
@@ -242,10 +244,10 @@ impl Spare {
     }
 
     /// Stops the preparation and removes the file.
-    fn abandon(self) {
+    fn abandon(self, fs: &dyn FileSystem) {
         self.cancel.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        let _ = std::fs::remove_file(&self.path);
+        let _ = fs.remove_file(&self.path);
     }
 }
 
@@ -255,6 +257,7 @@ impl Spare {
 /// module documentation for the format, durability and memory use.
 #[derive(Debug)]
 pub struct LogStore {
+    fs: Arc<dyn FileSystem>,
     dir: PathBuf,
     options: LogStoreOptions,
     log: Arc<RwLock<Log>>,
@@ -279,18 +282,26 @@ impl LogStore {
     /// refuses ([`LogStoreError::Corrupt`]) any other damage. Appends then
     /// go to a new segment.
     pub fn open_with(dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| LogStoreError::io("create directory", dir, e))?;
-        remove_spares(dir)?;
-        let recovered = recovery::recover(dir, options.memory_window_bytes_max)?;
+        LogStore::open_on(RealFs::shared(), dir, options)
+    }
+
+    /// Opens (creating if missing) the log store in `dir` on the disk `fs`
+    /// (every file operation goes through it; tests pass the simulated
+    /// disk, `storage::sim::SimFs`).
+    pub fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
+        // Durably: a log directory a crash forgets takes every segment in it along.
+        storage::io::create_dir_all(fs.as_ref(), dir)?;
+        remove_spares(fs.as_ref(), dir)?;
+        let recovered = recovery::recover(fs.as_ref(), dir, options.memory_window_bytes_max)?;
         let mut segments = recovered.segments;
         // Appends always start in a fresh segment, never after a recovered
         // tail: a segment whose creation a crash interrupted may lack the
         // state records every current segment must begin with. It is a
         // growing one, so opening does not wait for zeros to be written;
         // appends move to the preallocated next one as soon as it is ready.
-        let current = start_segment(dir, recovered.next_seq, &recovered.state)?;
+        let current = start_segment(fs.as_ref(), dir, recovered.next_seq, &recovered.state)?;
         let spare = if options.preallocate {
-            Some(Spare::start(dir, current.seq + 1, options.segment_bytes_max)?)
+            Some(Spare::start(&fs, dir, current.seq + 1, options.segment_bytes_max)?)
         } else {
             None
         };
@@ -300,6 +311,7 @@ impl LogStore {
         let syncer = Syncer::start(Arc::clone(&current.file))
             .map_err(|e| LogStoreError::io("start the sync thread for", dir, e))?;
         Ok(LogStore {
+            fs,
             dir: dir.to_path_buf(),
             options,
             log: Arc::new(RwLock::new(log)),
@@ -500,18 +512,18 @@ impl LogStore {
             .rev()
             .collect();
         for seq in doomed {
-            remove_segment(&self.dir, seq)?;
+            remove_segment(self.fs.as_ref(), &self.dir, seq)?;
             self.segments.remove(&seq);
             self.log.write().remove_file(seq);
         }
         // 3. The deletions are durable before the cut: a deleted segment that
         //    came back after the cut one was cut would leave a hole.
-        sync_dir(&self.dir)?;
+        sync_dir(self.fs.as_ref(), &self.dir)?;
         // 4. The cut itself. The new size is metadata, hence sync_all.
         let path = segment_path(&self.dir, cut_seq);
-        let file = OpenOptions::new()
-            .write(true)
-            .open(&path)
+        let file = self
+            .fs
+            .open_writable(&path)
             .map_err(|e| LogStoreError::io("open", &path, e))?;
         file.set_len(cut_offset)
             .map_err(|e| LogStoreError::io("truncate", &path, e))?;
@@ -548,7 +560,7 @@ impl LogStore {
             // No directory fsync: a deleted segment that a crash brings back
             // holds only entries at or below the durable purge point, which
             // recovery skips. A failed deletion is retried by the next purge.
-            match remove_segment(&self.dir, seq) {
+            match remove_segment(self.fs.as_ref(), &self.dir, seq) {
                 Ok(()) => {
                     self.segments.remove(&seq);
                     self.log.write().remove_file(seq);
@@ -590,7 +602,7 @@ impl LogStore {
             self.roll(&state)?;
         }
         let offset = self.current.len_bytes;
-        if let Err(e) = self.current.file.write_all_at(framed, offset) {
+        if let Err(e) = self.current.file.write_at(offset, framed) {
             // Part of a record may be in the file now; anything appended
             // after it would sit behind garbage. Stop, and let recovery cut
             // the partial record off as a torn tail.
@@ -604,13 +616,11 @@ impl LogStore {
 
     /// fsyncs the current segment on the calling thread.
     fn sync_current(&mut self) -> Result<(), LogStoreError> {
-        self.syncer.count_sync();
-        if let Err(e) = self.current.file.sync_data() {
-            let e = LogStoreError::io("fsync", &self.current.path, e);
-            self.syncer.fail(e.to_string());
-            return Err(e);
-        }
-        Ok(())
+        // Through the syncer, in turn with its fsyncs: a failure here must
+        // be recorded before the sync thread's next fsync can succeed.
+        self.syncer
+            .sync(self.current.file.as_ref())
+            .map_err(|reason| LogStoreError::io("fsync", &self.current.path, io::Error::other(reason)))
     }
 
     /// Moves appends to a new segment that opens with `state`.
@@ -627,7 +637,12 @@ impl LogStore {
             self.syncer.fail(e.to_string());
         })?;
         if self.options.preallocate {
-            self.spare = Some(Spare::start(&self.dir, seq + 1, self.options.segment_bytes_max)?);
+            self.spare = Some(Spare::start(
+                &self.fs,
+                &self.dir,
+                seq + 1,
+                self.options.segment_bytes_max,
+            )?);
         }
         self.syncer.set_file(Arc::clone(&next.file));
         self.segments.insert(next.seq, SegmentInfo { last_index: None });
@@ -643,11 +658,11 @@ impl LogStore {
     /// growing file.
     fn next_segment(&mut self, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
         let Some(spare) = self.spare.take() else {
-            return start_segment(&self.dir, seq, state);
+            return start_segment(self.fs.as_ref(), &self.dir, seq, state);
         };
         if spare.seq != seq {
-            spare.abandon();
-            return start_segment(&self.dir, seq, state);
+            spare.abandon(self.fs.as_ref());
+            return start_segment(self.fs.as_ref(), &self.dir, seq, state);
         }
         let prepared = match spare.thread.join() {
             Ok(Ok(file)) => file,
@@ -659,18 +674,18 @@ impl LogStore {
                     _ => "the spare thread panicked".to_owned(),
                 };
                 tracing::warn!(%reason, "could not preallocate a log segment; using a growing one");
-                let _ = std::fs::remove_file(&spare.path);
-                return start_segment(&self.dir, seq, state);
+                let _ = self.fs.remove_file(&spare.path);
+                return start_segment(self.fs.as_ref(), &self.dir, seq, state);
             }
         };
         let path = segment_path(&self.dir, seq);
         let framed = state.framed();
-        let file = install_spare(&self.dir, prepared, &spare.path, &path, &framed)?;
+        let file = install_spare(self.fs.as_ref(), &self.dir, prepared, &spare.path, &path, &framed)?;
         self.metrics.preallocated_segments += 1;
         Ok(Current {
             seq,
             path,
-            file: Arc::new(file),
+            file,
             len_bytes: (segment::FILE_HEADER_BYTES + framed.len()) as u64,
             preallocated: true,
         })
@@ -680,42 +695,42 @@ impl LogStore {
 impl Drop for LogStore {
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take() {
-            spare.abandon();
+            spare.abandon(self.fs.as_ref());
         }
     }
 }
 
 /// Deletes spares a crash left behind (they hold no records).
-fn remove_spares(dir: &Path) -> Result<(), LogStoreError> {
-    for item in std::fs::read_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
-        let item = item.map_err(|e| LogStoreError::io("list", dir, e))?;
-        if item.file_name().to_str().is_some_and(is_spare_name) {
-            let path = item.path();
-            std::fs::remove_file(&path).map_err(|e| LogStoreError::io("remove", &path, e))?;
+fn remove_spares(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
+    for name in fs.list_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
+        if is_spare_name(&name) {
+            let path = dir.join(name);
+            fs.remove_file(&path)
+                .map_err(|e| LogStoreError::io("remove", &path, e))?;
         }
     }
     Ok(())
 }
 
 /// Creates segment `seq` opening with `state`, durably.
-fn start_segment(dir: &Path, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
+fn start_segment(fs: &dyn FileSystem, dir: &Path, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
     let path = segment_path(dir, seq);
     let framed = state.framed();
-    let file = create_segment(dir, &path, &framed)?;
+    let file = create_segment(fs, dir, &path, &framed)?;
     let len_bytes = (segment::FILE_HEADER_BYTES + framed.len()) as u64;
     Ok(Current {
         seq,
         path,
-        file: Arc::new(file),
+        file,
         len_bytes,
         preallocated: false,
     })
 }
 
 /// Deletes segment `seq`; one already gone counts as deleted.
-fn remove_segment(dir: &Path, seq: u64) -> Result<(), LogStoreError> {
+fn remove_segment(fs: &dyn FileSystem, dir: &Path, seq: u64) -> Result<(), LogStoreError> {
     let path = segment_path(dir, seq);
-    match std::fs::remove_file(&path) {
+    match fs.remove_file(&path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(LogStoreError::io("remove", &path, e)),
         _ => Ok(()),
     }

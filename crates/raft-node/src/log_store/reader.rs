@@ -3,15 +3,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Debug;
-use std::fs::File;
 use std::ops::{Bound, RangeBounds};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::{AnyError, OptionalSend, RaftLogReader, StorageIOError};
 use parking_lot::RwLock;
+use storage::io::File;
 
 use super::error::LogStoreError;
 use super::record::Record;
@@ -67,7 +66,7 @@ pub(crate) struct Log {
     window_bytes_max: u64,
     /// Open handles on the segments that hold live entries: a reader
     /// keeps reading a segment that a purge deletes under it.
-    files: BTreeMap<u64, Arc<File>>,
+    files: BTreeMap<u64, Arc<dyn File>>,
     /// Bumped by every truncation and purge, so a reader whose disk read
     /// failed can tell whether the log changed under it.
     generation: u64,
@@ -143,7 +142,7 @@ impl Log {
     }
 
     /// Registers the open handle of segment `seq`.
-    pub(crate) fn add_file(&mut self, seq: u64, file: Arc<File>) {
+    pub(crate) fn add_file(&mut self, seq: u64, file: Arc<dyn File>) {
         self.files.insert(seq, file);
     }
 
@@ -298,7 +297,7 @@ struct ReadPlan {
     dir: PathBuf,
     generation: u64,
     /// Entries older than the window, in index order, with their segment.
-    disk: Vec<(Arc<File>, Location)>,
+    disk: Vec<(Arc<dyn File>, Location)>,
     /// The entries from the window, which follow those on disk.
     memory: Vec<Entry>,
 }
@@ -328,7 +327,7 @@ impl ReadPlan {
             let span_len = usize::try_from(span_bytes)
                 .map_err(|_| LogStoreError::corrupt(&path, head.offset, format!("span of {span_bytes} bytes")))?;
             let mut buf = vec![0u8; span_len];
-            file.read_exact_at(&mut buf, head.offset)
+            file.read_at(head.offset, &mut buf)
                 .map_err(|e| LogStoreError::io("read", &path, e))?;
             for (_, location) in this {
                 let at = (location.offset - head.offset) as usize; // within span_len

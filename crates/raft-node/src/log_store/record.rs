@@ -8,6 +8,9 @@ use crate::types::{Entry, LogId, Vote};
 
 /// Record type byte of a log entry (`raft.v1.Entry`).
 const TYPE_ENTRY: u8 = 1;
+/// The first payload byte of every entry record (recovery tells entry
+/// records from state records by it without decoding them).
+pub(crate) const ENTRY_TYPE: u8 = TYPE_ENTRY;
 /// Record type byte of a vote (`raft.v1.Vote`).
 const TYPE_VOTE: u8 = 2;
 /// Record type byte of the committed log id (`raft.v1.LogId`).

@@ -4,20 +4,21 @@
 //! A segment starts with a 16-byte header (`magic: u64`, `version: u32`,
 //! `crc32` of those 12 bytes: u32, all little-endian), then records:
 //! `crc32: u32 | len: u32 | payload`, the crc covering the 4 length bytes
-//! and the payload. The format is in `docs/log-store-format.md`.
+//! and the payload. The format is in `docs/log-store-format.md`; it is the
+//! engine's WAL format with another magic number, and the framing and the
+//! scan are the engine's ([`storage::framing`]).
 
-use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+pub(crate) use storage::framing::FILE_HEADER_BYTES;
+use storage::framing::{self, all_zero, FileHeader, ScanEnd, RECORD_HEADER_BYTES};
+use storage::io::{File, FileSystem};
 
 use super::error::LogStoreError;
 
-/// Bytes of a segment's file header.
-pub(crate) const FILE_HEADER_BYTES: usize = 16;
-/// Bytes of a record's header (crc and length).
-pub(crate) const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record payload, in bytes (one entry, its type byte included).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
 /// The segment format version this build writes and reads.
@@ -30,9 +31,6 @@ const NAME_PREFIX: &str = "log-";
 const NAME_SUFFIX: &str = ".seg";
 /// File name suffix of a spare: a zero-filled file becoming the next segment.
 const SPARE_SUFFIX: &str = ".spare";
-/// Granularity at which a torn write can leave old (zero) bytes behind: the
-/// disk's sector. A page that did not reach the disk is eight of them.
-const SECTOR_BYTES: usize = 512;
 /// Zeros written per call when filling a spare.
 const FILL_CHUNK_BYTES: usize = 1 << 20;
 
@@ -63,12 +61,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 
 /// The file header every segment starts with.
 fn file_header() -> [u8; FILE_HEADER_BYTES] {
-    let mut header = [0u8; FILE_HEADER_BYTES];
-    header[..8].copy_from_slice(&MAGIC.to_le_bytes());
-    header[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-    let crc = crc32fast::hash(&header[..12]);
-    header[12..].copy_from_slice(&crc.to_le_bytes());
-    header
+    framing::file_header(MAGIC, FORMAT_VERSION)
 }
 
 /// Frames `payload` as one record at the end of `out`.
@@ -76,33 +69,23 @@ fn file_header() -> [u8; FILE_HEADER_BYTES] {
 /// Panics if the payload exceeds [`RECORD_BYTES_MAX`]; callers check
 /// sizes they do not control first.
 pub(crate) fn frame(out: &mut Vec<u8>, payload: &[u8]) {
-    assert!(
-        payload.len() <= RECORD_BYTES_MAX,
-        "record of {} bytes exceeds RECORD_BYTES_MAX",
-        payload.len()
-    );
-    let len = u32::try_from(payload.len())
-        .expect("RECORD_BYTES_MAX fits in u32")
-        .to_le_bytes();
-    let mut hasher = crc32fast::Hasher::new();
-    hasher.update(&len);
-    hasher.update(payload);
-    out.extend_from_slice(&hasher.finalize().to_le_bytes());
-    out.extend_from_slice(&len);
-    out.extend_from_slice(payload);
+    framing::frame(out, payload, RECORD_BYTES_MAX);
 }
 
 /// Creates segment `path` holding the header and `framed` records, and
 /// makes it durable (file and directory) before returning. The file grows
 /// as records are appended (see [`prepare_spare`] for the faster kind).
-pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<File, LogStoreError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(path)
-        .map_err(|e| LogStoreError::io("create", path, e))?;
-    file.write_all_at(&opening(framed), 0)
+pub(crate) fn create_segment(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    path: &Path,
+    framed: &[u8],
+) -> Result<Arc<dyn File>, LogStoreError> {
+    let file: Arc<dyn File> = fs
+        .create_new(path)
+        .map_err(|e| LogStoreError::io("create", path, e))?
+        .into();
+    file.write_at(0, &opening(framed))
         .map_err(|e| LogStoreError::io("write", path, e))?;
     // The header and the state records are synced before the segment is
     // used: a segment that exists after a crash then always has a readable
@@ -111,7 +94,7 @@ pub(crate) fn create_segment(dir: &Path, path: &Path, framed: &[u8]) -> Result<F
     file.sync_all().map_err(|e| LogStoreError::io("fsync", path, e))?;
     // The directory entry is synced too: entries acknowledged in this file
     // must not vanish with a directory that forgot it.
-    sync_dir(dir)?;
+    sync_dir(fs, dir)?;
     Ok(file)
 }
 
@@ -123,18 +106,22 @@ fn opening(framed: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// Writes `bytes` zeros to a new spare file at `path` and syncs it, so that
-/// writes into it later change no file metadata: an fdatasync of such a
-/// file writes only data, not the inode and the journal a growing file
-/// needs (about half the cost on this machine's disk). Stops early, with
-/// an error, once `cancel` is set.
-pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io::Result<File> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(path)?;
+/// Writes `bytes` zeros to a new spare file at `path` (replacing one a
+/// crash left) and syncs it, so that writes into it later change no file
+/// metadata: an fdatasync of such a file writes only data, not the inode
+/// and the journal a growing file needs (about half the cost on this
+/// machine's disk). Stops early, with an error, once `cancel` is set.
+pub(crate) fn prepare_spare(
+    fs: &dyn FileSystem,
+    path: &Path,
+    bytes: u64,
+    cancel: &AtomicBool,
+) -> io::Result<Box<dyn File>> {
+    match fs.remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = fs.create_new(path)?;
     let zeros = vec![0u8; FILL_CHUNK_BYTES];
     let mut left = bytes;
     while left > 0 {
@@ -142,7 +129,7 @@ pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io:
             return Err(io::Error::other("spare preparation cancelled"));
         }
         let chunk = usize::try_from(left).unwrap_or(usize::MAX).min(FILL_CHUNK_BYTES);
-        file.write_all(&zeros[..chunk])?;
+        file.append(&zeros[..chunk])?;
         left -= chunk as u64;
     }
     file.sync_all()?;
@@ -153,28 +140,45 @@ pub(crate) fn prepare_spare(path: &Path, bytes: u64, cancel: &AtomicBool) -> io:
 /// `framed` records, durably: the opening is synced before the rename, and
 /// the rename before this returns.
 pub(crate) fn install_spare(
+    fs: &dyn FileSystem,
     dir: &Path,
-    spare: File,
+    spare: Box<dyn File>,
     spare_path: &Path,
     path: &Path,
     framed: &[u8],
-) -> Result<File, LogStoreError> {
+) -> Result<Arc<dyn File>, LogStoreError> {
     spare
-        .write_all_at(&opening(framed), 0)
+        .write_at(0, &opening(framed))
         .map_err(|e| LogStoreError::io("write", spare_path, e))?;
+    // Synced before the rename: a segment name that survives a crash must
+    // never point at a file whose header is still zeros.
     spare
         .sync_data()
         .map_err(|e| LogStoreError::io("fsync", spare_path, e))?;
-    std::fs::rename(spare_path, path).map_err(|e| LogStoreError::io("rename", spare_path, e))?;
-    sync_dir(dir)?;
-    Ok(spare)
+    fs.rename(spare_path, path)
+        .map_err(|e| LogStoreError::io("rename", spare_path, e))?;
+    // The rename is durable before appends land in the segment: otherwise
+    // a crash could forget the new name, and with it acknowledged entries.
+    sync_dir(fs, dir)?;
+    Ok(spare.into())
 }
 
-/// Makes creations and deletions of files in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogStoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| LogStoreError::io("fsync directory", dir, e))
+/// Makes creations and deletions of files in `dir` durable (the seam's one
+/// `sync_dir`).
+pub(crate) fn sync_dir(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
+    storage::io::sync_dir(fs, dir).map_err(LogStoreError::from)
+}
+
+/// Reads the whole of `path`.
+fn read_whole(fs: &dyn FileSystem, path: &Path) -> Result<Vec<u8>, LogStoreError> {
+    let file = fs.open(path).map_err(|e| LogStoreError::io("open", path, e))?;
+    let len_bytes = file.len_bytes().map_err(|e| LogStoreError::io("stat", path, e))?;
+    let len = usize::try_from(len_bytes)
+        .map_err(|_| LogStoreError::corrupt(path, 0, format!("segment of {len_bytes} bytes")))?;
+    let mut buf = vec![0u8; len];
+    file.read_at(0, &mut buf)
+        .map_err(|e| LogStoreError::io("read", path, e))?;
+    Ok(buf)
 }
 
 /// One valid record found by [`scan`].
@@ -222,8 +226,8 @@ pub(crate) struct Scan {
 /// is torn for the same reason. Anything else that is wrong, and any damage
 /// at all in a segment that is not the last, is [`LogStoreError::Corrupt`]:
 /// older segments are synced in full before a newer one is created.
-pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
-    let buf = std::fs::read(path).map_err(|e| LogStoreError::io("read", path, e))?;
+pub(crate) fn scan(fs: &dyn FileSystem, path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
+    let buf = read_whole(fs, path)?;
     let torn = |buf: Vec<u8>, offset: usize, records: Vec<ScannedRecord>, reason: &str| {
         if is_last {
             Ok(Scan {
@@ -244,75 +248,41 @@ pub(crate) fn scan(path: &Path, is_last: bool) -> Result<Scan, LogStoreError> {
         return torn(buf, 0, Vec::new(), "short or zeroed file header");
     }
     check_header(path, &buf)?;
-
-    let mut records = Vec::new();
-    let mut offset = FILE_HEADER_BYTES;
-    while offset < buf.len() {
-        let rest = &buf[offset..];
-        let header = &rest[..rest.len().min(RECORD_HEADER_BYTES)];
-        if all_zero(header) {
-            if all_zero(rest) {
-                return Ok(Scan {
-                    buf,
-                    records,
-                    valid_bytes: offset as u64,
-                    torn_tail: false,
-                    torn_header: false,
-                    zero_tail: true,
-                });
-            }
-            return torn(buf, offset, records, "zeroed record header followed by data");
-        }
-        if rest.len() < RECORD_HEADER_BYTES {
-            return torn(buf, offset, records, "record header cut short");
-        }
-        let stored_crc = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]);
-        let len = u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]) as usize;
-        let end = RECORD_HEADER_BYTES.saturating_add(len);
-        if end > rest.len() {
-            return torn(buf, offset, records, "record runs past the end of the file");
-        }
-        if len > RECORD_BYTES_MAX {
-            return Err(LogStoreError::corrupt(
-                path,
-                offset as u64,
-                format!("record length {len} exceeds {RECORD_BYTES_MAX}"),
-            ));
-        }
-        let actual_crc = crc32fast::hash(&rest[4..end]);
-        if actual_crc != stored_crc {
-            if all_zero(&rest[end..]) {
-                return torn(buf, offset, records, "checksum mismatch on the final record");
-            }
-            if has_zeroed_sector(&buf, offset, offset + end) {
-                return torn(
-                    buf,
-                    offset,
-                    records,
-                    "checksum mismatch on a record with a sector never written",
-                );
-            }
-            return Err(LogStoreError::corrupt(
-                path,
-                offset as u64,
-                format!("checksum mismatch: stored {stored_crc:#010x}, computed {actual_crc:#010x}"),
-            ));
-        }
-        records.push(ScannedRecord {
-            offset: offset as u64,
-            record_bytes: end as u64,
-        });
-        offset += end;
+    let scan = framing::scan_records(&buf, FILE_HEADER_BYTES, RECORD_BYTES_MAX);
+    let records = scan
+        .payloads
+        .iter()
+        .map(|payload| ScannedRecord {
+            offset: (payload.start - RECORD_HEADER_BYTES) as u64,
+            record_bytes: (payload.end - payload.start + RECORD_HEADER_BYTES) as u64,
+        })
+        .collect();
+    let offset = scan.valid_bytes;
+    let whole = |buf, records, zero_tail| {
+        Ok(Scan {
+            buf,
+            records,
+            valid_bytes: offset as u64,
+            torn_tail: false,
+            torn_header: false,
+            zero_tail,
+        })
+    };
+    match scan.end {
+        ScanEnd::Complete => whole(buf, records, false),
+        ScanEnd::ZeroTail => whole(buf, records, true),
+        ScanEnd::Torn { reason } => torn(buf, offset, records, reason),
+        ScanEnd::LengthTooLarge { len } => Err(LogStoreError::corrupt(
+            path,
+            offset as u64,
+            format!("record length {len} exceeds {RECORD_BYTES_MAX}"),
+        )),
+        ScanEnd::ChecksumMismatch { stored, computed } => Err(LogStoreError::corrupt(
+            path,
+            offset as u64,
+            format!("checksum mismatch: stored {stored:#010x}, computed {computed:#010x}"),
+        )),
     }
-    let valid_bytes = buf.len() as u64;
-    Ok(Scan {
-        buf,
-        records,
-        valid_bytes,
-        torn_tail: false,
-        torn_header: false,
-        zero_tail: false,
-    })
 }
 
 impl Scan {
@@ -335,74 +305,32 @@ impl Scan {
 /// so a mismatch now is damage (or a bug), never a torn write, and must
 /// never be served as an entry.
 pub(crate) fn check_record<'a>(path: &Path, offset: u64, frame: &'a [u8]) -> Result<&'a [u8], LogStoreError> {
-    let corrupt = |reason: String| LogStoreError::corrupt(path, offset, reason);
-    if frame.len() < RECORD_HEADER_BYTES {
-        return Err(corrupt(format!(
-            "record of {} bytes has no room for its header",
-            frame.len()
-        )));
-    }
-    let stored_crc = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
-    let len = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]) as usize;
-    if RECORD_HEADER_BYTES.saturating_add(len) != frame.len() {
-        return Err(corrupt(format!(
-            "record length {len} disagrees with the index ({} payload bytes)",
-            frame.len() - RECORD_HEADER_BYTES
-        )));
-    }
-    let actual_crc = crc32fast::hash(&frame[4..]);
-    if actual_crc != stored_crc {
-        return Err(corrupt(format!(
-            "checksum mismatch on read: stored {stored_crc:#010x}, computed {actual_crc:#010x}"
-        )));
-    }
-    Ok(&frame[RECORD_HEADER_BYTES..])
-}
-
-/// Whether some disk sector overlapping `buf[start..end]` holds only zeros
-/// within that range.
-fn has_zeroed_sector(buf: &[u8], start: usize, end: usize) -> bool {
-    let mut sector = start - start % SECTOR_BYTES;
-    while sector < end {
-        let piece = &buf[sector.max(start)..(sector + SECTOR_BYTES).min(end)];
-        if all_zero(piece) {
-            return true;
-        }
-        sector += SECTOR_BYTES;
-    }
-    false
+    framing::check_record(frame).map_err(|reason| LogStoreError::corrupt(path, offset, reason))
 }
 
 /// Checks the magic number, version and checksum of a segment's header.
 fn check_header(path: &Path, buf: &[u8]) -> Result<(), LogStoreError> {
-    let expected = file_header();
-    if buf[12..16] != crc32fast::hash(&buf[..12]).to_le_bytes() {
-        return Err(LogStoreError::corrupt(path, 0, "file header checksum mismatch"));
-    }
-    if buf[..8] != expected[..8] {
-        return Err(LogStoreError::corrupt(
+    match framing::read_file_header(buf) {
+        FileHeader::ChecksumMismatch { .. } => Err(LogStoreError::corrupt(path, 0, "file header checksum mismatch")),
+        FileHeader::Valid { magic, .. } if magic != MAGIC => Err(LogStoreError::corrupt(
             path,
             0,
             "not a log store segment (bad magic number)",
-        ));
-    }
-    if buf[8..12] != expected[8..12] {
-        return Err(LogStoreError::UnsupportedVersion {
+        )),
+        FileHeader::Valid { version, .. } if version != FORMAT_VERSION => Err(LogStoreError::UnsupportedVersion {
             file: path.to_path_buf(),
-            found: u32::from_le_bytes([buf[8], buf[9], buf[10], buf[11]]),
+            found: version,
             supported: FORMAT_VERSION,
-        });
+        }),
+        FileHeader::Valid { .. } => Ok(()),
     }
-    Ok(())
-}
-
-/// Whether every byte is zero.
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
 }
 
 #[cfg(test)]
 mod tests {
+    use storage::framing::SECTOR_BYTES;
+    use storage::io::RealFs;
+
     use super::*;
 
     fn write_segment(dir: &Path, payloads: &[&[u8]]) -> PathBuf {
@@ -411,7 +339,7 @@ mod tests {
         for p in payloads {
             frame(&mut framed, p);
         }
-        create_segment(dir, &path, &framed).expect("create");
+        create_segment(&RealFs, dir, &path, &framed).expect("create");
         path
     }
 
@@ -434,12 +362,12 @@ mod tests {
         let first_end = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         for cut in first_end..full.len() {
             std::fs::write(&path, &full[..cut]).expect("write");
-            let found = scan(&path, true).expect("a torn tail is not an error");
+            let found = scan(&RealFs, &path, true).expect("a torn tail is not an error");
             assert_eq!(found.records.len(), 1, "cut at {cut}");
             assert_eq!(found.valid_bytes, first_end as u64);
             assert_eq!(found.torn_tail, cut != first_end);
             if cut != first_end {
-                assert!(scan(&path, false).is_err(), "not the last segment: corrupt");
+                assert!(scan(&RealFs, &path, false).is_err(), "not the last segment: corrupt");
             }
         }
     }
@@ -452,7 +380,7 @@ mod tests {
         let mut bytes = std::fs::read(&path).expect("read");
         bytes[FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 1] ^= 0x10;
         std::fs::write(&path, &bytes).expect("write");
-        let err = scan(&path, true).expect_err("corrupt");
+        let err = scan(&RealFs, &path, true).expect_err("corrupt");
         assert!(
             matches!(&err, LogStoreError::Corrupt { file, offset, .. } if file == &path && *offset == FILE_HEADER_BYTES as u64),
             "{err}"
@@ -469,7 +397,7 @@ mod tests {
         bytes.resize(written + 4096, 0);
         std::fs::write(&path, &bytes).expect("write");
         for is_last in [true, false] {
-            let found = scan(&path, is_last).expect("a zero tail is clean");
+            let found = scan(&RealFs, &path, is_last).expect("a zero tail is clean");
             assert_eq!(found.records.len(), 2);
             assert_eq!(found.valid_bytes, written as u64);
             assert!(found.zero_tail && !found.torn_tail);
@@ -486,11 +414,11 @@ mod tests {
         let big_start = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         bytes[SECTOR_BYTES..2 * SECTOR_BYTES].fill(0);
         std::fs::write(&path, &bytes).expect("write");
-        let found = scan(&path, true).expect("torn, not corrupt");
+        let found = scan(&RealFs, &path, true).expect("torn, not corrupt");
         assert_eq!(found.records.len(), 1, "the torn record and all after it are dropped");
         assert_eq!(found.valid_bytes, big_start as u64);
         assert!(found.torn_tail);
-        assert!(scan(&path, false).is_err(), "not the last segment: corrupt");
+        assert!(scan(&RealFs, &path, false).is_err(), "not the last segment: corrupt");
     }
 
     #[test]
@@ -502,8 +430,8 @@ mod tests {
         let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
         bytes[second..second + RECORD_HEADER_BYTES].fill(0);
         std::fs::write(&path, &bytes).expect("write");
-        let found = scan(&path, true).expect("torn");
+        let found = scan(&RealFs, &path, true).expect("torn");
         assert_eq!((found.records.len(), found.torn_tail), (1, true));
-        assert!(scan(&path, false).is_err());
+        assert!(scan(&RealFs, &path, false).is_err());
     }
 }

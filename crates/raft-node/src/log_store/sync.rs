@@ -1,7 +1,6 @@
 //! Group commit: a thread that makes appended records durable with one
 //! fsync for all the appends that arrived while the previous fsync ran.
 
-use std::fs::File;
 use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,6 +8,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Condvar, Mutex};
+use storage::io::File;
 
 /// What an append asks to be told once its records are durable (or not).
 pub(crate) type OnDurable = Box<dyn FnOnce(io::Result<()>) + Send>;
@@ -19,7 +19,7 @@ struct State {
     pending: Vec<OnDurable>,
     /// The segment being appended to: the only one that can hold unsynced
     /// records, since the writer syncs a segment in full before it rolls.
-    file: Arc<File>,
+    file: Arc<dyn File>,
     /// Whether the sync thread is running an fsync for a batch it took.
     in_flight: bool,
     /// The first write or fsync failure, after which nothing is durable
@@ -37,6 +37,16 @@ struct Shared {
     work: Condvar,
     /// Signalled when the thread finishes a batch.
     idle: Condvar,
+    /// Held across every fsync of the current segment and the recording of
+    /// its failure, by the sync thread and by the writer alike. After a
+    /// failed fsync Linux drops the dirty pages it covered and marks them
+    /// clean, so the next fsync of the file succeeds: without this lock the
+    /// sync thread's fsync could run between the writer's failed one and
+    /// the writer recording the failure, succeed, and acknowledge records
+    /// that are gone. Found by the simulated-disk crash test
+    /// (`tests/log_store_sim_crash.rs`, a vote's fsync failing with
+    /// `Fault::SyncLosesData` while appends were pending).
+    sync_lock: Mutex<()>,
     /// Number of fsyncs of segment files, by anyone.
     syncs: AtomicU64,
 }
@@ -57,7 +67,7 @@ impl std::fmt::Debug for Syncer {
 
 impl Syncer {
     /// Starts the sync thread with `file` as the current segment.
-    pub(crate) fn start(file: Arc<File>) -> io::Result<Syncer> {
+    pub(crate) fn start(file: Arc<dyn File>) -> io::Result<Syncer> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 pending: Vec::new(),
@@ -68,6 +78,7 @@ impl Syncer {
             }),
             work: Condvar::new(),
             idle: Condvar::new(),
+            sync_lock: Mutex::new(()),
             syncs: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
@@ -98,7 +109,7 @@ impl Syncer {
     /// The caller must have synced the previous segment in full first: the
     /// callbacks still pending for records there are then already durable,
     /// whichever file the thread syncs before running them.
-    pub(crate) fn set_file(&self, file: Arc<File>) {
+    pub(crate) fn set_file(&self, file: Arc<dyn File>) {
         self.shared.state.lock().file = file;
     }
 
@@ -121,9 +132,17 @@ impl Syncer {
         state.failed.get_or_insert(reason);
     }
 
-    /// Counts an fsync the writer ran itself.
+    /// Counts an fsync the writer ran itself (of a file other than the
+    /// current segment's; those go through [`sync`](Self::sync)).
     pub(crate) fn count_sync(&self) {
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// fsyncs `file`, the current segment, on the calling thread, in turn
+    /// with the sync thread's fsyncs; fails without syncing if an earlier
+    /// write or fsync failed.
+    pub(crate) fn sync(&self, file: &dyn File) -> Result<(), String> {
+        sync_serialized(&self.shared, file)
     }
 
     /// Number of fsyncs of segment files so far.
@@ -146,7 +165,7 @@ impl Drop for Syncer {
 /// The sync thread: take every pending callback, fsync once, run them all.
 fn run(shared: &Shared) {
     loop {
-        let (batch, file, failed) = {
+        let (batch, file) = {
             let mut state = shared.state.lock();
             while state.pending.is_empty() && !state.shutdown {
                 shared.work.wait(&mut state);
@@ -155,26 +174,9 @@ fn run(shared: &Shared) {
                 return; // shutdown, and everything submitted has run
             }
             state.in_flight = true;
-            (
-                mem::take(&mut state.pending),
-                Arc::clone(&state.file),
-                state.failed.clone(),
-            )
+            (mem::take(&mut state.pending), Arc::clone(&state.file))
         };
-        let result = match failed {
-            Some(reason) => Err(reason),
-            None => {
-                shared.syncs.fetch_add(1, Ordering::Relaxed);
-                // sync_data suffices: in a growing segment fdatasync also
-                // persists the new size needed to read the data back; in a
-                // preallocated one only data changes.
-                file.sync_data()
-                    .map_err(|e| format!("fsync of the log segment failed: {e}"))
-            }
-        };
-        if let Err(reason) = &result {
-            shared.state.lock().failed.get_or_insert_with(|| reason.clone());
-        }
+        let result = sync_serialized(shared, file.as_ref());
         for on_durable in batch {
             on_durable(result.clone().map_err(|reason| failed_error(&reason)));
         }
@@ -182,6 +184,25 @@ fn run(shared: &Shared) {
         state.in_flight = false;
         shared.idle.notify_all();
     }
+}
+
+/// One fsync of the current segment, serialized with every other (see
+/// `Shared::sync_lock`): fails without syncing if a failure is already
+/// recorded, and records its own failure before another fsync can start.
+fn sync_serialized(shared: &Shared, file: &dyn File) -> Result<(), String> {
+    let _turn = shared.sync_lock.lock();
+    if let Some(reason) = shared.state.lock().failed.clone() {
+        return Err(reason);
+    }
+    shared.syncs.fetch_add(1, Ordering::Relaxed);
+    // sync_data suffices: in a growing segment fdatasync also persists the
+    // new size needed to read the data back; in a preallocated one only
+    // data changes.
+    file.sync_data().map_err(|e| {
+        let reason = format!("fsync of the log segment failed: {e}");
+        shared.state.lock().failed.get_or_insert_with(|| reason.clone());
+        reason
+    })
 }
 
 /// The error handed to a callback whose records may not be durable.

@@ -223,7 +223,11 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<pb::SnapshotMeta, Archive
         output.sync_all().map_err(io_err(&path))?;
         count += 1;
     }
-    fs::File::open(dest).and_then(|d| d.sync_all()).map_err(io_err(dest))?;
+    // The seam's one sync_dir: the files' names are durable before the
+    // directory is switched to.
+    storage::io::sync_dir(&storage::io::RealFs, dest)
+        .map_err(super::snapshot::into_io)
+        .map_err(io_err(dest))?;
     Ok(meta)
 }
 

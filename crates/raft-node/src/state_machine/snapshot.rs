@@ -31,6 +31,7 @@ use std::sync::Arc;
 use openraft::{RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
 use proto::raft as pb;
+use storage::io::RealFs;
 use storage::Db;
 
 use super::archive::{self, ArchiveError};
@@ -456,22 +457,36 @@ fn remove_path(path: &Path) {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    storage::io::sync_dir(&RealFs, dir)
+        .map_err(into_io)
+        .map_err(io_err(dir))
 }
 
 /// Replaces `dir/name` with the line `contents`.
 fn write_atomically(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
-    write_atomically_bytes(dir, name, format!("{contents}\n").as_bytes())
+    write_atomically_bytes(
+        dir,
+        name,
+        format!(
+            "{contents}
+"
+        )
+        .as_bytes(),
+    )
 }
 
-/// Replaces `dir/name` with `contents`: temp file, fsync, rename, fsync dir.
+/// Replaces `dir/name` with `contents` through the disk seam's one atomic
+/// replace (temp file, fsync, rename, fsync dir).
 fn write_atomically_bytes(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    let temp = dir.join(format!("{name}.tmp"));
-    let mut file = fs::File::create(&temp)?;
-    std::io::Write::write_all(&mut file, contents)?;
-    file.sync_all()?;
-    fs::rename(&temp, dir.join(name))?;
-    fs::File::open(dir)?.sync_all()
+    storage::io::write_atomically(&RealFs, dir, name, contents).map_err(into_io)
+}
+
+/// The OS error inside an error of the disk seam's helpers.
+pub(crate) fn into_io(e: storage::Error) -> std::io::Error {
+    match e {
+        storage::Error::Io { source, .. } => source,
+        other => std::io::Error::other(other.to_string()),
+    }
 }
 
 #[cfg(test)]

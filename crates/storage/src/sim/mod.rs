@@ -450,7 +450,7 @@ impl std::fmt::Debug for SimFile {
 }
 
 impl SimFile {
-    fn sync(&mut self) -> std::io::Result<()> {
+    fn sync(&self) -> std::io::Result<()> {
         let mut state = self.state.lock();
         let fault = state.step(Kind::Write)?;
         let lying = state.lies_about(&self.path, false);
@@ -496,7 +496,7 @@ impl File for SimFile {
         Ok(())
     }
 
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
         self.writable()?;
         let mut state = self.state.lock();
         state.step_plain(Kind::Write)?;
@@ -504,7 +504,21 @@ impl File for SimFile {
         Ok(())
     }
 
-    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()> {
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.writable()?;
+        let mut state = self.state.lock();
+        state.step_plain(Kind::Write)?;
+        let start = usize::try_from(offset).map_err(|_| os_error(ENOSPC))?;
+        let end = start.checked_add(bytes.len()).ok_or_else(|| os_error(ENOSPC))?;
+        let data = &mut state.inode(self.ino)?.data;
+        if data.len() < end {
+            data.resize(end, 0);
+        }
+        data[start..end].copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len_bytes: u64) -> std::io::Result<()> {
         self.writable()?;
         let mut state = self.state.lock();
         state.step_plain(Kind::Write)?;
@@ -513,11 +527,11 @@ impl File for SimFile {
         Ok(())
     }
 
-    fn sync_data(&mut self) -> std::io::Result<()> {
+    fn sync_data(&self) -> std::io::Result<()> {
         self.sync()
     }
 
-    fn sync_all(&mut self) -> std::io::Result<()> {
+    fn sync_all(&self) -> std::io::Result<()> {
         self.sync()
     }
 
@@ -555,6 +569,13 @@ impl FileSystem for SimFs {
         state.step_plain(Kind::Read)?;
         let ino = state.file_at(path)?;
         Ok(self.file(ino, path, false))
+    }
+
+    fn open_writable(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
+        let mut state = self.state.lock();
+        state.step_plain(Kind::Read)?;
+        let ino = state.file_at(path)?;
+        Ok(self.file(ino, path, true))
     }
 
     fn exists(&self, path: &Path) -> std::io::Result<bool> {

@@ -17,7 +17,7 @@ fn disk(seed: u64) -> Arc<SimFs> {
 /// Creates `/db/name` holding `bytes`; syncs the file if `sync_file`, the
 /// directory if `sync_dir`.
 fn write(fs: &SimFs, name: &str, bytes: &[u8], sync_file: bool, sync_dir: bool) {
-    let mut file = fs.create_new(&path("/db").join(name)).expect("create");
+    let file = fs.create_new(&path("/db").join(name)).expect("create");
     file.append(bytes).expect("append");
     if sync_file {
         file.sync_data().expect("sync");
@@ -53,7 +53,7 @@ fn an_unsynced_create_is_gone_after_a_crash() {
 fn unsynced_appends_are_lost_and_synced_ones_kept() {
     // Data written after the last fsync does not survive a strict crash.
     let fs = disk(3);
-    let mut file = fs.create_new(&path("/db/a")).expect("create");
+    let file = fs.create_new(&path("/db/a")).expect("create");
     file.append(b"durable").expect("append");
     file.sync_data().expect("sync");
     fs.sync_dir(&path("/db")).expect("sync dir");
@@ -96,7 +96,7 @@ fn a_new_directory_needs_its_parent_synced() {
     // directory, synced files and all, is gone after a crash.
     let fs = disk(6);
     fs.create_dir_all(&path("/db/sub")).expect("mkdir");
-    let mut file = fs.create_new(&path("/db/sub/a")).expect("create");
+    let file = fs.create_new(&path("/db/sub/a")).expect("create");
     file.append(b"x").expect("append");
     file.sync_data().expect("sync");
     fs.sync_dir(&path("/db/sub")).expect("sync dir");
@@ -118,7 +118,7 @@ fn a_torn_crash_keeps_each_unsynced_sector_old_or_new() {
     let mut seen = HashSet::new();
     for seed in 0..200 {
         let fs = disk(seed);
-        let mut file = fs.create_new(&path("/db/a")).expect("create");
+        let file = fs.create_new(&path("/db/a")).expect("create");
         file.append(&old).expect("append");
         file.sync_data().expect("sync");
         fs.sync_dir(&path("/db")).expect("sync dir");
@@ -157,7 +157,7 @@ fn the_power_cut_step_fails_that_call_and_all_later_ones() {
     let fs = disk(7);
     let base = fs.steps();
     fs.freeze_at_step(base + 3);
-    let mut file = fs.create_new(&path("/db/a")).expect("step 1");
+    let file = fs.create_new(&path("/db/a")).expect("step 1");
     file.append(b"x").expect("step 2");
     assert!(file.sync_data().is_err(), "step 3 is the cut");
     assert!(file.append(b"y").is_err());
@@ -170,7 +170,7 @@ fn the_power_cut_step_fails_that_call_and_all_later_ones() {
 fn injected_eio_and_enospc_fail_one_call_without_effect() {
     // A failing disk returns errors the engine must handle, and changes nothing.
     let fs = disk(8);
-    let mut file = fs.create_new(&path("/db/a")).expect("create");
+    let file = fs.create_new(&path("/db/a")).expect("create");
     let at = fs.steps();
     fs.fail_at_step(at + 1, Fault::NoSpace);
     fs.fail_at_step(at + 2, Fault::Eio);
@@ -187,7 +187,7 @@ fn a_failed_fsync_loses_the_data_it_covered() {
     // After a failed writeback Linux drops the dirty pages: a retried fsync
     // succeeds and yet the data is gone. The engine must not retry and trust it.
     let fs = disk(9);
-    let mut file = fs.create_new(&path("/db/a")).expect("create");
+    let file = fs.create_new(&path("/db/a")).expect("create");
     file.append(b"kept").expect("append");
     file.sync_data().expect("sync");
     fs.sync_dir(&path("/db")).expect("sync dir");
@@ -239,4 +239,38 @@ fn reads_see_unlinked_files_through_open_handles() {
     assert_eq!(&buf, b"data");
     let err = file.read_at(2, &mut buf).expect_err("past the end");
     assert_eq!(err.kind(), std::io::ErrorKind::UnexpectedEof);
+}
+
+#[test]
+fn writes_at_an_offset_overwrite_in_place_and_tear_per_sector() {
+    // The Raft log store overwrites a zero-filled (preallocated) file in
+    // place: what a read sees is the new bytes at once; a crash keeps only
+    // what was synced, or under a torn crash each sector old or new.
+    let fs = disk(11);
+    write(&fs, "a", &[0u8; 2 * SECTOR_BYTES], true, true);
+    let file = fs.open_writable(&path("/db/a")).expect("open writable");
+    file.write_at(10, b"synced").expect("write_at");
+    file.sync_data().expect("sync");
+    file.write_at(SECTOR_BYTES as u64, b"unsynced").expect("write_at");
+    file.write_at(3 * SECTOR_BYTES as u64, b"x")
+        .expect("write_at past the end");
+    let now = read(&fs, "a").expect("file");
+    assert_eq!(
+        now.len(),
+        3 * SECTOR_BYTES + 1,
+        "a write past the end extends with zeros"
+    );
+    assert_eq!(&now[10..16], b"synced");
+    assert_eq!(&now[SECTOR_BYTES..SECTOR_BYTES + 8], b"unsynced");
+    let strict = read(&fs.crash(CrashMode::DropUnsynced), "a").expect("file survives");
+    assert_eq!(strict.len(), 2 * SECTOR_BYTES);
+    assert_eq!(&strict[10..16], b"synced");
+    assert!(
+        strict[SECTOR_BYTES..].iter().all(|&b| b == 0),
+        "the unsynced write is lost"
+    );
+    let read_only = disk(12);
+    write(&read_only, "a", b"x", true, true);
+    let file = read_only.open(&path("/db/a")).expect("open");
+    assert!(file.write_at(0, b"y").is_err(), "open() gives a read-only handle");
 }
