@@ -33,6 +33,9 @@ impl FileSystem for PanickingFs {
     fn open(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
         RealFs.open(path)
     }
+    fn open_writable(&self, path: &Path) -> std::io::Result<Box<dyn File>> {
+        RealFs.open_writable(path)
+    }
     fn exists(&self, path: &Path) -> std::io::Result<bool> {
         RealFs.exists(path)
     }
@@ -63,21 +66,25 @@ impl File for PanickingFile {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
         self.file.read_at(offset, buf)
     }
-    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+    fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
         assert!(!self.armed.load(Ordering::SeqCst), "injected panic in append");
         self.file.append(bytes)
     }
-    fn set_len(&mut self, len_bytes: u64) -> std::io::Result<()> {
+    fn set_len(&self, len_bytes: u64) -> std::io::Result<()> {
         self.file.set_len(len_bytes)
     }
-    fn sync_data(&mut self) -> std::io::Result<()> {
+    fn sync_data(&self) -> std::io::Result<()> {
         self.file.sync_data()
     }
-    fn sync_all(&mut self) -> std::io::Result<()> {
+    fn sync_all(&self) -> std::io::Result<()> {
         self.file.sync_all()
     }
     fn len_bytes(&self) -> std::io::Result<u64> {
         self.file.len_bytes()
+    }
+    fn write_at(&self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        assert!(!self.armed.load(Ordering::SeqCst), "injected panic in write_at");
+        self.file.write_at(offset, bytes)
     }
 }
 
