@@ -68,23 +68,53 @@ pub fn pack(source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u
     Ok(size)
 }
 
-/// Writes the archive of every file in `source_dir` with `meta` to `out`;
-/// returns its size in bytes. Every file is opened before any is written,
-/// so the directory may be removed once packing has started.
-pub fn pack_to(source_dir: &Path, meta: &pb::SnapshotMeta, out: &mut impl Write) -> Result<u64, ArchiveError> {
-    let mut names: Vec<String> = fs::read_dir(source_dir)
-        .map_err(io_err(source_dir))?
-        .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(source_dir))?;
-    names.sort();
-    let mut inputs = Vec::with_capacity(names.len());
-    for name in names {
-        let path = source_dir.join(&name);
-        let input = fs::File::open(&path).map_err(io_err(&path))?;
-        let size = input.metadata().map_err(io_err(&path))?.len();
-        inputs.push((name, path, input, size));
+/// Every file of a directory, opened, in name order: what an archive of
+/// it holds. Once opened the files stay readable whatever happens to the
+/// directory (a newer snapshot may replace and remove it while this one is
+/// still being sent).
+#[derive(Debug)]
+pub struct OpenedDir {
+    dir: PathBuf,
+    files: Vec<(String, PathBuf, fs::File, u64)>,
+}
+
+impl OpenedDir {
+    /// Opens every file of `dir`.
+    pub fn open(dir: &Path) -> Result<OpenedDir, ArchiveError> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .map_err(io_err(dir))?
+            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()
+            .map_err(io_err(dir))?;
+        names.sort();
+        let mut files = Vec::with_capacity(names.len());
+        for name in names {
+            let path = dir.join(&name);
+            let file = fs::File::open(&path).map_err(io_err(&path))?;
+            let size = file.metadata().map_err(io_err(&path))?.len();
+            files.push((name, path, file, size));
+        }
+        Ok(OpenedDir {
+            dir: dir.to_path_buf(),
+            files,
+        })
     }
+}
+
+/// Writes the archive of every file in `source_dir` with `meta` to `out`;
+/// returns its size in bytes.
+pub fn pack_to(source_dir: &Path, meta: &pb::SnapshotMeta, out: &mut impl Write) -> Result<u64, ArchiveError> {
+    pack_opened(OpenedDir::open(source_dir)?, meta, out)
+}
+
+/// Writes the archive of the files of `opened` with `meta` to `out`;
+/// returns its size in bytes.
+pub fn pack_opened(opened: OpenedDir, meta: &pb::SnapshotMeta, out: &mut impl Write) -> Result<u64, ArchiveError> {
+    let OpenedDir {
+        dir: source_dir,
+        files: inputs,
+    } = opened;
+    let source_dir = source_dir.as_path();
     let mut written = 0u64;
     let mut write = |out: &mut dyn Write, bytes: &[u8]| {
         written += bytes.len() as u64;

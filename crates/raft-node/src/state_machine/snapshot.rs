@@ -218,11 +218,15 @@ impl Layout {
         Ok(Some((meta, self.snapshots_dir().join(id))))
     }
 
-    /// The newest snapshot, as a stream from its start.
+    /// The newest snapshot, as a stream from its start. Its files are
+    /// opened here, under the lock that publishing a newer snapshot takes,
+    /// so the one named current cannot be removed before it is opened.
     pub fn current_snapshot(&self) -> Result<Option<openraft::Snapshot<TypeConfig>>, SnapshotError> {
+        let _guard = self.publish_lock.lock();
         let Some((pb_meta, dir)) = self.current()? else {
             return Ok(None);
         };
+        let dir = archive::OpenedDir::open(&dir)?;
         let meta = codec::snapshot_meta_from_pb(&pb_meta).map_err(|e| SnapshotError::Mismatch(e.to_string()))?;
         Ok(Some(openraft::Snapshot {
             meta,

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
 
-use super::archive::{self, ArchiveError};
+use super::archive::{self, ArchiveError, OpenedDir};
 
 /// Chunks buffered between the async side and the blocking thread, each of
 /// at most [`CHUNK_BYTES`]: bounds a transfer's memory per side.
@@ -32,7 +32,7 @@ pub struct SnapshotData {
 enum Mode {
     /// Reads the archive of a checkpoint directory, packed on demand.
     Outgoing {
-        source: Option<(PathBuf, pb::SnapshotMeta)>,
+        source: Option<(OpenedDir, pb::SnapshotMeta)>,
         chunks: Option<mpsc::Receiver<io::Result<Bytes>>>,
         current: Bytes,
     },
@@ -57,10 +57,10 @@ impl std::fmt::Debug for SnapshotData {
 }
 
 impl SnapshotData {
-    /// The archive of the files in `dir` with `meta`, packed as it is read.
-    /// Packing starts at the first read; it opens every file first, so a
-    /// snapshot directory removed while it is sent still streams whole.
-    pub(crate) fn outgoing(dir: PathBuf, meta: pb::SnapshotMeta) -> SnapshotData {
+    /// The archive of the files of `dir` (already open, so a snapshot
+    /// directory removed while it is sent still streams whole) with `meta`,
+    /// packed as it is read; packing starts at the first read.
+    pub(crate) fn outgoing(dir: OpenedDir, meta: pb::SnapshotMeta) -> SnapshotData {
         SnapshotData {
             mode: Mode::Outgoing {
                 source: Some((dir, meta)),
@@ -172,16 +172,16 @@ impl Write for ChannelWriter {
 }
 
 /// Starts packing `dir` into a channel on a blocking thread.
-fn start_packing(dir: PathBuf, meta: pb::SnapshotMeta) -> mpsc::Receiver<io::Result<Bytes>> {
+fn start_packing(dir: OpenedDir, meta: pb::SnapshotMeta) -> mpsc::Receiver<io::Result<Bytes>> {
     let (sender, receiver) = mpsc::channel(CHUNKS_IN_FLIGHT_MAX);
     tokio::task::spawn_blocking(move || {
         let mut writer = ChannelWriter {
             sender: sender.clone(),
             buffer: Vec::with_capacity(CHUNK_BYTES),
         };
-        let packed = archive::pack_to(&dir, &meta, &mut writer).and_then(|_| {
+        let packed = archive::pack_opened(dir, &meta, &mut writer).and_then(|_| {
             writer.flush().map_err(|source| ArchiveError::Io {
-                path: dir.clone(),
+                path: PathBuf::from("<snapshot stream>"),
                 source,
             })
         });
@@ -307,7 +307,7 @@ mod tests {
         std::fs::write(source.path().join("MANIFEST-000002"), b"manifest").expect("write");
         let target_root = tempfile::tempdir().expect("tempdir");
         let target = target_root.path().join("received");
-        let mut outgoing = SnapshotData::outgoing(source.path().to_path_buf(), meta());
+        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(source.path()).expect("open"), meta());
         let mut incoming = SnapshotData::incoming(target.clone());
         let mut buffer = vec![0u8; 100_000];
         loop {
@@ -337,7 +337,7 @@ mod tests {
         let source = tempfile::tempdir().expect("tempdir");
         std::fs::write(source.path().join("000001.sst"), vec![3u8; 300_000]).expect("write");
         let target = tempfile::tempdir().expect("tempdir");
-        let mut outgoing = SnapshotData::outgoing(source.path().to_path_buf(), meta());
+        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(source.path()).expect("open"), meta());
         let mut incoming = SnapshotData::incoming(target.path().join("received"));
         let mut buffer = vec![0u8; 100_000];
         let n = outgoing.read(&mut buffer).await.expect("read");
