@@ -268,10 +268,6 @@ impl KvNode {
             (metrics, listener)
         });
         let kv = Metered::new(kv, metrics.as_ref().map(|(metrics, _)| metrics.rpc()));
-        // Dropped with `serve_metrics` below, which ends every scrape.
-        let serve_metrics = metrics.map(|(metrics, listener)| {
-            tokio::spawn(crate::metrics::serve(listener, metrics.registry())).abort_handle()
-        });
         let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
             self.config.peer_advertise_addr.clone(),
@@ -311,6 +307,11 @@ impl KvNode {
             ),
         };
         let client_port = client_port.add_service(reflection);
+        // Spawned after the last early return, and aborted (which ends every
+        // scrape connection) once the gRPC servers stop.
+        let serve_metrics = metrics.map(|(metrics, listener)| {
+            tokio::spawn(crate::metrics::serve(listener, metrics.registry())).abort_handle()
+        });
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),
