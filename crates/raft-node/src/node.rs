@@ -309,9 +309,8 @@ impl KvNode {
         let client_port = client_port.add_service(reflection);
         // Spawned after the last early return, and aborted (which ends every
         // scrape connection) once the gRPC servers stop.
-        let serve_metrics = metrics.map(|(metrics, listener)| {
-            tokio::spawn(crate::metrics::serve(listener, metrics.registry())).abort_handle()
-        });
+        let serve_metrics =
+            metrics.map(|(metrics, listener)| tokio::spawn(crate::metrics::serve(listener, metrics)).abort_handle());
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),

@@ -17,12 +17,13 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Metrics every node reports whatever its role.
-const EXPECTED: [&str; 17] = [
+const EXPECTED: [&str; 18] = [
     "kv_raft_term",
     "kv_raft_role",
     "kv_raft_is_leader",
     "kv_raft_leader_changes_total",
     "kv_raft_last_log_index",
+    "kv_raft_commit_index",
     "kv_raft_applied_index",
     "kv_raft_snapshot_index",
     "kv_log_bytes",

@@ -1,14 +1,14 @@
 //! The HTTP/1 server for `/metrics`.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use prometheus_client::registry::Registry;
+
+use super::NodeMetrics;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -19,7 +19,7 @@ const CONNECTIONS_MAX: usize = 64;
 
 /// Serves `GET /metrics` on `listener` until the task is dropped or
 /// aborted; the connections it serves end with it.
-pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub(crate) async fn serve(listener: TcpListener, metrics: NodeMetrics) {
     // Dropping the set (when this future is dropped) aborts every
     // connection, so none outlives the node that served it.
     let mut connections = JoinSet::new();
@@ -38,11 +38,11 @@ pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let registry = Arc::clone(&registry);
+        let metrics = metrics.clone();
         connections.spawn(async move {
             let service = hyper::service::service_fn(move |request| {
-                let registry = Arc::clone(&registry);
-                async move { Ok::<_, Infallible>(respond(&request, &registry)) }
+                let metrics = metrics.clone();
+                async move { Ok::<_, Infallible>(respond(&request, &metrics).await) }
             });
             if let Err(error) = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -56,7 +56,7 @@ pub(crate) async fn serve(listener: TcpListener, registry: Arc<Registry>) {
 
 /// The reply to one request: the exposition for `GET /metrics`, 404 or
 /// 405 otherwise.
-fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<Bytes>> {
+async fn respond(request: &Request<Incoming>, metrics: &NodeMetrics) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, content_type: &str, body: String| {
         let mut response = Response::new(Full::new(Bytes::from(body)));
         *response.status_mut() = status;
@@ -71,9 +71,8 @@ fn respond(request: &Request<Incoming>, registry: &Registry) -> Response<Full<By
     if request.method() != Method::GET && request.method() != Method::HEAD {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET only\n".into());
     }
-    let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, registry) {
-        Ok(()) => reply(StatusCode::OK, CONTENT_TYPE, body),
+    match metrics.scrape().await {
+        Ok(body) => reply(StatusCode::OK, CONTENT_TYPE, body),
         Err(error) => reply(
             StatusCode::INTERNAL_SERVER_ERROR,
             "text/plain",
