@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end check of the cluster scripts and kvctl, on non-default ports:
-# start three nodes, use all five operations, SIGKILL the leader, check that
+# start three nodes, use all five operations, scrape each node's metrics,
+# SIGKILL the leader, check that
 # writes go on and the old leader catches up after a restart, stop, clean.
 #
 #   scripts/smoke-cluster.sh [--base-port 17001]
@@ -28,6 +29,16 @@ printf 'a\t1\nb\t2\nc\t3\n' | "$kvctl" batch-put - >/dev/null
 expect "$(printf 'a\t1\nb\t2')" "$kvctl" range a c
 "$kvctl" delete a >/dev/null
 if "$kvctl" get a >/dev/null 2>&1; then fail "a deleted key is still readable"; fi
+
+# Every node serves Prometheus metrics at base-port + 100 + N - 1; the
+# leader counted the put above.
+all_scraped=""
+for n in 1 2 3; do
+    scraped=$(curl -sf "127.0.0.1:$((base_port + 100 + n - 1))/metrics") || fail "node $n serves no metrics"
+    case "$scraped" in *"kv_raft_term "*) ;; *) fail "node $n's metrics lack kv_raft_term" ;; esac
+    all_scraped+="$scraped"$'\n'
+done
+grep -q '^kv_rpc_requests_total{method="Put",code="OK"} [1-9]' <<<"$all_scraped" || fail "no node counted an OK put"
 
 # Membership calls are served on the peer ports (base-port + 50 + N - 1) only.
 peer_endpoints="127.0.0.1:$((base_port + 50)),127.0.0.1:$((base_port + 51)),127.0.0.1:$((base_port + 52))"

@@ -8,6 +8,7 @@
 # cluster on its first start, and waits until a leader is elected and every
 # node answers. Node N serves clients on base-port + N - 1 and its peers
 # (Raft, and the membership calls of `kvctl member`) on base-port + 50 + N - 1,
+# serves Prometheus metrics at http://127.0.0.1:<base-port + 100 + N - 1>/metrics,
 # keeps its data in <data-dir>/nodeN, its PID in <data-dir>/nodeN.pid and its
 # log in <data-dir>/nodeN.log. Stop with scripts/stop-cluster.sh. A data
 # directory formed before peer ports existed keeps one port per node.
@@ -21,7 +22,7 @@ nodes=3
 wait_seconds=30
 
 usage() {
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -49,6 +50,13 @@ mkdir -p "$data_dir"
 data_dir=$(cd "$data_dir" && pwd)
 port_of() { echo $((base_port + $1 - 1)); }
 peer_port_of() { echo $((base_port + 50 + $1 - 1)); }
+metrics_port_of() { echo $((base_port + 100 + $1 - 1)); }
+# Metrics keep no state, so every node gets them whatever its data's age;
+# only a kv-node built before --metrics-listen existed goes without.
+metrics=0
+# (The help is read whole first: with pipefail, grep -q closing the pipe
+# early would fail the pipeline.)
+case "$("$bin_dir/kv-node" --help 2>/dev/null || true)" in *--metrics-listen*) metrics=1 ;; esac
 
 first_start=1
 declare -a log_start
@@ -91,7 +99,10 @@ for n in $(seq 1 $nodes); do
     if [ "$first_start" = 1 ] && [ "$n" = 1 ]; then init=(--init); fi
     peer_listen=()
     if [ "$peer_ports" = 1 ]; then peer_listen=(--peer-listen "127.0.0.1:$(peer_port_of "$n")"); fi
+    metrics_listen=()
+    if [ "$metrics" = 1 ]; then metrics_listen=(--metrics-listen "127.0.0.1:$(metrics_port_of "$n")"); fi
     nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" "${peer_listen[@]}" \
+        "${metrics_listen[@]}" \
         --data-dir "$data_dir/node$n" --peers "$peers" "${init[@]}" \
         >>"$data_dir/node$n.log" 2>&1 </dev/null &
     echo $! >"$data_dir/node$n.pid"
@@ -144,6 +155,11 @@ cluster is up. Endpoints: $endpoints
   $bin_dir/kvctl put hello world
   $bin_dir/kvctl get hello
 MSG
+if [ "$metrics" = 1 ]; then
+    echo "Metrics: curl -s 127.0.0.1:$(metrics_port_of 1)/metrics | grep kv_   (nodes 1..$nodes on $(metrics_port_of 1)..$(metrics_port_of "$nodes"))"
+else
+    echo "Metrics are off: $bin_dir/kv-node predates --metrics-listen (rebuild it)"
+fi
 if [ "$peer_ports" = 1 ]; then
     cat <<MSG
 Membership changes go to the peer ports:

@@ -11,6 +11,7 @@
 //! - `reachability`: which peers the leader reaches, logged once per change.
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
 //! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
+//! - `metrics`: Prometheus metrics on a separate HTTP listener.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
@@ -18,6 +19,7 @@
 pub mod codec;
 pub mod config;
 pub mod log_store;
+mod metrics;
 pub mod network;
 pub mod node;
 pub mod reachability;
@@ -29,4 +31,4 @@ pub mod testing;
 pub mod types;
 
 pub use config::{Limits, NodeConfig, RaftTiming};
-pub use node::{KvNode, NodeError};
+pub use node::{KvNode, NodeError, ServeOptions};

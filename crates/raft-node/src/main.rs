@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use raft_node::config::parse_peer_spec;
-use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming};
+use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming, ServeOptions};
 
 /// The exit status after Raft stopped on a fatal storage error.
 const FATAL_EXIT_STATUS: i32 = 3;
@@ -56,6 +56,10 @@ struct Args {
     /// --peer-listen). Needs --peer-listen.
     #[arg(long, env = "KV_PEER_ADVERTISE", requires = "peer_listen")]
     peer_advertise: Option<String>,
+    /// An address to serve Prometheus metrics on over HTTP, at `/metrics`
+    /// (default: none, no metrics).
+    #[arg(long, env = "KV_METRICS_LISTEN")]
+    metrics_listen: Option<String>,
     /// The node's data directory (Raft log and state machine).
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: PathBuf,
@@ -199,6 +203,14 @@ async fn main() -> Result<()> {
         ),
         None => None,
     };
+    let metrics_listener = match &args.metrics_listen {
+        Some(metrics_listen) => Some(
+            tokio::net::TcpListener::bind(metrics_listen)
+                .await
+                .with_context(|| format!("cannot listen for metrics scrapes on {metrics_listen}"))?,
+        ),
+        None => None,
+    };
     let node = KvNode::start(config)
         .await
         .with_context(|| format!("cannot start node {} on {}", args.id, args.data_dir.display()))?;
@@ -208,12 +220,13 @@ async fn main() -> Result<()> {
         advertise = %advertise,
         peer_listen = ?args.peer_listen,
         peer_advertise = ?peer_advertise,
+        metrics_listen = ?args.metrics_listen,
         "serving"
     );
-    match node
-        .serve_with_peer_listener(listener, peer_listener, shutdown_signal())
-        .await
-    {
+    let options = ServeOptions::default()
+        .with_peer_listener(peer_listener)
+        .with_metrics_listener(metrics_listener);
+    match node.serve_with_options(listener, options, shutdown_signal()).await {
         Ok(()) => {
             tracing::info!("stopped");
             Ok(())

@@ -20,7 +20,8 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::NodeConfig;
-use crate::log_store::{LogStore, LogStoreOptions};
+use crate::log_store::{LogReader, LogStore, LogStoreOptions};
+use crate::metrics::{Metered, NodeMetrics};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::admin::{AdminService, Port as AdminPort};
 use crate::service::{kv::KvService, raft::RaftService};
@@ -92,11 +93,41 @@ pub enum NodeError {
     Serve(#[from] tonic::transport::Error),
 }
 
+/// The optional listeners of [`KvNode::serve_with_options`]; each is off
+/// by default.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// A separate port for Raft and the calls that initialize or change
+    /// membership (see [`KvNode::serve_with_peer_listener`]). Default: none,
+    /// the client port serves them.
+    pub peer_listener: Option<TcpListener>,
+    /// A port serving Prometheus metrics over HTTP at `/metrics`. Default:
+    /// none, no metrics are kept (the KV service then counts nothing).
+    pub metrics_listener: Option<TcpListener>,
+}
+
+impl ServeOptions {
+    /// With a separate peer port.
+    pub fn with_peer_listener(mut self, listener: Option<TcpListener>) -> ServeOptions {
+        self.peer_listener = listener;
+        self
+    }
+
+    /// With Prometheus metrics served on `listener`.
+    pub fn with_metrics_listener(mut self, listener: Option<TcpListener>) -> ServeOptions {
+        self.metrics_listener = listener;
+        self
+    }
+}
+
 /// A running node.
 #[derive(Clone)]
 pub struct KvNode {
     raft: Raft,
     engine: Engine,
+    /// A read handle on the Raft log, for metrics.
+    log_reader: LogReader,
     config: NodeConfig,
     /// The data directory's lock, released when the last clone is dropped.
     _lock: Arc<std::fs::File>,
@@ -153,10 +184,11 @@ impl KvNode {
         .map_err(|e| NodeError::Raft(e.to_string()))?;
         // Snapshots by bytes too, besides openraft's entry count; the task
         // ends when Raft shuts down.
-        snapshot_trigger::spawn(raft.clone(), log_reader, timing.snapshot_log_bytes_max);
+        snapshot_trigger::spawn(raft.clone(), log_reader.clone(), timing.snapshot_log_bytes_max);
         Ok(KvNode {
             raft,
             engine,
+            log_reader,
             config,
             _lock: Arc::new(lock),
         })
@@ -205,6 +237,23 @@ impl KvNode {
         peer_listener: Option<TcpListener>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), NodeError> {
+        let options = ServeOptions::default().with_peer_listener(peer_listener);
+        self.serve_with_options(listener, options, shutdown).await
+    }
+
+    /// Serves until `shutdown` resolves, then stops Raft: `listener` as for
+    /// [`KvNode::serve_with_peer_listener`], with the optional listeners of
+    /// `options` (a separate peer port, Prometheus metrics).
+    pub async fn serve_with_options(
+        &self,
+        listener: TcpListener,
+        options: ServeOptions,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), NodeError> {
+        let ServeOptions {
+            peer_listener,
+            metrics_listener,
+        } = options;
         if self.config.initialize {
             self.spawn_initialize();
         }
@@ -215,6 +264,11 @@ impl KvNode {
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
         let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
+        let metrics = metrics_listener.map(|listener| {
+            let metrics = NodeMetrics::new(self.raft.clone(), self.engine.clone(), self.log_reader.clone());
+            (metrics, listener)
+        });
+        let kv = Metered::new(kv, metrics.as_ref().map(|(metrics, _)| metrics.rpc()));
         let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
             self.config.peer_advertise_addr.clone(),
@@ -263,6 +317,10 @@ impl KvNode {
             ),
         };
         let client_port = client_port.add_service(reflection).add_service(reflection_v1alpha);
+        // Spawned after the last early return, and aborted (which ends every
+        // scrape connection) once the gRPC servers stop.
+        let serve_metrics =
+            metrics.map(|(metrics, listener)| tokio::spawn(crate::metrics::serve(listener, metrics)).abort_handle());
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),
@@ -280,6 +338,9 @@ impl KvNode {
         let served = serve_ports((client_port, listener), peer_port, shutdown).await;
         watch.abort();
         check.abort();
+        if let Some(serve_metrics) = serve_metrics {
+            serve_metrics.abort();
+        }
         if let Some(reason) = stopped.get() {
             return Err(NodeError::Fatal { reason: reason.clone() });
         }

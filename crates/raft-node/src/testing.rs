@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::{KvNode, Limits, NodeConfig, RaftTiming};
+use crate::{KvNode, Limits, NodeConfig, RaftTiming, ServeOptions};
 
 /// How long a helper waits for the cluster to reach a state.
 pub const WAIT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -40,6 +40,10 @@ pub struct TestCluster {
     /// started with peer ports.
     peer_addrs: BTreeMap<u64, String>,
     peer_ports: bool,
+    /// Each node's metrics address; empty unless the cluster was started
+    /// with metrics.
+    metrics_addrs: BTreeMap<u64, String>,
+    metrics: bool,
     running: BTreeMap<u64, RunningNode>,
     timing: RaftTiming,
 }
@@ -52,7 +56,7 @@ impl TestCluster {
 
     /// Starts `n` voters with `timing` and waits for a leader.
     pub async fn start_with_timing(n: u64, timing: RaftTiming) -> TestCluster {
-        let cluster = TestCluster::boot(n, timing, true, false).await;
+        let cluster = TestCluster::boot(n, timing, true, false, false).await;
         cluster.wait_for_leader(None).await;
         cluster
     }
@@ -60,14 +64,14 @@ impl TestCluster {
     /// Starts `n` nodes that know their peers but form no cluster until
     /// someone calls Initialize.
     pub async fn start_uninitialized(n: u64) -> TestCluster {
-        TestCluster::boot(n, fast_timing(), false, false).await
+        TestCluster::boot(n, fast_timing(), false, false, false).await
     }
 
     /// Starts `n` voters that serve Raft and membership calls on a
     /// separate peer port each ([`TestCluster::peer_addr`]), and waits for
     /// a leader.
     pub async fn start_with_peer_ports(n: u64) -> TestCluster {
-        let cluster = TestCluster::boot(n, fast_timing(), true, true).await;
+        let cluster = TestCluster::boot(n, fast_timing(), true, true, false).await;
         cluster.wait_for_leader(None).await;
         cluster
     }
@@ -75,15 +79,25 @@ impl TestCluster {
     /// Like [`TestCluster::start_uninitialized`], with a separate peer
     /// port per node.
     pub async fn start_uninitialized_with_peer_ports(n: u64) -> TestCluster {
-        TestCluster::boot(n, fast_timing(), false, true).await
+        TestCluster::boot(n, fast_timing(), false, true, false).await
     }
 
-    async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool) -> TestCluster {
+    /// Starts `n` voters that serve Prometheus metrics each
+    /// ([`TestCluster::metrics_addr`]), and waits for a leader.
+    pub async fn start_with_metrics(n: u64) -> TestCluster {
+        let cluster = TestCluster::boot(n, fast_timing(), true, false, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
+    async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool, metrics: bool) -> TestCluster {
         let mut cluster = TestCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             addrs: BTreeMap::new(),
             peer_addrs: BTreeMap::new(),
             peer_ports,
+            metrics_addrs: BTreeMap::new(),
+            metrics,
             running: BTreeMap::new(),
             timing,
         };
@@ -151,6 +165,20 @@ impl TestCluster {
             },
             limits: Limits::default(),
         };
+        // The metrics port, kept across restarts like the others.
+        let metrics_listener = match (self.metrics, self.metrics_addrs.get(&id)) {
+            (false, _) => None,
+            (true, Some(addr)) => Some(bind_retrying(addr).await),
+            (true, None) => {
+                let listener = bind_free_port().await;
+                self.metrics_addrs
+                    .insert(id, listener.local_addr().expect("addr").to_string());
+                Some(listener)
+            }
+        };
+        let options = ServeOptions::default()
+            .with_peer_listener(peer_listener)
+            .with_metrics_listener(metrics_listener);
         let node = KvNode::start(config).await.expect("node starts");
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let serving = node.clone();
@@ -158,10 +186,7 @@ impl TestCluster {
             let shutdown = async {
                 let _ = stopped.await;
             };
-            if let Err(error) = serving
-                .serve_with_peer_listener(listener, peer_listener, shutdown)
-                .await
-            {
+            if let Err(error) = serving.serve_with_options(listener, options, shutdown).await {
                 eprintln!("node {id} stopped with {error}");
             }
         });
@@ -171,6 +196,16 @@ impl TestCluster {
     /// The address of node `id`.
     pub fn addr(&self, id: u64) -> String {
         self.addrs[&id].clone()
+    }
+
+    /// The address node `id` serves Prometheus metrics at (over HTTP, at
+    /// `/metrics`); the cluster must have been started with
+    /// [`TestCluster::start_with_metrics`].
+    pub fn metrics_addr(&self, id: u64) -> String {
+        self.metrics_addrs
+            .get(&id)
+            .unwrap_or_else(|| panic!("node {id} serves no metrics: start the cluster with start_with_metrics"))
+            .clone()
     }
 
     /// The peer address of node `id`: its separate peer port, or its

@@ -397,6 +397,17 @@ impl LogReader {
         self.log.read().window_bytes()
     }
 
+    /// Entries held in memory.
+    pub fn window_entries(&self) -> usize {
+        self.log.read().window_entries()
+    }
+
+    /// Entries read back from the segment files (older than the window)
+    /// since the store opened.
+    pub fn entries_read_from_disk(&self) -> u64 {
+        self.log.read().entries_read_from_disk()
+    }
+
     fn read(&self, start: u64, end: u64) -> Result<Vec<Entry>, LogStoreError> {
         let mut attempt = 1;
         loop {

@@ -32,7 +32,7 @@ pub struct SnapshotData {
 enum Mode {
     /// Reads the archive of a checkpoint directory, packed on demand.
     Outgoing {
-        source: Option<(OpenedDir, pb::SnapshotMeta)>,
+        source: Option<Box<(OpenedDir, pb::SnapshotMeta)>>,
         chunks: Option<mpsc::Receiver<io::Result<Bytes>>>,
         current: Bytes,
     },
@@ -63,7 +63,7 @@ impl SnapshotData {
     pub(crate) fn outgoing(dir: OpenedDir, meta: pb::SnapshotMeta) -> SnapshotData {
         SnapshotData {
             mode: Mode::Outgoing {
-                source: Some((dir, meta)),
+                source: Some(Box::new((dir, meta))),
                 chunks: None,
                 current: Bytes::new(),
             },
@@ -206,7 +206,8 @@ impl AsyncRead for SnapshotData {
                 "a snapshot being received cannot be read",
             )));
         };
-        if let Some((dir, meta)) = source.take() {
+        if let Some(source) = source.take() {
+            let (dir, meta) = *source;
             *chunks = Some(start_packing(dir, meta));
         }
         while current.is_empty() {
