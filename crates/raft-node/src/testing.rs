@@ -323,3 +323,23 @@ async fn bind_retrying(addr: &str) -> tokio::net::TcpListener {
     }
     panic!("cannot rebind {addr}");
 }
+
+/// Runs `call` until it succeeds, retrying while the node is briefly
+/// unavailable (an election or a slow heartbeat round under load), for at
+/// most [`WAIT_TIMEOUT`]; any other error panics.
+pub async fn retry_unavailable<T, F, Fut>(mut call: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = Instant::now() + WAIT_TIMEOUT;
+    loop {
+        match call().await {
+            Ok(value) => return value,
+            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("call failed: {status:?}"),
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use proto::kv as api;
 use proto::kv::cluster_client::ClusterClient;
 use proto::kv::kv_client::KvClient;
-use raft_node::testing::{fast_timing, TestCluster, WAIT_TIMEOUT};
+use raft_node::testing::{fast_timing, retry_unavailable, TestCluster, WAIT_TIMEOUT};
 use raft_node::{Limits, RaftTiming};
 use tonic::transport::Channel;
 
@@ -105,25 +105,6 @@ impl Api for TestCluster {
             .await
             .expect("status")
             .into_inner()
-    }
-}
-
-/// Runs `call` until it succeeds, retrying while the node is briefly
-/// unavailable (an election or a slow heartbeat round under load).
-async fn retry_unavailable<T, F, Fut>(mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + WAIT_TIMEOUT;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("call failed: {status:?}"),
-        }
     }
 }
 

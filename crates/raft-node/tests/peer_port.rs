@@ -11,7 +11,7 @@ use proto::kv::kv_client::KvClient;
 use proto::raft as pb;
 use proto::raft::raft_client::RaftClient;
 use raft_node::service::status::{LEADER_ADDR_HEADER, NOT_APPLIED_HEADER};
-use raft_node::testing::{TestCluster, WAIT_TIMEOUT};
+use raft_node::testing::{retry_unavailable, TestCluster, WAIT_TIMEOUT};
 use tonic::transport::Channel;
 
 /// Cluster tests run one at a time: three nodes per test already load the
@@ -71,25 +71,6 @@ async fn wait_stale_value(addr: &str, key: &str, want: &str) {
         }
         assert!(Instant::now() < deadline, "{addr} never held {key}={want}: {reply:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Runs `call` until it succeeds, retrying while the node is briefly
-/// unavailable (an election or a slow heartbeat round under load).
-async fn retry_unavailable<T, F, Fut>(mut call: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
-{
-    let deadline = Instant::now() + WAIT_TIMEOUT;
-    loop {
-        match call().await {
-            Ok(value) => return value,
-            Err(status) if status.code() == tonic::Code::Unavailable && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("call failed: {status:?}"),
-        }
     }
 }
 
