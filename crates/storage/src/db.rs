@@ -444,15 +444,57 @@ fn replay_wals(fs: &dyn FileSystem, dir: &Path, log_number: u64, mem: &Memtable)
         last_sequence: 0,
         metadata: None,
     };
+    let mut logs = Vec::with_capacity(numbers.len());
     for number in numbers {
         let path = dir.join(wal_name(number));
         let contents = read_log(fs, &path, LogKind::Wal)?;
+        logs.push((path, contents));
+    }
+    // Only the last WAL that holds records can end torn: a WAL is synced
+    // whole before writes move to the next one (see `write::rotate`), and
+    // newer WALs without a record (created just before a failed sync or a
+    // crash) do not count. A torn end in an earlier WAL is damage, and
+    // dropping it with everything after would silently lose synced writes.
+    let last_with_records = logs
+        .iter()
+        .rposition(|(_, contents)| contents.records().next().is_some());
+    for (position, (path, contents)) in logs.iter().enumerate() {
+        // A WAL whose header never reached the disk held nothing: the header
+        // is synced when the file is created, before any record is written.
+        let has_header = contents.valid_bytes >= crate::framing::FILE_HEADER_BYTES as u64;
+        if contents.torn_tail && has_header && last_with_records.is_some_and(|last| position < last) {
+            return Err(Error::corruption(
+                path,
+                contents.valid_bytes,
+                "a record of a WAL that a newer WAL with records follows is cut or damaged \
+                 (only the newest WAL may end torn)",
+            ));
+        }
+    }
+    for (path, contents) in &logs {
+        let path = path.as_path();
         if contents.torn_tail {
             tracing::warn!(path = %path.display(), valid_bytes = contents.valid_bytes, "dropped a torn WAL tail");
+            // Cut the torn bytes off for good before this open creates a
+            // newer WAL: from then on this one is no longer the newest, and
+            // a torn record in it would read as damage at the next open.
+            if contents.valid_bytes < crate::framing::FILE_HEADER_BYTES as u64 {
+                // Never used: removed, with its directory entry.
+                fs.remove_file(path)
+                    .map_err(|e| Error::io("remove an unused WAL", path, e))?;
+                io::sync_dir(fs, dir)?;
+                continue;
+            }
+            let file = fs
+                .open_writable(path)
+                .map_err(|e| Error::io("open for truncating", path, e))?;
+            file.set_len(contents.valid_bytes)
+                .and_then(|()| file.sync_data())
+                .map_err(|e| Error::io("truncate a torn tail", path, e))?;
         }
         for (index, record) in contents.records().enumerate() {
             let batch = DecodedBatch::decode(record)
-                .ok_or_else(|| Error::corruption(&path, 0, format!("WAL record {index} is not a valid batch")))?;
+                .ok_or_else(|| Error::corruption(path, 0, format!("WAL record {index} is not a valid batch")))?;
             mem.insert(batch.entries(), batch.first_sequence, batch.metadata);
             let last = batch.first_sequence + u64::from(batch.count);
             replayed.last_sequence = replayed.last_sequence.max(last.saturating_sub(1));
@@ -485,4 +527,77 @@ fn remove_obsolete_files(fs: &dyn FileSystem, dir: &Path, versions: &VersionSet)
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::framing;
+    use crate::io::RealFs;
+
+    /// A database whose directory holds two WALs past the manifest's log
+    /// number, each with one synced batch, as after a memtable rotation and
+    /// a crash before the flush. Returns the older WAL's path.
+    fn two_wals(dir: &Path) -> PathBuf {
+        drop(Db::open(dir, Options::default()).expect("create"));
+        let mut numbers: Vec<u64> = std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".wal")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        let older = *numbers.last().expect("the database's WAL");
+        let write = |number: u64, key: &str, sequence: u64| {
+            let path = dir.join(wal_name(number));
+            // The database's own WAL is empty: written anew with one batch.
+            let _ = std::fs::remove_file(&path);
+            let mut writer = LogWriter::create(&RealFs, &path, LogKind::Wal).expect("create");
+            let mut batch = WriteBatch::new();
+            batch.put(key, "v");
+            let mut record = Vec::new();
+            batch.encode_into(&mut record, sequence);
+            writer.add_record(&record).expect("append");
+            writer.sync().expect("sync");
+        };
+        write(older, "older", 1);
+        write(older + 1000, "newer", 2);
+        dir.join(wal_name(older))
+    }
+
+    #[test]
+    fn a_damaged_record_in_a_wal_that_a_newer_one_follows_is_corruption_not_a_torn_tail() {
+        // A length field flipped to run past the end used to drop that WAL's
+        // synced writes silently while the newer WAL replayed on top.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let older = two_wals(dir.path());
+        let mut bytes = std::fs::read(&older).expect("read");
+        let length_at = framing::FILE_HEADER_BYTES + 4;
+        bytes[length_at + 3] = 0x7f; // the record now claims ~2 GiB
+        std::fs::write(&older, &bytes).expect("write");
+        let Err(error) = Db::open(dir.path(), Options::default()) else {
+            panic!("a damaged older WAL opened");
+        };
+        assert!(
+            error.to_string().contains("only the newest WAL may end torn"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_newest_wal_may_still_end_torn() {
+        // A crash mid-append leaves the newest WAL cut: that tail was never acknowledged.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let older = two_wals(dir.path());
+        let number: u64 = older
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.parse().ok())
+            .expect("number");
+        let newest = dir.path().join(wal_name(number + 1000));
+        let bytes = std::fs::read(&newest).expect("read");
+        std::fs::write(&newest, &bytes[..bytes.len() - 3]).expect("cut");
+        let db = Db::open(dir.path(), Options::default()).expect("a torn newest WAL opens");
+        assert_eq!(db.get(b"older").expect("get").as_deref(), Some(&b"v"[..]));
+        assert_eq!(db.get(b"newer").expect("get"), None, "the torn write is dropped");
+    }
 }
