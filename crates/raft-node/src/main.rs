@@ -71,6 +71,11 @@ struct Args {
     /// Give it to one node, on the cluster's first start only.
     #[arg(long, env = "KV_INIT")]
     init: bool,
+    /// With --init: seed the new cluster from this backup (`kvctl snapshot
+    /// save`) instead of starting empty. The other nodes start empty,
+    /// without --init, and receive the data from the leader.
+    #[arg(long, env = "KV_RESTORE", requires = "init")]
+    restore: Option<PathBuf>,
     /// Leader heartbeat period, in ms.
     #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = RaftTiming::default().heartbeat_ms)]
     heartbeat_ms: u64,
@@ -176,6 +181,7 @@ async fn main() -> Result<()> {
         initial_members: members,
         initial_peer_addrs: peer_addrs,
         initialize: args.init,
+        restore_from: args.restore.clone(),
         timing: RaftTiming {
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,
