@@ -1,5 +1,7 @@
 //! A node's configuration, with every limit named.
 
+pub mod file;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
