@@ -6,7 +6,7 @@
 //! Helpers panic instead of returning errors: they are for tests, where a
 //! panic with a message is the failure report.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -327,8 +327,17 @@ impl TestCluster {
 /// and up), so that no outgoing connection can take a stopped node's port
 /// before it restarts on it.
 pub async fn bind_free_port() -> tokio::net::TcpListener {
+    // Never the same port twice in one process: tests run side by side, and
+    // a port a stopped node gave up, taken by another test's node, would
+    // receive the first cluster's Raft traffic (messages carry no cluster
+    // identity), mixing the two clusters' logs.
+    static HANDED_OUT: std::sync::Mutex<BTreeSet<u16>> = std::sync::Mutex::new(BTreeSet::new());
     for _ in 0..1000 {
         let port = 20_000 + fastrand::u16(..12_000);
+        let fresh = HANDED_OUT.lock().map(|mut used| used.insert(port)).unwrap_or(false);
+        if !fresh {
+            continue;
+        }
         if let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
             return listener;
         }
