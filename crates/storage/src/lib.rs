@@ -25,7 +25,9 @@
 //! - `batch`: [`WriteBatch`] and its WAL encoding.
 //! - `manifest`, `version`: which table files are live, changed atomically.
 //! - `sstable`: immutable sorted tables (blocks, bloom filter, index, footer).
-//! - `cache`: the byte-bounded block cache shared by all tables.
+//! - `cache`: the byte-bounded block cache shared by all tables (data,
+//!   index and filter blocks).
+//! - `table_cache`: open tables, bounded by a count of open files.
 //! - `compaction`: the pure picker and the table writer.
 //! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.
 //! - [`key`]: internal keys (user key, sequence, kind) and their order.
@@ -64,6 +66,7 @@ mod options;
 pub mod sim;
 mod sstable;
 mod stats;
+mod table_cache;
 mod version;
 mod write;
 

@@ -21,7 +21,7 @@ pub(crate) struct TableBuilder {
     options: TableOptions,
     /// The data block being filled.
     data_block: BlockBuilder,
-    /// One entry per finished data block: its last key and its handle.
+    /// One entry per finished data block: a separator key and its handle.
     index_block: BlockBuilder,
     /// User keys of the whole table.
     filter: FilterBuilder,
@@ -33,6 +33,11 @@ pub(crate) struct TableBuilder {
     entries: u64,
     /// Scratch space for encoding block handles.
     handle_buf: Vec<u8>,
+    /// The handle of the last data block written, whose index entry waits
+    /// for the next key (to choose a short separator) or for `finish`.
+    pending_index_entry: Option<BlockHandle>,
+    /// Scratch space for index keys.
+    index_key_buf: Vec<u8>,
 }
 
 impl TableBuilder {
@@ -50,6 +55,8 @@ impl TableBuilder {
             last_key: Vec::new(),
             entries: 0,
             handle_buf: Vec::new(),
+            pending_index_entry: None,
+            index_key_buf: Vec::new(),
         }
     }
 
@@ -75,6 +82,8 @@ impl TableBuilder {
             if key::user_key(&self.last_key) != user_key {
                 self.filter.add_key(user_key);
             }
+            // `last_key` is still the previous block's last key here.
+            self.add_pending_index_entry(Some(internal_key));
         }
         self.last_key.clear();
         self.last_key.extend_from_slice(internal_key);
@@ -107,13 +116,28 @@ impl TableBuilder {
             return Ok(());
         }
         let handle = write_block(&mut self.file, self.data_block.finish(), BLOCK_TYPE_UNCOMPRESSED)?;
-        // The index key is the block's last key: >= everything in the block
-        // and < the first key of the next block, as a seek needs.
-        self.handle_buf.clear();
-        handle.encode_to(&mut self.handle_buf);
-        self.index_block.add(self.data_block.last_key(), &self.handle_buf);
+        assert!(
+            self.pending_index_entry.is_none(),
+            "a block's index entry is written before the next block"
+        );
+        self.pending_index_entry = Some(handle);
         self.data_block.reset();
         Ok(())
+    }
+
+    /// Writes the index entry of the last block written, if it waits: its
+    /// key is a separator `>=` every key in the block (whose last key is
+    /// `last_key`) and `<` `next_key`, the first key of the next block, as a
+    /// seek needs.
+    fn add_pending_index_entry(&mut self, next_key: Option<&[u8]>) {
+        let Some(handle) = self.pending_index_entry.take() else {
+            return;
+        };
+        self.index_key_buf.clear();
+        super::separator(&self.last_key, next_key, &mut self.index_key_buf);
+        self.handle_buf.clear();
+        handle.encode_to(&mut self.handle_buf);
+        self.index_block.add(&self.index_key_buf, &self.handle_buf);
     }
 
     /// Writes the last data block, the filter, the index and the footer, and
@@ -126,6 +150,7 @@ impl TableBuilder {
     pub(crate) fn finish(mut self) -> Result<TableSummary> {
         assert!(self.entries > 0, "an empty table must not be finished");
         self.flush_data_block()?;
+        self.add_pending_index_entry(None);
         let filter_contents = self.filter.finish();
         let filter = if filter_contents.is_empty() {
             // No filter: a zero-size handle, and no block (or trailer) on disk.
@@ -173,7 +198,7 @@ fn write_block(file: &mut AppendFile, contents: &[u8], block_type: u8) -> Result
 mod tests {
     use std::sync::Arc;
 
-    use super::super::tests_support::{default_options, open_table, scan, write_table, Entry};
+    use super::super::tests_support::{default_options, hit, open_table, scan, write_table, Entry};
     use super::*;
     use crate::cache::BlockCache;
     use crate::io::AppendFile;
@@ -236,7 +261,6 @@ mod tests {
         let cache = Arc::new(BlockCache::new(64 << 20));
         let table = open_table(&path, &cache).expect("open table");
         assert_eq!(table.entries(), entries.len() as u64);
-        assert!(table.memory_bytes() > 0);
 
         assert_eq!(scan(&table).expect("scan"), entries);
         let blocks = cache.misses();
@@ -251,17 +275,15 @@ mod tests {
             let key = user(3 * u);
             let versions = versions(u);
             let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX)).expect("get");
-            assert_eq!(
-                newest.as_ref().map(|(k, _)| k.clone()),
-                Some(expected_key(&key, &versions[0]))
-            );
+            let expected =
+                |version: &Version| hit(&expected_key(&key, version), &version.1.clone().unwrap_or_default());
+            assert_eq!(newest, Some(expected(&versions[0])));
             for (i, version) in versions.iter().enumerate() {
-                let (found_key, found_value) = table
+                let found = table
                     .get(&key, &seek_key(&key, version.0))
                     .expect("get")
                     .expect("found");
-                assert_eq!(found_key, expected_key(&key, version), "user {u} version {i}");
-                assert_eq!(found_value, version.1.clone().unwrap_or_default());
+                assert_eq!(found, expected(version), "user {u} version {i}");
             }
             let oldest = versions[versions.len() - 1].0;
             assert_eq!(
@@ -335,14 +357,14 @@ mod tests {
         write_table(&path, &entries, options);
         let cache = Arc::new(BlockCache::new(1 << 20));
         let table = open_table(&path, &cache).expect("open table");
-        assert!(table.may_contain(b"anything"));
+        assert!(table.may_contain(b"anything").expect("no filter to read"));
         assert_eq!(scan(&table).expect("scan"), entries);
         for (key, value) in &entries {
             let user_key = key::user_key(key);
             let seq = key::parse(key).expect("valid key").sequence;
             assert_eq!(
                 table.get(user_key, &seek_key(user_key, seq)).expect("get"),
-                Some((key.clone(), value.clone()))
+                Some(hit(key, value))
             );
         }
     }
