@@ -74,5 +74,7 @@ pub use batch::{WriteBatch, BATCH_BYTES_MAX};
 pub use db::{Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
-pub use options::{Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, VALUE_BYTES_MAX};
+pub use options::{
+    Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
+};
 pub use stats::{LevelStats, Stats};

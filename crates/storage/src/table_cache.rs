@@ -190,3 +190,190 @@ impl fmt::Debug for TableCache {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::io::RealFs;
+    use crate::iterator::InternalIterator;
+    use crate::key::{self, internal_key, seek_key, ValueKind, SEQUENCE_MAX};
+    use crate::sstable::tests_support::{default_options, hit, write_table, Entry};
+    use crate::version::{FileMeta, TableFile};
+
+    /// Tables in the test directory.
+    const TABLES: u64 = 40;
+    /// The open-file limit the tests set: well below `TABLES`.
+    const LIMIT_TABLES: usize = 8;
+
+    /// The entries of table `number`: keys unique to it.
+    fn entries_of(number: u64) -> Vec<Entry> {
+        (0..50)
+            .map(|i| {
+                let user = format!("t{number:03}-k{i:03}");
+                (
+                    internal_key(user.as_bytes(), 7, ValueKind::Put),
+                    format!("value {number} {i}").into_bytes(),
+                )
+            })
+            .collect()
+    }
+
+    /// Writes tables 1..=TABLES into `dir`, returning their ids.
+    fn write_tables(dir: &Path) -> Vec<TableId> {
+        (1..=TABLES)
+            .map(|number| {
+                let summary = write_table(&table_path(dir, number), &entries_of(number), default_options());
+                TableId {
+                    number,
+                    size_bytes: summary.file_bytes,
+                    entries: summary.entries,
+                }
+            })
+            .collect()
+    }
+
+    /// A table cache over `dir` limited to `LIMIT_TABLES`.
+    fn cache_over(dir: &Path) -> Arc<TableCache> {
+        let block_cache = Arc::new(BlockCache::new(1 << 20));
+        Arc::new(TableCache::new(RealFs::shared(), dir, block_cache, LIMIT_TABLES).expect("table cache"))
+    }
+
+    /// Looks up entry `i` of table `id` and checks the answer.
+    fn check_entry(table: &Table, id: TableId, i: usize) {
+        let (k, v) = &entries_of(id.number)[i];
+        let user = key::user_key(k);
+        let found = table.get(user, &seek_key(user, SEQUENCE_MAX)).expect("get");
+        assert_eq!(found, Some(hit(k, v)), "table {} entry {i}", id.number);
+    }
+
+    #[test]
+    fn the_open_file_limit_is_respected_and_evicted_tables_reopen() {
+        // Reading every table of a database larger than the limit must never hold more files open.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        for round in 0..3 {
+            for (n, &id) in ids.iter().enumerate() {
+                let table = cache.table(id).expect("open");
+                check_entry(&table, id, (n + round) % 50);
+                drop(table);
+                let stats = cache.stats();
+                assert!(stats.cached_tables <= LIMIT_TABLES as u64, "{stats:?}");
+                assert!(stats.open_files <= LIMIT_TABLES as u64, "{stats:?}");
+            }
+        }
+        let stats = cache.stats();
+        println!("{stats:?}");
+        assert!(
+            stats.opens > TABLES,
+            "tables evicted and read again must be reopened: {stats:?}"
+        );
+    }
+
+    #[test]
+    fn eviction_under_concurrent_readers_never_closes_a_held_table() {
+        // Readers keep reading a table they hold while other threads evict it from the cache.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let readers = 4;
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            for reader in 0..readers {
+                let (cache, ids, stop) = (&cache, &ids, &stop);
+                scope.spawn(move || {
+                    let mut rng = fastrand::Rng::with_seed(reader);
+                    for _ in 0..400 {
+                        let id = ids[rng.usize(..ids.len())];
+                        let table = cache.table(id).expect("open");
+                        // Hold the table across many lookups while others churn the cache.
+                        for _ in 0..20 {
+                            check_entry(&table, id, rng.usize(..50));
+                        }
+                        let open = cache.stats().open_files;
+                        assert!(
+                            open <= (LIMIT_TABLES + readers as usize) as u64,
+                            "{open} files open with {readers} readers each holding one"
+                        );
+                    }
+                    stop.store(true, Ordering::Relaxed);
+                });
+            }
+        });
+        assert!(stop.load(Ordering::Relaxed));
+        let stats = cache.stats();
+        println!("{stats:?}");
+        assert!(stats.opens > TABLES, "the cache churned: {stats:?}");
+        assert!(stats.open_files <= LIMIT_TABLES as u64, "readers let go: {stats:?}");
+    }
+
+    /// A live table file for table `id` of `dir`.
+    fn table_file(dir: &Path, cache: &Arc<TableCache>, id: TableId) -> Arc<TableFile> {
+        let entries = entries_of(id.number);
+        let meta = FileMeta {
+            number: id.number,
+            size_bytes: id.size_bytes,
+            entries: id.entries,
+            smallest: entries[0].0.clone(),
+            largest: entries[entries.len() - 1].0.clone(),
+        };
+        TableFile::new(meta, Arc::clone(cache), table_path(dir, id.number), RealFs::shared())
+    }
+
+    #[test]
+    fn an_obsolete_table_is_deleted_after_its_last_reader_and_never_reopened() {
+        // A cursor may outlive the version that named its table; the file must outlive the cursor, no more.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let id = ids[0];
+        let file = table_file(dir.path(), &cache, id);
+        let mut cursor = file.table.iter();
+        assert_eq!(cache.stats().opens, 0, "making a cursor opens nothing");
+        file.mark_obsolete();
+        drop(file);
+        // Churn the cache so the table is evicted while only the cursor refers to it.
+        for &other in &ids[1..] {
+            cache.table(other).expect("open");
+        }
+        let path = table_path(dir.path(), id.number);
+        assert!(path.exists(), "the cursor still needs the file");
+        cursor.seek_to_first().expect("seek");
+        let mut read = Vec::new();
+        while cursor.valid() {
+            read.push((cursor.key().to_vec(), cursor.value().to_vec()));
+            cursor.next().expect("next");
+        }
+        assert_eq!(read, entries_of(id.number));
+        let opens = cache.stats().opens;
+        drop(cursor);
+        assert!(!path.exists(), "an obsolete table is deleted with its last reader");
+        assert_eq!(cache.stats().opens, opens, "deleting opens nothing");
+        let cached = cache.tables.get(&id.number);
+        assert!(cached.is_none(), "a deleted table must not stay in the cache");
+    }
+
+    #[test]
+    fn a_table_that_disagrees_with_the_manifest_is_refused() {
+        // Opening checks size and entry count against the manifest, so a swapped file is caught.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let wrong_size = TableId {
+            size_bytes: ids[0].size_bytes + 1,
+            ..ids[0]
+        };
+        let error = cache.table(wrong_size).expect_err("size mismatch");
+        assert!(error.is_corruption(), "{error:?}");
+        let wrong_entries = TableId {
+            entries: ids[0].entries + 1,
+            ..ids[0]
+        };
+        let error = cache.table(wrong_entries).expect_err("entry count mismatch");
+        assert!(error.is_corruption(), "{error:?}");
+        assert_eq!(cache.stats().open_files, 0, "a refused table is closed");
+        cache.table(ids[0]).expect("the right description opens");
+    }
+}

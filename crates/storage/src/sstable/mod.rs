@@ -16,6 +16,9 @@ mod bloom;
 mod builder;
 mod reader;
 
+#[cfg(test)]
+mod index_tests;
+
 pub(crate) use block::Block;
 pub(crate) use bloom::Filter;
 pub(crate) use builder::TableBuilder;
