@@ -6,7 +6,8 @@ use std::cmp::Ordering;
 use super::block::BlockBuilder;
 use super::bloom::FilterBuilder;
 use super::{
-    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, INDEX_RESTART_INTERVAL,
+    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, FORMAT_VERSION,
+    FORMAT_VERSION_LAST_KEY_INDEX, INDEX_RESTART_INTERVAL,
 };
 use crate::error::Result;
 use crate::io::AppendFile;
@@ -45,11 +46,15 @@ impl TableBuilder {
     pub(crate) fn new(file: AppendFile, options: TableOptions) -> Self {
         assert_eq!(file.len_bytes(), 0, "a table must be written into an empty file");
         assert!(options.block_bytes_target > 0, "block_bytes_target must be positive");
+        assert!(
+            options.format_version == FORMAT_VERSION || options.format_version == FORMAT_VERSION_LAST_KEY_INDEX,
+            "tables are written in a format this build reads"
+        );
         TableBuilder {
             file,
             data_block: BlockBuilder::new(options.block_restart_interval),
             index_block: BlockBuilder::new(INDEX_RESTART_INTERVAL),
-            filter: FilterBuilder::new(options.bloom_bits_per_key),
+            filter: FilterBuilder::new(options.bloom_bits_per_key, options.filter_layout()),
             options,
             smallest: Vec::new(),
             last_key: Vec::new(),
@@ -134,7 +139,11 @@ impl TableBuilder {
             return;
         };
         self.index_key_buf.clear();
-        super::separator(&self.last_key, next_key, &mut self.index_key_buf);
+        if self.options.format_version == FORMAT_VERSION_LAST_KEY_INDEX {
+            self.index_key_buf.extend_from_slice(&self.last_key);
+        } else {
+            super::separator(&self.last_key, next_key, &mut self.index_key_buf);
+        }
         self.handle_buf.clear();
         handle.encode_to(&mut self.handle_buf);
         self.index_block.add(&self.index_key_buf, &self.handle_buf);
@@ -167,7 +176,8 @@ impl TableBuilder {
             index,
             entries: self.entries,
         };
-        self.file.append(&footer.encode())?;
+        self.file
+            .append(&footer.encode_with_version(self.options.format_version))?;
         // The table must be durable before anyone refers to it.
         self.file.sync()?;
         Ok(TableSummary {
@@ -353,6 +363,7 @@ mod tests {
             block_bytes_target: 1,
             block_restart_interval: 1,
             bloom_bits_per_key: 0,
+            format_version: FORMAT_VERSION,
         };
         write_table(&path, &entries, options);
         let cache = Arc::new(BlockCache::new(1 << 20));

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::separator;
 use super::tests_support::{hit, open_table, write_table, Entry};
-use super::TableOptions;
+use super::{TableOptions, FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX};
 use crate::cache::BlockCache;
 use crate::iterator::InternalIterator;
 use crate::key::{self, internal_key, seek_key, ValueKind, SEQUENCE_MAX};
@@ -100,6 +100,7 @@ fn small_blocks() -> TableOptions {
         block_bytes_target: 256,
         block_restart_interval: 4,
         bloom_bits_per_key: 10,
+        format_version: FORMAT_VERSION,
     }
 }
 
@@ -182,8 +183,15 @@ fn gets_and_seeks_across_block_boundaries_with_long_shared_prefixes_match_the_mo
         block_bytes_target: 1,
         block_restart_interval: 1,
         bloom_bits_per_key: 0,
+        format_version: FORMAT_VERSION,
     };
     check_against_model(&entries, one_per_block, &probes);
+    // Tables of the first format (last-key index, spread filter) still read the same.
+    let first_format = TableOptions {
+        format_version: FORMAT_VERSION_LAST_KEY_INDEX,
+        ..small_blocks()
+    };
+    check_against_model(&entries, first_format, &probes);
 }
 
 #[test]
@@ -259,6 +267,12 @@ fn random_tables_answer_like_a_sorted_map() {
             block_bytes_target: rng.usize(1..512),
             block_restart_interval: rng.usize(1..8),
             bloom_bits_per_key: rng.usize(0..12),
+            // Now and then the first format, which this build still reads.
+            format_version: if rng.u8(..4) == 0 {
+                FORMAT_VERSION_LAST_KEY_INDEX
+            } else {
+                FORMAT_VERSION
+            },
         };
         let mut probes: Vec<Vec<u8>> = entries.iter().map(|(k, _)| key::user_key(k).to_vec()).collect();
         for _ in 0..200 {

@@ -20,7 +20,7 @@ mod reader;
 mod index_tests;
 
 pub(crate) use block::Block;
-pub(crate) use bloom::Filter;
+pub(crate) use bloom::{Filter, FilterLayout};
 pub(crate) use builder::TableBuilder;
 pub(crate) use reader::{Table, TableHit, TableIter, TableSource};
 
@@ -28,13 +28,14 @@ use crate::coding::{put_varint, u32_le_at, u64_le_at, Decoder};
 use crate::key::{self, ValueKind};
 
 /// The table format version this build writes. Version 2 index keys are
-/// shortest separators (see [`separator`]); version 1 index keys were each
-/// block's last key. This build reads both.
+/// shortest separators (see [`separator`]) and its bloom filters place each
+/// key's probes in one cache line; version 1 index keys were each block's
+/// last key and its probes spread over the whole filter. This build reads both.
 pub(crate) const FORMAT_VERSION: u32 = 2;
 
 /// The first format version, whose index key for a block is the block's
 /// last key (so a lookup that the index sends to a block must find an
-/// entry there). Still read.
+/// entry there) and whose filters spread probes. Still read.
 pub(crate) const FORMAT_VERSION_LAST_KEY_INDEX: u32 = 1;
 
 /// Identifies a table file; the last 8 bytes of every table.
@@ -63,6 +64,25 @@ pub(crate) struct TableOptions {
     pub block_restart_interval: usize,
     /// Bloom filter bits per user key; 0 writes no filter.
     pub bloom_bits_per_key: usize,
+    /// The format version to write: [`FORMAT_VERSION`], or
+    /// [`FORMAT_VERSION_LAST_KEY_INDEX`] (tests write it to check it is read).
+    pub format_version: u32,
+}
+
+impl TableOptions {
+    /// Where the filter's probes go in the format written.
+    pub(crate) fn filter_layout(&self) -> FilterLayout {
+        filter_layout(self.format_version)
+    }
+}
+
+/// Where the filter's probes go in a table of `format_version`.
+pub(crate) fn filter_layout(format_version: u32) -> FilterLayout {
+    if format_version == FORMAT_VERSION_LAST_KEY_INDEX {
+        FilterLayout::Spread
+    } else {
+        FilterLayout::CacheLocal
+    }
 }
 
 impl From<&crate::options::Options> for TableOptions {
@@ -71,6 +91,7 @@ impl From<&crate::options::Options> for TableOptions {
             block_bytes_target: options.block_bytes_target,
             block_restart_interval: options.block_restart_interval,
             bloom_bits_per_key: options.bloom_bits_per_key,
+            format_version: FORMAT_VERSION,
         }
     }
 }
@@ -235,11 +256,13 @@ pub(crate) enum FooterError {
 
 impl Footer {
     /// Encodes the footer for format version [`FORMAT_VERSION`].
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> [u8; FOOTER_BYTES] {
         Self::encode_with_version(self, FORMAT_VERSION)
     }
 
-    /// Encodes the footer claiming `version` (tests write foreign versions).
+    /// Encodes the footer claiming `version` (the builder writes either
+    /// version this build reads; tests also write foreign ones).
     fn encode_with_version(&self, version: u32) -> [u8; FOOTER_BYTES] {
         let mut out = [0u8; FOOTER_BYTES];
         let fields = [

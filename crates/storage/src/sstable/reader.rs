@@ -188,8 +188,8 @@ impl Table {
             return Ok(filter.may_contain(user_key));
         }
         let bytes = read_block(&self.file, self.footer_offset, handle)?;
-        let filter =
-            Filter::parse(bytes).map_err(|reason| Error::corruption(self.file.path(), handle.offset, reason))?;
+        let filter = Filter::parse(bytes, super::filter_layout(self.format_version))
+            .map_err(|reason| Error::corruption(self.file.path(), handle.offset, reason))?;
         let answer = filter.may_contain(user_key);
         self.cache.insert_filter(self.file_number, handle.offset, filter);
         Ok(answer)
