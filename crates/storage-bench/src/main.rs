@@ -126,11 +126,12 @@ fn main() -> Result<()> {
         stats.block_cache_misses
     );
     println!(
-        "table files open {} (cached {}), table opens {}, block cache {} MiB, memtables {} MiB, rss {}",
+        "table files open {} (cached {}), table opens {}, block cache {} MiB, L0 index+filter pinned {} KiB, memtables {} MiB, rss {}",
         stats.table_files_open,
         stats.table_cache_tables,
         stats.table_opens,
         stats.block_cache_bytes >> 20,
+        stats.table_memory_bytes >> 10,
         (stats.memtable_bytes + stats.immutable_memtable_bytes) >> 20,
         resident_set().unwrap_or_else(|| "unknown".to_string()),
     );

@@ -96,11 +96,20 @@ impl VersionSet {
         let highest_on_disk = highest_file_number(&*fs, dir)?;
         replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
 
+        // Tables are opened only when first read, but a missing one is
+        // found now, from one directory listing, rather than by a read later.
+        let on_disk: std::collections::HashSet<String> = io::list_dir(&*fs, dir)?.into_iter().collect();
         let mut version = Version::default();
         for (level, metas) in replayed.files.iter().enumerate() {
             for meta in metas {
                 let path = table_path(dir, meta.number);
-                version.levels[level].push(TableFile::new(meta.clone(), Arc::clone(&cache), path, Arc::clone(&fs)));
+                let named = path.file_name().and_then(|name| name.to_str());
+                if !named.is_some_and(|name| on_disk.contains(name)) {
+                    return Err(Error::corruption(&path, 0, "a table the manifest names is missing"));
+                }
+                let file = TableFile::new(meta.clone(), Arc::clone(&cache), path, Arc::clone(&fs));
+                file.table.place_at_level(level);
+                version.levels[level].push(file);
             }
         }
         let version = version.apply(&VersionEdit::default(), &[]);

@@ -28,9 +28,13 @@ pub const TABLE_FILES_OPEN_MIN: usize = 8;
 ///
 /// - memtables: at most `memtable_bytes_max * (1 + immutable_memtables_max)`;
 /// - the block cache: about `block_cache_bytes`, which holds data blocks
-///   *and* every table's index block and bloom filter (none of them is
-///   pinned: a table whose index or filter was evicted reads it again, one
-///   read of a few KiB to a few hundred KiB, on its next lookup);
+///   *and* every table's index block and bloom filter (a table whose index
+///   or filter was evicted reads it again, one read of a few KiB to a few
+///   hundred KiB, on its next lookup);
+/// - the index and filter of L0 tables, pinned while the table is open
+///   (every point lookup consults every overlapping L0 table): at most
+///   `l0_stop_trigger` tables, each about 1-2% of `memtable_bytes_max` at
+///   10 bloom bits per key and 100-byte entries;
 /// - open tables: at most `table_files_open_max` in the table cache, each a
 ///   file handle and about 100 bytes (the footer's fields), plus the ones
 ///   running reads hold;

@@ -41,8 +41,8 @@ pub struct Stats {
     /// Bytes held by the block cache.
     pub block_cache_bytes: u64,
     /// Bytes of index and filter blocks held in memory outside the block
-    /// cache: 0, since they are read through the cache and charged to it.
-    /// Kept so that dashboards reading it keep working.
+    /// cache: those L0 tables pin (every other table's are read through the
+    /// cache and charged to it).
     pub table_memory_bytes: u64,
     /// Tables the table cache holds open.
     pub table_cache_tables: u64,

@@ -133,6 +133,12 @@ impl TableCache {
         self.tables.remove(&number);
     }
 
+    /// Bytes of index and filter that table `number` pins, if it is open in
+    /// the cache (0 otherwise). Does not count as a use of the table.
+    pub(crate) fn pinned_bytes(&self, number: u64) -> usize {
+        self.tables.peek(&number).map_or(0, |table| table.pinned_bytes())
+    }
+
     /// The cache's counters.
     pub(crate) fn stats(&self) -> TableCacheStats {
         TableCacheStats {
@@ -244,7 +250,9 @@ mod tests {
     fn check_entry(table: &Table, id: TableId, i: usize) {
         let (k, v) = &entries_of(id.number)[i];
         let user = key::user_key(k);
-        let found = table.get(user, &seek_key(user, SEQUENCE_MAX)).expect("get");
+        let found = table
+            .get(user, &seek_key(user, SEQUENCE_MAX), i.is_multiple_of(2))
+            .expect("get");
         assert_eq!(found, Some(hit(k, v)), "table {} entry {i}", id.number);
     }
 
@@ -353,6 +361,37 @@ mod tests {
         assert_eq!(cache.stats().opens, opens, "deleting opens nothing");
         let cached = cache.tables.get(&id.number);
         assert!(cached.is_none(), "a deleted table must not stay in the cache");
+    }
+
+    #[test]
+    fn level0_tables_pin_their_index_and_filter_and_others_do_not() {
+        // L0 lookups skip two cache lookups; a table leaving L0 gives the pinned memory back.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let id = ids[0];
+        let file = table_file(dir.path(), &cache, id);
+        let (k, v) = &entries_of(id.number)[3];
+        let user = key::user_key(k);
+        let expected = Some(crate::memtable::Lookup::Found(bytes::Bytes::copy_from_slice(v)));
+
+        let mut level0 = crate::version::Version::default();
+        level0.levels[0].push(Arc::clone(&file));
+        file.table.place_at_level(0);
+        assert_eq!(level0.get(user, SEQUENCE_MAX).expect("get"), expected);
+        let pinned = cache.pinned_bytes(id.number);
+        assert!(pinned > 0, "an L0 lookup pins the index and filter");
+
+        let mut level1 = crate::version::Version::default();
+        level1.levels[1].push(Arc::clone(&file));
+        file.table.place_at_level(1);
+        assert_eq!(cache.pinned_bytes(id.number), 0, "leaving L0 unpins");
+        assert_eq!(level1.get(user, SEQUENCE_MAX).expect("get"), expected);
+        assert_eq!(
+            cache.pinned_bytes(id.number),
+            0,
+            "deeper lookups go through the block cache"
+        );
     }
 
     #[test]

@@ -80,6 +80,7 @@ impl TableFile {
                 path,
                 fs,
                 obsolete: AtomicBool::new(false),
+                in_level0: AtomicBool::new(false),
             }),
         })
     }
@@ -111,12 +112,31 @@ pub(crate) struct LiveTable {
     fs: Arc<dyn FileSystem>,
     /// Whether a durable manifest edit removed the file.
     obsolete: AtomicBool,
+    /// Whether the file is in L0, where lookups pin the index and filter
+    /// (every point lookup consults every overlapping L0 file).
+    in_level0: AtomicBool,
 }
 
 impl LiveTable {
     /// The open table, from the table cache or opened now.
     pub fn open(&self) -> Result<Arc<Table>> {
         self.cache.table(self.id)
+    }
+
+    /// Records the level a version places the file at. A file leaving L0
+    /// is dropped from the table cache, so that when next opened it no
+    /// longer pins its index and filter.
+    pub fn place_at_level(&self, level: usize) {
+        // Only a hint for memory use: no ordering with other memory is needed.
+        let was_level0 = self.in_level0.swap(level == 0, Ordering::Relaxed);
+        if was_level0 && level != 0 {
+            self.cache.evict(self.id.number);
+        }
+    }
+
+    /// Whether lookups pin the table's index and filter.
+    pub fn pins_index_and_filter(&self) -> bool {
+        self.in_level0.load(Ordering::Relaxed)
     }
 
     /// A cursor over the table, which opens it when first positioned.
@@ -200,6 +220,7 @@ impl Version {
             );
         }
         for (level, file) in added {
+            file.table.place_at_level(*level);
             next.levels[*level].push(Arc::clone(file));
         }
         next.levels[0].sort_by_key(|f| std::cmp::Reverse(f.meta.number));
@@ -223,7 +244,7 @@ impl Version {
 fn lookup_in(file: &TableFile, user_key: &[u8], seek: &[u8]) -> Result<Option<Lookup>> {
     let table = file.table.open()?;
     Ok(table
-        .get(user_key, seek)?
+        .get(user_key, seek, file.table.pins_index_and_filter())?
         .map(|TableHit { kind, value }| Lookup::from_entry(kind, value)))
 }
 

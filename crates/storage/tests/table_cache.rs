@@ -78,3 +78,24 @@ fn an_open_file_limit_below_the_minimum_is_refused() {
     let error = Db::open(dir.path(), options).expect_err("refused");
     assert!(matches!(error, storage::Error::InvalidArgument(_)), "{error:?}");
 }
+
+#[test]
+fn a_missing_table_is_found_at_open_without_opening_tables() {
+    // Opening reads no table, yet a table the manifest names must not be missed until a read.
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let db = Db::open(dir.path(), many_table_options()).expect("open");
+        for i in 0..500 {
+            db.put(key(i), value(i)).expect("put");
+        }
+        db.flush().expect("flush");
+    }
+    let table = std::fs::read_dir(dir.path())
+        .expect("list")
+        .map(|entry| entry.expect("entry").path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "sst"))
+        .expect("a table was written");
+    std::fs::remove_file(&table).expect("remove");
+    let error = Db::open(dir.path(), many_table_options()).expect_err("a table is missing");
+    assert!(error.is_corruption(), "{error:?}");
+}

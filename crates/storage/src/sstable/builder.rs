@@ -284,29 +284,36 @@ mod tests {
         for u in 0..user_count {
             let key = user(3 * u);
             let versions = versions(u);
-            let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX)).expect("get");
+            let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX), false).expect("get");
             let expected =
                 |version: &Version| hit(&expected_key(&key, version), &version.1.clone().unwrap_or_default());
             assert_eq!(newest, Some(expected(&versions[0])));
             for (i, version) in versions.iter().enumerate() {
                 let found = table
-                    .get(&key, &seek_key(&key, version.0))
+                    .get(&key, &seek_key(&key, version.0), false)
                     .expect("get")
                     .expect("found");
                 assert_eq!(found, expected(version), "user {u} version {i}");
             }
             let oldest = versions[versions.len() - 1].0;
             assert_eq!(
-                table.get(&key, &seek_key(&key, oldest - 1)).expect("get"),
+                table.get(&key, &seek_key(&key, oldest - 1), false).expect("get"),
                 None,
                 "before the first write"
             );
             let absent = user(3 * u + 1);
-            assert_eq!(table.get(&absent, &seek_key(&absent, SEQUENCE_MAX)).expect("get"), None);
+            assert_eq!(
+                table
+                    .get(&absent, &seek_key(&absent, SEQUENCE_MAX), false)
+                    .expect("get"),
+                None
+            );
         }
         let past_end = user(3 * user_count);
         assert_eq!(
-            table.get(&past_end, &seek_key(&past_end, SEQUENCE_MAX)).expect("get"),
+            table
+                .get(&past_end, &seek_key(&past_end, SEQUENCE_MAX), false)
+                .expect("get"),
             None
         );
     }
@@ -374,7 +381,7 @@ mod tests {
             let user_key = key::user_key(key);
             let seq = key::parse(key).expect("valid key").sequence;
             assert_eq!(
-                table.get(user_key, &seek_key(user_key, seq)).expect("get"),
+                table.get(user_key, &seek_key(user_key, seq), false).expect("get"),
                 Some(hit(key, value))
             );
         }

@@ -128,8 +128,11 @@ fn check_against_model(entries: &[Entry], options: TableOptions, probes: &[Vec<u
     for user in probes {
         for snapshot in [SEQUENCE_MAX, 40, 20, 1] {
             let target = seek_key(user, snapshot);
-            let got = table.get(user, &target).expect("get");
-            assert_eq!(got, model_get(entries, user, snapshot), "get {user:?} at {snapshot}");
+            let expected = model_get(entries, user, snapshot);
+            for pin in [false, true] {
+                let got = table.get(user, &target, pin).expect("get");
+                assert_eq!(got, expected, "get {user:?} at {snapshot}, pinned {pin}");
+            }
             iter.seek(&target).expect("seek");
             let cursor = iter.valid().then(|| (iter.key().to_vec(), iter.value().to_vec()));
             assert_eq!(
@@ -235,7 +238,7 @@ fn separator_index_keys_are_shorter_than_last_keys() {
     for (k, v) in &entries {
         let user = key::user_key(k);
         assert_eq!(
-            table.get(user, &seek_key(user, SEQUENCE_MAX)).expect("get"),
+            table.get(user, &seek_key(user, SEQUENCE_MAX), false).expect("get"),
             Some(hit(k, v))
         );
     }

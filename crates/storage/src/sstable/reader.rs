@@ -5,7 +5,7 @@
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -58,6 +58,11 @@ pub(crate) struct Table {
     format_version: u32,
     /// Counts this table among the open files while it lives, if counted.
     _open_file: Option<OpenFileGuard>,
+    /// The index block, once a lookup asked for it pinned (L0 tables).
+    pinned_index: OnceLock<Block>,
+    /// The filter (`None`: the table has none), once a lookup asked for it
+    /// pinned (L0 tables).
+    pinned_filter: OnceLock<Option<Filter>>,
 }
 
 /// Adds one to a count of open table files for as long as it lives.
@@ -112,6 +117,8 @@ impl Table {
             footer_offset,
             format_version,
             _open_file: None,
+            pinned_index: OnceLock::new(),
+            pinned_filter: OnceLock::new(),
         })
     }
 
@@ -127,12 +134,29 @@ impl Table {
     /// (`key::seek_key(user_key, snapshot)`): the first entry `>= seek_key`,
     /// if it belongs to `user_key`. Consults the bloom filter first.
     /// Allocates only the returned value.
-    pub(crate) fn get(&self, user_key: &[u8], seek_key: &[u8]) -> Result<Option<TableHit>> {
+    ///
+    /// With `pin`, the index and filter are kept in the table once read (for
+    /// as long as it stays open), sparing two block-cache lookups per call;
+    /// the engine pins them for L0 tables, which every lookup consults.
+    pub(crate) fn get(&self, user_key: &[u8], seek_key: &[u8], pin: bool) -> Result<Option<TableHit>> {
         debug_assert_eq!(key::user_key(seek_key), user_key, "seek key must be for the user key");
-        if !self.may_contain(user_key)? {
-            return Ok(None);
-        }
-        let index = self.index_block()?;
+        let unpinned_index;
+        let index = if pin {
+            if !self
+                .pinned_filter()?
+                .as_ref()
+                .is_none_or(|filter| filter.may_contain(user_key))
+            {
+                return Ok(None);
+            }
+            self.pinned_index()?
+        } else {
+            if !self.may_contain(user_key)? {
+                return Ok(None);
+            }
+            unpinned_index = self.index_block()?;
+            &unpinned_index
+        };
         let handle = {
             let mut no_buffer = Vec::new();
             // Index keys are stored whole (one restart per entry), so this
@@ -181,18 +205,55 @@ impl Table {
 
     /// False only if the table certainly holds no entry for `user_key`.
     pub(crate) fn may_contain(&self, user_key: &[u8]) -> Result<bool> {
+        Ok(self.filter()?.is_none_or(|filter| filter.may_contain(user_key)))
+    }
+
+    /// The filter (`None` if the table has none), from the cache or else
+    /// read, verified, parsed and cached.
+    fn filter(&self) -> Result<Option<Filter>> {
         let Some(handle) = self.filter else {
-            return Ok(true);
+            return Ok(None);
         };
         if let Some(filter) = self.cache.get_filter(self.file_number, handle.offset) {
-            return Ok(filter.may_contain(user_key));
+            return Ok(Some(filter));
         }
         let bytes = read_block(&self.file, self.footer_offset, handle)?;
         let filter = Filter::parse(bytes, super::filter_layout(self.format_version))
             .map_err(|reason| Error::corruption(self.file.path(), handle.offset, reason))?;
-        let answer = filter.may_contain(user_key);
-        self.cache.insert_filter(self.file_number, handle.offset, filter);
-        Ok(answer)
+        self.cache
+            .insert_filter(self.file_number, handle.offset, filter.clone());
+        Ok(Some(filter))
+    }
+
+    /// The filter, pinned in the table from its first use on.
+    fn pinned_filter(&self) -> Result<&Option<Filter>> {
+        if let Some(filter) = self.pinned_filter.get() {
+            return Ok(filter);
+        }
+        let filter = self.filter()?;
+        // A racing caller may have pinned it first; both read the same bytes.
+        Ok(self.pinned_filter.get_or_init(|| filter))
+    }
+
+    /// The index block, pinned in the table from its first use on.
+    fn pinned_index(&self) -> Result<&Block> {
+        if let Some(index) = self.pinned_index.get() {
+            return Ok(index);
+        }
+        let index = self.index_block()?;
+        Ok(self.pinned_index.get_or_init(|| index))
+    }
+
+    /// Bytes of the index and filter pinned in the table (0 unless a
+    /// lookup asked for them pinned).
+    pub(crate) fn pinned_bytes(&self) -> usize {
+        let index = self.pinned_index.get().map_or(0, Block::size_bytes);
+        let filter = self
+            .pinned_filter
+            .get()
+            .and_then(Option::as_ref)
+            .map_or(0, Filter::memory_bytes);
+        index + filter
     }
 
     /// The table's file number.
@@ -505,7 +566,7 @@ mod tests {
     fn get_all(table: &Table, entries: &[Entry]) -> Result<()> {
         for (key, value) in entries {
             let user_key = key::user_key(key);
-            if let Some(found) = table.get(user_key, &seek_key(user_key, SEQUENCE_MAX))? {
+            if let Some(found) = table.get(user_key, &seek_key(user_key, SEQUENCE_MAX), false)? {
                 assert_eq!(found, hit(key, value), "a lookup returned wrong data");
             }
         }
@@ -527,7 +588,7 @@ mod tests {
         let (first_key, _) = &entries[0];
         let user_key = key::user_key(first_key);
         let error = table
-            .get(user_key, &seek_key(user_key, SEQUENCE_MAX))
+            .get(user_key, &seek_key(user_key, SEQUENCE_MAX), false)
             .expect_err("damaged block read");
         assert!(
             matches!(&error, Error::ChecksumMismatch { file, offset: 0, .. } if file == &path),
@@ -643,10 +704,10 @@ mod tests {
         let table = open_table(&path, &cache).expect("open table");
         let user_key = key::user_key(&entries[500].0);
         let seek = seek_key(user_key, SEQUENCE_MAX);
-        let first = table.get(user_key, &seek).expect("get");
+        let first = table.get(user_key, &seek, false).expect("get");
         // The filter, the index and the data block: each read from disk once.
         assert_eq!((cache.hits(), cache.misses()), (0, 3));
-        let second = table.get(user_key, &seek).expect("get");
+        let second = table.get(user_key, &seek, false).expect("get");
         assert_eq!((cache.hits(), cache.misses()), (3, 3));
         assert_eq!(first, second);
         assert!(cache.used_bytes() > 0);
@@ -663,7 +724,7 @@ mod tests {
             let absent = format!("absent{i}");
             assert_eq!(
                 table
-                    .get(absent.as_bytes(), &seek_key(absent.as_bytes(), SEQUENCE_MAX))
+                    .get(absent.as_bytes(), &seek_key(absent.as_bytes(), SEQUENCE_MAX), false)
                     .expect("get"),
                 None
             );
