@@ -1,15 +1,90 @@
-//! Cluster administration: status, digest, initialize and membership.
+//! Cluster administration: status, digest, initialize, membership and
+//! backups.
 
+use bytes::Bytes;
 use proto::kv as api;
 use proto::kv::cluster_client::ClusterClient;
 use tokio::task::JoinSet;
+use tonic::Streaming;
 
 use crate::client::Client;
 use crate::endpoints::normalize;
 use crate::error::{Error, Result};
 use crate::retry::RequestKind;
 
+/// A backup being received from the leader ([`Client::backup`]): the
+/// bytes of one snapshot archive, in order.
+#[derive(Debug)]
+pub struct Backup {
+    /// The last log index the backup holds every entry up to.
+    pub index: u64,
+    /// That entry's term.
+    pub term: u64,
+    /// The archive's size in bytes.
+    pub total_bytes: u64,
+    first: Option<Bytes>,
+    stream: Streaming<api::BackupChunk>,
+    received_bytes: u64,
+}
+
+impl Backup {
+    /// The next bytes of the archive; `None` once it is complete. A stream
+    /// that ends before [`Backup::total_bytes`] is an error, never a short
+    /// archive.
+    pub async fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        let data = match self.first.take() {
+            Some(data) => data,
+            None => match self.stream.message().await.map_err(Error::Other)? {
+                Some(chunk) => chunk.data,
+                None if self.received_bytes == self.total_bytes => return Ok(None),
+                None => {
+                    return Err(Error::Protocol {
+                        request: "Backup",
+                        reason: format!(
+                            "the stream ended after {} of {} bytes",
+                            self.received_bytes, self.total_bytes
+                        ),
+                    })
+                }
+            },
+        };
+        self.received_bytes += data.len() as u64;
+        if self.received_bytes > self.total_bytes {
+            return Err(Error::Protocol {
+                request: "Backup",
+                reason: format!("more than the announced {} bytes", self.total_bytes),
+            });
+        }
+        Ok(Some(data))
+    }
+}
+
 impl Client {
+    /// Starts a backup on the leader: a checkpoint holding every write
+    /// acknowledged before this call, streamed as one archive (restore it
+    /// with `kv-node --restore FILE --init`). The request deadline covers
+    /// reaching the leader and its first message; the transfer itself has
+    /// none, so a large backup is not cut short.
+    pub async fn backup(&self) -> Result<Backup> {
+        let mut stream = self
+            .execute(RequestKind::LinearizableRead, None, |channel, _timeout| async move {
+                ClusterClient::new(channel).backup(api::BackupRequest {}).await
+            })
+            .await?;
+        let first = stream.message().await.map_err(Error::Other)?.ok_or(Error::Protocol {
+            request: "Backup",
+            reason: "the stream ended before its first message".into(),
+        })?;
+        Ok(Backup {
+            index: first.index,
+            term: first.term,
+            total_bytes: first.total_bytes,
+            first: Some(first.data),
+            stream,
+            received_bytes: 0,
+        })
+    }
+
     /// The status of the node at `endpoint` (asked once, never elsewhere).
     pub async fn status(&self, endpoint: &str) -> Result<api::StatusResponse> {
         let endpoint = normalize(endpoint)?;

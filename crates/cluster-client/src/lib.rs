@@ -70,6 +70,7 @@ pub mod retry;
 mod write;
 mod write_id;
 
+pub use admin::Backup;
 pub use bytes::Bytes;
 pub use client::{
     Client, ClientBuilder, Consistency, Page, ATTEMPT_TIMEOUT_DEFAULT, BACKOFF_MAX_DEFAULT, BACKOFF_MIN_DEFAULT,

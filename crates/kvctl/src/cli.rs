@@ -94,6 +94,27 @@ pub enum Command {
     Member(MemberCommand),
     /// Measures throughput and latency.
     Bench(BenchArgs),
+    /// Backups: save one from the leader, check one.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+}
+
+/// `snapshot` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Saves a backup of the cluster to FILE: a consistent checkpoint taken
+    /// by the leader after every write acknowledged before the call.
+    /// Restore it with `kv-node --restore FILE --init --peers ...`.
+    Save {
+        /// The file to write (replaced atomically once complete).
+        file: PathBuf,
+    },
+    /// Checks a backup file (every checksum) and prints its log index and
+    /// term, voters, files, bytes, keys and keyspace digest.
+    Status {
+        /// The backup file.
+        file: PathBuf,
+    },
 }
 
 /// Arguments of `batch-put`.

@@ -267,7 +267,7 @@ async fn send_batch(
 
 /// A progress bar over the input bytes, only for a large file and a
 /// terminal on stderr.
-fn progress_bar(input_bytes: Option<u64>) -> Option<indicatif::ProgressBar> {
+pub(crate) fn progress_bar(input_bytes: Option<u64>) -> Option<indicatif::ProgressBar> {
     let bytes = input_bytes.filter(|b| *b >= PROGRESS_INPUT_BYTES_MIN)?;
     if !std::io::stderr().is_terminal() {
         return None;

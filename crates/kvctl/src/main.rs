@@ -17,6 +17,7 @@ mod cli;
 mod cluster;
 mod codec;
 mod data;
+mod snapshot;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -80,5 +81,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Cluster(command) => cluster::cluster(&client, &out, command).await,
         Command::Member(command) => cluster::member(&client, &out, command).await,
         Command::Bench(args) => bench::run(&client, &out, args).await,
+        Command::Snapshot(command) => snapshot::snapshot(&client, &out, command).await,
     }
 }

@@ -1,5 +1,7 @@
 //! A node's configuration, with every limit named.
 
+pub mod file;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -147,6 +149,10 @@ pub struct NodeConfig {
     /// Whether this node forms a new cluster of `initial_members` when it
     /// holds no Raft state yet. Give it to one node, on first start only.
     pub initialize: bool,
+    /// With `initialize`: a backup (`Cluster.Backup`, `kvctl snapshot
+    /// save`) to seed the new cluster's state from, instead of starting
+    /// empty. Like `initialize`, used only while the node has no Raft state.
+    pub restore_from: Option<PathBuf>,
     /// Raft timing.
     pub timing: RaftTiming,
     /// Storage engine options.

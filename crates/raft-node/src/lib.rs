@@ -23,6 +23,7 @@ mod metrics;
 pub mod network;
 pub mod node;
 pub mod reachability;
+mod restore;
 pub mod service;
 mod snapshot_trigger;
 pub mod state_machine;

@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
+use raft_node::config::file;
 use raft_node::config::parse_peer_spec;
 use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming, ServeOptions};
 
@@ -37,6 +38,15 @@ const FATAL_EXIT_STATUS: i32 = 3;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
+    /// A TOML file of settings: each key a long flag name (`data-dir =
+    /// "data/n1"`, `init = true`, `peers = ["1=...", "2=..."]`). Flags and
+    /// KV_* variables override the file.
+    #[arg(long, env = "KV_CONFIG")]
+    config: Option<PathBuf>,
+    /// Print the settings in effect (file, environment and flags merged)
+    /// and exit.
+    #[arg(long)]
+    check_config: bool,
     /// This node's id (a positive integer, unique in the cluster).
     #[arg(long, env = "KV_NODE_ID")]
     id: u64,
@@ -71,6 +81,11 @@ struct Args {
     /// Give it to one node, on the cluster's first start only.
     #[arg(long, env = "KV_INIT")]
     init: bool,
+    /// With --init: seed the new cluster from this backup (`kvctl snapshot
+    /// save`) instead of starting empty. The other nodes start empty,
+    /// without --init, and receive the data from the leader.
+    #[arg(long, env = "KV_RESTORE", requires = "init")]
+    restore: Option<PathBuf>,
     /// Leader heartbeat period, in ms.
     #[arg(long, env = "KV_HEARTBEAT_MS", default_value_t = RaftTiming::default().heartbeat_ms)]
     heartbeat_ms: u64,
@@ -110,6 +125,20 @@ struct Args {
     log: String,
 }
 
+/// The command line, with the settings of the `--config` file (if any)
+/// under it.
+fn parse_args() -> Result<Args> {
+    let raw: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let Some(path) = file::config_path(&raw, std::env::var_os("KV_CONFIG")) else {
+        return Ok(Args::parse_from(raw));
+    };
+    let path = PathBuf::from(path);
+    let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read --config {}", path.display()))?;
+    let merged = file::args_with_file(&Args::command(), raw, &text, |var| std::env::var_os(var).is_some())
+        .with_context(|| format!("--config {}", path.display()))?;
+    Ok(Args::parse_from(merged))
+}
+
 /// The initial voters' client addresses and their separate peer addresses.
 fn parse_peers(peers: &[String]) -> Result<(BTreeMap<u64, String>, BTreeMap<u64, String>)> {
     let mut members = BTreeMap::new();
@@ -140,7 +169,11 @@ async fn shutdown_signal() {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    let args = Args::parse();
+    let args = parse_args()?;
+    if args.check_config {
+        println!("{args:#?}");
+        return Ok(());
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_new(&args.log).context("invalid --log filter")?)
         .with_target(false)
@@ -176,6 +209,7 @@ async fn main() -> Result<()> {
         initial_members: members,
         initial_peer_addrs: peer_addrs,
         initialize: args.init,
+        restore_from: args.restore.clone(),
         timing: RaftTiming {
             heartbeat_ms: args.heartbeat_ms,
             election_timeout_ms_min: args.election_timeout_ms_min,

@@ -1,6 +1,5 @@
 //! A whole node: storage, Raft and the gRPC server, wired together.
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -25,9 +24,9 @@ use crate::metrics::{Metered, NodeMetrics};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::admin::{AdminService, Port as AdminPort};
 use crate::service::{kv::KvService, raft::RaftService};
-use crate::snapshot_trigger;
 use crate::state_machine::{Engine, StateMachine};
 use crate::types::{Node as MemberNode, NodeId, Raft};
+use crate::{restore, snapshot_trigger};
 
 /// The file that ties a data directory to one node id and format.
 const IDENTITY_FILE: &str = "NODE";
@@ -154,7 +153,10 @@ impl KvNode {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
             ..LogStoreOptions::default()
         };
-        let log_store = LogStore::open_with(&config.data_dir.join("raft-log"), log_options)?;
+        if let (true, Some(backup)) = (config.initialize, &config.restore_from) {
+            restore::restore(&config, backup)?;
+        }
+        let log_store = LogStore::open_with(&config.data_dir.join(restore::LOG_DIR), log_options)?;
         let log_reader = log_store.reader();
         let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine.clone())?;
         let engine = state_machine.engine();
@@ -353,15 +355,7 @@ impl KvNode {
     /// Forms the cluster of `initial_members` unless Raft state exists.
     fn spawn_initialize(&self) {
         let raft = self.raft.clone();
-        let members: BTreeMap<NodeId, MemberNode> = self
-            .config
-            .initial_members
-            .iter()
-            .map(|(id, addr)| {
-                let peer_addr = self.config.initial_peer_addrs.get(id).cloned();
-                (*id, MemberNode::with_peer_addr(addr.clone(), peer_addr))
-            })
-            .collect();
+        let members = restore::initial_members(&self.config);
         tokio::spawn(async move {
             match raft.is_initialized().await {
                 Ok(false) => match raft.initialize(members).await {

@@ -7,7 +7,7 @@
 //! panic with a message is the failure report.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::{KvNode, Limits, NodeConfig, RaftTiming, ServeOptions};
@@ -46,6 +46,8 @@ pub struct TestCluster {
     metrics: bool,
     running: BTreeMap<u64, RunningNode>,
     timing: RaftTiming,
+    /// The backup node 1 restores from when it initializes the cluster.
+    restore_from: Option<std::path::PathBuf>,
 }
 
 impl TestCluster {
@@ -90,8 +92,24 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts `n` voters whose cluster node 1 forms from the backup at
+    /// `backup` (the others start empty), and waits for a leader.
+    pub async fn start_restored(n: u64, backup: &Path) -> TestCluster {
+        let mut cluster = TestCluster::new(fast_timing(), false, false);
+        cluster.restore_from = Some(backup.to_path_buf());
+        cluster.boot_nodes(n, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
     async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool, metrics: bool) -> TestCluster {
-        let mut cluster = TestCluster {
+        let mut cluster = TestCluster::new(timing, peer_ports, metrics);
+        cluster.boot_nodes(n, initialize).await;
+        cluster
+    }
+
+    fn new(timing: RaftTiming, peer_ports: bool, metrics: bool) -> TestCluster {
+        TestCluster {
             dir: tempfile::tempdir().expect("tempdir"),
             addrs: BTreeMap::new(),
             peer_addrs: BTreeMap::new(),
@@ -100,7 +118,12 @@ impl TestCluster {
             metrics,
             running: BTreeMap::new(),
             timing,
-        };
+            restore_from: None,
+        }
+    }
+
+    async fn boot_nodes(&mut self, n: u64, initialize: bool) {
+        let cluster = self;
         let mut listeners = BTreeMap::new();
         for id in 1..=n {
             let listeners_of_id = cluster.bind(id).await;
@@ -112,7 +135,6 @@ impl TestCluster {
                 .launch(id, listener, peer_listener, members.clone(), initialize && id == 1)
                 .await;
         }
-        cluster
     }
 
     /// Binds node `id`'s client port (and peer port, with peer ports) on
@@ -158,6 +180,7 @@ impl TestCluster {
                 .collect(),
             initial_members,
             initialize,
+            restore_from: self.restore_from.clone(),
             timing: self.timing.clone(),
             engine: storage::Options {
                 memtable_bytes_max: 256 * 1024,

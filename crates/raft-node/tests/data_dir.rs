@@ -15,6 +15,7 @@ fn config(data_dir: &Path) -> NodeConfig {
         initial_members: BTreeMap::new(),
         initial_peer_addrs: BTreeMap::new(),
         initialize: false,
+        restore_from: None,
         timing: RaftTiming::default(),
         engine: storage::Options::default(),
         limits: Limits::default(),

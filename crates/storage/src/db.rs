@@ -26,7 +26,7 @@ use crate::options::{Options, WriteOptions};
 use crate::sstable::TableOptions;
 use crate::stats::{Counters, LevelStats, Stats};
 use crate::table_cache::TableCache;
-use crate::version::Version;
+use crate::version::{TableFile, Version};
 use crate::write::{WriteQueue, WriterState};
 
 /// The file whose lock keeps two processes from opening one database.
@@ -374,12 +374,28 @@ impl Inner {
         for imm in &sv.imms {
             children.push(Box::new(imm.iter()));
         }
-        for file in &sv.version.levels[0] {
+        let (start, end) = (range.start_bound(), range.end_bound());
+        // Only files that may hold a key of the range take part: a scan of
+        // a narrow range does not seek into every L0 table.
+        let in_range = |file: &TableFile| {
+            let after_start = match start {
+                Bound::Included(s) | Bound::Excluded(s) => file.meta.largest_user_key() >= *s,
+                Bound::Unbounded => true,
+            };
+            let before_end = match end {
+                Bound::Included(e) => file.meta.smallest_user_key() <= *e,
+                Bound::Excluded(e) => file.meta.smallest_user_key() < *e,
+                Bound::Unbounded => true,
+            };
+            after_start && before_end
+        };
+        for file in sv.version.levels[0].iter().filter(|f| in_range(f)) {
             children.push(Box::new(file.table.iter()));
         }
         for files in &sv.version.levels[1..] {
+            let files: Vec<_> = files.iter().filter(|f| in_range(f)).cloned().collect();
             if !files.is_empty() {
-                children.push(Box::new(LevelIterator::new(files.clone())));
+                children.push(Box::new(LevelIterator::new(files)));
             }
         }
         let owned = |bound: Bound<&&[u8]>| match bound {
@@ -390,8 +406,8 @@ impl Inner {
         Ok(DbIter::new(
             MergingIterator::new(children),
             snapshot,
-            owned(range.start_bound()),
-            owned(range.end_bound()),
+            owned(start),
+            owned(end),
         ))
     }
 

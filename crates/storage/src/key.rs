@@ -68,6 +68,17 @@ pub fn seek_key(user_key: &[u8], sequence: SequenceNumber) -> Vec<u8> {
     internal_key(user_key, sequence, KIND_FOR_SEEK)
 }
 
+/// Writes the seek key for `user_key` at `sequence` (see [`seek_key`]) to
+/// the start of `buf` and returns its length; `buf` must have room for
+/// `user_key.len() + TRAILER_BYTES` bytes.
+pub fn write_seek_key(buf: &mut [u8], user_key: &[u8], sequence: SequenceNumber) -> usize {
+    let len = user_key.len() + TRAILER_BYTES;
+    assert!(buf.len() >= len, "seek key buffer too small");
+    buf[..user_key.len()].copy_from_slice(user_key);
+    buf[user_key.len()..len].copy_from_slice(&pack_trailer(sequence, KIND_FOR_SEEK).to_le_bytes());
+    len
+}
+
 /// A borrowed, decoded view of an encoded internal key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParsedKey<'a> {

@@ -18,7 +18,8 @@
 //! - [`db`](Db): opening and recovery, reads, snapshots, checkpoints.
 //! - `write`: group commit, the WAL append, backpressure.
 //! - `background`: the flush thread and the compaction threads.
-//! - `memtable`: recent writes in a concurrent skip list.
+//! - `memtable`: recent writes, in `skiplist`: an arena skip list that
+//!   readers walk without locks (the engine's only `unsafe` code).
 //! - `log`: the WAL's and the manifest's files, framed by [`framing`].
 //! - [`framing`]: record framing and the torn-tail scan, shared with the
 //!   Raft log store's segments.
@@ -64,6 +65,7 @@ mod merge;
 mod options;
 #[cfg(feature = "sim")]
 pub mod sim;
+mod skiplist;
 mod sstable;
 mod stats;
 mod table_cache;

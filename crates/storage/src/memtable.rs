@@ -5,24 +5,17 @@
 //! than their snapshot sequence, so a batch being inserted is invisible until
 //! its last sequence is published.
 
-use std::ops::Bound;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use crossbeam_skiplist::SkipMap;
 use parking_lot::Mutex;
 
 use crate::batch::EntryIter;
 use crate::error::Result;
 use crate::iterator::InternalIterator;
-use crate::key::{self, InternalKey, SequenceNumber, ValueKind};
-
-/// Bytes charged per entry on top of its key and value: the skip-list node,
-/// its tower and two reference-counted buffers, roughly.
-const ENTRY_OVERHEAD_BYTES: usize = 96;
-/// Entries a memtable iterator copies out per refill.
-const ITER_CHUNK_ENTRIES: usize = 64;
+use crate::key::{self, SequenceNumber, ValueKind};
+use crate::skiplist::{Cursor, SkipList};
 
 /// What a point lookup found in one memtable or table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,8 +39,8 @@ impl Lookup {
 /// A sorted in-memory table of writes.
 #[derive(Debug)]
 pub(crate) struct Memtable {
-    map: SkipMap<InternalKey, Bytes>,
-    approximate_bytes: AtomicUsize,
+    /// Internal keys and values, in one arena.
+    list: Arc<SkipList>,
     /// The WAL file that logs this memtable's writes (and every older one
     /// not yet flushed).
     wal_number: u64,
@@ -60,8 +53,7 @@ impl Memtable {
     /// An empty memtable whose writes are logged to WAL `wal_number`.
     pub(crate) fn new(wal_number: u64) -> Self {
         Memtable {
-            map: SkipMap::new(),
-            approximate_bytes: AtomicUsize::new(0),
+            list: Arc::new(SkipList::new()),
             wal_number,
             last_sequence: AtomicU64::new(0),
             metadata: Mutex::new(None),
@@ -71,38 +63,46 @@ impl Memtable {
     /// Inserts a batch's entries with sequences from `first_sequence` on.
     pub(crate) fn insert(&self, entries: EntryIter<'_>, first_sequence: SequenceNumber, metadata: Option<&[u8]>) {
         let mut sequence = first_sequence;
-        let mut added_bytes = 0;
+        let mut internal = Vec::new();
+        let mut writer = self.list.writer();
         for entry in entries {
-            let internal = key::internal_key(entry.key, sequence, entry.kind);
-            added_bytes += internal.len() + entry.value.len() + ENTRY_OVERHEAD_BYTES;
-            self.map
-                .insert(InternalKey(Bytes::from(internal)), Bytes::copy_from_slice(entry.value));
+            internal.clear();
+            key::append_internal_key(&mut internal, entry.key, sequence, entry.kind);
+            writer.insert(&internal, entry.value);
             sequence += 1;
         }
+        drop(writer);
         if let Some(metadata) = metadata {
             *self.metadata.lock() = Some(Bytes::copy_from_slice(metadata));
         }
         self.last_sequence
             .fetch_max(sequence.saturating_sub(1), Ordering::Release);
-        self.approximate_bytes.fetch_add(added_bytes, Ordering::Relaxed);
     }
 
     /// The newest version of `user_key` with a sequence `<= snapshot`.
     pub(crate) fn get(&self, user_key: &[u8], snapshot: SequenceNumber) -> Option<Lookup> {
-        let seek = InternalKey(Bytes::from(key::seek_key(user_key, snapshot)));
-        let entry = self.map.lower_bound(Bound::Included(&seek))?;
-        let parsed = key::parse(&entry.key().0)?;
-        (parsed.user_key == user_key).then(|| Lookup::from_entry(parsed.kind, entry.value().clone()))
+        let mut seek = [0u8; SEEK_KEY_INLINE_BYTES];
+        let node = if user_key.len() + key::TRAILER_BYTES <= seek.len() {
+            // Short keys (nearly all) are sought without allocating.
+            let len = key::write_seek_key(&mut seek, user_key, snapshot);
+            self.list.lower_bound(&seek[..len])
+        } else {
+            self.list.lower_bound(&key::seek_key(user_key, snapshot))
+        }?;
+        let entry = self.list.entry(node);
+        let parsed = key::parse(entry.key)?;
+        (parsed.user_key == user_key).then(|| Lookup::from_entry(parsed.kind, Bytes::copy_from_slice(entry.value)))
     }
 
-    /// Approximate memory held, in bytes.
+    /// Approximate memory held, in bytes: the arena's nodes (links, keys,
+    /// values and padding).
     pub(crate) fn approximate_bytes(&self) -> usize {
-        self.approximate_bytes.load(Ordering::Relaxed)
+        self.list.node_bytes()
     }
 
     /// Whether nothing was inserted.
     pub(crate) fn is_empty(&self) -> bool {
-        self.map.is_empty()
+        self.list.len() == 0
     }
 
     /// The WAL holding this memtable's writes.
@@ -121,75 +121,55 @@ impl Memtable {
     }
 
     /// A cursor over every entry (all versions, tombstones included).
-    pub(crate) fn iter(self: &Arc<Self>) -> MemtableIter {
+    pub(crate) fn iter(&self) -> MemtableIter {
         MemtableIter {
-            table: Arc::clone(self),
-            chunk: Vec::with_capacity(ITER_CHUNK_ENTRIES),
-            pos: 0,
-            more_after_chunk: false,
+            cursor: Cursor::new(Arc::clone(&self.list)),
         }
     }
 }
 
-/// A cursor over a memtable.
-///
-/// Skip-list entries borrow the list, so rather than hold a borrow the
-/// cursor copies out chunks of entries (reference-counted, so a copy is
-/// two counter increments) and re-seeks past the last one when a chunk is
-/// used up.
+/// Bytes of the stack buffer a lookup builds its seek key in.
+const SEEK_KEY_INLINE_BYTES: usize = 128;
+
+/// A cursor over a memtable; it keeps the memtable's entries alive and
+/// reads them in place.
 pub(crate) struct MemtableIter {
-    table: Arc<Memtable>,
-    chunk: Vec<(InternalKey, Bytes)>,
-    pos: usize,
-    more_after_chunk: bool,
-}
-
-impl MemtableIter {
-    fn fill_from(&mut self, start: Bound<&InternalKey>) {
-        let mut chunk = std::mem::take(&mut self.chunk);
-        chunk.clear();
-        let mut range = self.table.map.range((start, Bound::Unbounded));
-        for entry in range.by_ref().take(ITER_CHUNK_ENTRIES) {
-            chunk.push((entry.key().clone(), entry.value().clone()));
-        }
-        self.more_after_chunk = chunk.len() == ITER_CHUNK_ENTRIES;
-        self.chunk = chunk;
-        self.pos = 0;
-    }
+    cursor: Cursor,
 }
 
 impl InternalIterator for MemtableIter {
     fn valid(&self) -> bool {
-        self.pos < self.chunk.len()
+        self.cursor.entry().is_some()
     }
 
     fn seek_to_first(&mut self) -> Result<()> {
-        self.fill_from(Bound::Unbounded);
+        self.cursor.seek_to_first();
         Ok(())
     }
 
     fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let target = InternalKey(Bytes::copy_from_slice(target));
-        self.fill_from(Bound::Included(&target));
+        self.cursor.seek(target);
         Ok(())
     }
 
     fn next(&mut self) -> Result<()> {
         assert!(self.valid(), "next() on an exhausted memtable iterator");
-        self.pos += 1;
-        if self.pos == self.chunk.len() && self.more_after_chunk {
-            let last = self.chunk[self.pos - 1].0.clone();
-            self.fill_from(Bound::Excluded(&last));
-        }
+        self.cursor.next();
         Ok(())
     }
 
     fn key(&self) -> &[u8] {
-        &self.chunk[self.pos].0 .0
+        self.cursor
+            .entry()
+            .expect("key() on an exhausted memtable iterator")
+            .key
     }
 
     fn value(&self) -> &[u8] {
-        &self.chunk[self.pos].1
+        self.cursor
+            .entry()
+            .expect("value() on an exhausted memtable iterator")
+            .value
     }
 }
 
@@ -224,11 +204,9 @@ mod tests {
     }
 
     #[test]
-    fn iteration_crosses_chunk_boundaries_in_order() {
-        // The chunked cursor must yield every entry exactly once, in internal-key order.
-        let keys: Vec<Vec<u8>> = (0..(ITER_CHUNK_ENTRIES * 3 + 5))
-            .map(|i| format!("key{i:05}").into_bytes())
-            .collect();
+    fn iteration_yields_every_entry_in_order() {
+        // The cursor must yield every entry exactly once, in internal-key order.
+        let keys: Vec<Vec<u8>> = (0..300).map(|i| format!("key{i:05}").into_bytes()).collect();
         let writes: Vec<(&[u8], Option<&[u8]>)> = keys.iter().rev().map(|k| (k.as_slice(), Some(&b"v"[..]))).collect();
         let table = memtable_with(&writes);
         let mut iter = table.iter();

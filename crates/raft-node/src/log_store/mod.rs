@@ -453,6 +453,25 @@ impl LogStore {
         Ok(())
     }
 
+    /// Makes an empty log continue after `last`, durably, as if everything
+    /// up to it had been applied and purged: the log of a node whose state
+    /// machine was restored from a backup at `last`. `vote` must be in
+    /// `last`'s term or later.
+    pub(crate) fn continue_after(&mut self, vote: Vote, last: LogId) -> Result<(), LogStoreError> {
+        assert!(
+            self.log.read().last_log_id().is_none() && self.state.purged.is_none(),
+            "continue_after on a log that holds entries"
+        );
+        assert!(
+            vote.leader_id().term >= last.leader_id.term,
+            "a vote behind the log's last term"
+        );
+        self.write_vote(&vote)?;
+        self.write_committed(Some(last))?;
+        // Syncs the vote, the commit point and the purge point together.
+        self.purge_upto(last)
+    }
+
     /// Records the committed log id, without an fsync of its own: the next
     /// one covers it, and losing it in a crash only means openraft learns it
     /// again from the leader.

@@ -1,4 +1,4 @@
-//! The `kv.v1.Cluster` admin service: status and membership.
+//! The `kv.v1.Cluster` admin service: status, membership and backups.
 //!
 //! A node with a separate peer port serves this service twice: on the
 //! client port with the read-only calls only ([`Port::Client`]), and on the
@@ -6,11 +6,17 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use std::pin::Pin;
+
 use openraft::{ChangeMembers, ServerState};
 use proto::kv as api;
+use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, LeaderHint};
+use crate::state_machine::backup::BackupSource;
 use crate::state_machine::Engine;
 use crate::types::{Membership, Node, NodeId, Raft};
 
@@ -128,8 +134,69 @@ fn membership_reply(log_index: u64, membership: Option<&Membership>) -> Response
     })
 }
 
+/// Bytes of archive per backup message.
+const BACKUP_CHUNK_BYTES: usize = 1 << 20;
+/// Backup messages buffered ahead of a slow reader: bounds a backup's
+/// memory at this many chunks.
+const BACKUP_CHUNKS_AHEAD_MAX: usize = 4;
+
+/// The stream a backup is sent as.
+pub type BackupStream = Pin<Box<dyn Stream<Item = Result<api::BackupChunk, Status>> + Send>>;
+
+/// Reads `archive` into chunks of at most [`BACKUP_CHUNK_BYTES`], the first
+/// carrying `header`'s fields; a read failure ends the stream with it.
+fn backup_chunks(mut archive: impl AsyncRead + Unpin + Send + 'static, header: api::BackupChunk) -> BackupStream {
+    let (sender, receiver) = tokio::sync::mpsc::channel(BACKUP_CHUNKS_AHEAD_MAX);
+    tokio::spawn(async move {
+        let mut first = Some(header);
+        loop {
+            let mut data = Vec::with_capacity(BACKUP_CHUNK_BYTES);
+            let read = (&mut archive)
+                .take(BACKUP_CHUNK_BYTES as u64)
+                .read_to_end(&mut data)
+                .await;
+            let message = match read {
+                Ok(0) if first.is_none() => return,
+                Ok(_) => Ok(api::BackupChunk {
+                    data: data.into(),
+                    ..first.take().unwrap_or_default()
+                }),
+                Err(e) => Err(Status::internal(format!("reading the backup: {e}"))),
+            };
+            let failed = message.is_err();
+            // A reader that went away ends the backup.
+            if sender.send(message).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(receiver))
+}
+
 #[tonic::async_trait]
 impl api::cluster_server::Cluster for AdminService {
+    type BackupStream = BackupStream;
+
+    async fn backup(&self, _request: Request<api::BackupRequest>) -> Result<Response<BackupStream>, Status> {
+        // A leader that has applied everything committed before this call:
+        // the checkpoint then holds every write acknowledged before it.
+        self.settled_leader().await?;
+        let engine = self.engine.clone();
+        let source = tokio::task::spawn_blocking(move || BackupSource::take(&engine))
+            .await
+            .map_err(|e| Status::internal(format!("backup task: {e}")))?
+            .map_err(|e| Status::internal(format!("backup: {e}")))?;
+        let last = source.last_log_id().cloned().unwrap_or_default();
+        let header = api::BackupChunk {
+            data: Default::default(),
+            total_bytes: source.total_bytes(),
+            index: last.index,
+            term: last.leader_id.map_or(0, |l| l.term),
+        };
+        tracing::info!(index = header.index, bytes = header.total_bytes, "streaming a backup");
+        Ok(Response::new(backup_chunks(source.into_stream(), header)))
+    }
+
     async fn status(&self, _request: Request<api::StatusRequest>) -> Result<Response<api::StatusResponse>, Status> {
         let metrics = self.raft.metrics().borrow().clone();
         let commit_index = self

@@ -7,6 +7,8 @@
 //! - `engine`: the swappable engine handle reads go through.
 //! - `archive`: the single-file snapshot format.
 //! - `snapshot`: building, storing and installing snapshots.
+//! - `backup`: backups (snapshot archives taken on request), checked and
+//!   restored.
 //!
 //! The Raft log is the write-ahead log: applied batches skip the engine's
 //! WAL and become durable when the engine flushes its memtable. After a
@@ -16,6 +18,7 @@
 //! entry is ever missing from the durable state.
 
 pub mod archive;
+pub mod backup;
 mod engine;
 pub mod keys;
 pub mod sessions;

@@ -137,7 +137,8 @@ impl Layout {
             }
         }
         for entry in fs::read_dir(root).map_err(io(root))?.flatten() {
-            if entry.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(RECEIVE_PREFIX) || name.starts_with(super::backup::BACKUP_PREFIX) {
                 remove_path(&entry.path());
             }
         }
@@ -198,8 +199,13 @@ impl Layout {
                 }
             }
         }
-        let dir = self.root.join(format!("{RECEIVE_PREFIX}{:016x}", fastrand::u64(..)));
-        SnapshotData::incoming(dir)
+        SnapshotData::incoming(self.receive_dir())
+    }
+
+    /// A new directory name to receive a snapshot into; removed at the
+    /// next start if it is still there.
+    pub fn receive_dir(&self) -> PathBuf {
+        self.root.join(format!("{RECEIVE_PREFIX}{:016x}", fastrand::u64(..)))
     }
 
     /// The id (directory name) of the current snapshot, if any.
