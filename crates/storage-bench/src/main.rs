@@ -62,6 +62,12 @@ struct Args {
     /// Compaction threads.
     #[arg(long, default_value_t = 2)]
     compaction_threads: usize,
+    /// Table files the engine keeps open at most (its table cache).
+    #[arg(long, default_value_t = 500)]
+    open_files: usize,
+    /// Target size of a table written by compaction, in MiB.
+    #[arg(long, default_value_t = 64)]
+    table_mb: u64,
     /// Database directory (default: a fresh temporary directory).
     #[arg(long)]
     db: Option<PathBuf>,
@@ -87,6 +93,9 @@ fn main() -> Result<()> {
         block_cache_bytes: args.cache_mb << 20,
         bloom_bits_per_key: args.bloom_bits,
         compaction_threads: args.compaction_threads.max(1),
+        table_files_open_max: args.open_files,
+        table_bytes_target: args.table_mb << 20,
+        l1_bytes_target: (args.table_mb << 20).max(Options::default().l1_bytes_target),
         ..Options::default()
     };
     println!(
@@ -116,7 +125,29 @@ fn main() -> Result<()> {
         stats.block_cache_hits,
         stats.block_cache_misses
     );
+    println!(
+        "table files open {} (cached {}), table opens {}, block cache {} MiB, L0 index+filter pinned {} KiB, memtables {} MiB, rss {}",
+        stats.table_files_open,
+        stats.table_cache_tables,
+        stats.table_opens,
+        stats.block_cache_bytes >> 20,
+        stats.table_memory_bytes >> 10,
+        (stats.memtable_bytes + stats.immutable_memtable_bytes) >> 20,
+        resident_set().unwrap_or_else(|| "unknown".to_string()),
+    );
     Ok(())
+}
+
+/// The process's resident set size and its peak, from `/proc/self/status`.
+fn resident_set() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(|value| value.trim().to_string())
+    };
+    Some(format!("{} (peak {})", field("VmRSS:")?, field("VmHWM:")?))
 }
 
 impl Workload<'_> {

@@ -1,5 +1,9 @@
-//! The block cache: parsed, checksum-verified data blocks shared by all
-//! open tables, bounded by bytes.
+//! The block cache: parsed, checksum-verified blocks shared by all tables,
+//! bounded by bytes.
+//!
+//! It holds data blocks and also every table's index block and bloom
+//! filter, so the memory those take is charged to the same byte budget
+//! instead of being pinned per table (see [`crate::Options`], "Memory").
 //!
 //! Keyed by `(file number, block offset)`; file numbers are never reused, so
 //! a key never names two different blocks. Eviction is `quick_cache`'s
@@ -11,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use quick_cache::sync::Cache;
 use quick_cache::Weighter;
 
-use crate::sstable::Block;
+use crate::sstable::{Block, Filter};
 
 /// Bytes charged per cached block beyond its contents: the `Block` handle,
 /// the shared-bytes header and the cache's own slot.
@@ -23,21 +27,34 @@ const BLOCK_BYTES_EXPECTED: usize = 4096;
 /// Identifies a block: the table's file number and the block's offset.
 type BlockKey = (u64, u64);
 
-/// Charges each block its size in bytes.
+/// What the cache holds at one key: a data or index block, or a filter.
+#[derive(Debug, Clone)]
+enum Cached {
+    /// A parsed data or index block.
+    Block(Block),
+    /// A parsed bloom filter.
+    Filter(Filter),
+}
+
+/// Charges each entry its size in bytes.
 #[derive(Debug, Clone, Copy)]
 struct BlockWeighter;
 
-impl Weighter<BlockKey, Block> for BlockWeighter {
-    fn weight(&self, _key: &BlockKey, block: &Block) -> u64 {
+impl Weighter<BlockKey, Cached> for BlockWeighter {
+    fn weight(&self, _key: &BlockKey, cached: &Cached) -> u64 {
+        let bytes = match cached {
+            Cached::Block(block) => block.size_bytes(),
+            Cached::Filter(filter) => filter.memory_bytes(),
+        };
         // Never zero: zero-weight entries would never be evicted.
-        block.size_bytes() as u64 + ENTRY_OVERHEAD_BYTES
+        bytes as u64 + ENTRY_OVERHEAD_BYTES
     }
 }
 
 /// A byte-bounded cache of data blocks, safe to share between threads.
 pub(crate) struct BlockCache {
-    /// The blocks.
-    cache: Cache<BlockKey, Block, BlockWeighter>,
+    /// The blocks and filters.
+    cache: Cache<BlockKey, Cached, BlockWeighter>,
     /// Lookups that found their block.
     hits: AtomicU64,
     /// Lookups that did not.
@@ -57,17 +74,49 @@ impl BlockCache {
 
     /// The block at `block_offset` of table `file_number`, if cached.
     pub(crate) fn get(&self, file_number: u64, block_offset: u64) -> Option<Block> {
-        let found = self.cache.get(&(file_number, block_offset));
-        // Statistics only: no ordering with other memory is needed.
-        let counter = if found.is_some() { &self.hits } else { &self.misses };
-        counter.fetch_add(1, Ordering::Relaxed);
+        let found = match self.lookup(file_number, block_offset) {
+            Some(Cached::Block(block)) => Some(block),
+            // Only a damaged table can name its filter's offset as a block
+            // (offsets within a table are distinct): treat it as a miss, and
+            // the read from disk reports the damage.
+            Some(Cached::Filter(_)) | None => None,
+        };
+        self.count(found.is_some());
+        found
+    }
+
+    /// The filter at `block_offset` of table `file_number`, if cached.
+    pub(crate) fn get_filter(&self, file_number: u64, block_offset: u64) -> Option<Filter> {
+        let found = match self.lookup(file_number, block_offset) {
+            Some(Cached::Filter(filter)) => Some(filter),
+            // As in `get`: only a damaged table gets here.
+            Some(Cached::Block(_)) | None => None,
+        };
+        self.count(found.is_some());
         found
     }
 
     /// Caches `block`, evicting others if over capacity. A block larger than
     /// the cache's share for it is not kept.
     pub(crate) fn insert(&self, file_number: u64, block_offset: u64, block: Block) {
-        self.cache.insert((file_number, block_offset), block);
+        self.cache.insert((file_number, block_offset), Cached::Block(block));
+    }
+
+    /// Caches `filter`, like [`Self::insert`].
+    pub(crate) fn insert_filter(&self, file_number: u64, block_offset: u64, filter: Filter) {
+        self.cache.insert((file_number, block_offset), Cached::Filter(filter));
+    }
+
+    /// The entry at a key, without counting.
+    fn lookup(&self, file_number: u64, block_offset: u64) -> Option<Cached> {
+        self.cache.get(&(file_number, block_offset))
+    }
+
+    /// Counts a hit or a miss.
+    fn count(&self, hit: bool) {
+        // Statistics only: no ordering with other memory is needed.
+        let counter = if hit { &self.hits } else { &self.misses };
+        counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Lookups that found their block.

@@ -25,6 +25,7 @@ use crate::merge::{LevelIterator, MergingIterator};
 use crate::options::{Options, WriteOptions};
 use crate::sstable::TableOptions;
 use crate::stats::{Counters, LevelStats, Stats};
+use crate::table_cache::TableCache;
 use crate::version::{TableFile, Version};
 use crate::write::{WriteQueue, WriterState};
 
@@ -65,6 +66,7 @@ pub(crate) struct Inner {
     pub options: Options,
     pub table_options: TableOptions,
     pub cache: Arc<BlockCache>,
+    pub table_cache: Arc<TableCache>,
     pub versions: Mutex<VersionSet>,
     pub state: RwLock<Arc<SuperVersion>>,
     /// The newest sequence number readers may see.
@@ -133,10 +135,16 @@ impl Db {
         }
         let lock = io::lock(&*fs, &dir, &dir.join(LOCK_FILE))?;
         let cache = Arc::new(BlockCache::new(options.block_cache_bytes));
+        let table_cache = Arc::new(TableCache::new(
+            Arc::clone(&fs),
+            &dir,
+            Arc::clone(&cache),
+            options.table_files_open_max,
+        )?);
         let mut versions = if io::exists(&*fs, &dir.join(CURRENT_FILE))? {
-            VersionSet::recover(Arc::clone(&fs), &dir, Arc::clone(&cache))?
+            VersionSet::recover(Arc::clone(&fs), &dir, Arc::clone(&table_cache))?
         } else if options.create_if_missing {
-            VersionSet::create(Arc::clone(&fs), &dir, Arc::clone(&cache))?
+            VersionSet::create(Arc::clone(&fs), &dir, Arc::clone(&table_cache))?
         } else {
             return Err(Error::InvalidArgument(format!("{} holds no database", dir.display())));
         };
@@ -157,6 +165,7 @@ impl Db {
             table_options: TableOptions::from(&options),
             dir,
             cache,
+            table_cache,
             versions: Mutex::new(versions),
             state: RwLock::new(Arc::new(SuperVersion {
                 mem,
@@ -412,6 +421,7 @@ impl Inner {
     fn stats(&self) -> Stats {
         let sv = self.super_version();
         let c = &self.counters;
+        let table_cache = self.table_cache.stats();
         Stats {
             levels: sv
                 .version
@@ -438,7 +448,13 @@ impl Inner {
             block_cache_hits: self.cache.hits(),
             block_cache_misses: self.cache.misses(),
             block_cache_bytes: self.cache.used_bytes(),
-            table_memory_bytes: sv.version.files().map(|(_, f)| f.table.memory_bytes() as u64).sum(),
+            table_memory_bytes: sv.version.levels[0]
+                .iter()
+                .map(|f| self.table_cache.pinned_bytes(f.meta.number) as u64)
+                .sum(),
+            table_cache_tables: table_cache.cached_tables,
+            table_files_open: table_cache.open_files,
+            table_opens: table_cache.opens,
         }
     }
 }

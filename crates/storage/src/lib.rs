@@ -26,7 +26,9 @@
 //! - `batch`: [`WriteBatch`] and its WAL encoding.
 //! - `manifest`, `version`: which table files are live, changed atomically.
 //! - `sstable`: immutable sorted tables (blocks, bloom filter, index, footer).
-//! - `cache`: the byte-bounded block cache shared by all tables.
+//! - `cache`: the byte-bounded block cache shared by all tables (data,
+//!   index and filter blocks).
+//! - `table_cache`: open tables, bounded by a count of open files.
 //! - `compaction`: the pure picker and the table writer.
 //! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.
 //! - [`key`]: internal keys (user key, sequence, kind) and their order.
@@ -66,6 +68,7 @@ pub mod sim;
 mod skiplist;
 mod sstable;
 mod stats;
+mod table_cache;
 mod version;
 mod write;
 
@@ -73,5 +76,7 @@ pub use batch::{WriteBatch, BATCH_BYTES_MAX};
 pub use db::{Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
-pub use options::{Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, VALUE_BYTES_MAX};
+pub use options::{
+    Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
+};
 pub use stats::{LevelStats, Stats};

@@ -12,13 +12,12 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::cache::BlockCache;
 use crate::error::{Error, Result};
-use crate::io::{self, FileSystem, ReadFile};
+use crate::io::{self, FileSystem};
 use crate::key::SequenceNumber;
 use crate::log::{read_log, LogKind, LogWriter};
 use crate::options::LEVELS;
-use crate::sstable::Table;
+use crate::table_cache::TableCache;
 use crate::version::{table_path, FileMeta, TableFile, Version, VersionEdit};
 
 /// The file naming the manifest in use.
@@ -36,7 +35,8 @@ pub(crate) fn manifest_name(number: u64) -> String {
 pub(crate) struct VersionSet {
     fs: Arc<dyn FileSystem>,
     dir: PathBuf,
-    cache: Arc<BlockCache>,
+    /// Where live tables are opened, on demand.
+    cache: Arc<TableCache>,
     manifest: LogWriter,
     manifest_number: u64,
     current: Arc<Version>,
@@ -64,7 +64,7 @@ struct Replayed {
 
 impl VersionSet {
     /// Creates the manifest of an empty database in `dir`.
-    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    pub fn create(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<TableCache>) -> Result<Self> {
         // A creation cut short by a crash (before CURRENT was durable) can
         // leave its manifest behind, and nothing was acknowledged then.
         // Number new files above it, or every later open would fail to
@@ -78,8 +78,9 @@ impl VersionSet {
     }
 
     /// Recovers the live set from the manifest `CURRENT` names, then starts
-    /// a fresh manifest holding just that state.
-    pub fn recover(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<BlockCache>) -> Result<Self> {
+    /// a fresh manifest holding just that state. No table is opened: each is
+    /// opened (and its footer verified) through the table cache when first read.
+    pub fn recover(fs: Arc<dyn FileSystem>, dir: &Path, cache: Arc<TableCache>) -> Result<Self> {
         let current_path = dir.join(CURRENT_FILE);
         let current = io::read_if_exists(&*fs, &current_path)?
             .ok_or_else(|| Error::corruption(&current_path, 0, "CURRENT is missing"))?;
@@ -95,10 +96,20 @@ impl VersionSet {
         let highest_on_disk = highest_file_number(&*fs, dir)?;
         replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
 
+        // Tables are opened only when first read, but a missing one is
+        // found now, from one directory listing, rather than by a read later.
+        let on_disk: std::collections::HashSet<String> = io::list_dir(&*fs, dir)?.into_iter().collect();
         let mut version = Version::default();
         for (level, metas) in replayed.files.iter().enumerate() {
             for meta in metas {
-                version.levels[level].push(open_table(&fs, dir, &cache, meta.clone())?);
+                let path = table_path(dir, meta.number);
+                let named = path.file_name().and_then(|name| name.to_str());
+                if !named.is_some_and(|name| on_disk.contains(name)) {
+                    return Err(Error::corruption(&path, 0, "a table the manifest names is missing"));
+                }
+                let file = TableFile::new(meta.clone(), Arc::clone(&cache), path, Arc::clone(&fs));
+                file.table.place_at_level(level);
+                version.levels[level].push(file);
             }
         }
         let version = version.apply(&VersionEdit::default(), &[]);
@@ -110,7 +121,7 @@ impl VersionSet {
     fn install(
         fs: Arc<dyn FileSystem>,
         dir: &Path,
-        cache: Arc<BlockCache>,
+        cache: Arc<TableCache>,
         mut replayed: Replayed,
         version: Version,
     ) -> Result<Self> {
@@ -217,9 +228,14 @@ impl VersionSet {
         io::remove_if_exists(&*self.fs, &self.dir.join(manifest_name(old)))
     }
 
-    /// Opens a table file just written by a flush or compaction.
+    /// A table file just written by a flush or compaction, opened once
+    /// through the table cache to verify it (and to have it open for the
+    /// reads that follow).
     pub fn open_table(&self, meta: FileMeta) -> Result<Arc<TableFile>> {
-        open_table(&self.fs, &self.dir, &self.cache, meta)
+        let path = table_path(&self.dir, meta.number);
+        let file = TableFile::new(meta, Arc::clone(&self.cache), path, Arc::clone(&self.fs));
+        file.table.open()?;
+        Ok(file)
     }
 }
 
@@ -239,40 +255,6 @@ fn file_number_of(name: &str) -> Option<u64> {
         .or_else(|| name.strip_suffix(".sst"))
         .or_else(|| name.strip_prefix("MANIFEST-"))?;
     stem.parse().ok()
-}
-
-fn open_table(fs: &Arc<dyn FileSystem>, dir: &Path, cache: &Arc<BlockCache>, meta: FileMeta) -> Result<Arc<TableFile>> {
-    let path = table_path(dir, meta.number);
-    let file = ReadFile::open(&**fs, &path)?;
-    if file.len_bytes() != meta.size_bytes {
-        return Err(Error::corruption(
-            &path,
-            file.len_bytes(),
-            format!(
-                "table has {} bytes, the manifest says {}",
-                file.len_bytes(),
-                meta.size_bytes
-            ),
-        ));
-    }
-    let table = Table::open(file, meta.number, Arc::clone(cache))?;
-    assert_eq!(
-        table.file_number(),
-        meta.number,
-        "a table opened under another file's number"
-    );
-    if table.entries() != meta.entries {
-        return Err(Error::corruption(
-            &path,
-            0,
-            format!(
-                "table holds {} entries, the manifest says {}",
-                table.entries(),
-                meta.entries
-            ),
-        ));
-    }
-    Ok(TableFile::new(meta, table, path, Arc::clone(fs)))
 }
 
 fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
@@ -404,7 +386,8 @@ mod tests {
         let dir = Path::new("/db");
         fs.create_dir_all(dir).expect("mkdir");
         fs.sync_dir(Path::new("/")).expect("sync");
-        let cache = Arc::new(BlockCache::new(0));
+        let block_cache = Arc::new(crate::cache::BlockCache::new(0));
+        let cache = Arc::new(TableCache::new(fs.clone(), dir, block_cache, 16).expect("table cache"));
         let mut versions = VersionSet::create(fs.clone(), dir, Arc::clone(&cache)).expect("create");
         versions.log_and_apply(edit(5), &[]).expect("logged");
         // Step +1 appends the edit, step +2 syncs it.

@@ -16,7 +16,35 @@ pub const LEVELS: usize = 7;
 /// Background compaction threads at most.
 pub const COMPACTION_THREADS_MAX: usize = 64;
 
+/// Fewest table files the table cache may be limited to.
+pub const TABLE_FILES_OPEN_MIN: usize = 8;
+
 /// How a [`crate::Db`] is configured when opened.
+///
+/// # Memory
+///
+/// The engine's memory is bounded by configuration, not by the size of the
+/// data:
+///
+/// - memtables: at most `memtable_bytes_max * (1 + immutable_memtables_max)`;
+/// - the block cache: about `block_cache_bytes`, which holds data blocks
+///   *and* every table's index block and bloom filter (a table whose index
+///   or filter was evicted reads it again, one read of a few KiB to a few
+///   hundred KiB, on its next lookup);
+/// - the index and filter of L0 tables, pinned while the table is open
+///   (every point lookup consults every overlapping L0 table): at most
+///   `l0_stop_trigger` tables, each about 1-2% of `memtable_bytes_max` at
+///   10 bloom bits per key and 100-byte entries;
+/// - open tables: at most `table_files_open_max` in the table cache, each a
+///   file handle and about 100 bytes (the footer's fields), plus the ones
+///   running reads hold;
+/// - a small fixed overhead: threads, the manifest's view of the live files
+///   (per table: its number, size and smallest and largest keys), and what
+///   readers hold while they read (a cursor pins the blocks it is on and
+///   the tables it reads; a value returned by `get` is a copy).
+///
+/// The engine also opens its WAL, manifest and lock files, a handful in all,
+/// besides the table files.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// Bytes a memtable holds before it is frozen and flushed. Default 64 MiB.
@@ -36,8 +64,18 @@ pub struct Options {
     /// Bloom filter bits per key. Default 10 (about 1% false positives).
     /// 0 disables filters: every point miss then reads a data block.
     pub bloom_bits_per_key: usize,
-    /// Byte capacity of the shared block cache. Default 64 MiB.
+    /// Byte capacity of the shared block cache. Default 64 MiB. It holds
+    /// data blocks and the tables' index and filter blocks (about 1.3 bytes
+    /// per key at 10 bloom bits per key, plus about 30 bytes per 4 KiB
+    /// block for the index), so a cache much smaller than the indexes and
+    /// filters of the hot tables makes lookups reread them from disk.
     pub block_cache_bytes: usize,
+    /// Table files kept open at most by the table cache. Default 500 (well
+    /// under the usual limit of 1,024 descriptors per process). More means
+    /// fewer reopens (each one reads and verifies a footer) on databases
+    /// with many tables; fewer means fewer file descriptors. Running reads
+    /// may briefly hold tables beyond this bound.
+    pub table_files_open_max: usize,
     /// Target size of a table written by compaction. Default 64 MiB.
     pub table_bytes_target: u64,
     /// L0 files that trigger an L0 -> L1 compaction. Default 4.
@@ -73,6 +111,7 @@ impl Default for Options {
             block_restart_interval: 16,
             bloom_bits_per_key: 10,
             block_cache_bytes: 64 << 20,
+            table_files_open_max: 500,
             table_bytes_target: 64 << 20,
             l0_compaction_trigger: 4,
             l0_slowdown_trigger: 20,
@@ -126,6 +165,10 @@ impl Options {
         check(
             self.l0_compaction_trigger <= self.l0_slowdown_trigger && self.l0_slowdown_trigger <= self.l0_stop_trigger,
             "l0 triggers must satisfy compaction <= slowdown <= stop",
+        )?;
+        check(
+            self.table_files_open_max >= TABLE_FILES_OPEN_MIN,
+            "table_files_open_max must be at least 8",
         )?;
         check(self.level_size_ratio >= 2, "level_size_ratio must be at least 2")?;
         check(self.compaction_threads >= 1, "compaction_threads must be at least 1")?;

@@ -40,8 +40,16 @@ pub struct Stats {
     pub block_cache_misses: u64,
     /// Bytes held by the block cache.
     pub block_cache_bytes: u64,
-    /// Bytes of index and filter blocks held in memory by open tables.
+    /// Bytes of index and filter blocks held in memory outside the block
+    /// cache: those L0 tables pin (every other table's are read through the
+    /// cache and charged to it).
     pub table_memory_bytes: u64,
+    /// Tables the table cache holds open.
+    pub table_cache_tables: u64,
+    /// Table files open now, in the table cache or held by running reads.
+    pub table_files_open: u64,
+    /// Tables opened (footer read and verified) since the database opened.
+    pub table_opens: u64,
 }
 
 /// One level's share of the tree.

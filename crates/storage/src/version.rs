@@ -13,12 +13,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::coding::{put_length_prefixed, put_varint, Decoder};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::io::FileSystem;
 use crate::key::{self, SequenceNumber};
 use crate::memtable::Lookup;
 use crate::options::LEVELS;
-use crate::sstable::Table;
+use crate::sstable::{Table, TableHit, TableIter, TableSource};
+use crate::table_cache::{TableCache, TableId};
 
 /// What the manifest records about one table file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,44 +55,107 @@ pub(crate) fn table_path(dir: &Path, number: u64) -> PathBuf {
     dir.join(format!("{number:06}.sst"))
 }
 
-/// A live table file: its metadata and the open reader.
+/// A live table file: what the manifest says about it, and the way to its
+/// open table (through the table cache, on demand).
 #[derive(Debug)]
 pub(crate) struct TableFile {
     pub meta: FileMeta,
-    pub table: Arc<Table>,
-    path: PathBuf,
-    /// The filesystem that removes the file once it is obsolete.
-    fs: Arc<dyn FileSystem>,
-    obsolete: AtomicBool,
+    /// Opens the table; held by cursors too, so the file outlives them.
+    pub table: Arc<LiveTable>,
 }
 
 impl TableFile {
-    /// Wraps an opened table.
-    pub fn new(meta: FileMeta, table: Table, path: PathBuf, fs: Arc<dyn FileSystem>) -> Arc<Self> {
+    /// A table file recorded in the manifest; nothing is opened or read.
+    pub fn new(meta: FileMeta, cache: Arc<TableCache>, path: PathBuf, fs: Arc<dyn FileSystem>) -> Arc<Self> {
+        let id = TableId {
+            number: meta.number,
+            size_bytes: meta.size_bytes,
+            entries: meta.entries,
+        };
         Arc::new(TableFile {
             meta,
-            table: Arc::new(table),
-            path,
-            fs,
-            obsolete: AtomicBool::new(false),
+            table: Arc::new(LiveTable {
+                id,
+                cache,
+                path,
+                fs,
+                obsolete: AtomicBool::new(false),
+                in_level0: AtomicBool::new(false),
+            }),
         })
     }
 
-    /// Marks the file for deletion once no version holds it. Called only
-    /// after the manifest edit that removes it is durable, so a crash never
-    /// leaves a manifest naming a deleted file.
+    /// Marks the file for deletion once no version or cursor holds it.
+    /// Called only after the manifest edit that removes it is durable, so a
+    /// crash never leaves a manifest naming a deleted file.
     pub fn mark_obsolete(&self) {
-        self.obsolete.store(true, Ordering::Release);
+        self.table.obsolete.store(true, Ordering::Release);
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.table.path
     }
 }
 
-impl Drop for TableFile {
+/// A table file that versions or cursors still refer to. Its file is
+/// deleted when the last reference is dropped, if it is obsolete by then.
+#[derive(Debug)]
+pub(crate) struct LiveTable {
+    /// What opening the table checks.
+    id: TableId,
+    /// Where the table is opened and kept open.
+    cache: Arc<TableCache>,
+    /// The file's path.
+    path: PathBuf,
+    /// The filesystem that removes the file once it is obsolete.
+    fs: Arc<dyn FileSystem>,
+    /// Whether a durable manifest edit removed the file.
+    obsolete: AtomicBool,
+    /// Whether the file is in L0, where lookups pin the index and filter
+    /// (every point lookup consults every overlapping L0 file).
+    in_level0: AtomicBool,
+}
+
+impl LiveTable {
+    /// The open table, from the table cache or opened now.
+    pub fn open(&self) -> Result<Arc<Table>> {
+        self.cache.table(self.id)
+    }
+
+    /// Records the level a version places the file at. A file leaving L0
+    /// is dropped from the table cache, so that when next opened it no
+    /// longer pins its index and filter.
+    pub fn place_at_level(&self, level: usize) {
+        // Only a hint for memory use: no ordering with other memory is needed.
+        let was_level0 = self.in_level0.swap(level == 0, Ordering::Relaxed);
+        if was_level0 && level != 0 {
+            self.cache.evict(self.id.number);
+        }
+    }
+
+    /// Whether lookups pin the table's index and filter.
+    pub fn pins_index_and_filter(&self) -> bool {
+        self.in_level0.load(Ordering::Relaxed)
+    }
+
+    /// A cursor over the table, which opens it when first positioned.
+    pub fn iter(self: &Arc<Self>) -> TableIter {
+        TableIter::deferred(Arc::clone(self) as Arc<dyn TableSource>)
+    }
+}
+
+impl TableSource for LiveTable {
+    fn open_table(&self) -> Result<Arc<Table>> {
+        self.open()
+    }
+}
+
+impl Drop for LiveTable {
     fn drop(&mut self) {
+        // Nothing can ask for this table any more (asking takes a
+        // reference to `self`), so once evicted it is never reopened.
+        self.cache.evict(self.id.number);
         if self.obsolete.load(Ordering::Acquire) {
             if let Err(error) = crate::io::remove_if_exists(&*self.fs, &self.path) {
                 // A leftover file wastes space but loses nothing: the next
@@ -156,6 +220,7 @@ impl Version {
             );
         }
         for (level, file) in added {
+            file.table.place_at_level(*level);
             next.levels[*level].push(Arc::clone(file));
         }
         next.levels[0].sort_by_key(|f| std::cmp::Reverse(f.meta.number));
@@ -174,13 +239,13 @@ impl Version {
     }
 }
 
+/// The newest version of `user_key` at or below the snapshot in `seek` in
+/// one table file, opening the table through the table cache if needed.
 fn lookup_in(file: &TableFile, user_key: &[u8], seek: &[u8]) -> Result<Option<Lookup>> {
-    let Some((internal, value)) = file.table.get(user_key, seek)? else {
-        return Ok(None);
-    };
-    let parsed = key::parse(&internal)
-        .ok_or_else(|| Error::corruption(file.path(), 0, "table returned a malformed internal key"))?;
-    Ok(Some(Lookup::from_entry(parsed.kind, Bytes::from(value))))
+    let table = file.table.open()?;
+    Ok(table
+        .get(user_key, seek, file.table.pins_index_and_filter())?
+        .map(|TableHit { kind, value }| Lookup::from_entry(kind, value)))
 }
 
 /// One atomic change to the set of live files and the engine's counters.

@@ -95,11 +95,6 @@ impl BlockBuilder {
         self.entries == 0
     }
 
-    /// The last key added.
-    pub(crate) fn last_key(&self) -> &[u8] {
-        &self.last_key
-    }
-
     /// Appends the restart array and returns the encoded block. Panics if the
     /// block is empty: the table never writes empty blocks.
     pub(crate) fn finish(&mut self) -> &[u8] {
@@ -294,9 +289,97 @@ impl Block {
         &self.data[entry.unshared]
     }
 
-    /// Decodes the entry at `pos`; `parse` proved every entry decodes.
+    /// Decodes the entry at `pos`; `parse` proved every entry decodes, so
+    /// the common case (three one-byte lengths) skips the general decoder's
+    /// checks.
     fn entry_at(&self, pos: usize) -> Entry {
+        if let Some(&[shared, unshared, value]) = self.data.get(pos..pos + 3) {
+            if (shared | unshared | value) < 0x80 {
+                let key_start = pos + 3;
+                let value_start = key_start + usize::from(unshared);
+                let next = value_start + usize::from(value);
+                debug_assert!(next <= self.entries_end, "validated entry ends inside the entries");
+                return Entry {
+                    shared: usize::from(shared),
+                    unshared: key_start..value_start,
+                    value: value_start..next,
+                    next,
+                };
+            }
+        }
         decode_entry(&self.data, pos, self.entries_end).expect("entries were validated when the block was parsed")
+    }
+
+    /// Index of the first restart point whose key is `>= target`
+    /// (`restart_count` if none): a binary search over borrowed keys.
+    fn first_restart_at_or_after(&self, target: &[u8]) -> usize {
+        let (mut low, mut high) = (0, self.restart_count);
+        while low < high {
+            let mid = low + (high - low) / 2;
+            if key::compare(self.restart_key(mid), target) == Ordering::Less {
+                low = mid + 1;
+            } else {
+                high = mid;
+            }
+        }
+        low
+    }
+
+    /// The first entry whose key is `>= target`, as borrowed `(key, value)`,
+    /// or `None` if every key is smaller. Allocates nothing once `key_buf`
+    /// has grown: keys stored whole (restart points) are compared in place,
+    /// and only prefix-compressed keys are rebuilt in `key_buf`.
+    pub(crate) fn seek_entry<'a>(&'a self, target: &[u8], key_buf: &'a mut Vec<u8>) -> Option<(&'a [u8], &'a [u8])> {
+        /// Where the key under examination lies.
+        enum At {
+            /// Stored whole in the block.
+            Block(Range<usize>),
+            /// Rebuilt in `key_buf`.
+            Buffer,
+        }
+        let restart = self.first_restart_at_or_after(target);
+        let (mut previous, mut pos) = if restart == 0 {
+            let entry = self.entry_at(0);
+            return Some((&self.data[entry.unshared], &self.data[entry.value]));
+        } else {
+            // The restart before `restart` sorts below `target`: the answer
+            // is among the entries after it (up to restart `restart`).
+            let entry = self.entry_at(self.restart_offset(restart - 1));
+            (At::Block(entry.unshared), entry.next)
+        };
+        let (found, value) = loop {
+            if pos >= self.entries_end {
+                return None;
+            }
+            let entry = self.entry_at(pos);
+            let current = if entry.shared == 0 {
+                At::Block(entry.unshared)
+            } else {
+                match previous {
+                    At::Block(range) => {
+                        key_buf.clear();
+                        key_buf.extend_from_slice(&self.data[range.start..range.start + entry.shared]);
+                    }
+                    At::Buffer => key_buf.truncate(entry.shared),
+                }
+                key_buf.extend_from_slice(&self.data[entry.unshared]);
+                At::Buffer
+            };
+            let key: &[u8] = match &current {
+                At::Block(range) => &self.data[range.clone()],
+                At::Buffer => key_buf,
+            };
+            if key::compare(key, target) != Ordering::Less {
+                break (current, entry.value);
+            }
+            previous = current;
+            pos = entry.next;
+        };
+        let key: &'a [u8] = match found {
+            At::Block(range) => &self.data[range],
+            At::Buffer => key_buf,
+        };
+        Some((key, &self.data[value]))
     }
 
     /// Bytes of the block contents (entries and restart array).
@@ -348,11 +431,6 @@ impl BlockIter {
         self.value = 0..0;
     }
 
-    /// Gives back the key buffer, which holds the current key if valid.
-    pub(crate) fn into_key(self) -> Vec<u8> {
-        self.key
-    }
-
     /// Whether the cursor is on an entry.
     pub(crate) fn valid(&self) -> bool {
         self.current < self.block.entries_end
@@ -366,18 +444,9 @@ impl BlockIter {
 
     /// Moves to the first entry whose key is `>= target`, or past the end.
     pub(crate) fn seek(&mut self, target: &[u8]) {
-        // Binary search for the first restart whose key is >= target; the
-        // answer lies between the restart before it and that restart.
-        let (mut low, mut high) = (0, self.block.restart_count);
-        while low < high {
-            let mid = low + (high - low) / 2;
-            if key::compare(self.block.restart_key(mid), target) == Ordering::Less {
-                low = mid + 1;
-            } else {
-                high = mid;
-            }
-        }
-        let start = low.saturating_sub(1);
+        // The answer lies between the restart before the first restart
+        // whose key is >= target and that restart.
+        let start = self.block.first_restart_at_or_after(target).saturating_sub(1);
         self.key.clear();
         self.step_to(self.block.restart_offset(start));
         while self.valid() && key::compare(&self.key, target) == Ordering::Less {

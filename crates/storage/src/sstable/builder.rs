@@ -6,7 +6,8 @@ use std::cmp::Ordering;
 use super::block::BlockBuilder;
 use super::bloom::FilterBuilder;
 use super::{
-    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, INDEX_RESTART_INTERVAL,
+    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, FORMAT_VERSION,
+    FORMAT_VERSION_LAST_KEY_INDEX, INDEX_RESTART_INTERVAL,
 };
 use crate::error::Result;
 use crate::io::AppendFile;
@@ -21,7 +22,7 @@ pub(crate) struct TableBuilder {
     options: TableOptions,
     /// The data block being filled.
     data_block: BlockBuilder,
-    /// One entry per finished data block: its last key and its handle.
+    /// One entry per finished data block: a separator key and its handle.
     index_block: BlockBuilder,
     /// User keys of the whole table.
     filter: FilterBuilder,
@@ -33,6 +34,11 @@ pub(crate) struct TableBuilder {
     entries: u64,
     /// Scratch space for encoding block handles.
     handle_buf: Vec<u8>,
+    /// The handle of the last data block written, whose index entry waits
+    /// for the next key (to choose a short separator) or for `finish`.
+    pending_index_entry: Option<BlockHandle>,
+    /// Scratch space for index keys.
+    index_key_buf: Vec<u8>,
 }
 
 impl TableBuilder {
@@ -40,16 +46,22 @@ impl TableBuilder {
     pub(crate) fn new(file: AppendFile, options: TableOptions) -> Self {
         assert_eq!(file.len_bytes(), 0, "a table must be written into an empty file");
         assert!(options.block_bytes_target > 0, "block_bytes_target must be positive");
+        assert!(
+            options.format_version == FORMAT_VERSION || options.format_version == FORMAT_VERSION_LAST_KEY_INDEX,
+            "tables are written in a format this build reads"
+        );
         TableBuilder {
             file,
             data_block: BlockBuilder::new(options.block_restart_interval),
             index_block: BlockBuilder::new(INDEX_RESTART_INTERVAL),
-            filter: FilterBuilder::new(options.bloom_bits_per_key),
+            filter: FilterBuilder::new(options.bloom_bits_per_key, options.filter_layout()),
             options,
             smallest: Vec::new(),
             last_key: Vec::new(),
             entries: 0,
             handle_buf: Vec::new(),
+            pending_index_entry: None,
+            index_key_buf: Vec::new(),
         }
     }
 
@@ -75,6 +87,8 @@ impl TableBuilder {
             if key::user_key(&self.last_key) != user_key {
                 self.filter.add_key(user_key);
             }
+            // `last_key` is still the previous block's last key here.
+            self.add_pending_index_entry(Some(internal_key));
         }
         self.last_key.clear();
         self.last_key.extend_from_slice(internal_key);
@@ -107,13 +121,32 @@ impl TableBuilder {
             return Ok(());
         }
         let handle = write_block(&mut self.file, self.data_block.finish(), BLOCK_TYPE_UNCOMPRESSED)?;
-        // The index key is the block's last key: >= everything in the block
-        // and < the first key of the next block, as a seek needs.
-        self.handle_buf.clear();
-        handle.encode_to(&mut self.handle_buf);
-        self.index_block.add(self.data_block.last_key(), &self.handle_buf);
+        assert!(
+            self.pending_index_entry.is_none(),
+            "a block's index entry is written before the next block"
+        );
+        self.pending_index_entry = Some(handle);
         self.data_block.reset();
         Ok(())
+    }
+
+    /// Writes the index entry of the last block written, if it waits: its
+    /// key is a separator `>=` every key in the block (whose last key is
+    /// `last_key`) and `<` `next_key`, the first key of the next block, as a
+    /// seek needs.
+    fn add_pending_index_entry(&mut self, next_key: Option<&[u8]>) {
+        let Some(handle) = self.pending_index_entry.take() else {
+            return;
+        };
+        self.index_key_buf.clear();
+        if self.options.format_version == FORMAT_VERSION_LAST_KEY_INDEX {
+            self.index_key_buf.extend_from_slice(&self.last_key);
+        } else {
+            super::separator(&self.last_key, next_key, &mut self.index_key_buf);
+        }
+        self.handle_buf.clear();
+        handle.encode_to(&mut self.handle_buf);
+        self.index_block.add(&self.index_key_buf, &self.handle_buf);
     }
 
     /// Writes the last data block, the filter, the index and the footer, and
@@ -126,6 +159,7 @@ impl TableBuilder {
     pub(crate) fn finish(mut self) -> Result<TableSummary> {
         assert!(self.entries > 0, "an empty table must not be finished");
         self.flush_data_block()?;
+        self.add_pending_index_entry(None);
         let filter_contents = self.filter.finish();
         let filter = if filter_contents.is_empty() {
             // No filter: a zero-size handle, and no block (or trailer) on disk.
@@ -142,7 +176,8 @@ impl TableBuilder {
             index,
             entries: self.entries,
         };
-        self.file.append(&footer.encode())?;
+        self.file
+            .append(&footer.encode_with_version(self.options.format_version))?;
         // The table must be durable before anyone refers to it.
         self.file.sync()?;
         Ok(TableSummary {
@@ -173,7 +208,7 @@ fn write_block(file: &mut AppendFile, contents: &[u8], block_type: u8) -> Result
 mod tests {
     use std::sync::Arc;
 
-    use super::super::tests_support::{default_options, open_table, scan, write_table, Entry};
+    use super::super::tests_support::{default_options, hit, open_table, scan, write_table, Entry};
     use super::*;
     use crate::cache::BlockCache;
     use crate::io::AppendFile;
@@ -236,7 +271,6 @@ mod tests {
         let cache = Arc::new(BlockCache::new(64 << 20));
         let table = open_table(&path, &cache).expect("open table");
         assert_eq!(table.entries(), entries.len() as u64);
-        assert!(table.memory_bytes() > 0);
 
         assert_eq!(scan(&table).expect("scan"), entries);
         let blocks = cache.misses();
@@ -250,31 +284,36 @@ mod tests {
         for u in 0..user_count {
             let key = user(3 * u);
             let versions = versions(u);
-            let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX)).expect("get");
-            assert_eq!(
-                newest.as_ref().map(|(k, _)| k.clone()),
-                Some(expected_key(&key, &versions[0]))
-            );
+            let newest = table.get(&key, &seek_key(&key, SEQUENCE_MAX), false).expect("get");
+            let expected =
+                |version: &Version| hit(&expected_key(&key, version), &version.1.clone().unwrap_or_default());
+            assert_eq!(newest, Some(expected(&versions[0])));
             for (i, version) in versions.iter().enumerate() {
-                let (found_key, found_value) = table
-                    .get(&key, &seek_key(&key, version.0))
+                let found = table
+                    .get(&key, &seek_key(&key, version.0), false)
                     .expect("get")
                     .expect("found");
-                assert_eq!(found_key, expected_key(&key, version), "user {u} version {i}");
-                assert_eq!(found_value, version.1.clone().unwrap_or_default());
+                assert_eq!(found, expected(version), "user {u} version {i}");
             }
             let oldest = versions[versions.len() - 1].0;
             assert_eq!(
-                table.get(&key, &seek_key(&key, oldest - 1)).expect("get"),
+                table.get(&key, &seek_key(&key, oldest - 1), false).expect("get"),
                 None,
                 "before the first write"
             );
             let absent = user(3 * u + 1);
-            assert_eq!(table.get(&absent, &seek_key(&absent, SEQUENCE_MAX)).expect("get"), None);
+            assert_eq!(
+                table
+                    .get(&absent, &seek_key(&absent, SEQUENCE_MAX), false)
+                    .expect("get"),
+                None
+            );
         }
         let past_end = user(3 * user_count);
         assert_eq!(
-            table.get(&past_end, &seek_key(&past_end, SEQUENCE_MAX)).expect("get"),
+            table
+                .get(&past_end, &seek_key(&past_end, SEQUENCE_MAX), false)
+                .expect("get"),
             None
         );
     }
@@ -331,18 +370,19 @@ mod tests {
             block_bytes_target: 1,
             block_restart_interval: 1,
             bloom_bits_per_key: 0,
+            format_version: FORMAT_VERSION,
         };
         write_table(&path, &entries, options);
         let cache = Arc::new(BlockCache::new(1 << 20));
         let table = open_table(&path, &cache).expect("open table");
-        assert!(table.may_contain(b"anything"));
+        assert!(table.may_contain(b"anything").expect("no filter to read"));
         assert_eq!(scan(&table).expect("scan"), entries);
         for (key, value) in &entries {
             let user_key = key::user_key(key);
             let seq = key::parse(key).expect("valid key").sequence;
             assert_eq!(
-                table.get(user_key, &seek_key(user_key, seq)).expect("get"),
-                Some((key.clone(), value.clone()))
+                table.get(user_key, &seek_key(user_key, seq), false).expect("get"),
+                Some(hit(key, value))
             );
         }
     }

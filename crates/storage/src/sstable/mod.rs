@@ -16,14 +16,27 @@ mod bloom;
 mod builder;
 mod reader;
 
+#[cfg(test)]
+mod index_tests;
+
 pub(crate) use block::Block;
+pub(crate) use bloom::{Filter, FilterLayout};
 pub(crate) use builder::TableBuilder;
-pub(crate) use reader::{Table, TableIter};
+pub(crate) use reader::{Table, TableHit, TableIter, TableSource};
 
 use crate::coding::{put_varint, u32_le_at, u64_le_at, Decoder};
+use crate::key::{self, ValueKind};
 
-/// The table format version this build writes and reads.
-pub(crate) const FORMAT_VERSION: u32 = 1;
+/// The table format version this build writes. Version 2 index keys are
+/// shortest separators (see [`separator`]) and its bloom filters place each
+/// key's probes in one cache line; version 1 index keys were each block's
+/// last key and its probes spread over the whole filter. This build reads both.
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// The first format version, whose index key for a block is the block's
+/// last key (so a lookup that the index sends to a block must find an
+/// entry there) and whose filters spread probes. Still read.
+pub(crate) const FORMAT_VERSION_LAST_KEY_INDEX: u32 = 1;
 
 /// Identifies a table file; the last 8 bytes of every table.
 pub(crate) const TABLE_MAGIC: u64 = 0x7ab1_e5f0_0d1e_5b01;
@@ -51,6 +64,25 @@ pub(crate) struct TableOptions {
     pub block_restart_interval: usize,
     /// Bloom filter bits per user key; 0 writes no filter.
     pub bloom_bits_per_key: usize,
+    /// The format version to write: [`FORMAT_VERSION`], or
+    /// [`FORMAT_VERSION_LAST_KEY_INDEX`] (tests write it to check it is read).
+    pub format_version: u32,
+}
+
+impl TableOptions {
+    /// Where the filter's probes go in the format written.
+    pub(crate) fn filter_layout(&self) -> FilterLayout {
+        filter_layout(self.format_version)
+    }
+}
+
+/// Where the filter's probes go in a table of `format_version`.
+pub(crate) fn filter_layout(format_version: u32) -> FilterLayout {
+    if format_version == FORMAT_VERSION_LAST_KEY_INDEX {
+        FilterLayout::Spread
+    } else {
+        FilterLayout::CacheLocal
+    }
 }
 
 impl From<&crate::options::Options> for TableOptions {
@@ -59,8 +91,76 @@ impl From<&crate::options::Options> for TableOptions {
             block_bytes_target: options.block_bytes_target,
             block_restart_interval: options.block_restart_interval,
             bloom_bits_per_key: options.bloom_bits_per_key,
+            format_version: FORMAT_VERSION,
         }
     }
+}
+
+/// Appends to `out` the index key for a block whose last key is `last`,
+/// followed by a block whose first key is `next` (`None` after the table's
+/// last block): an internal key `k` with `last <= k < next`, as short as
+/// the user keys allow.
+///
+/// The user-key part is shortened as LevelDB and RocksDB do: the first byte
+/// where the user keys differ is incremented and the rest cut off (or, when
+/// that byte is only one below `next`'s, a later byte of `last`). A
+/// shortened user key `s` gets the trailer that sorts first for `s`
+/// (`SEQUENCE_MAX`, the seek kind), so `k` still sorts after every version
+/// of `last`'s user key and before every key of `next`'s. When nothing
+/// shorter exists, `k` is `last` itself.
+pub(crate) fn separator(last: &[u8], next: Option<&[u8]>, out: &mut Vec<u8>) {
+    let last_user = key::user_key(last);
+    let shortened = match next {
+        Some(next) => shortest_user_separator(last_user, key::user_key(next)),
+        None => short_user_successor(last_user),
+    };
+    match shortened {
+        Some(user) if user.len() < last_user.len() => {
+            debug_assert!(last_user < user.as_slice(), "a separator sorts after the last user key");
+            key::append_internal_key(out, &user, key::SEQUENCE_MAX, ValueKind::Put);
+            debug_assert!(key::compare(last, out).is_lt());
+        }
+        _ => out.extend_from_slice(last),
+    }
+    if let Some(next) = next {
+        debug_assert!(
+            key::compare(out, next).is_lt(),
+            "a separator sorts before the next block"
+        );
+    }
+}
+
+/// A user key `s` with `a < s < b`, shorter than `a` if one is found by
+/// incrementing one byte of `a` and cutting it after that byte.
+fn shortest_user_separator(a: &[u8], b: &[u8]) -> Option<Vec<u8>> {
+    let common = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    if common >= a.len().min(b.len()) {
+        // One is a prefix of the other: nothing lies strictly between that is shorter.
+        return None;
+    }
+    let (x, y) = (a[common], b[common]);
+    debug_assert!(x < y, "separator inputs must be in order");
+    if x < 0xff && x + 1 < y {
+        let mut s = a[..=common].to_vec();
+        s[common] = x + 1;
+        return Some(s);
+    }
+    // `a[common] + 1 == b[common]`: keep that byte, and increment the first
+    // later byte of `a` that can be, so the result stays below `b`.
+    let offset = a[common + 1..].iter().position(|&byte| byte < 0xff)?;
+    let at = common + 1 + offset;
+    let mut s = a[..=at].to_vec();
+    s[at] += 1;
+    Some(s)
+}
+
+/// The shortest user key `s > a` made by incrementing a byte of `a` and
+/// cutting it there; `None` if every byte of `a` is `0xff`.
+fn short_user_successor(a: &[u8]) -> Option<Vec<u8>> {
+    let at = a.iter().position(|&byte| byte < 0xff)?;
+    let mut s = a[..=at].to_vec();
+    s[at] += 1;
+    Some(s)
 }
 
 /// What a finished table holds; the caller records it in the manifest.
@@ -156,11 +256,13 @@ pub(crate) enum FooterError {
 
 impl Footer {
     /// Encodes the footer for format version [`FORMAT_VERSION`].
+    #[cfg(test)]
     pub(crate) fn encode(&self) -> [u8; FOOTER_BYTES] {
         Self::encode_with_version(self, FORMAT_VERSION)
     }
 
-    /// Encodes the footer claiming `version` (tests write foreign versions).
+    /// Encodes the footer claiming `version` (the builder writes either
+    /// version this build reads; tests also write foreign ones).
     fn encode_with_version(&self, version: u32) -> [u8; FOOTER_BYTES] {
         let mut out = [0u8; FOOTER_BYTES];
         let fields = [
@@ -181,12 +283,13 @@ impl Footer {
     }
 
     /// Decodes and verifies a footer: magic, then version, then CRC.
-    pub(crate) fn decode(bytes: &[u8; FOOTER_BYTES]) -> Result<Footer, FooterError> {
+    /// Returns the footer and the table's format version.
+    pub(crate) fn decode(bytes: &[u8; FOOTER_BYTES]) -> Result<(Footer, u32), FooterError> {
         if u64_le_at(bytes, FOOTER_MAGIC_AT) != TABLE_MAGIC {
             return Err(FooterError::BadMagic);
         }
         let version = u32_le_at(bytes, FOOTER_VERSION_AT);
-        if version != FORMAT_VERSION {
+        if version != FORMAT_VERSION && version != FORMAT_VERSION_LAST_KEY_INDEX {
             return Err(FooterError::Version(version));
         }
         let expected = u32_le_at(bytes, FOOTER_CRC_AT);
@@ -195,7 +298,7 @@ impl Footer {
             return Err(FooterError::Checksum { expected, actual });
         }
         let field = |i: usize| u64_le_at(bytes, i * 8);
-        Ok(Footer {
+        let footer = Footer {
             filter: BlockHandle {
                 offset: field(0),
                 size: field(1),
@@ -205,7 +308,8 @@ impl Footer {
                 size: field(3),
             },
             entries: field(4),
-        })
+        };
+        Ok((footer, version))
     }
 }
 
@@ -224,7 +328,7 @@ pub(crate) mod tests_support {
     use std::sync::Arc;
 
     use super::block::{Block, BlockBuilder};
-    use super::{Table, TableBuilder, TableOptions, TableSummary};
+    use super::{Table, TableBuilder, TableHit, TableOptions, TableSummary};
     use crate::cache::BlockCache;
     use crate::error::Result;
     use crate::io::{AppendFile, ReadFile};
@@ -265,6 +369,15 @@ pub(crate) mod tests_support {
         )?))
     }
 
+    /// What a lookup that finds the entry `(internal_key, value)` returns.
+    pub(crate) fn hit(internal_key: &[u8], value: &[u8]) -> TableHit {
+        let parsed = crate::key::parse(internal_key).expect("a valid internal key");
+        TableHit {
+            kind: parsed.kind,
+            value: bytes::Bytes::copy_from_slice(value),
+        }
+    }
+
     /// Every entry of `table`, in iteration order.
     pub(crate) fn scan(table: &Arc<Table>) -> Result<Vec<Entry>> {
         let mut iter = table.iter();
@@ -296,7 +409,9 @@ mod tests {
     #[test]
     fn footers_round_trip() {
         // The footer is the root of every read: it must decode to what was written.
-        assert_eq!(Footer::decode(&footer().encode()), Ok(footer()));
+        assert_eq!(Footer::decode(&footer().encode()), Ok((footer(), FORMAT_VERSION)));
+        let old = footer().encode_with_version(FORMAT_VERSION_LAST_KEY_INDEX);
+        assert_eq!(Footer::decode(&old), Ok((footer(), FORMAT_VERSION_LAST_KEY_INDEX)));
     }
 
     #[test]
@@ -308,8 +423,8 @@ mod tests {
         let mut bytes = footer().encode();
         bytes[FOOTER_BYTES - 1] ^= 1;
         assert_eq!(Footer::decode(&bytes), Err(FooterError::BadMagic));
-        let bytes = footer().encode_with_version(2);
-        assert_eq!(Footer::decode(&bytes), Err(FooterError::Version(2)));
+        let bytes = footer().encode_with_version(FORMAT_VERSION + 1);
+        assert_eq!(Footer::decode(&bytes), Err(FooterError::Version(FORMAT_VERSION + 1)));
     }
 
     #[test]
