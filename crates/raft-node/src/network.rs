@@ -17,10 +17,12 @@
 //! - a message the transport or the peer finds too large (`OUT_OF_RANGE`,
 //!   `RESOURCE_EXHAUSTED`) or that misses its deadline is reported as
 //!   `PayloadTooLarge` with half as many entries, so openraft splits it;
-//! - a call's deadline grows with its size ([`append_deadline`]). Such a
-//!   call outlives openraft's per-call timeout: it runs in its own task,
-//!   and openraft's retry of the same entries waits for it instead of
-//!   sending them again. Heartbeats still go out meanwhile.
+//! - a call's deadline grows with its size ([`append_deadline`]). A call
+//!   larger than [`APPEND_ENTRIES_INLINE_BYTES_MAX`] outlives openraft's
+//!   per-call timeout: it runs in its own task, and openraft's retry of the
+//!   same entries waits for it instead of sending them again. Heartbeats
+//!   still go out meanwhile. Smaller calls, the common case, run on
+//!   openraft's replication task itself.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -61,6 +63,15 @@ const APPEND_ENTRIES_BYTES_PER_S_MIN: u64 = 4 << 20;
 /// The longest deadline of one append-entries call, in ms.
 const APPEND_ENTRIES_DEADLINE_MS_MAX: u64 = 30_000;
 const _: () = assert!(APPEND_ENTRIES_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX);
+/// Encoded entries of an append-entries call, at most, that openraft's
+/// replication task sends itself; a larger call runs in a task of its own
+/// that outlives openraft's per-call timeout (see the module docs). Large
+/// enough for a busy leader's batch of small writes, small enough that at
+/// [`APPEND_ENTRIES_BYTES_PER_S_MIN`] it adds 16 ms to the call's deadline,
+/// so openraft's own timeout (which then cancels it, and openraft resends)
+/// is about right for it.
+const APPEND_ENTRIES_INLINE_BYTES_MAX: usize = 64 << 10;
+const _: () = assert!(APPEND_ENTRIES_INLINE_BYTES_MAX < APPEND_ENTRIES_BYTES_MAX);
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// How long connecting to a peer may take.
@@ -254,7 +265,7 @@ fn rpc_error<E: std::error::Error>(
 }
 
 /// The message for `rpc` carrying `entries`.
-fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::Entry>) -> pb::AppendEntriesRequest {
+fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::EncodedEntry>) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(codec::vote_to_pb(&rpc.vote)),
         prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
@@ -263,38 +274,78 @@ fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::Entry
     }
 }
 
-/// Starts sending the leading entries of `rpc` that fit in
-/// [`APPEND_ENTRIES_BYTES_MAX`], in a task of its own with a deadline sized
-/// for them.
-fn start_append(
-    mut client: RaftClient<Channel>,
-    rpc: &AppendEntriesRequest<TypeConfig>,
-    base: Duration,
-) -> InflightAppend {
-    let encoded: Vec<pb::Entry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
-    let count = entries_within(encoded.iter().map(Message::encoded_len), APPEND_ENTRIES_BYTES_MAX);
-    let mut entries = encoded;
+/// The leading entries of `rpc` that fit in [`APPEND_ENTRIES_BYTES_MAX`],
+/// as a request with a deadline sized for them.
+struct PreparedAppend {
+    request: tonic::Request<pb::AppendEntriesRequest>,
+    deadline: Duration,
+    /// Encoded bytes of the entries.
+    bytes: usize,
+    /// Entries in the request.
+    entries: usize,
+    /// The last entry in the request.
+    last_log_id: LogId,
+}
+
+/// Prepares the message for the leading entries of `rpc` (which must hold
+/// at least one) that fit in [`APPEND_ENTRIES_BYTES_MAX`]. Each normal
+/// entry's command goes as the bytes it already has (see `codec`).
+fn prepare_append(rpc: &AppendEntriesRequest<TypeConfig>, base: Duration) -> PreparedAppend {
+    let mut entries: Vec<pb::EncodedEntry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
+    let sizes: Vec<usize> = entries.iter().map(Message::encoded_len).collect();
+    let count = entries_within(sizes.iter().copied(), APPEND_ENTRIES_BYTES_MAX);
     entries.truncate(count);
-    let bytes: usize = entries.iter().map(Message::encoded_len).sum();
+    let bytes: usize = sizes[..count].iter().sum();
     // `entries_within` keeps at least one of the (non-empty) entries.
     let last_log_id = rpc.entries[count - 1].log_id;
     let deadline = append_deadline(base, bytes);
     let mut request = tonic::Request::new(append_message(rpc, entries));
     request.set_timeout(deadline);
-    let reply = tokio::spawn(async move {
-        match tokio::time::timeout(deadline, client.append_entries(request)).await {
-            Ok(reply) => reply.map(tonic::Response::into_inner),
-            Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
-                "append-entries of {bytes} bytes took longer than {} ms",
-                deadline.as_millis()
-            ))),
-        }
-    });
+    PreparedAppend {
+        request,
+        deadline,
+        bytes,
+        entries: count,
+        last_log_id,
+    }
+}
+
+/// Sends a prepared append-entries call and waits for the answer, at most
+/// until its deadline.
+async fn call_append(
+    mut client: RaftClient<Channel>,
+    request: tonic::Request<pb::AppendEntriesRequest>,
+    deadline: Duration,
+    bytes: usize,
+) -> Result<pb::AppendEntriesResponse, tonic::Status> {
+    match tokio::time::timeout(deadline, client.append_entries(request)).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
+            "append-entries of {bytes} bytes took longer than {} ms",
+            deadline.as_millis()
+        ))),
+    }
+}
+
+/// Starts a prepared append-entries call in a task of its own.
+fn start_append(
+    client: RaftClient<Channel>,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    prepared: PreparedAppend,
+) -> InflightAppend {
+    let PreparedAppend {
+        request,
+        deadline,
+        bytes,
+        entries,
+        last_log_id,
+    } = prepared;
+    let reply = tokio::spawn(call_append(client, request, deadline, bytes));
     InflightAppend {
         vote: rpc.vote,
         prev_log_id: rpc.prev_log_id,
         last_log_id,
-        entries: count,
+        entries,
         reply,
     }
 }
@@ -346,11 +397,22 @@ impl PeerClient {
             let reply = client.append_entries(request).await.map_err(|s| rpc_error(&s, 0))?;
             return append_reply(reply.into_inner(), None);
         }
+        let requested_last = rpc.entries.last().map(|entry| entry.log_id);
         if !self.inflight.as_ref().is_some_and(|inflight| inflight.serves(&rpc)) {
             if let Some(stale) = self.inflight.take() {
                 stale.reply.abort();
             }
-            self.inflight = Some(start_append(client, &rpc, option.hard_ttl()));
+            let prepared = prepare_append(&rpc, option.hard_ttl());
+            if prepared.bytes <= APPEND_ENTRIES_INLINE_BYTES_MAX {
+                // Small: sent from this task, sparing a task and a wake-up
+                // per call. If openraft gives up on it, its retry resends.
+                let (last_sent, sent) = (prepared.last_log_id, prepared.entries);
+                let reply = call_append(client, prepared.request, prepared.deadline, prepared.bytes)
+                    .await
+                    .map_err(|s| rpc_error(&s, sent))?;
+                return append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent));
+            }
+            self.inflight = Some(start_append(client, &rpc, prepared));
         }
         let Some(inflight) = self.inflight.as_mut() else {
             unreachable!("an append-entries call was just found or started");
@@ -363,7 +425,6 @@ impl PeerClient {
         let reply = joined
             .unwrap_or_else(|join_error| Err(tonic::Status::cancelled(join_error.to_string())))
             .map_err(|s| rpc_error(&s, sent))?;
-        let requested_last = rpc.entries.last().map(|entry| entry.log_id);
         append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent))
     }
 

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::status;
-use crate::types::Raft;
+use crate::types::{LogCommand, Raft};
 
 /// How writes are batched.
 #[derive(Debug, Clone)]
@@ -199,7 +199,7 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
         };
         command.proposed_at_ms = now_ms();
         let result = raft
-            .client_write(command)
+            .client_write(LogCommand::encode(&command))
             .await
             .map(|response| response.data)
             .map_err(status::from_write_error);
@@ -221,7 +221,7 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
         proposed_at_ms: now_ms(),
         ..Default::default()
     };
-    match raft.client_write(entry).await {
+    match raft.client_write(LogCommand::encode(&entry)).await {
         Ok(response) => {
             let results = response.data.results;
             if results.len() != replies.len() {
