@@ -17,12 +17,10 @@
 //! - a message the transport or the peer finds too large (`OUT_OF_RANGE`,
 //!   `RESOURCE_EXHAUSTED`) or that misses its deadline is reported as
 //!   `PayloadTooLarge` with half as many entries, so openraft splits it;
-//! - a call's deadline grows with its size ([`append_deadline`]). A call
-//!   larger than [`APPEND_ENTRIES_INLINE_BYTES_MAX`] outlives openraft's
-//!   per-call timeout: it runs in its own task, and openraft's retry of the
-//!   same entries waits for it instead of sending them again. Heartbeats
-//!   still go out meanwhile. Smaller calls, the common case, run on
-//!   openraft's replication task itself.
+//! - a call's deadline grows with its size ([`append_deadline`]). Such a
+//!   call outlives openraft's per-call timeout: it runs in its own task,
+//!   and openraft's retry of the same entries waits for it instead of
+//!   sending them again. Heartbeats still go out meanwhile.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -63,15 +61,6 @@ const APPEND_ENTRIES_BYTES_PER_S_MIN: u64 = 4 << 20;
 /// The longest deadline of one append-entries call, in ms.
 const APPEND_ENTRIES_DEADLINE_MS_MAX: u64 = 30_000;
 const _: () = assert!(APPEND_ENTRIES_BYTES_MAX < RAFT_MESSAGE_BYTES_MAX);
-/// Encoded entries of an append-entries call, at most, that openraft's
-/// replication task sends itself; a larger call runs in a task of its own
-/// that outlives openraft's per-call timeout (see the module docs). Large
-/// enough for a busy leader's batch of small writes, small enough that at
-/// [`APPEND_ENTRIES_BYTES_PER_S_MIN`] it adds 16 ms to the call's deadline,
-/// so openraft's own timeout (which then cancels it, and openraft resends)
-/// is about right for it.
-const APPEND_ENTRIES_INLINE_BYTES_MAX: usize = 64 << 10;
-const _: () = assert!(APPEND_ENTRIES_INLINE_BYTES_MAX < APPEND_ENTRIES_BYTES_MAX);
 /// Bytes of snapshot data per streamed chunk.
 const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
 /// How long connecting to a peer may take.
@@ -402,17 +391,7 @@ impl PeerClient {
             if let Some(stale) = self.inflight.take() {
                 stale.reply.abort();
             }
-            let prepared = prepare_append(&rpc, option.hard_ttl());
-            if prepared.bytes <= APPEND_ENTRIES_INLINE_BYTES_MAX {
-                // Small: sent from this task, sparing a task and a wake-up
-                // per call. If openraft gives up on it, its retry resends.
-                let (last_sent, sent) = (prepared.last_log_id, prepared.entries);
-                let reply = call_append(client, prepared.request, prepared.deadline, prepared.bytes)
-                    .await
-                    .map_err(|s| rpc_error(&s, sent))?;
-                return append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent));
-            }
-            self.inflight = Some(start_append(client, &rpc, prepared));
+            self.inflight = Some(start_append(client, &rpc, prepare_append(&rpc, option.hard_ttl())));
         }
         let Some(inflight) = self.inflight.as_mut() else {
             unreachable!("an append-entries call was just found or started");
