@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use openraft::{CommittedLeaderId, EntryPayload};
 use proto::raft as pb;
 
+use crate::command::LogCommand;
 use crate::types::{Entry, LogId, Membership, Node, NodeId, SnapshotMeta, StoredMembership, Vote};
 
 /// A message that does not decode into a valid openraft value.
@@ -154,26 +155,30 @@ pub fn stored_membership_from_pb(stored: Option<&pb::StoredMembership>) -> Resul
     Ok(StoredMembership::new(log_id, membership))
 }
 
-/// Encodes a log entry.
-pub fn entry_to_pb(entry: &Entry) -> pb::Entry {
+/// Encodes a log entry, for the log file and for AppendEntries alike. A
+/// normal entry's command is not encoded again: the message shares its
+/// bytes.
+pub fn entry_to_pb(entry: &Entry) -> pb::EncodedEntry {
     let payload = match &entry.payload {
-        EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
-        EntryPayload::Normal(command) => pb::entry::Payload::Normal(command.clone()),
-        EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
+        EntryPayload::Blank => pb::encoded_entry::Payload::Blank(pb::Blank {}),
+        EntryPayload::Normal(command) => pb::encoded_entry::Payload::Normal(command.encoded().clone()),
+        EntryPayload::Membership(m) => pb::encoded_entry::Payload::Membership(membership_to_pb(m)),
     };
-    pb::Entry {
+    pb::EncodedEntry {
         log_id: Some(log_id_to_pb(&entry.log_id)),
         payload: Some(payload),
     }
 }
 
-/// Decodes a log entry.
-pub fn entry_from_pb(entry: pb::Entry) -> Result<Entry, CodecError> {
+/// Decodes a log entry, checking that its command decodes. The command
+/// keeps the message's bytes (a slice of them when the message was decoded
+/// from `Bytes`).
+pub fn entry_from_pb(entry: pb::EncodedEntry) -> Result<Entry, CodecError> {
     let log_id = log_id_from_pb(entry.log_id.as_ref().ok_or_else(|| missing("Entry"))?)?;
     let payload = match entry.payload.ok_or_else(|| missing("Entry"))? {
-        pb::entry::Payload::Blank(_) => EntryPayload::Blank,
-        pb::entry::Payload::Normal(command) => EntryPayload::Normal(command),
-        pb::entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
+        pb::encoded_entry::Payload::Blank(_) => EntryPayload::Blank,
+        pb::encoded_entry::Payload::Normal(command) => EntryPayload::Normal(LogCommand::from_encoded(command)?),
+        pb::encoded_entry::Payload::Membership(m) => EntryPayload::Membership(membership_from_pb(&m)?),
     };
     Ok(Entry { log_id, payload })
 }
@@ -198,11 +203,12 @@ pub fn snapshot_meta_from_pb(meta: &pb::SnapshotMeta) -> Result<SnapshotMeta, Co
 
 #[cfg(test)]
 mod tests {
+    use prost::Message;
+
     use super::*;
 
-    #[test]
-    fn entries_round_trip_through_protobuf() {
-        // The log store and the wire both depend on lossless conversion.
+    /// One entry of each kind, the normal one a batch of two writes.
+    fn sample_entries() -> Vec<Entry> {
         let membership = Membership::new(
             vec![BTreeSet::from([1, 2, 3])],
             BTreeMap::from([
@@ -213,7 +219,24 @@ mod tests {
             ]),
         );
         let log_id = LogId::new(CommittedLeaderId::new(7, 2), 41);
-        let entries = [
+        let put = |key: &'static str, value: &'static str, sequence| pb::Command {
+            op: Some(pb::command::Op::Put(pb::Put {
+                key: key.into(),
+                value: value.into(),
+            })),
+            client_id: 9,
+            sequence,
+            first_unanswered: 2,
+            proposed_at_ms: 0,
+        };
+        let batch = pb::Command {
+            op: Some(pb::command::Op::Commands(pb::Commands {
+                commands: vec![put("k", "v", 3), put("key two", "a longer value", 4)],
+            })),
+            proposed_at_ms: 1_700_000_000_000,
+            ..Default::default()
+        };
+        vec![
             Entry {
                 log_id,
                 payload: EntryPayload::Blank,
@@ -224,22 +247,86 @@ mod tests {
             },
             Entry {
                 log_id,
-                payload: EntryPayload::Normal(pb::Command {
-                    op: Some(pb::command::Op::Put(pb::Put {
-                        key: "k".into(),
-                        value: "v".into(),
-                    })),
-                    client_id: 9,
-                    sequence: 3,
-                    first_unanswered: 2,
-                    proposed_at_ms: 1_700_000_000_000,
-                }),
+                payload: EntryPayload::Normal(LogCommand::encode(&batch)),
             },
-        ];
-        for entry in entries {
+        ]
+    }
+
+    /// `entry` as the plain `raft.v1.Entry` older nodes and logs use.
+    fn plain_entry(entry: &Entry) -> pb::Entry {
+        let payload = match &entry.payload {
+            EntryPayload::Blank => pb::entry::Payload::Blank(pb::Blank {}),
+            EntryPayload::Normal(command) => pb::entry::Payload::Normal(command.decode().expect("decodes")),
+            EntryPayload::Membership(m) => pb::entry::Payload::Membership(membership_to_pb(m)),
+        };
+        pb::Entry {
+            log_id: Some(log_id_to_pb(&entry.log_id)),
+            payload: Some(payload),
+        }
+    }
+
+    #[test]
+    fn entries_round_trip_through_protobuf() {
+        // The log store and the wire both depend on lossless conversion.
+        for entry in sample_entries() {
             let back = entry_from_pb(entry_to_pb(&entry)).expect("decodes");
             assert_eq!(back, entry);
         }
+    }
+
+    #[test]
+    fn an_encoded_entry_is_byte_for_byte_a_plain_entry() {
+        // Log files written before, and peers that decode `Entry`, must read
+        // the encoded form unchanged, and the other way round.
+        for entry in sample_entries() {
+            let plain = plain_entry(&entry).encode_to_vec();
+            let encoded = entry_to_pb(&entry).encode_to_vec();
+            // A membership's maps encode in hash order, so only its other
+            // entries can be compared byte by byte.
+            if !matches!(entry.payload, EntryPayload::Membership(_)) {
+                assert_eq!(encoded, plain);
+            }
+            let as_plain = pb::Entry::decode(encoded.as_slice()).expect("an EncodedEntry decodes as an Entry");
+            assert_eq!(as_plain, plain_entry(&entry));
+            let back = pb::EncodedEntry::decode(plain.as_slice()).expect("an Entry decodes as an EncodedEntry");
+            assert_eq!(entry_from_pb(back).expect("valid"), entry);
+        }
+    }
+
+    #[test]
+    fn followers_get_the_leaders_command_bytes_and_decode_them_without_copying() {
+        // Encode once: the message shares the entry's bytes; the follower's
+        // entry is equal to the leader's and is a slice of what it received.
+        let entries = sample_entries();
+        let message = pb::AppendEntriesRequest {
+            vote: Some(vote_to_pb(&Vote::new_committed(7, 2))),
+            prev_log_id: None,
+            entries: entries.iter().map(entry_to_pb).collect(),
+            leader_commit: None,
+        };
+        let EntryPayload::Normal(command) = &entries[2].payload else {
+            panic!("the third sample entry is a normal one");
+        };
+        let Some(pb::encoded_entry::Payload::Normal(sent)) = &message.entries[2].payload else {
+            panic!("a normal entry travels as its command's bytes");
+        };
+        assert_eq!(sent.as_ptr(), command.encoded().as_ptr(), "shared, not copied");
+        let received = bytes::Bytes::from(message.encode_to_vec());
+        let decoded = pb::AppendEntriesRequest::decode(received.clone()).expect("decodes");
+        let back: Vec<Entry> = decoded
+            .entries
+            .into_iter()
+            .map(entry_from_pb)
+            .collect::<Result<_, _>>()
+            .expect("valid entries");
+        assert_eq!(back, entries);
+        let EntryPayload::Normal(follower_command) = &back[2].payload else {
+            panic!("still a normal entry");
+        };
+        assert!(
+            received.as_ptr_range().contains(&follower_command.encoded().as_ptr()),
+            "the follower's command is a slice of the received message"
+        );
     }
 
     #[test]
@@ -253,7 +340,7 @@ mod tests {
     #[test]
     fn malformed_messages_are_errors() {
         // Bytes from disk or the network must never panic the node.
-        assert!(entry_from_pb(pb::Entry::default()).is_err());
+        assert!(entry_from_pb(pb::EncodedEntry::default()).is_err());
         let bad = pb::Membership {
             configs: vec![pb::NodeIds { ids: vec![5] }],
             nodes: Default::default(),

@@ -4,6 +4,7 @@
 //! # Layout
 //!
 //! - `types`: the Raft type configuration.
+//! - `command`: a command as its log entry holds it: encoded once, shared.
 //! - `codec`: openraft values to and from their `raft.v1` protobufs.
 //! - `log_store`: the Raft log (segment files, group commit).
 //! - `state_machine`: commands applied to the engine; snapshots.
@@ -17,6 +18,7 @@
 //! - `testing` (feature `testing`): an in-process cluster for tests.
 
 pub mod codec;
+pub mod command;
 pub mod config;
 pub mod log_store;
 mod metrics;

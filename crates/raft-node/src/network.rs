@@ -254,7 +254,7 @@ fn rpc_error<E: std::error::Error>(
 }
 
 /// The message for `rpc` carrying `entries`.
-fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::Entry>) -> pb::AppendEntriesRequest {
+fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::EncodedEntry>) -> pb::AppendEntriesRequest {
     pb::AppendEntriesRequest {
         vote: Some(codec::vote_to_pb(&rpc.vote)),
         prev_log_id: codec::opt_log_id_to_pb(rpc.prev_log_id.as_ref()),
@@ -263,38 +263,78 @@ fn append_message(rpc: &AppendEntriesRequest<TypeConfig>, entries: Vec<pb::Entry
     }
 }
 
-/// Starts sending the leading entries of `rpc` that fit in
-/// [`APPEND_ENTRIES_BYTES_MAX`], in a task of its own with a deadline sized
-/// for them.
-fn start_append(
-    mut client: RaftClient<Channel>,
-    rpc: &AppendEntriesRequest<TypeConfig>,
-    base: Duration,
-) -> InflightAppend {
-    let encoded: Vec<pb::Entry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
-    let count = entries_within(encoded.iter().map(Message::encoded_len), APPEND_ENTRIES_BYTES_MAX);
-    let mut entries = encoded;
+/// The leading entries of `rpc` that fit in [`APPEND_ENTRIES_BYTES_MAX`],
+/// as a request with a deadline sized for them.
+struct PreparedAppend {
+    request: tonic::Request<pb::AppendEntriesRequest>,
+    deadline: Duration,
+    /// Encoded bytes of the entries.
+    bytes: usize,
+    /// Entries in the request.
+    entries: usize,
+    /// The last entry in the request.
+    last_log_id: LogId,
+}
+
+/// Prepares the message for the leading entries of `rpc` (which must hold
+/// at least one) that fit in [`APPEND_ENTRIES_BYTES_MAX`]. Each normal
+/// entry's command goes as the bytes it already has (see `codec`).
+fn prepare_append(rpc: &AppendEntriesRequest<TypeConfig>, base: Duration) -> PreparedAppend {
+    let mut entries: Vec<pb::EncodedEntry> = rpc.entries.iter().map(codec::entry_to_pb).collect();
+    let sizes: Vec<usize> = entries.iter().map(Message::encoded_len).collect();
+    let count = entries_within(sizes.iter().copied(), APPEND_ENTRIES_BYTES_MAX);
     entries.truncate(count);
-    let bytes: usize = entries.iter().map(Message::encoded_len).sum();
+    let bytes: usize = sizes[..count].iter().sum();
     // `entries_within` keeps at least one of the (non-empty) entries.
     let last_log_id = rpc.entries[count - 1].log_id;
     let deadline = append_deadline(base, bytes);
     let mut request = tonic::Request::new(append_message(rpc, entries));
     request.set_timeout(deadline);
-    let reply = tokio::spawn(async move {
-        match tokio::time::timeout(deadline, client.append_entries(request)).await {
-            Ok(reply) => reply.map(tonic::Response::into_inner),
-            Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
-                "append-entries of {bytes} bytes took longer than {} ms",
-                deadline.as_millis()
-            ))),
-        }
-    });
+    PreparedAppend {
+        request,
+        deadline,
+        bytes,
+        entries: count,
+        last_log_id,
+    }
+}
+
+/// Sends a prepared append-entries call and waits for the answer, at most
+/// until its deadline.
+async fn call_append(
+    mut client: RaftClient<Channel>,
+    request: tonic::Request<pb::AppendEntriesRequest>,
+    deadline: Duration,
+    bytes: usize,
+) -> Result<pb::AppendEntriesResponse, tonic::Status> {
+    match tokio::time::timeout(deadline, client.append_entries(request)).await {
+        Ok(reply) => reply.map(tonic::Response::into_inner),
+        Err(_elapsed) => Err(tonic::Status::deadline_exceeded(format!(
+            "append-entries of {bytes} bytes took longer than {} ms",
+            deadline.as_millis()
+        ))),
+    }
+}
+
+/// Starts a prepared append-entries call in a task of its own.
+fn start_append(
+    client: RaftClient<Channel>,
+    rpc: &AppendEntriesRequest<TypeConfig>,
+    prepared: PreparedAppend,
+) -> InflightAppend {
+    let PreparedAppend {
+        request,
+        deadline,
+        bytes,
+        entries,
+        last_log_id,
+    } = prepared;
+    let reply = tokio::spawn(call_append(client, request, deadline, bytes));
     InflightAppend {
         vote: rpc.vote,
         prev_log_id: rpc.prev_log_id,
         last_log_id,
-        entries: count,
+        entries,
         reply,
     }
 }
@@ -346,11 +386,12 @@ impl PeerClient {
             let reply = client.append_entries(request).await.map_err(|s| rpc_error(&s, 0))?;
             return append_reply(reply.into_inner(), None);
         }
+        let requested_last = rpc.entries.last().map(|entry| entry.log_id);
         if !self.inflight.as_ref().is_some_and(|inflight| inflight.serves(&rpc)) {
             if let Some(stale) = self.inflight.take() {
                 stale.reply.abort();
             }
-            self.inflight = Some(start_append(client, &rpc, option.hard_ttl()));
+            self.inflight = Some(start_append(client, &rpc, prepare_append(&rpc, option.hard_ttl())));
         }
         let Some(inflight) = self.inflight.as_mut() else {
             unreachable!("an append-entries call was just found or started");
@@ -363,7 +404,6 @@ impl PeerClient {
         let reply = joined
             .unwrap_or_else(|join_error| Err(tonic::Status::cancelled(join_error.to_string())))
             .map_err(|s| rpc_error(&s, sent))?;
-        let requested_last = rpc.entries.last().map(|entry| entry.log_id);
         append_reply(reply, (requested_last != Some(last_sent)).then_some(last_sent))
     }
 

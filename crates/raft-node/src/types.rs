@@ -4,6 +4,8 @@ use std::fmt;
 
 pub use proto::raft::{Command, CommandResult};
 
+pub use crate::command::LogCommand;
+
 /// A node's id in the cluster (never 0).
 pub type NodeId = u64;
 
@@ -57,10 +59,11 @@ impl fmt::Display for Node {
 }
 
 openraft::declare_raft_types!(
-    /// Types of this cluster's Raft: commands and results are the prost
-    /// messages of `raft.v1`, a snapshot is a file.
+    /// Types of this cluster's Raft: a command is a `raft.v1.Command` held
+    /// encoded ([`LogCommand`]), a result its prost message, a snapshot a
+    /// file.
     pub TypeConfig:
-        D = Command,
+        D = LogCommand,
         R = CommandResult,
         NodeId = NodeId,
         Node = Node,

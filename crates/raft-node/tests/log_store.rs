@@ -18,16 +18,19 @@ fn log_id(term: u64, index: u64) -> LogId {
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command {
-            op: Some(pb::command::Op::Put(pb::Put {
-                key: format!("k{index}").into(),
-                value: format!("v{index}-t{term}").into(),
-            })),
-            client_id: 7,
-            sequence: index,
-            first_unanswered: 0,
-            proposed_at_ms: 0,
-        }),
+        payload: EntryPayload::Normal(
+            Command {
+                op: Some(pb::command::Op::Put(pb::Put {
+                    key: format!("k{index}").into(),
+                    value: format!("v{index}-t{term}").into(),
+                })),
+                client_id: 7,
+                sequence: index,
+                first_unanswered: 0,
+                proposed_at_ms: 0,
+            }
+            .into(),
+        ),
     }
 }
 
@@ -338,16 +341,19 @@ fn big_entry(term: u64, index: u64, value_bytes: usize) -> Entry {
     value.resize(value_bytes.max(value.len()), b'x');
     Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(Command {
-            op: Some(pb::command::Op::Put(pb::Put {
-                key: format!("k{index}").into(),
-                value: value.into(),
-            })),
-            client_id: 7,
-            sequence: index,
-            first_unanswered: 0,
-            proposed_at_ms: 0,
-        }),
+        payload: EntryPayload::Normal(
+            Command {
+                op: Some(pb::command::Op::Put(pb::Put {
+                    key: format!("k{index}").into(),
+                    value: value.into(),
+                })),
+                client_id: 7,
+                sequence: index,
+                first_unanswered: 0,
+                proposed_at_ms: 0,
+            }
+            .into(),
+        ),
     }
 }
 

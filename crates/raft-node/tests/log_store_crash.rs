@@ -48,16 +48,19 @@ fn value_of(index: u64, term: u64) -> Vec<u8> {
 fn entry(term: u64, index: u64) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(pb::Command {
-            op: Some(pb::command::Op::Put(pb::Put {
-                key: format!("k{index}").into(),
-                value: value_of(index, term).into(),
-            })),
-            client_id: 1,
-            sequence: index,
-            first_unanswered: 0,
-            proposed_at_ms: 0,
-        }),
+        payload: EntryPayload::Normal(
+            pb::Command {
+                op: Some(pb::command::Op::Put(pb::Put {
+                    key: format!("k{index}").into(),
+                    value: value_of(index, term).into(),
+                })),
+                client_id: 1,
+                sequence: index,
+                first_unanswered: 0,
+                proposed_at_ms: 0,
+            }
+            .into(),
+        ),
     }
 }
 
@@ -235,6 +238,7 @@ fn acknowledged_entries_survive_sigkill() {
             let EntryPayload::Normal(command) = &e.payload else {
                 panic!("iteration {iteration}: unexpected payload at {}", e.log_id.index)
             };
+            let command = command.decode().expect("a stored command decodes");
             let Some(pb::command::Op::Put(put)) = &command.op else {
                 panic!("iteration {iteration}: unexpected command at {}", e.log_id.index)
             };

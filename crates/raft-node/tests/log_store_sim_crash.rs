@@ -116,16 +116,19 @@ impl Model {
 fn entry(term: u64, index: u64, value_bytes: usize) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(pb::Command {
-            op: Some(pb::command::Op::Put(pb::Put {
-                key: format!("k{index}").into(),
-                value: vec![(index % 251) as u8 + 1; value_bytes].into(),
-            })),
-            client_id: 1,
-            sequence: index,
-            first_unanswered: 0,
-            proposed_at_ms: 0,
-        }),
+        payload: EntryPayload::Normal(
+            pb::Command {
+                op: Some(pb::command::Op::Put(pb::Put {
+                    key: format!("k{index}").into(),
+                    value: vec![(index % 251) as u8 + 1; value_bytes].into(),
+                })),
+                client_id: 1,
+                sequence: index,
+                first_unanswered: 0,
+                proposed_at_ms: 0,
+            }
+            .into(),
+        ),
     }
 }
 

@@ -6,7 +6,8 @@ use proto::raft as pb;
 use crate::codec;
 use crate::types::{Entry, LogId, Vote};
 
-/// Record type byte of a log entry (`raft.v1.Entry`).
+/// Record type byte of a log entry (`raft.v1.Entry`, written and read as
+/// the byte-identical `raft.v1.EncodedEntry`).
 const TYPE_ENTRY: u8 = 1;
 /// The first payload byte of every entry record (recovery tells entry
 /// records from state records by it without decoding them).
@@ -52,7 +53,7 @@ impl Record {
         };
         match kind {
             TYPE_ENTRY => {
-                let pb = pb::Entry::decode(body).map_err(|e| e.to_string())?;
+                let pb = pb::EncodedEntry::decode(body).map_err(|e| e.to_string())?;
                 codec::entry_from_pb(pb).map(Record::Entry).map_err(|e| e.to_string())
             }
             TYPE_VOTE => {
@@ -87,6 +88,7 @@ mod tests {
     use openraft::{CommittedLeaderId, EntryPayload};
 
     use super::*;
+    use crate::types::LogCommand;
 
     #[test]
     fn records_round_trip_and_unknown_types_are_rejected() {
@@ -106,5 +108,29 @@ mod tests {
         }
         assert!(Record::decode(&[]).is_err());
         assert!(Record::decode(&[9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn an_entry_record_holds_the_bytes_followers_are_sent() {
+        // One encoding per command: the log file and AppendEntries carry
+        // the same bytes, and the record reads back as the same entry.
+        let command = pb::Command {
+            op: Some(pb::command::Op::Put(pb::Put {
+                key: "key".into(),
+                value: "value".into(),
+            })),
+            client_id: 3,
+            sequence: 1,
+            first_unanswered: 1,
+            proposed_at_ms: 1_700_000_000_000,
+        };
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(5, 2), 77),
+            payload: EntryPayload::Normal(LogCommand::encode(&command)),
+        };
+        let record = encode_entry(&entry);
+        assert_eq!(record[0], ENTRY_TYPE);
+        assert_eq!(record[1..], codec::entry_to_pb(&entry).encode_to_vec()[..]);
+        assert_eq!(Record::decode(&record), Ok(Record::Entry(entry)));
     }
 }

@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::status;
-use crate::types::Raft;
+use crate::types::{LogCommand, Raft};
 
 /// How writes are batched.
 #[derive(Debug, Clone)]
@@ -198,8 +198,12 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
             return;
         };
         command.proposed_at_ms = now_ms();
+        let encoded = LogCommand::encode(&command);
+        // Only the encoding travels on: the command's buffers (a request's,
+        // for a large value) are freed now, not once the write is applied.
+        drop(command);
         let result = raft
-            .client_write(command)
+            .client_write(encoded)
             .await
             .map(|response| response.data)
             .map_err(status::from_write_error);
@@ -221,7 +225,9 @@ async fn propose_batch(raft: &Raft, mut batch: Vec<Proposal>) {
         proposed_at_ms: now_ms(),
         ..Default::default()
     };
-    match raft.client_write(entry).await {
+    let encoded = LogCommand::encode(&entry);
+    drop(entry); // as above: only the encoding waits for the apply
+    match raft.client_write(encoded).await {
         Ok(response) => {
             let results = response.data.results;
             if results.len() != replies.len() {

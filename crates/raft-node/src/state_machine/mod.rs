@@ -255,7 +255,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     applied_index: entry.log_id.index,
                     ..Default::default()
                 },
-                EntryPayload::Normal(command) => self.apply_command(&mut batch, &entry.log_id, 0, command),
+                EntryPayload::Normal(command) => {
+                    // Checked when the entry entered the log; failing here is
+                    // damage in memory, reported rather than skipped.
+                    let command = command.decode().map_err(|e| StorageIOError::apply(entry.log_id, &e))?;
+                    self.apply_command(&mut batch, &entry.log_id, 0, &command)
+                }
                 EntryPayload::Membership(membership) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), membership.clone());
                     pb::CommandResult {
