@@ -18,16 +18,19 @@ use raft_node::types::{Command, Entry, LogId, Vote};
 fn entry(term: u64, index: u64, rng: &mut fastrand::Rng) -> Entry {
     Entry {
         log_id: LogId::new(CommittedLeaderId::new(term, 1), index),
-        payload: EntryPayload::Normal(Command {
-            op: Some(pb::command::Op::Put(pb::Put {
-                key: format!("k{index}").into(),
-                value: vec![rng.u8(..); rng.usize(0..300)].into(),
-            })),
-            client_id: 7,
-            sequence: index,
-            first_unanswered: 0,
-            proposed_at_ms: 0,
-        }),
+        payload: EntryPayload::Normal(
+            Command {
+                op: Some(pb::command::Op::Put(pb::Put {
+                    key: format!("k{index}").into(),
+                    value: vec![rng.u8(..); rng.usize(0..300)].into(),
+                })),
+                client_id: 7,
+                sequence: index,
+                first_unanswered: 0,
+                proposed_at_ms: 0,
+            }
+            .into(),
+        ),
     }
 }
 
