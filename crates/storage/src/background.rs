@@ -15,7 +15,7 @@ use crate::io;
 use crate::iterator::InternalIterator;
 use crate::memtable::Memtable;
 use crate::merge::{LevelIterator, MergingIterator};
-use crate::options::LEVELS;
+use crate::options::{Options, LEVELS};
 use crate::stats::Counters;
 use crate::version::{TableFile, Version, VersionEdit};
 
@@ -135,6 +135,7 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
         ..VersionEdit::default()
     };
     let version = versions.log_and_apply(edit, &added)?;
+    publish_debt(inner, &version);
     {
         let mut state = inner.state.write();
         let imms = state.imms.iter().filter(|m| !Arc::ptr_eq(m, imm)).cloned().collect();
@@ -208,11 +209,29 @@ fn summaries<'a>(version: &'a Version, busy: &std::collections::HashSet<u64>) ->
 }
 
 fn shape(inner: &Inner) -> Shape {
+    shape_of(&inner.options)
+}
+
+fn shape_of(options: &Options) -> Shape {
     Shape {
-        l0_compaction_trigger: inner.options.l0_compaction_trigger,
-        l1_bytes_target: inner.options.l1_bytes_target,
-        level_size_ratio: inner.options.level_size_ratio,
+        l0_compaction_trigger: options.l0_compaction_trigger,
+        l1_bytes_target: options.l1_bytes_target,
+        level_size_ratio: options.level_size_ratio,
     }
+}
+
+/// The compaction debt of `version`, in bytes (see
+/// [`picker::pending_compaction_bytes`]).
+pub(crate) fn pending_compaction_bytes(options: &Options, version: &Version) -> u64 {
+    let level_bytes: [u64; LEVELS] =
+        std::array::from_fn(|level| version.levels[level].iter().map(|f| f.meta.size_bytes).sum());
+    picker::pending_compaction_bytes(&level_bytes, version.levels[0].len(), &shape_of(options))
+}
+
+/// Publishes `version`'s compaction debt to the write controller.
+fn publish_debt(inner: &Inner, version: &Version) {
+    let pending = pending_compaction_bytes(&inner.options, version);
+    inner.pending_compaction_bytes.store(pending, Ordering::Relaxed);
 }
 
 fn pick_and_reserve(inner: &Inner, bg: &mut crate::db::BgState, version: &Version) -> Option<Plan> {
@@ -315,6 +334,7 @@ fn install(
 ) -> Result<()> {
     let mut versions = inner.versions.lock();
     let version = versions.log_and_apply(edit, added)?;
+    publish_debt(inner, &version);
     {
         let mut state = inner.state.write();
         *state = Arc::new(SuperVersion {

@@ -80,6 +80,11 @@ pub(crate) struct Inner {
     /// Metadata of the newest batch written that carried some.
     pub latest_metadata: Mutex<Option<Bytes>>,
     pub counters: Counters,
+    /// Compaction debt in bytes as of the newest version (see
+    /// `picker::pending_compaction_bytes`), for the write controller.
+    pub pending_compaction_bytes: AtomicU64,
+    /// The rate writes are paced to now, in bytes per second (0: unpaced).
+    pub delayed_write_bytes_per_sec: AtomicU64,
     pub stopping: AtomicBool,
     _lock: io::FileLock,
 }
@@ -153,6 +158,7 @@ impl Db {
 
         let latest_metadata = replayed.metadata.or_else(|| versions.metadata.clone());
         let version = versions.current();
+        let pending_compaction_bytes = crate::background::pending_compaction_bytes(&options, &version);
         let inner = Arc::new(Inner {
             table_options: TableOptions::from(&options),
             dir,
@@ -175,6 +181,8 @@ impl Db {
             snapshots: Mutex::new(BTreeMap::new()),
             latest_metadata: Mutex::new(latest_metadata),
             counters: Counters::default(),
+            pending_compaction_bytes: AtomicU64::new(pending_compaction_bytes),
+            delayed_write_bytes_per_sec: AtomicU64::new(0),
             stopping: AtomicBool::new(false),
             options,
             _lock: lock,
@@ -413,6 +421,9 @@ impl Inner {
             write_stalls: Counters::get(&c.write_stalls),
             write_stall_micros: Counters::get(&c.write_stall_micros),
             write_slowdowns: Counters::get(&c.write_slowdowns),
+            write_slowdown_micros: Counters::get(&c.write_slowdown_micros),
+            delayed_write_bytes_per_sec: self.delayed_write_bytes_per_sec.load(Ordering::Relaxed),
+            pending_compaction_bytes: self.pending_compaction_bytes.load(Ordering::Relaxed),
             write_groups: Counters::get(&c.write_groups),
             write_batches: Counters::get(&c.write_batches),
             wal_syncs: Counters::get(&c.wal_syncs),

@@ -17,6 +17,7 @@
 //!
 //! - [`db`](Db): opening and recovery, reads, snapshots, checkpoints.
 //! - `write`: group commit, the WAL append, backpressure.
+//! - `write_controller`: how fast writers may go given compaction debt (pure).
 //! - `background`: the flush thread and the compaction threads.
 //! - `memtable`: recent writes in a concurrent skip list.
 //! - `log`: the WAL's and the manifest's files, framed by [`framing`].
@@ -66,10 +67,14 @@ mod sstable;
 mod stats;
 mod version;
 mod write;
+mod write_controller;
 
 pub use batch::{WriteBatch, BATCH_BYTES_MAX};
 pub use db::{Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
-pub use options::{Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, VALUE_BYTES_MAX};
+pub use options::{
+    Options, WriteOptions, DELAYED_WRITE_BYTES_PER_SEC_FLOOR, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX,
+    VALUE_BYTES_MAX,
+};
 pub use stats::{LevelStats, Stats};

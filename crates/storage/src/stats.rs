@@ -20,8 +20,17 @@ pub struct Stats {
     pub write_stalls: u64,
     /// Total time writes spent stalled, in microseconds.
     pub write_stall_micros: u64,
-    /// Times a write was delayed by 1 ms because L0 was filling up.
+    /// Times the write controller made a write group sleep to pace writes
+    /// while compaction was behind.
     pub write_slowdowns: u64,
+    /// Total time write groups slept to be paced, in microseconds.
+    pub write_slowdown_micros: u64,
+    /// The rate writes are paced to now, in bytes per second; 0 when they
+    /// are not paced.
+    pub delayed_write_bytes_per_sec: u64,
+    /// Bytes compaction must still rewrite to bring every level under its
+    /// target (the debt the write controller paces writers by).
+    pub pending_compaction_bytes: u64,
     /// Write groups committed (each one WAL append, at most one fsync).
     pub write_groups: u64,
     /// Batches committed.
@@ -59,6 +68,7 @@ pub(crate) struct Counters {
     pub write_stalls: AtomicU64,
     pub write_stall_micros: AtomicU64,
     pub write_slowdowns: AtomicU64,
+    pub write_slowdown_micros: AtomicU64,
     pub write_groups: AtomicU64,
     pub write_batches: AtomicU64,
     pub wal_syncs: AtomicU64,

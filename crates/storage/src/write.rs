@@ -1,4 +1,5 @@
-//! The write path: group commit, WAL, memtable insert, and backpressure.
+//! The write path: group commit, WAL, memtable insert, and backpressure
+//! (paced by the write controller while compaction is behind).
 //!
 //! Writers queue up; the first to find no leader becomes the leader, takes
 //! every queued batch (up to `GROUP_BYTES_MAX`), appends them to the WAL in
@@ -22,11 +23,17 @@ use crate::log::{LogKind, LogWriter};
 use crate::memtable::Memtable;
 use crate::options::WriteOptions;
 use crate::stats::Counters;
+use crate::write_controller::{self, Debt, Limits, Pacer, Throttle};
 
 /// Bytes of batches one leader commits at most in one group.
 const GROUP_BYTES_MAX: usize = 4 << 20;
-/// How long a write is delayed when L0 passes its slowdown trigger.
-const SLOWDOWN_DELAY: Duration = Duration::from_millis(1);
+/// The shortest pacing sleep, in microseconds: a write owing less goes on
+/// at once and its time is carried to the next (sleeps this short are
+/// mostly scheduler overhead).
+const WRITE_DELAY_SLEEP_MICROS_MIN: u64 = 1_000;
+/// The longest single pacing sleep; after it the debt is looked at again,
+/// so writers speed up soon after compaction catches up.
+const WRITE_DELAY_SLICE: Duration = Duration::from_millis(20);
 /// How often a stalled writer re-checks whether it may go on.
 const STALL_RECHECK: Duration = Duration::from_millis(100);
 
@@ -38,6 +45,10 @@ pub(crate) struct WriterState {
     last_sequence: SequenceNumber,
     buf: Vec<u8>,
     record: Vec<u8>,
+    /// Paces write groups while compaction is behind.
+    pacer: Pacer,
+    /// The pacer's clock starts here.
+    epoch: Instant,
 }
 
 impl WriterState {
@@ -48,6 +59,8 @@ impl WriterState {
             last_sequence,
             buf: Vec::new(),
             record: Vec::new(),
+            pacer: Pacer::default(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -195,7 +208,8 @@ fn hand_off(inner: &Inner) {
 }
 
 fn commit_group(inner: &Inner, writer: &mut WriterState, group: &[Pending]) -> Result<()> {
-    make_room(inner, writer, false)?;
+    let group_bytes: usize = group.iter().map(|p| p.batch.approximate_bytes()).sum();
+    make_room(inner, writer, false, group_bytes as u64)?;
     let count: u64 = group.iter().map(|p| p.batch.len() as u64).sum();
     if writer.last_sequence + count > SEQUENCE_MAX {
         return Err(Error::InvalidArgument("sequence numbers exhausted".to_string()));
@@ -237,26 +251,39 @@ fn commit_group(inner: &Inner, writer: &mut WriterState, group: &[Pending]) -> R
 }
 
 /// Makes sure the active memtable may take more writes: freezes it when
-/// full (or when `force`), and slows down or stalls while flushes and L0
-/// compactions are behind.
-fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool) -> Result<()> {
+/// full (or when `force`), paces a group of `group_bytes` while compaction
+/// is behind, and stalls when flushes or compactions are too far behind.
+fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool, group_bytes: u64) -> Result<()> {
     let options = &inner.options;
-    let mut delayed = false;
+    let mut paced = false;
     loop {
         if let Some(message) = &inner.bg.lock().error {
             return Err(Error::Background(message.clone()));
         }
         let sv = inner.super_version();
-        let l0_files = sv.version.levels[0].len();
         let mem_full = sv.mem.approximate_bytes() >= options.memtable_bytes_max;
         let mem_empty = sv.mem.is_empty() && sv.mem.metadata().is_none();
-        if l0_files >= options.l0_stop_trigger {
-            stall(inner)?;
-        } else if !delayed && l0_files >= options.l0_slowdown_trigger {
-            delayed = true;
-            Counters::add(&inner.counters.write_slowdowns, 1);
-            std::thread::sleep(SLOWDOWN_DELAY);
-        } else if !(mem_full || force && !mem_empty) {
+        match write_controller::throttle(debt(inner, &sv), &limits(options)) {
+            Throttle::Stop => {
+                stall(inner)?;
+                continue;
+            }
+            Throttle::Delay { bytes_per_sec } => {
+                inner
+                    .delayed_write_bytes_per_sec
+                    .store(bytes_per_sec, Ordering::Relaxed);
+                if !paced && group_bytes > 0 {
+                    paced = true;
+                    pace(inner, writer, group_bytes, bytes_per_sec);
+                    continue;
+                }
+            }
+            Throttle::None => {
+                writer.pacer.reset();
+                inner.delayed_write_bytes_per_sec.store(0, Ordering::Relaxed);
+            }
+        }
+        if !(mem_full || force && !mem_empty) {
             return Ok(());
         } else if sv.imms.len() >= options.immutable_memtables_max {
             stall(inner)?;
@@ -265,6 +292,53 @@ fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool) -> Result
             force = false;
         }
     }
+}
+
+/// The compaction debt the write controller judges by.
+fn debt(inner: &Inner, sv: &SuperVersion) -> Debt {
+    Debt {
+        l0_files: sv.version.levels[0].len(),
+        pending_compaction_bytes: inner.pending_compaction_bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn limits(options: &crate::Options) -> Limits {
+    Limits {
+        l0_slowdown_files: options.l0_slowdown_trigger,
+        l0_stop_files: options.l0_stop_trigger,
+        pending_compaction_slowdown_bytes: options.pending_compaction_bytes_slowdown,
+        pending_compaction_stop_bytes: options.pending_compaction_bytes_stop,
+        delayed_write_bytes_per_sec_max: options.delayed_write_bytes_per_sec_max,
+        delayed_write_bytes_per_sec_min: options.delayed_write_bytes_per_sec_min,
+    }
+}
+
+/// Sleeps as long as the pacer says a group of `group_bytes` must wait at
+/// `bytes_per_sec`, in slices, ending early once the debt is paid off.
+fn pace(inner: &Inner, writer: &mut WriterState, group_bytes: u64, bytes_per_sec: u64) {
+    let now_micros = |writer: &WriterState| u64::try_from(writer.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let wait_micros = writer.pacer.charge(now_micros(writer), group_bytes, bytes_per_sec);
+    if wait_micros < WRITE_DELAY_SLEEP_MICROS_MIN {
+        return;
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_micros(wait_micros);
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(WRITE_DELAY_SLICE));
+        let sv = inner.super_version();
+        let stopping = inner.stopping.load(Ordering::Acquire);
+        if stopping || write_controller::throttle(debt(inner, &sv), &limits(&inner.options)) == Throttle::None {
+            writer.pacer.reset();
+            break;
+        }
+    }
+    Counters::add(&inner.counters.write_slowdowns, 1);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    Counters::add(&inner.counters.write_slowdown_micros, micros);
 }
 
 /// Waits for background work to finish, counting the stall.
@@ -320,7 +394,7 @@ fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<
 pub(crate) fn flush(inner: &Inner) -> Result<()> {
     let target_wal = {
         let mut writer = inner.writer.lock();
-        make_room(inner, &mut writer, true)?;
+        make_room(inner, &mut writer, true, 0)?;
         writer.wal_number
     };
     loop {

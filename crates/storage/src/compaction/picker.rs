@@ -68,6 +68,37 @@ pub(crate) fn scores(levels: &[Vec<FileSummary<'_>>; LEVELS], shape: &Shape) -> 
     scores
 }
 
+/// Bytes compaction still has to rewrite to bring every level under its
+/// target: the debt the write controller slows writers by.
+///
+/// `level_bytes[l]` is the size of level `l` and `l0_files` the number of
+/// L0 files. Once L0 reaches its trigger, all of it and all of L1 are due
+/// to be rewritten; a deeper level over its target pushes its excess (plus
+/// whatever arrives from above) down, rewriting the excess and its share of
+/// the level below it.
+pub(crate) fn pending_compaction_bytes(level_bytes: &[u64; LEVELS], l0_files: usize, shape: &Shape) -> u64 {
+    let mut pending: u64 = 0;
+    let mut arriving: u64 = 0;
+    if l0_files >= shape.l0_compaction_trigger {
+        pending = level_bytes[0].saturating_add(level_bytes[1]);
+        arriving = level_bytes[0];
+    }
+    for level in 1..LEVELS - 1 {
+        let size = level_bytes[level].saturating_add(arriving);
+        let target = shape.level_bytes_target(level);
+        if size <= target {
+            arriving = 0;
+            continue;
+        }
+        let excess = size - target;
+        // Each byte pushed down meets (next / size) bytes of the level below.
+        let fanout = level_bytes[level + 1] as f64 / size as f64;
+        pending = pending.saturating_add((excess as f64 * (fanout + 1.0)) as u64);
+        arriving = excess;
+    }
+    pending
+}
+
 /// Picks the most urgent compaction whose files are all free, or `None`.
 ///
 /// `cursors[level]` is the largest key compacted last time out of `level`:
@@ -254,6 +285,24 @@ mod tests {
         assert!(is_bottommost(&levels, 1, b"a", b"l"));
         assert!(!is_bottommost(&levels, 1, b"a", b"n"));
         assert!(is_bottommost(&levels, 3, b"a", b"z"));
+    }
+
+    #[test]
+    fn pending_bytes_count_l0_at_its_trigger_and_every_level_over_target() {
+        // A healthy tree owes nothing; L0 at its trigger owes L0 + L1; an oversized level owes its excess and the share below.
+        let mut bytes = [0u64; LEVELS];
+        bytes[0] = 300;
+        bytes[1] = 900;
+        assert_eq!(pending_compaction_bytes(&bytes, 3, &SHAPE), 0);
+        // L0 at the trigger: 300 + 900 rewritten, and 300 arriving push L1 to 1200 (200 over),
+        // which meets an empty L2: 200 more.
+        assert_eq!(pending_compaction_bytes(&bytes, 4, &SHAPE), 1200 + 200);
+        // L2 holds 20_000 against a 10_000 target, L3 holds 30_000: the 10_000 excess
+        // rewrites itself and 30_000 / 20_000 of itself below.
+        let mut bytes = [0u64; LEVELS];
+        bytes[2] = 20_000;
+        bytes[3] = 30_000;
+        assert_eq!(pending_compaction_bytes(&bytes, 0, &SHAPE), 10_000 + 15_000);
     }
 
     #[test]
