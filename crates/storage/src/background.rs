@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::compaction::input::RangeInput;
 use crate::compaction::picker::{self, FileSummary, Plan, Shape};
-use crate::compaction::{write_tables, DropPolicy};
+use crate::compaction::{write_tables, DropPolicy, WriteStats};
 use crate::db::{wal_name, Inner, SuperVersion};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::iterator::InternalIterator;
 use crate::memtable::Memtable;
-use crate::merge::{LevelIterator, MergingIterator};
 use crate::options::{Options, LEVELS};
 use crate::stats::Counters;
-use crate::version::{TableFile, Version, VersionEdit};
+use crate::version::{FileMeta, TableFile, Version, VersionEdit};
 
 /// How long an idle background thread sleeps before looking for work again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
@@ -215,6 +215,7 @@ fn shape(inner: &Inner) -> Shape {
 fn shape_of(options: &Options) -> Shape {
     Shape {
         l0_compaction_trigger: options.l0_compaction_trigger,
+        l0_compaction_bytes_max: options.l0_compaction_bytes_max,
         l1_bytes_target: options.l1_bytes_target,
         level_size_ratio: options.level_size_ratio,
     }
@@ -283,28 +284,13 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
                 largest,
             ),
         };
-        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
-        if plan.level == 0 {
-            children.extend(
-                inputs
-                    .iter()
-                    .map(|f| Box::new(f.table.iter()) as Box<dyn InternalIterator>),
-            );
-        } else {
-            children.push(Box::new(LevelIterator::new(inputs.clone())));
-        }
-        children.push(Box::new(LevelIterator::new(next_inputs.clone())));
-        let mut merged = MergingIterator::new(children);
-        merged.seek_to_first()?;
-        let (outputs, stats) = write_tables(
-            &*inner.options.fs,
-            &inner.dir,
-            &mut merged,
-            policy,
-            inner.table_options.clone(),
-            inner.options.table_bytes_target,
-            &mut || inner.versions.lock().new_file_number(),
-        )?;
+        let points = picker::split_points(
+            &summaries_of(&inputs),
+            &summaries_of(&next_inputs),
+            inner.options.subcompactions_max,
+            inner.options.subcompaction_bytes_min,
+        );
+        let (outputs, stats) = run_parts(inner, plan, &inputs, &next_inputs, policy, points)?;
         Counters::add(&inner.counters.compaction_bytes_written, stats.bytes_written);
         let added = {
             let versions = inner.versions.lock();
@@ -322,6 +308,112 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
     }
     Counters::add(&inner.counters.compactions, 1);
     Ok(())
+}
+
+fn summaries_of(files: &[Arc<TableFile>]) -> Vec<FileSummary<'_>> {
+    files
+        .iter()
+        .map(|f| FileSummary {
+            number: f.meta.number,
+            size_bytes: f.meta.size_bytes,
+            smallest: f.meta.smallest_user_key(),
+            largest: f.meta.largest_user_key(),
+            busy: false,
+        })
+        .collect()
+}
+
+/// A part's user-key range, `[start, end)`; `None` is unbounded.
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What one part of a compaction produced.
+struct PartOutput {
+    tables: Vec<FileMeta>,
+    stats: WriteStats,
+}
+
+/// Merges `inputs` (of `plan.level`) with `next_inputs` into new tables,
+/// split at `points` into key-range parts that run at the same time, each
+/// on a thread of its own (the first on the caller's). The tables come
+/// back in key order.
+fn run_parts(
+    inner: &Inner,
+    plan: &Plan,
+    inputs: &[Arc<TableFile>],
+    next_inputs: &[Arc<TableFile>],
+    policy: DropPolicy,
+    points: Vec<Vec<u8>>,
+) -> Result<(Vec<FileMeta>, WriteStats)> {
+    let starts = std::iter::once(None).chain(points.iter().cloned().map(Some));
+    let ends = points.iter().cloned().map(Some).chain(std::iter::once(None));
+    let mut ranges: Vec<KeyRange> = starts.zip(ends).collect();
+    let first = ranges.remove(0);
+    Counters::add(&inner.counters.subcompactions, ranges.len() as u64);
+    let results: Vec<Result<PartOutput>> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(ranges.len());
+        let mut results = Vec::with_capacity(ranges.len() + 1);
+        for (start, end) in ranges {
+            let spawned = std::thread::Builder::new()
+                .name("storage-subcompact".to_string())
+                .spawn_scoped(scope, move || {
+                    run_part(inner, plan, inputs, next_inputs, policy, start, end)
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => results.push(Err(Error::io("spawn thread", "storage-subcompact", e))),
+            }
+        }
+        results.push(run_part(inner, plan, inputs, next_inputs, policy, first.0, first.1));
+        for handle in handles {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Background("a sub-compaction panicked".to_string()))),
+            );
+        }
+        results
+    });
+    let mut tables = Vec::new();
+    let mut stats = WriteStats::default();
+    for part in results {
+        let part = part?;
+        tables.extend(part.tables);
+        stats.entries_read += part.stats.entries_read;
+        stats.entries_dropped += part.stats.entries_dropped;
+        stats.bytes_written += part.stats.bytes_written;
+    }
+    // Parts cover disjoint, ascending key ranges, so their tables do too.
+    tables.sort_by(|a, b| crate::key::compare(&a.smallest, &b.smallest));
+    Ok((tables, stats))
+}
+
+/// One key-range part of a compaction: the entries of `[start, end)`.
+fn run_part(
+    inner: &Inner,
+    plan: &Plan,
+    inputs: &[Arc<TableFile>],
+    next_inputs: &[Arc<TableFile>],
+    policy: DropPolicy,
+    start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+) -> Result<PartOutput> {
+    let (level0, mut runs) = if plan.level == 0 {
+        (inputs, Vec::new())
+    } else {
+        (&[][..], vec![inputs.to_vec()])
+    };
+    runs.push(next_inputs.to_vec());
+    let mut input = RangeInput::open(level0, runs, start, end)?;
+    let (tables, stats) = write_tables(
+        &*inner.options.fs,
+        &inner.dir,
+        &mut input,
+        policy,
+        inner.table_options.clone(),
+        inner.options.table_bytes_target,
+        &mut || inner.versions.lock().new_file_number(),
+    )?;
+    Ok(PartOutput { tables, stats })
 }
 
 /// Logs `edit`, publishes the new version, and marks `obsolete` files for

@@ -430,6 +430,7 @@ impl Inner {
             flushes: Counters::get(&c.flushes),
             compactions: Counters::get(&c.compactions),
             compaction_bytes_written: Counters::get(&c.compaction_bytes_written),
+            subcompactions: Counters::get(&c.subcompactions),
             block_cache_hits: self.cache.hits(),
             block_cache_misses: self.cache.misses(),
             block_cache_bytes: self.cache.used_bytes(),

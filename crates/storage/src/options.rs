@@ -15,6 +15,9 @@ pub const LEVELS: usize = 7;
 
 /// Background compaction threads at most.
 pub const COMPACTION_THREADS_MAX: usize = 64;
+/// Parts one compaction may be split into at most (see
+/// [`Options::subcompactions_max`]).
+pub const SUBCOMPACTIONS_MAX: usize = 64;
 
 /// The slowest delayed write rate accepted, in bytes per second: slower
 /// would hold a single large batch for minutes.
@@ -82,6 +85,19 @@ pub struct Options {
     /// The write rate writers are paced to just before a stop threshold.
     /// Default 1 MiB/s.
     pub delayed_write_bytes_per_sec_min: u64,
+    /// Bytes of L0 files one L0 -> L1 compaction takes at most (the oldest
+    /// first, at least one file). Default 1 GiB. Smaller bounds how long
+    /// one compaction holds L0 back; larger rewrites L1 less often.
+    pub l0_compaction_bytes_max: u64,
+    /// Key-range parts one compaction is split into at most, each merged
+    /// by a thread of its own at the same time. Default 4. 1 disables
+    /// sub-compactions. More finishes a large L0 -> L1 compaction sooner
+    /// on idle cores, at the cost of that many threads' CPU and I/O.
+    pub subcompactions_max: usize,
+    /// Bytes (inputs of both levels) below which a compaction part is not
+    /// split off on its own. Default 64 MiB. Smaller splits more eagerly,
+    /// paying a thread and some smaller output files per part.
+    pub subcompaction_bytes_min: u64,
     /// Create the database when the directory holds none. Default true.
     pub create_if_missing: bool,
     /// The filesystem every file of the database goes through. Default
@@ -111,6 +127,9 @@ impl Default for Options {
             pending_compaction_bytes_stop: 256 << 30,
             delayed_write_bytes_per_sec_max: 16 << 20,
             delayed_write_bytes_per_sec_min: 1 << 20,
+            l0_compaction_bytes_max: 1 << 30,
+            subcompactions_max: 4,
+            subcompaction_bytes_min: 64 << 20,
             create_if_missing: true,
             fs: RealFs::shared(),
         }
@@ -175,6 +194,18 @@ impl Options {
         check(
             self.delayed_write_bytes_per_sec_min <= self.delayed_write_bytes_per_sec_max,
             "delayed_write_bytes_per_sec_min must be at most delayed_write_bytes_per_sec_max",
+        )?;
+        check(
+            self.l0_compaction_bytes_max >= 4096,
+            "l0_compaction_bytes_max must be at least 4096",
+        )?;
+        check(
+            (1..=SUBCOMPACTIONS_MAX).contains(&self.subcompactions_max),
+            "subcompactions_max must be between 1 and 64",
+        )?;
+        check(
+            self.subcompaction_bytes_min >= 4096,
+            "subcompaction_bytes_min must be at least 4096",
         )?;
         check(
             self.table_bytes_target >= 4096,

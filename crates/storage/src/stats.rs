@@ -43,6 +43,9 @@ pub struct Stats {
     pub compactions: u64,
     /// Bytes written by compactions.
     pub compaction_bytes_written: u64,
+    /// Key-range parts split off compactions to run on threads of their
+    /// own (a compaction in `n` parts adds `n - 1`).
+    pub subcompactions: u64,
     /// Block cache hits.
     pub block_cache_hits: u64,
     /// Block cache misses.
@@ -75,6 +78,7 @@ pub(crate) struct Counters {
     pub flushes: AtomicU64,
     pub compactions: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
+    pub subcompactions: AtomicU64,
 }
 
 impl Counters {

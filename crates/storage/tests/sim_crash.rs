@@ -84,6 +84,8 @@ fn options(fs: Arc<dyn FileSystem>) -> Options {
         l1_bytes_target: 16 * 1024,
         level_size_ratio: 4,
         compaction_threads: 2,
+        subcompactions_max: 3,
+        subcompaction_bytes_min: 4096,
         fs,
         ..Options::default()
     }

@@ -20,6 +20,8 @@ pub(crate) struct FileSummary<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
     pub l0_compaction_trigger: usize,
+    /// Bytes of L0 files one L0 -> L1 compaction takes at most.
+    pub l0_compaction_bytes_max: u64,
     pub l1_bytes_target: u64,
     pub level_size_ratio: u64,
 }
@@ -114,27 +116,99 @@ pub(crate) fn pick(
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
     order.into_iter().find_map(|level| {
         if level == 0 {
-            pick_level0(levels)
+            pick_level0(levels, shape.l0_compaction_bytes_max)
         } else {
             pick_deeper(levels, level, &cursors[level])
         }
     })
 }
 
-fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS]) -> Option<Plan> {
-    // L0 files overlap one another, so all of them go down together, and
-    // only one L0 compaction runs at a time.
+fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS], bytes_max: u64) -> Option<Plan> {
+    // Only one L0 compaction runs at a time: two would write overlapping
+    // files into L1.
     if levels[0].is_empty() || levels[0].iter().any(|f| f.busy) {
         return None;
     }
-    let smallest = levels[0].iter().map(|f| f.smallest).min()?;
-    let largest = levels[0].iter().map(|f| f.largest).max()?;
+    let inputs = oldest_level0_files(&levels[0], bytes_max);
+    let smallest = inputs.iter().map(|f| f.smallest).min()?;
+    let largest = inputs.iter().map(|f| f.largest).max()?;
     let next_inputs = overlapping(&levels[1], smallest, largest)?;
     Some(Plan {
         level: 0,
-        inputs: levels[0].iter().map(|f| f.number).collect(),
+        inputs: inputs.iter().map(|f| f.number).collect(),
         next_inputs,
     })
+}
+
+/// The oldest files of L0 (`level0` is newest first) whose bytes stay
+/// within `bytes_max`, at least one. Always the oldest: a newer file left
+/// above older ones moved down still shadows them correctly, while the
+/// reverse would let older data shadow newer.
+fn oldest_level0_files<'s, 'a>(level0: &'s [FileSummary<'a>], bytes_max: u64) -> &'s [FileSummary<'a>] {
+    let mut bytes: u64 = 0;
+    let mut first = level0.len();
+    while first > 0 {
+        let next = bytes.saturating_add(level0[first - 1].size_bytes);
+        if next > bytes_max && first < level0.len() {
+            break;
+        }
+        bytes = next;
+        first -= 1;
+    }
+    &level0[first..]
+}
+
+/// User keys splitting a compaction into at most `count_max` sub-compactions
+/// of about equal bytes and, by estimate, no fewer than `bytes_min` bytes
+/// each, ascending. Sub-compaction `i` covers `[points[i - 1], points[i])`,
+/// the first from the start, the last to the end.
+///
+/// The output level's input files guide the split (they do not overlap, so
+/// their bytes fall cleanly on either side of a boundary at one's smallest
+/// key); with fewer than two of them, the input level's files do.
+pub(crate) fn split_points(
+    inputs: &[FileSummary<'_>],
+    next_inputs: &[FileSummary<'_>],
+    count_max: usize,
+    bytes_min: u64,
+) -> Vec<Vec<u8>> {
+    let total: u64 = inputs.iter().chain(next_inputs).map(|f| f.size_bytes).sum();
+    let by_bytes = usize::try_from(total / bytes_min.max(1)).unwrap_or(usize::MAX);
+    let count = count_max.min(by_bytes);
+    let mut guide: Vec<&FileSummary<'_>> = if next_inputs.len() >= 2 {
+        next_inputs.iter().collect()
+    } else {
+        inputs.iter().collect()
+    };
+    if count < 2 || guide.len() < 2 {
+        return Vec::new();
+    }
+    guide.sort_by(|a, b| a.smallest.cmp(b.smallest));
+    let lowest = inputs
+        .iter()
+        .chain(next_inputs)
+        .map(|f| f.smallest)
+        .min()
+        .unwrap_or_default();
+    let guide_bytes: u64 = guide.iter().map(|f| f.size_bytes).sum();
+    let mut points: Vec<Vec<u8>> = Vec::new();
+    let mut before: u64 = 0;
+    let mut part = 1;
+    for file in &guide {
+        // The boundary goes at the first file starting at or past the
+        // part's share of the bytes.
+        if part < count && before.saturating_mul(count as u64) >= guide_bytes.saturating_mul(part as u64) {
+            let is_new = points.last().is_none_or(|last| file.smallest > last.as_slice());
+            if is_new && file.smallest > lowest {
+                points.push(file.smallest.to_vec());
+            }
+            while part < count && before.saturating_mul(count as u64) >= guide_bytes.saturating_mul(part as u64) {
+                part += 1;
+            }
+        }
+        before += file.size_bytes;
+    }
+    points
 }
 
 fn pick_deeper(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, cursor: &[u8]) -> Option<Plan> {
@@ -189,6 +263,7 @@ mod tests {
 
     const SHAPE: Shape = Shape {
         l0_compaction_trigger: 4,
+        l0_compaction_bytes_max: u64::MAX,
         l1_bytes_target: 1000,
         level_size_ratio: 10,
     };
@@ -237,6 +312,68 @@ mod tests {
         assert_eq!(plan.inputs, vec![9, 8, 7, 6]);
         assert_eq!(plan.next_inputs, vec![2, 3]);
         assert!(!plan.is_trivial_move());
+    }
+
+    #[test]
+    fn a_large_l0_compaction_takes_only_its_oldest_files_within_the_cap() {
+        // The cap bounds one compaction's length; newer files wait for the next one.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![
+            file(9, 40, "a", "b"),
+            file(8, 40, "c", "d"),
+            file(7, 40, "e", "f"),
+            file(6, 40, "g", "h"),
+        ];
+        levels[1] = vec![file(1, 10, "a", "b"), file(2, 10, "e", "h")];
+        let shape = Shape {
+            l0_compaction_bytes_max: 100,
+            ..SHAPE
+        };
+        let plan = pick(&levels, &shape, &no_cursors()).expect("a plan");
+        assert_eq!(plan.inputs, vec![7, 6]);
+        assert_eq!(plan.next_inputs, vec![2]);
+        // One file over the cap still goes, alone.
+        let shape = Shape {
+            l0_compaction_bytes_max: 10,
+            ..SHAPE
+        };
+        assert_eq!(pick(&levels, &shape, &no_cursors()).expect("a plan").inputs, vec![6]);
+    }
+
+    #[test]
+    fn a_compaction_splits_at_output_file_boundaries_into_parts_of_equal_bytes() {
+        // Four equal L1 files and a bound of 4 parts: one boundary at each file's start after the first.
+        let inputs = vec![file(9, 100, "a", "z"), file(8, 100, "b", "y")];
+        let next = vec![
+            file(1, 100, "a", "e"),
+            file(2, 100, "f", "j"),
+            file(3, 100, "k", "o"),
+            file(4, 100, "p", "t"),
+        ];
+        assert_eq!(
+            split_points(&inputs, &next, 4, 1),
+            vec![b"f".to_vec(), b"k".to_vec(), b"p".to_vec()]
+        );
+        // Two parts: split in the middle of the bytes.
+        assert_eq!(split_points(&inputs, &next, 2, 1), vec![b"k".to_vec()]);
+        // Parts may not be smaller than the minimum: 600 bytes at 250 each make 2.
+        assert_eq!(split_points(&inputs, &next, 8, 250), vec![b"k".to_vec()]);
+        // Too little data, or a single part allowed: no split.
+        assert!(split_points(&inputs, &next, 4, 1000).is_empty());
+        assert!(split_points(&inputs, &next, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn without_output_files_the_input_files_guide_the_split() {
+        // Disjoint L0 files (a sequential load) over an empty L1 still split, at their own starts.
+        let inputs = vec![file(9, 100, "m", "p"), file(8, 100, "a", "c"), file(7, 100, "d", "k")];
+        assert_eq!(split_points(&inputs, &[], 3, 1), vec![b"d".to_vec(), b"m".to_vec()]);
+        // Files that all start at the same key give nowhere to split.
+        let inputs = vec![file(9, 100, "a", "z"), file(8, 100, "a", "y")];
+        assert!(split_points(&inputs, &[], 4, 1).is_empty());
+        // An uneven guide: the big first file holds most of the bytes, so the one split goes after it.
+        let next = vec![file(1, 700, "a", "e"), file(2, 100, "f", "j"), file(3, 100, "k", "o")];
+        assert_eq!(split_points(&[], &next, 2, 1), vec![b"f".to_vec()]);
     }
 
     #[test]
