@@ -403,7 +403,8 @@ fn run_part(
         (&[][..], vec![inputs.to_vec()])
     };
     runs.push(next_inputs.to_vec());
-    let mut input = RangeInput::open(level0, runs, start, end)?;
+    let limiter = inner.compaction_limiter.clone();
+    let mut input = RangeInput::open(level0, runs, start, end, limiter)?;
     let (tables, stats) = write_tables(
         &*inner.options.fs,
         &inner.dir,

@@ -85,6 +85,8 @@ pub(crate) struct Inner {
     pub pending_compaction_bytes: AtomicU64,
     /// The rate writes are paced to now, in bytes per second (0: unpaced).
     pub delayed_write_bytes_per_sec: AtomicU64,
+    /// Bounds the bytes per second compactions merge, if configured.
+    pub compaction_limiter: Option<Arc<crate::compaction::rate_limiter::RateLimiter>>,
     pub stopping: AtomicBool,
     _lock: io::FileLock,
 }
@@ -183,6 +185,11 @@ impl Db {
             counters: Counters::default(),
             pending_compaction_bytes: AtomicU64::new(pending_compaction_bytes),
             delayed_write_bytes_per_sec: AtomicU64::new(0),
+            compaction_limiter: (options.compaction_bytes_per_sec > 0).then(|| {
+                Arc::new(crate::compaction::rate_limiter::RateLimiter::new(
+                    options.compaction_bytes_per_sec,
+                ))
+            }),
             stopping: AtomicBool::new(false),
             options,
             _lock: lock,

@@ -74,7 +74,7 @@ pub use db::{Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
 pub use options::{
-    Options, WriteOptions, DELAYED_WRITE_BYTES_PER_SEC_FLOOR, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX,
-    VALUE_BYTES_MAX,
+    Options, WriteOptions, COMPACTION_BYTES_PER_SEC_MIN, DELAYED_WRITE_BYTES_PER_SEC_FLOOR, KEY_BYTES_MAX, LEVELS,
+    METADATA_BYTES_MAX, VALUE_BYTES_MAX,
 };
 pub use stats::{LevelStats, Stats};

@@ -23,6 +23,10 @@ pub const SUBCOMPACTIONS_MAX: usize = 64;
 /// would hold a single large batch for minutes.
 pub const DELAYED_WRITE_BYTES_PER_SEC_FLOOR: u64 = 16 * 1024;
 
+/// The slowest compaction rate accepted, in bytes per second: slower
+/// could never keep up with even a trickle of writes.
+pub const COMPACTION_BYTES_PER_SEC_MIN: u64 = 1 << 20;
+
 /// How a [`crate::Db`] is configured when opened.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -98,6 +102,11 @@ pub struct Options {
     /// split off on its own. Default 64 MiB. Smaller splits more eagerly,
     /// paying a thread and some smaller output files per part.
     pub subcompaction_bytes_min: u64,
+    /// Bytes per second (keys and values merged) all compactions together
+    /// may go at; 0 means no limit. Default 0. A limit leaves disk
+    /// bandwidth to reads and the WAL, at the risk of compaction falling
+    /// behind and the write controller slowing writers.
+    pub compaction_bytes_per_sec: u64,
     /// Create the database when the directory holds none. Default true.
     pub create_if_missing: bool,
     /// The filesystem every file of the database goes through. Default
@@ -130,6 +139,7 @@ impl Default for Options {
             l0_compaction_bytes_max: 1 << 30,
             subcompactions_max: 4,
             subcompaction_bytes_min: 64 << 20,
+            compaction_bytes_per_sec: 0,
             create_if_missing: true,
             fs: RealFs::shared(),
         }
@@ -206,6 +216,10 @@ impl Options {
         check(
             self.subcompaction_bytes_min >= 4096,
             "subcompaction_bytes_min must be at least 4096",
+        )?;
+        check(
+            self.compaction_bytes_per_sec == 0 || self.compaction_bytes_per_sec >= COMPACTION_BYTES_PER_SEC_MIN,
+            "compaction_bytes_per_sec must be 0 (no limit) or at least 1 MiB/s",
         )?;
         check(
             self.table_bytes_target >= 4096,

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::rate_limiter::RateLimiter;
 use crate::error::Result;
 use crate::iterator::InternalIterator;
 use crate::key::{self, SEQUENCE_MAX};
@@ -10,9 +11,10 @@ use crate::merge::MergingIterator;
 use crate::sstable::TableIter;
 use crate::version::TableFile;
 
-/// A cursor over one table for compaction.
+/// A cursor over one table for compaction: it reads each block once, so
+/// blocks it reads from disk stay out of the block cache readers need.
 fn table_cursor(file: &TableFile) -> TableIter {
-    file.table.iter()
+    file.table.iter_without_cache_fill()
 }
 
 /// A cursor over the sorted, non-overlapping files of one level (L1 and
@@ -102,12 +104,22 @@ impl InternalIterator for SortedRun {
 }
 
 /// The merged inputs of one sub-compaction: every entry whose user key is
-/// in `[start, end)` (`None`: unbounded), in internal-key order.
+/// in `[start, end)` (`None`: unbounded), in internal-key order, at most as
+/// fast as the rate limiter allows (counting keys and values merged).
 pub(crate) struct RangeInput {
     merged: MergingIterator,
     start: Option<Vec<u8>>,
     end: Option<Vec<u8>>,
+    /// Bounds the bytes per second yielded, if set.
+    limiter: Option<Arc<RateLimiter>>,
+    /// Bytes yielded and not yet asked of the limiter.
+    unlimited_bytes: u64,
 }
+
+/// Bytes a compaction input merges between two requests to the rate
+/// limiter: small enough to pace smoothly, large enough that the limiter's
+/// lock is rare.
+const RATE_LIMIT_CHUNK_BYTES: u64 = 64 * 1024;
 
 impl RangeInput {
     /// Merges `level0` (overlapping tables, each its own cursor) and `runs`
@@ -118,6 +130,7 @@ impl RangeInput {
         runs: Vec<Vec<Arc<TableFile>>>,
         start: Option<Vec<u8>>,
         end: Option<Vec<u8>>,
+        limiter: Option<Arc<RateLimiter>>,
     ) -> Result<Self> {
         if let (Some(start), Some(end)) = (&start, &end) {
             assert!(start < end, "a sub-compaction's range is empty or reversed");
@@ -137,6 +150,8 @@ impl RangeInput {
             merged: MergingIterator::new(children),
             start,
             end,
+            limiter,
+            unlimited_bytes: 0,
         };
         input.seek_to_first()?;
         Ok(input)
@@ -168,6 +183,12 @@ impl InternalIterator for RangeInput {
     }
 
     fn next(&mut self) -> Result<()> {
+        if let Some(limiter) = &self.limiter {
+            self.unlimited_bytes += (self.merged.key().len() + self.merged.value().len()) as u64;
+            if self.unlimited_bytes >= RATE_LIMIT_CHUNK_BYTES {
+                limiter.request(std::mem::take(&mut self.unlimited_bytes));
+            }
+        }
         self.merged.next()
     }
 

@@ -115,6 +115,18 @@ impl Table {
             index: BlockIter::new(self.index.clone()),
             data: None,
             table: Arc::clone(self),
+            fill_cache: true,
+        }
+    }
+
+    /// A cursor over the whole table that uses blocks already in the block
+    /// cache but reads missing ones from disk without inserting them: for
+    /// compaction, which reads each block once and must not evict the
+    /// blocks readers use.
+    pub(crate) fn iter_without_cache_fill(self: &Arc<Self>) -> TableIter {
+        TableIter {
+            fill_cache: false,
+            ..self.iter()
         }
     }
 
@@ -147,6 +159,16 @@ impl Table {
         let block = Block::parse(bytes).map_err(|e| block_error(&self.file, handle, e))?;
         self.cache.insert(self.file_number, handle.offset, block.clone());
         Ok(block)
+    }
+
+    /// The data block at `handle`, from the cache or else from disk, not
+    /// inserted into the cache.
+    fn data_block_without_cache_fill(&self, handle: BlockHandle) -> Result<Block> {
+        if let Some(block) = self.cache.get(self.file_number, handle.offset) {
+            return Ok(block);
+        }
+        let bytes = read_block(&self.file, self.footer_offset, handle)?;
+        Block::parse(bytes).map_err(|e| block_error(&self.file, handle, e))
     }
 
     /// Decodes a data block handle from an index entry.
@@ -241,6 +263,8 @@ pub(crate) struct TableIter {
     /// Cursor over the data block the index cursor points at; `None` when
     /// the cursor is not valid (exhausted, unpositioned, or after an error).
     data: Option<BlockIter>,
+    /// Whether blocks read from disk go into the block cache.
+    fill_cache: bool,
 }
 
 impl TableIter {
@@ -254,7 +278,10 @@ impl TableIter {
         let loaded = self
             .table
             .decode_handle(self.index.value())
-            .and_then(|handle| self.table.data_block(handle));
+            .and_then(|handle| match self.fill_cache {
+                true => self.table.data_block(handle),
+                false => self.table.data_block_without_cache_fill(handle),
+            });
         let block = match loaded {
             Ok(block) => block,
             Err(error) => {
