@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use crate::compaction::input::RangeInput;
-use crate::compaction::picker::{self, FileSummary, Plan, Shape};
+use crate::compaction::picker::{self, FileSummary, KeyBounds, ManualPick, Plan, Shape};
 use crate::compaction::{write_tables, DropPolicy, WriteStats};
 use crate::db::{wal_name, Inner, SuperVersion};
 use crate::error::{Error, Result};
@@ -147,6 +147,8 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     }
     drop(versions);
     Counters::add(&inner.counters.flushes, 1);
+    let flushed: u64 = outputs.iter().map(|m| m.size_bytes).sum();
+    Counters::add(&inner.counters.level_bytes_written[0], flushed);
     // The manifest now says WALs below `next_wal` are not needed.
     let fs = &*inner.options.fs;
     for name in io::list_dir(fs, &inner.dir)? {
@@ -291,7 +293,14 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
             inner.options.subcompaction_bytes_min,
         );
         let (outputs, stats) = run_parts(inner, plan, &inputs, &next_inputs, policy, points)?;
-        Counters::add(&inner.counters.compaction_bytes_written, stats.bytes_written);
+        let c = &inner.counters;
+        let output_level = plan.output_level();
+        Counters::add(&c.compaction_bytes_written, stats.bytes_written);
+        Counters::add(&c.level_bytes_written[output_level], stats.bytes_written);
+        let read_above: u64 = inputs.iter().map(|f| f.meta.size_bytes).sum();
+        Counters::add(&c.level_bytes_read_from_above[output_level], read_above);
+        let read_level: u64 = next_inputs.iter().map(|f| f.meta.size_bytes).sum();
+        Counters::add(&c.level_bytes_read_from_level[output_level], read_level);
         let added = {
             let versions = inner.versions.lock();
             outputs
@@ -444,9 +453,11 @@ fn install(
     Ok(())
 }
 
-/// Compacts every level into the next, top to bottom, in the caller's
-/// thread, waiting for background compactions that hold needed files.
-pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
+/// Compacts the files with keys in `bounds` of every level into the next,
+/// top to bottom, in the caller's thread, until they sit in the deepest
+/// level that holds data; waits for background compactions that hold
+/// needed files. Files outside the bounds are left alone.
+pub(crate) fn compact_range(inner: &Inner, bounds: &KeyBounds) -> Result<()> {
     for level in 0..LEVELS - 1 {
         loop {
             let mut bg = inner.bg.lock();
@@ -456,14 +467,16 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
             let version = inner.super_version().version.clone();
             let deepest = (0..LEVELS).rev().find(|&l| !version.levels[l].is_empty()).unwrap_or(0);
             // Everything ends up in the deepest level holding data (at least L1).
-            if level >= deepest.max(1) || version.levels[level].is_empty() {
+            if level >= deepest.max(1) {
                 break;
             }
-            let files = summaries(&version, &bg.busy_files);
-            let Some(plan) = manual_plan(&files, level) else {
-                // A background compaction owns some of the files: wait for it.
-                inner.bg_done.wait_for(&mut bg, IDLE_RECHECK);
-                continue;
+            let plan = match picker::pick_manual(&summaries(&version, &bg.busy_files), level, bounds) {
+                ManualPick::Done => break,
+                ManualPick::Wait => {
+                    inner.bg_done.wait_for(&mut bg, IDLE_RECHECK);
+                    continue;
+                }
+                ManualPick::Run(plan) => plan,
             };
             bg.busy_files
                 .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
@@ -479,28 +492,4 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// All of `level` merged with what it overlaps below, if none of it is busy.
-fn manual_plan(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize) -> Option<Plan> {
-    let files = &levels[level];
-    if files.iter().any(|f| f.busy) {
-        return None;
-    }
-    let smallest = files.iter().map(|f| f.smallest).min()?;
-    let largest = files.iter().map(|f| f.largest).max()?;
-    let mut next_inputs = Vec::new();
-    for file in &levels[level + 1] {
-        if file.smallest <= largest && file.largest >= smallest {
-            if file.busy {
-                return None;
-            }
-            next_inputs.push(file.number);
-        }
-    }
-    Some(Plan {
-        level,
-        inputs: files.iter().map(|f| f.number).collect(),
-        next_inputs,
-    })
 }

@@ -253,11 +253,24 @@ impl Db {
         crate::write::flush(&self.inner)
     }
 
-    /// Flushes, then compacts every level down into the next until all data
-    /// sits in the deepest level that holds any, dropping dead versions.
-    pub fn compact_range(&self) -> Result<()> {
+    /// Flushes, then compacts the files holding keys in `range` of every
+    /// level down into the next until they sit in the deepest level that
+    /// holds data, dropping dead versions. Only files with keys in `range`
+    /// (and, in L0, older files they overlap) and the files below that they
+    /// overlap are rewritten or waited for; `compact_range(..)` compacts
+    /// everything.
+    pub fn compact_range<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<()> {
+        let owned = |bound: Bound<&&[u8]>| match bound {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let bounds = crate::compaction::picker::KeyBounds {
+            start: owned(range.start_bound()),
+            end: owned(range.end_bound()),
+        };
         self.flush()?;
-        crate::background::compact_all(&self.inner)
+        crate::background::compact_range(&self.inner, &bounds)
     }
 
     /// Writes a consistent copy of the database into the new directory
@@ -416,9 +429,13 @@ impl Inner {
                 .version
                 .levels
                 .iter()
-                .map(|files| LevelStats {
+                .enumerate()
+                .map(|(level, files)| LevelStats {
                     files: files.len() as u64,
                     bytes: files.iter().map(|f| f.meta.size_bytes).sum(),
+                    bytes_read_from_above: Counters::get(&c.level_bytes_read_from_above[level]),
+                    bytes_read_from_level: Counters::get(&c.level_bytes_read_from_level[level]),
+                    bytes_written: Counters::get(&c.level_bytes_written[level]),
                 })
                 .collect(),
             memtable_bytes: sv.mem.approximate_bytes() as u64,

@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::options::LEVELS;
+
 /// A point-in-time report of the engine's shape and activity.
 #[derive(Debug, Clone, Default)]
 #[non_exhaustive]
@@ -56,13 +58,43 @@ pub struct Stats {
     pub table_memory_bytes: u64,
 }
 
-/// One level's share of the tree.
+/// One level's share of the tree, and the I/O that built it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LevelStats {
     /// Table files in the level.
     pub files: u64,
     /// Bytes of those files.
     pub bytes: u64,
+    /// Bytes of the level above's files that compactions into this level
+    /// read (for L0: none, flushes read memtables).
+    pub bytes_read_from_above: u64,
+    /// Bytes of this level's own files that compactions into it read (to
+    /// merge them with what came from above).
+    pub bytes_read_from_level: u64,
+    /// Bytes of table files written into this level (flushes for L0,
+    /// compactions below). Files moved down unchanged are not counted.
+    pub bytes_written: u64,
+}
+
+impl LevelStats {
+    /// Bytes written into this level per byte that came down from the
+    /// level above: 1.0 means every byte was written once, more means
+    /// this level's own data was rewritten along with it. `None` for L0
+    /// and for levels nothing was compacted into.
+    pub fn write_amplification(&self) -> Option<f64> {
+        (self.bytes_read_from_above > 0).then(|| self.bytes_written as f64 / self.bytes_read_from_above as f64)
+    }
+}
+
+impl Stats {
+    /// Bytes of table files written by flushes and compactions per byte
+    /// flushed: the engine's write amplification since it was opened
+    /// (the WAL not counted). `None` before the first flush.
+    pub fn write_amplification(&self) -> Option<f64> {
+        let flushed = self.levels.first()?.bytes_written;
+        let written: u64 = self.levels.iter().map(|l| l.bytes_written).sum();
+        (flushed > 0).then(|| written as f64 / flushed as f64)
+    }
 }
 
 /// Monotonic counters updated on the hot paths.
@@ -79,6 +111,12 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
     pub subcompactions: AtomicU64,
+    /// Per level: bytes of the level above read by compactions into it.
+    pub level_bytes_read_from_above: [AtomicU64; LEVELS],
+    /// Per level: bytes of its own files read by compactions into it.
+    pub level_bytes_read_from_level: [AtomicU64; LEVELS],
+    /// Per level: bytes of table files written into it.
+    pub level_bytes_written: [AtomicU64; LEVELS],
 }
 
 impl Counters {

@@ -142,7 +142,7 @@ fn live(fs: &Arc<SimFs>, rng: &mut fastrand::Rng, life_index: usize, start: &Mod
         }
         if roll < 4 {
             life.events.push(format!("compact after {index}"));
-            if db.compact_range().is_err() {
+            if db.compact_range(..).is_err() {
                 break;
             }
             life.durable_attempts = life.attempts.len();

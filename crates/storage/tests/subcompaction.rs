@@ -63,7 +63,7 @@ fn split_compactions_keep_exactly_the_data_of_unsplit_ones() {
         let dir = tempfile::tempdir().expect("tempdir");
         let db = Db::open(dir.path(), options.clone()).expect("open");
         let model = load(&db, seed, ops);
-        db.compact_range().expect("compact");
+        db.compact_range(..).expect("compact");
         let after = contents(&db);
         assert_eq!(after, model, "contents after a full compaction");
         let stats = db.stats();

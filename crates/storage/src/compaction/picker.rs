@@ -1,6 +1,8 @@
 //! The compaction picker: a pure function from the shape of the tree to the
 //! next compaction to run. No I/O, so every decision is unit-tested.
 
+use std::ops::Bound;
+
 use crate::options::LEVELS;
 
 /// What the picker needs to know about one live file.
@@ -243,6 +245,94 @@ fn overlapping(files: &[FileSummary<'_>], smallest: &[u8], largest: &[u8]) -> Op
     Some(numbers)
 }
 
+/// The user keys a manual compaction covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyBounds {
+    pub start: Bound<Vec<u8>>,
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyBounds {
+    /// Whether a file holding `[smallest, largest]` has keys in the bounds.
+    pub fn meets(&self, smallest: &[u8], largest: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(start) => largest >= start.as_slice(),
+            Bound::Excluded(start) => largest > start.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(end) => smallest <= end.as_slice(),
+            Bound::Excluded(end) => smallest < end.as_slice(),
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+}
+
+/// The next step of a manual compaction of one level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ManualPick {
+    /// No file of the level holds keys in the bounds.
+    Done,
+    /// A running compaction owns a needed file: wait for it.
+    Wait,
+    /// Run this plan.
+    Run(Plan),
+}
+
+/// The files of `level` with keys in `bounds` (plus, in L0, every older file
+/// they overlap), merged with what they overlap in the next level. Files
+/// outside the bounds stay where they are.
+pub(crate) fn pick_manual(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, bounds: &KeyBounds) -> ManualPick {
+    assert!(level < LEVELS - 1, "the last level has nowhere to compact to");
+    let inputs: Vec<&FileSummary<'_>> = if level == 0 {
+        level0_closure(&levels[0], bounds)
+    } else {
+        levels[level]
+            .iter()
+            .filter(|f| bounds.meets(f.smallest, f.largest))
+            .collect()
+    };
+    let (Some(smallest), Some(largest)) = (
+        inputs.iter().map(|f| f.smallest).min(),
+        inputs.iter().map(|f| f.largest).max(),
+    ) else {
+        return ManualPick::Done;
+    };
+    if inputs.iter().any(|f| f.busy) {
+        return ManualPick::Wait;
+    }
+    let Some(next_inputs) = overlapping(&levels[level + 1], smallest, largest) else {
+        return ManualPick::Wait;
+    };
+    ManualPick::Run(Plan {
+        level,
+        inputs: inputs.iter().map(|f| f.number).collect(),
+        next_inputs,
+    })
+}
+
+/// The L0 files (`level0` is newest first) with keys in `bounds`, and every
+/// file older than one of them that it overlaps: an older overlapping file
+/// left in L0 would sit above, and shadow, the newer data moved down.
+fn level0_closure<'s, 'a>(level0: &'s [FileSummary<'a>], bounds: &KeyBounds) -> Vec<&'s FileSummary<'a>> {
+    let mut taken: Vec<bool> = level0.iter().map(|f| bounds.meets(f.smallest, f.largest)).collect();
+    // Marks only go to older (later) files, so one pass newest to oldest
+    // sees every file after it was marked.
+    for newer in 0..level0.len() {
+        if !taken[newer] {
+            continue;
+        }
+        let (smallest, largest) = (level0[newer].smallest, level0[newer].largest);
+        for older in newer + 1..level0.len() {
+            if level0[older].smallest <= largest && level0[older].largest >= smallest {
+                taken[older] = true;
+            }
+        }
+    }
+    level0.iter().zip(taken).filter(|(_, t)| *t).map(|(f, _)| f).collect()
+}
+
 /// Whether no level below `output_level` holds keys in `[smallest, largest]`:
 /// then a tombstone written there shadows nothing and may be dropped.
 pub(crate) fn is_bottommost(
@@ -440,6 +530,64 @@ mod tests {
         bytes[2] = 20_000;
         bytes[3] = 30_000;
         assert_eq!(pending_compaction_bytes(&bytes, 0, &SHAPE), 10_000 + 15_000);
+    }
+
+    fn bounds(start: &str, end: &str) -> KeyBounds {
+        KeyBounds {
+            start: Bound::Included(start.as_bytes().to_vec()),
+            end: Bound::Excluded(end.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_manual_compaction_of_a_range_takes_only_the_files_in_it() {
+        // Files outside the range stay; the next level's files are taken only where they overlap the inputs.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[1] = vec![file(1, 10, "a", "c"), file(2, 10, "d", "f"), file(3, 10, "g", "i")];
+        levels[2] = vec![file(4, 10, "a", "b"), file(5, 10, "c", "e"), file(6, 10, "h", "z")];
+        let plan = ManualPick::Run(Plan {
+            level: 1,
+            inputs: vec![2],
+            next_inputs: vec![5],
+        });
+        assert_eq!(pick_manual(&levels, 1, &bounds("d", "e")), plan);
+        // An excluded end at a file's smallest key does not take that file.
+        assert_eq!(pick_manual(&levels, 1, &bounds("dd", "g")), plan);
+        assert_eq!(pick_manual(&levels, 1, &bounds("j", "k")), ManualPick::Done);
+        assert_eq!(pick_manual(&levels, 3, &bounds("a", "z")), ManualPick::Done);
+        levels[2][1].busy = true;
+        assert_eq!(pick_manual(&levels, 1, &bounds("d", "e")), ManualPick::Wait);
+    }
+
+    #[test]
+    fn a_manual_l0_compaction_takes_older_files_its_inputs_overlap() {
+        // Moving a file down past an older overlapping one would let the older data shadow the newer.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        // Newest first: 13 overlaps 11 (older) but not 12; 12 overlaps 11 but is newer than it.
+        levels[0] = vec![
+            file(13, 10, "a", "c"),
+            file(12, 10, "m", "p"),
+            file(11, 10, "b", "n"),
+            file(10, 10, "x", "z"),
+        ];
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &bounds("a", "b")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![13, 11]);
+        // A range meeting only the oldest file takes it alone.
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &bounds("y", "yy")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![10]);
+        // The full range takes all of L0.
+        let full = KeyBounds {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        };
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &full) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![13, 12, 11, 10]);
     }
 
     #[test]
