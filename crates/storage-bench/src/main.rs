@@ -112,12 +112,15 @@ fn main() -> Result<()> {
     let stats = db.stats();
     let levels: Vec<String> = stats.levels.iter().map(|l| format!("{}", l.files)).collect();
     println!(
-        "files per level [{}], stalls {} ({} ms), slowdowns {}, compactions {}, cache hits {} misses {}",
+        "files per level [{}], stalls {} ({} ms), slowdowns {} ({} ms), compactions {} (+{} parts), write-amp {:.2}, cache hits {} misses {}",
         levels.join(" "),
         stats.write_stalls,
         stats.write_stall_micros / 1000,
         stats.write_slowdowns,
+        stats.write_slowdown_micros / 1000,
         stats.compactions,
+        stats.subcompactions,
+        stats.write_amplification().unwrap_or(0.0),
         stats.block_cache_hits,
         stats.block_cache_misses
     );
