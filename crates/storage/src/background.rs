@@ -69,23 +69,49 @@ fn fail(inner: &Inner, error: &Error) {
     inner.bg_done.notify_all();
 }
 
+/// What the flush thread does next.
+enum FlushWork {
+    /// Create the WAL the next memtable rotation will use.
+    SpareWal,
+    /// Flush this frozen memtable (the oldest).
+    Flush(Arc<Memtable>),
+}
+
 fn flush_loop(inner: &Inner) {
+    // After a failed attempt, the next spare WAL waits for the next flush
+    // (rotation creates its WAL itself meanwhile) rather than retrying in
+    // a loop against a failing disk.
+    let mut spare_failed = false;
     loop {
-        let oldest = {
+        let work = {
             let mut bg = inner.bg.lock();
             loop {
                 if bg.shutting_down || bg.error.is_some() {
                     return;
                 }
+                if !spare_failed && !crate::write::has_spare_wal(inner) {
+                    break FlushWork::SpareWal;
+                }
                 if let Some(oldest) = inner.super_version().imms.last().cloned() {
-                    break oldest;
+                    break FlushWork::Flush(oldest);
                 }
                 inner.bg_work.wait_for(&mut bg, IDLE_RECHECK);
             }
         };
+        let oldest = match work {
+            FlushWork::SpareWal => {
+                if let Err(error) = crate::write::prepare_spare_wal(inner) {
+                    tracing::warn!(%error, "could not create a spare WAL; the next rotation creates its own");
+                    spare_failed = true;
+                }
+                continue;
+            }
+            FlushWork::Flush(oldest) => oldest,
+        };
         if let Err(error) = run_guarded(|| flush_memtable(inner, &oldest)) {
             return fail(inner, &error);
         }
+        spare_failed = false;
         inner.bg.lock().compaction_wanted = true;
         inner.bg_work.notify_all();
         inner.bg_done.notify_all();

@@ -85,6 +85,9 @@ pub(crate) struct Inner {
     pub pending_compaction_bytes: AtomicU64,
     /// The rate writes are paced to now, in bytes per second (0: unpaced).
     pub delayed_write_bytes_per_sec: AtomicU64,
+    /// The WAL (number and writer) the next memtable rotation will use,
+    /// created ahead by the flush thread.
+    pub spare_wal: Mutex<Option<(u64, LogWriter)>>,
     /// Bounds the bytes per second compactions merge, if configured.
     pub compaction_limiter: Option<Arc<crate::compaction::rate_limiter::RateLimiter>>,
     pub stopping: AtomicBool,
@@ -185,6 +188,7 @@ impl Db {
             counters: Counters::default(),
             pending_compaction_bytes: AtomicU64::new(pending_compaction_bytes),
             delayed_write_bytes_per_sec: AtomicU64::new(0),
+            spare_wal: Mutex::new(None),
             compaction_limiter: (options.compaction_bytes_per_sec > 0).then(|| {
                 Arc::new(crate::compaction::rate_limiter::RateLimiter::new(
                     options.compaction_bytes_per_sec,

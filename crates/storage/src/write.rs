@@ -357,15 +357,61 @@ fn stall(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Freezes the active memtable and starts a new one with a new WAL.
-fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<()> {
+/// Whether a spare WAL is ready for the next rotation.
+pub(crate) fn has_spare_wal(inner: &Inner) -> bool {
+    inner.spare_wal.lock().is_some()
+}
+
+/// Creates the WAL the next memtable rotation will use, if none is ready,
+/// so that the rotation (which holds up every writer) does not wait for a
+/// file creation, its header's fsync and a directory fsync. Called only by
+/// the flush thread.
+///
+/// A spare left unused by a crash is an empty WAL newer than every other:
+/// recovery replays nothing from it, and the first flush after the next
+/// open deletes it like any WAL below the manifest's log number.
+pub(crate) fn prepare_spare_wal(inner: &Inner) -> Result<()> {
+    if has_spare_wal(inner) {
+        return Ok(());
+    }
     let number = inner.versions.lock().new_file_number();
     let fs = &*inner.options.fs;
     let wal = LogWriter::create(fs, &inner.dir.join(wal_name(number)), LogKind::Wal)?;
+    // Its name is durable before any write goes to it.
+    crate::io::sync_dir(fs, &inner.dir)?;
+    let mut spare = inner.spare_wal.lock();
+    assert!(spare.is_none(), "only the flush thread prepares spare WALs");
+    *spare = Some((number, wal));
+    Ok(())
+}
+
+/// Freezes the active memtable and starts a new one with a new WAL (the
+/// spare the flush thread prepared, or else one created here).
+fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<()> {
+    let fs = &*inner.options.fs;
+    let spare = inner.spare_wal.lock().take();
+    let (number, wal, name_synced) = match spare {
+        // WAL numbers must grow with memtable age (recovery, flush and the
+        // manifest's log number rely on it). A spare numbered before a WAL
+        // created here while it was being prepared is stale: unused, it is
+        // deleted with the WALs below the log number after a flush.
+        Some((number, wal)) if number > writer.wal_number => (number, wal, true),
+        _ => {
+            let number = inner.versions.lock().new_file_number();
+            let wal = LogWriter::create(fs, &inner.dir.join(wal_name(number)), LogKind::Wal)?;
+            (number, wal, false)
+        }
+    };
+    assert!(
+        number > writer.wal_number,
+        "a new memtable's WAL must be numbered after the one it replaces"
+    );
     // The old WAL is synced before writes go to the new one, so a machine
     // crash cannot keep a later write while losing an earlier one.
     writer.wal.sync()?;
-    crate::io::sync_dir(fs, &inner.dir)?;
+    if !name_synced {
+        crate::io::sync_dir(fs, &inner.dir)?;
+    }
     writer.wal = wal;
     writer.wal_number = number;
     // Built from the state as it is now, under its lock: a flush or
@@ -411,5 +457,67 @@ pub(crate) fn flush(inner: &Inner) -> Result<()> {
         }
         inner.bg_work.notify_all();
         inner.bg_done.wait_for(&mut bg, STALL_RECHECK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{Db, Options};
+
+    /// Waits (bounded) until the flush thread has a spare WAL ready; returns its number.
+    fn spare_number(db: &Db) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((number, _)) = &*db.inner.spare_wal.lock() {
+                return *number;
+            }
+            assert!(Instant::now() < deadline, "no spare WAL was prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wal_files(dir: &std::path::Path) -> Vec<u64> {
+        let mut numbers: Vec<u64> = std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".wal")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        numbers
+    }
+
+    #[test]
+    fn a_rotation_takes_the_wal_the_flush_thread_prepared() {
+        // A WAL created and fsynced off the write path keeps rotations (which hold up every writer) short.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options {
+            memtable_bytes_max: 4096,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), options.clone()).expect("open");
+        let spare = spare_number(&db);
+        let first_wal = db.inner.super_version().mem.wal_number();
+        let mut i = 0;
+        while db.inner.super_version().mem.wal_number() == first_wal {
+            db.put(format!("key{i:06}"), [b'v'; 100]).expect("put");
+            i += 1;
+        }
+        assert_eq!(db.inner.super_version().mem.wal_number(), spare);
+        // The flush thread prepares the next one.
+        assert!(spare_number(&db) > spare);
+        drop(db);
+
+        // An unused spare left behind is an empty WAL: the next open replays nothing from it,
+        // and the first flush deletes it.
+        let leftover = *wal_files(dir.path()).last().expect("a WAL");
+        let db = Db::open(dir.path(), options).expect("reopen");
+        assert_eq!(db.scan(..).expect("scan").count(), i);
+        db.flush().expect("flush");
+        assert!(
+            !wal_files(dir.path()).contains(&leftover),
+            "the leftover spare WAL stays"
+        );
     }
 }
