@@ -8,8 +8,9 @@
 //! Each workload prints one line: ops/s, MB/s and p50/p99/p99.9 latency.
 
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -74,6 +75,10 @@ struct Args {
     /// Seed for the random key streams.
     #[arg(long, default_value_t = 301)]
     seed: u64,
+    /// Print the rate and the slowest operation of every N operations of a
+    /// workload (0 = never).
+    #[arg(long, default_value_t = 0)]
+    stats_interval: u64,
 }
 
 struct Workload<'a> {
@@ -116,12 +121,15 @@ fn main() -> Result<()> {
     let stats = db.stats();
     let levels: Vec<String> = stats.levels.iter().map(|l| format!("{}", l.files)).collect();
     println!(
-        "files per level [{}], stalls {} ({} ms), slowdowns {}, compactions {}, cache hits {} misses {}",
+        "files per level [{}], stalls {} ({} ms), slowdowns {} ({} ms), compactions {} (+{} parts), write-amp {:.2}, cache hits {} misses {}",
         levels.join(" "),
         stats.write_stalls,
         stats.write_stall_micros / 1000,
         stats.write_slowdowns,
+        stats.write_slowdown_micros / 1000,
         stats.compactions,
+        stats.subcompactions,
+        stats.write_amplification().unwrap_or(0.0),
         stats.block_cache_hits,
         stats.block_cache_misses
     );
@@ -245,10 +253,12 @@ impl Workload<'_> {
     {
         let threads = threads.max(1) as u64;
         let started = Instant::now();
+        let progress = Progress::new(self.args.stats_interval, started);
         let results: Vec<Result<(Histogram<u64>, u64)>> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..threads)
                 .map(|t| {
                     let op = &op;
+                    let progress = &progress;
                     scope.spawn(move || {
                         let mut rng = fastrand::Rng::with_seed(self.args.seed + t);
                         let mut histogram = new_histogram();
@@ -257,7 +267,9 @@ impl Workload<'_> {
                         while i < ops {
                             let op_started = Instant::now();
                             op(&mut rng, i, &mut found)?;
-                            record(&mut histogram, op_started.elapsed());
+                            let took = op_started.elapsed();
+                            record(&mut histogram, took);
+                            progress.tick(took);
                             i += threads;
                         }
                         Ok((histogram, found))
@@ -313,6 +325,50 @@ impl Workload<'_> {
     }
 }
 
+/// Per-interval progress lines for `--stats-interval`.
+struct Progress {
+    interval_ops: u64,
+    done_ops: AtomicU64,
+    /// The slowest operation of the current interval, in nanoseconds.
+    slowest_nanos: AtomicU64,
+    interval_started: Mutex<Instant>,
+}
+
+impl Progress {
+    fn new(interval_ops: u64, started: Instant) -> Self {
+        Progress {
+            interval_ops,
+            done_ops: AtomicU64::new(0),
+            slowest_nanos: AtomicU64::new(0),
+            interval_started: Mutex::new(started),
+        }
+    }
+
+    /// Counts one finished operation; every `interval_ops`, prints the
+    /// interval's rate and its slowest operation.
+    fn tick(&self, took: Duration) {
+        if self.interval_ops == 0 {
+            return;
+        }
+        let nanos = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        self.slowest_nanos.fetch_max(nanos, Ordering::Relaxed);
+        let done = self.done_ops.fetch_add(1, Ordering::Relaxed) + 1;
+        if !done.is_multiple_of(self.interval_ops) {
+            return;
+        }
+        let mut interval_started = self.interval_started.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        let secs = now.duration_since(*interval_started).as_secs_f64().max(1e-9);
+        *interval_started = now;
+        let slowest = self.slowest_nanos.swap(0, Ordering::Relaxed);
+        println!(
+            "  interval ending at {done} ops: {:.0} ops/s, slowest op {:.1} ms",
+            self.interval_ops as f64 / secs,
+            slowest as f64 / 1e6
+        );
+    }
+}
+
 struct Report {
     ops: u64,
     elapsed: Duration,
@@ -329,10 +385,11 @@ impl Report {
         let mb_per_sec = entries_per_sec * (args.key_size + args.value_size) as f64 / 1e6;
         let us = |q: f64| self.histogram.value_at_quantile(q) as f64 / 1000.0;
         println!(
-            "{name:<18} {ops_per_sec:>10.0} ops/s {entries_per_sec:>10.0} entries/s {mb_per_sec:>7.1} MB/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  ({} ops in {secs:.2} s, {} found)",
+            "{name:<18} {ops_per_sec:>10.0} ops/s {entries_per_sec:>10.0} entries/s {mb_per_sec:>7.1} MB/s  p50 {:>8.1} us  p99 {:>8.1} us  p99.9 {:>8.1} us  max {:>8.1} us  ({} ops in {secs:.2} s, {} found)",
             us(0.5),
             us(0.99),
             us(0.999),
+            self.histogram.max() as f64 / 1000.0,
             self.ops,
             self.found
         );

@@ -7,17 +7,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::compaction::picker::{self, FileSummary, Plan, Shape};
-use crate::compaction::{write_tables, DropPolicy};
+use crate::compaction::input::RangeInput;
+use crate::compaction::picker::{self, FileSummary, KeyBounds, ManualPick, Plan, Shape};
+use crate::compaction::{write_tables, DropPolicy, WriteStats};
 use crate::db::{wal_name, Inner, SuperVersion};
 use crate::error::{Error, Result};
 use crate::io;
 use crate::iterator::InternalIterator;
 use crate::memtable::Memtable;
-use crate::merge::{LevelIterator, MergingIterator};
-use crate::options::LEVELS;
+use crate::options::{Options, LEVELS};
 use crate::stats::Counters;
-use crate::version::{TableFile, Version, VersionEdit};
+use crate::version::{FileMeta, TableFile, Version, VersionEdit};
 
 /// How long an idle background thread sleeps before looking for work again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
@@ -69,23 +69,49 @@ fn fail(inner: &Inner, error: &Error) {
     inner.bg_done.notify_all();
 }
 
+/// What the flush thread does next.
+enum FlushWork {
+    /// Create the WAL the next memtable rotation will use.
+    SpareWal,
+    /// Flush this frozen memtable (the oldest).
+    Flush(Arc<Memtable>),
+}
+
 fn flush_loop(inner: &Inner) {
+    // After a failed attempt, the next spare WAL waits for the next flush
+    // (rotation creates its WAL itself meanwhile) rather than retrying in
+    // a loop against a failing disk.
+    let mut spare_failed = false;
     loop {
-        let oldest = {
+        let work = {
             let mut bg = inner.bg.lock();
             loop {
                 if bg.shutting_down || bg.error.is_some() {
                     return;
                 }
+                if !spare_failed && !crate::write::has_spare_wal(inner) {
+                    break FlushWork::SpareWal;
+                }
                 if let Some(oldest) = inner.super_version().imms.last().cloned() {
-                    break oldest;
+                    break FlushWork::Flush(oldest);
                 }
                 inner.bg_work.wait_for(&mut bg, IDLE_RECHECK);
             }
         };
+        let oldest = match work {
+            FlushWork::SpareWal => {
+                if let Err(error) = crate::write::prepare_spare_wal(inner) {
+                    tracing::warn!(%error, "could not create a spare WAL; the next rotation creates its own");
+                    spare_failed = true;
+                }
+                continue;
+            }
+            FlushWork::Flush(oldest) => oldest,
+        };
         if let Err(error) = run_guarded(|| flush_memtable(inner, &oldest)) {
             return fail(inner, &error);
         }
+        spare_failed = false;
         inner.bg.lock().compaction_wanted = true;
         inner.bg_work.notify_all();
         inner.bg_done.notify_all();
@@ -135,6 +161,7 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
         ..VersionEdit::default()
     };
     let version = versions.log_and_apply(edit, &added)?;
+    publish_debt(inner, &version);
     {
         let mut state = inner.state.write();
         let imms = state.imms.iter().filter(|m| !Arc::ptr_eq(m, imm)).cloned().collect();
@@ -146,6 +173,8 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     }
     drop(versions);
     Counters::add(&inner.counters.flushes, 1);
+    let flushed: u64 = outputs.iter().map(|m| m.size_bytes).sum();
+    Counters::add(&inner.counters.level_bytes_written[0], flushed);
     // The manifest now says WALs below `next_wal` are not needed.
     let fs = &*inner.options.fs;
     for name in io::list_dir(fs, &inner.dir)? {
@@ -208,11 +237,30 @@ fn summaries<'a>(version: &'a Version, busy: &std::collections::HashSet<u64>) ->
 }
 
 fn shape(inner: &Inner) -> Shape {
+    shape_of(&inner.options)
+}
+
+fn shape_of(options: &Options) -> Shape {
     Shape {
-        l0_compaction_trigger: inner.options.l0_compaction_trigger,
-        l1_bytes_target: inner.options.l1_bytes_target,
-        level_size_ratio: inner.options.level_size_ratio,
+        l0_compaction_trigger: options.l0_compaction_trigger,
+        l0_compaction_bytes_max: options.l0_compaction_bytes_max,
+        l1_bytes_target: options.l1_bytes_target,
+        level_size_ratio: options.level_size_ratio,
     }
+}
+
+/// The compaction debt of `version`, in bytes (see
+/// [`picker::pending_compaction_bytes`]).
+pub(crate) fn pending_compaction_bytes(options: &Options, version: &Version) -> u64 {
+    let level_bytes: [u64; LEVELS] =
+        std::array::from_fn(|level| version.levels[level].iter().map(|f| f.meta.size_bytes).sum());
+    picker::pending_compaction_bytes(&level_bytes, version.levels[0].len(), &shape_of(options))
+}
+
+/// Publishes `version`'s compaction debt to the write controller.
+fn publish_debt(inner: &Inner, version: &Version) {
+    let pending = pending_compaction_bytes(&inner.options, version);
+    inner.pending_compaction_bytes.store(pending, Ordering::Relaxed);
 }
 
 fn pick_and_reserve(inner: &Inner, bg: &mut crate::db::BgState, version: &Version) -> Option<Plan> {
@@ -264,29 +312,21 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
                 largest,
             ),
         };
-        let mut children: Vec<Box<dyn InternalIterator>> = Vec::new();
-        if plan.level == 0 {
-            children.extend(
-                inputs
-                    .iter()
-                    .map(|f| Box::new(f.table.iter()) as Box<dyn InternalIterator>),
-            );
-        } else {
-            children.push(Box::new(LevelIterator::new(inputs.clone())));
-        }
-        children.push(Box::new(LevelIterator::new(next_inputs.clone())));
-        let mut merged = MergingIterator::new(children);
-        merged.seek_to_first()?;
-        let (outputs, stats) = write_tables(
-            &*inner.options.fs,
-            &inner.dir,
-            &mut merged,
-            policy,
-            inner.table_options.clone(),
-            inner.options.table_bytes_target,
-            &mut || inner.versions.lock().new_file_number(),
-        )?;
-        Counters::add(&inner.counters.compaction_bytes_written, stats.bytes_written);
+        let points = picker::split_points(
+            &summaries_of(&inputs),
+            &summaries_of(&next_inputs),
+            inner.options.subcompactions_max,
+            inner.options.subcompaction_bytes_min,
+        );
+        let (outputs, stats) = run_parts(inner, plan, &inputs, &next_inputs, policy, points)?;
+        let c = &inner.counters;
+        let output_level = plan.output_level();
+        Counters::add(&c.compaction_bytes_written, stats.bytes_written);
+        Counters::add(&c.level_bytes_written[output_level], stats.bytes_written);
+        let read_above: u64 = inputs.iter().map(|f| f.meta.size_bytes).sum();
+        Counters::add(&c.level_bytes_read_from_above[output_level], read_above);
+        let read_level: u64 = next_inputs.iter().map(|f| f.meta.size_bytes).sum();
+        Counters::add(&c.level_bytes_read_from_level[output_level], read_level);
         let added = {
             let versions = inner.versions.lock();
             outputs
@@ -305,6 +345,113 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
     Ok(())
 }
 
+fn summaries_of(files: &[Arc<TableFile>]) -> Vec<FileSummary<'_>> {
+    files
+        .iter()
+        .map(|f| FileSummary {
+            number: f.meta.number,
+            size_bytes: f.meta.size_bytes,
+            smallest: f.meta.smallest_user_key(),
+            largest: f.meta.largest_user_key(),
+            busy: false,
+        })
+        .collect()
+}
+
+/// A part's user-key range, `[start, end)`; `None` is unbounded.
+type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
+
+/// What one part of a compaction produced.
+struct PartOutput {
+    tables: Vec<FileMeta>,
+    stats: WriteStats,
+}
+
+/// Merges `inputs` (of `plan.level`) with `next_inputs` into new tables,
+/// split at `points` into key-range parts that run at the same time, each
+/// on a thread of its own (the first on the caller's). The tables come
+/// back in key order.
+fn run_parts(
+    inner: &Inner,
+    plan: &Plan,
+    inputs: &[Arc<TableFile>],
+    next_inputs: &[Arc<TableFile>],
+    policy: DropPolicy,
+    points: Vec<Vec<u8>>,
+) -> Result<(Vec<FileMeta>, WriteStats)> {
+    let starts = std::iter::once(None).chain(points.iter().cloned().map(Some));
+    let ends = points.iter().cloned().map(Some).chain(std::iter::once(None));
+    let mut ranges: Vec<KeyRange> = starts.zip(ends).collect();
+    let first = ranges.remove(0);
+    Counters::add(&inner.counters.subcompactions, ranges.len() as u64);
+    let results: Vec<Result<PartOutput>> = std::thread::scope(|scope| {
+        let mut handles = Vec::with_capacity(ranges.len());
+        let mut results = Vec::with_capacity(ranges.len() + 1);
+        for (start, end) in ranges {
+            let spawned = std::thread::Builder::new()
+                .name("storage-subcompact".to_string())
+                .spawn_scoped(scope, move || {
+                    run_part(inner, plan, inputs, next_inputs, policy, start, end)
+                });
+            match spawned {
+                Ok(handle) => handles.push(handle),
+                Err(e) => results.push(Err(Error::io("spawn thread", "storage-subcompact", e))),
+            }
+        }
+        results.push(run_part(inner, plan, inputs, next_inputs, policy, first.0, first.1));
+        for handle in handles {
+            results.push(
+                handle
+                    .join()
+                    .unwrap_or_else(|_| Err(Error::Background("a sub-compaction panicked".to_string()))),
+            );
+        }
+        results
+    });
+    let mut tables = Vec::new();
+    let mut stats = WriteStats::default();
+    for part in results {
+        let part = part?;
+        tables.extend(part.tables);
+        stats.entries_read += part.stats.entries_read;
+        stats.entries_dropped += part.stats.entries_dropped;
+        stats.bytes_written += part.stats.bytes_written;
+    }
+    // Parts cover disjoint, ascending key ranges, so their tables do too.
+    tables.sort_by(|a, b| crate::key::compare(&a.smallest, &b.smallest));
+    Ok((tables, stats))
+}
+
+/// One key-range part of a compaction: the entries of `[start, end)`.
+fn run_part(
+    inner: &Inner,
+    plan: &Plan,
+    inputs: &[Arc<TableFile>],
+    next_inputs: &[Arc<TableFile>],
+    policy: DropPolicy,
+    start: Option<Vec<u8>>,
+    end: Option<Vec<u8>>,
+) -> Result<PartOutput> {
+    let (level0, mut runs) = if plan.level == 0 {
+        (inputs, Vec::new())
+    } else {
+        (&[][..], vec![inputs.to_vec()])
+    };
+    runs.push(next_inputs.to_vec());
+    let limiter = inner.compaction_limiter.clone();
+    let mut input = RangeInput::open(level0, runs, start, end, limiter)?;
+    let (tables, stats) = write_tables(
+        &*inner.options.fs,
+        &inner.dir,
+        &mut input,
+        policy,
+        inner.table_options.clone(),
+        inner.options.table_bytes_target,
+        &mut || inner.versions.lock().new_file_number(),
+    )?;
+    Ok(PartOutput { tables, stats })
+}
+
 /// Logs `edit`, publishes the new version, and marks `obsolete` files for
 /// deletion once the last reader lets go of them.
 fn install(
@@ -315,6 +462,7 @@ fn install(
 ) -> Result<()> {
     let mut versions = inner.versions.lock();
     let version = versions.log_and_apply(edit, added)?;
+    publish_debt(inner, &version);
     {
         let mut state = inner.state.write();
         *state = Arc::new(SuperVersion {
@@ -331,9 +479,11 @@ fn install(
     Ok(())
 }
 
-/// Compacts every level into the next, top to bottom, in the caller's
-/// thread, waiting for background compactions that hold needed files.
-pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
+/// Compacts the files with keys in `bounds` of every level into the next,
+/// top to bottom, in the caller's thread, until they sit in the deepest
+/// level that holds data; waits for background compactions that hold
+/// needed files. Files outside the bounds are left alone.
+pub(crate) fn compact_range(inner: &Inner, bounds: &KeyBounds) -> Result<()> {
     for level in 0..LEVELS - 1 {
         loop {
             let mut bg = inner.bg.lock();
@@ -343,14 +493,16 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
             let version = inner.super_version().version.clone();
             let deepest = (0..LEVELS).rev().find(|&l| !version.levels[l].is_empty()).unwrap_or(0);
             // Everything ends up in the deepest level holding data (at least L1).
-            if level >= deepest.max(1) || version.levels[level].is_empty() {
+            if level >= deepest.max(1) {
                 break;
             }
-            let files = summaries(&version, &bg.busy_files);
-            let Some(plan) = manual_plan(&files, level) else {
-                // A background compaction owns some of the files: wait for it.
-                inner.bg_done.wait_for(&mut bg, IDLE_RECHECK);
-                continue;
+            let plan = match picker::pick_manual(&summaries(&version, &bg.busy_files), level, bounds) {
+                ManualPick::Done => break,
+                ManualPick::Wait => {
+                    inner.bg_done.wait_for(&mut bg, IDLE_RECHECK);
+                    continue;
+                }
+                ManualPick::Run(plan) => plan,
             };
             bg.busy_files
                 .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
@@ -366,28 +518,4 @@ pub(crate) fn compact_all(inner: &Inner) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// All of `level` merged with what it overlaps below, if none of it is busy.
-fn manual_plan(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize) -> Option<Plan> {
-    let files = &levels[level];
-    if files.iter().any(|f| f.busy) {
-        return None;
-    }
-    let smallest = files.iter().map(|f| f.smallest).min()?;
-    let largest = files.iter().map(|f| f.largest).max()?;
-    let mut next_inputs = Vec::new();
-    for file in &levels[level + 1] {
-        if file.smallest <= largest && file.largest >= smallest {
-            if file.busy {
-                return None;
-            }
-            next_inputs.push(file.number);
-        }
-    }
-    Some(Plan {
-        level,
-        inputs: files.iter().map(|f| f.number).collect(),
-        next_inputs,
-    })
 }

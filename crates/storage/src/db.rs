@@ -82,6 +82,16 @@ pub(crate) struct Inner {
     /// Metadata of the newest batch written that carried some.
     pub latest_metadata: Mutex<Option<Bytes>>,
     pub counters: Counters,
+    /// Compaction debt in bytes as of the newest version (see
+    /// `picker::pending_compaction_bytes`), for the write controller.
+    pub pending_compaction_bytes: AtomicU64,
+    /// The rate writes are paced to now, in bytes per second (0: unpaced).
+    pub delayed_write_bytes_per_sec: AtomicU64,
+    /// The WAL (number and writer) the next memtable rotation will use,
+    /// created ahead by the flush thread.
+    pub spare_wal: Mutex<Option<(u64, LogWriter)>>,
+    /// Bounds the bytes per second compactions merge, if configured.
+    pub compaction_limiter: Option<Arc<crate::compaction::rate_limiter::RateLimiter>>,
     pub stopping: AtomicBool,
     _lock: io::FileLock,
 }
@@ -161,6 +171,7 @@ impl Db {
 
         let latest_metadata = replayed.metadata.or_else(|| versions.metadata.clone());
         let version = versions.current();
+        let pending_compaction_bytes = crate::background::pending_compaction_bytes(&options, &version);
         let inner = Arc::new(Inner {
             table_options: TableOptions::from(&options),
             dir,
@@ -184,6 +195,14 @@ impl Db {
             snapshots: Mutex::new(BTreeMap::new()),
             latest_metadata: Mutex::new(latest_metadata),
             counters: Counters::default(),
+            pending_compaction_bytes: AtomicU64::new(pending_compaction_bytes),
+            delayed_write_bytes_per_sec: AtomicU64::new(0),
+            spare_wal: Mutex::new(None),
+            compaction_limiter: (options.compaction_bytes_per_sec > 0).then(|| {
+                Arc::new(crate::compaction::rate_limiter::RateLimiter::new(
+                    options.compaction_bytes_per_sec,
+                ))
+            }),
             stopping: AtomicBool::new(false),
             options,
             _lock: lock,
@@ -247,11 +266,24 @@ impl Db {
         crate::write::flush(&self.inner)
     }
 
-    /// Flushes, then compacts every level down into the next until all data
-    /// sits in the deepest level that holds any, dropping dead versions.
-    pub fn compact_range(&self) -> Result<()> {
+    /// Flushes, then compacts the files holding keys in `range` of every
+    /// level down into the next until they sit in the deepest level that
+    /// holds data, dropping dead versions. Only files with keys in `range`
+    /// (and, in L0, older files they overlap) and the files below that they
+    /// overlap are rewritten or waited for; `compact_range(..)` compacts
+    /// everything.
+    pub fn compact_range<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<()> {
+        let owned = |bound: Bound<&&[u8]>| match bound {
+            Bound::Included(k) => Bound::Included(k.to_vec()),
+            Bound::Excluded(k) => Bound::Excluded(k.to_vec()),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        let bounds = crate::compaction::picker::KeyBounds {
+            start: owned(range.start_bound()),
+            end: owned(range.end_bound()),
+        };
         self.flush()?;
-        crate::background::compact_all(&self.inner)
+        crate::background::compact_range(&self.inner, &bounds)
     }
 
     /// Writes a consistent copy of the database into the new directory
@@ -427,9 +459,13 @@ impl Inner {
                 .version
                 .levels
                 .iter()
-                .map(|files| LevelStats {
+                .enumerate()
+                .map(|(level, files)| LevelStats {
                     files: files.len() as u64,
                     bytes: files.iter().map(|f| f.meta.size_bytes).sum(),
+                    bytes_read_from_above: Counters::get(&c.level_bytes_read_from_above[level]),
+                    bytes_read_from_level: Counters::get(&c.level_bytes_read_from_level[level]),
+                    bytes_written: Counters::get(&c.level_bytes_written[level]),
                 })
                 .collect(),
             memtable_bytes: sv.mem.approximate_bytes() as u64,
@@ -439,12 +475,16 @@ impl Inner {
             write_stalls: Counters::get(&c.write_stalls),
             write_stall_micros: Counters::get(&c.write_stall_micros),
             write_slowdowns: Counters::get(&c.write_slowdowns),
+            write_slowdown_micros: Counters::get(&c.write_slowdown_micros),
+            delayed_write_bytes_per_sec: self.delayed_write_bytes_per_sec.load(Ordering::Relaxed),
+            pending_compaction_bytes: self.pending_compaction_bytes.load(Ordering::Relaxed),
             write_groups: Counters::get(&c.write_groups),
             write_batches: Counters::get(&c.write_batches),
             wal_syncs: Counters::get(&c.wal_syncs),
             flushes: Counters::get(&c.flushes),
             compactions: Counters::get(&c.compactions),
             compaction_bytes_written: Counters::get(&c.compaction_bytes_written),
+            subcompactions: Counters::get(&c.subcompactions),
             block_cache_hits: self.cache.hits(),
             block_cache_misses: self.cache.misses(),
             block_cache_bytes: self.cache.used_bytes(),

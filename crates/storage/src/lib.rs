@@ -17,6 +17,7 @@
 //!
 //! - [`db`](Db): opening and recovery, reads, snapshots, checkpoints.
 //! - `write`: group commit, the WAL append, backpressure.
+//! - `write_controller`: how fast writers may go given compaction debt (pure).
 //! - `background`: the flush thread and the compaction threads.
 //! - `memtable`: recent writes, in `skiplist`: an arena skip list that
 //!   readers walk without locks (the engine's only `unsafe` code).
@@ -71,12 +72,14 @@ mod stats;
 mod table_cache;
 mod version;
 mod write;
+mod write_controller;
 
 pub use batch::{WriteBatch, BATCH_BYTES_MAX};
 pub use db::{Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
 pub use options::{
-    Options, WriteOptions, KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
+    Options, WriteOptions, COMPACTION_BYTES_PER_SEC_MIN, DELAYED_WRITE_BYTES_PER_SEC_FLOOR, KEY_BYTES_MAX, LEVELS,
+    METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
 };
 pub use stats::{LevelStats, Stats};

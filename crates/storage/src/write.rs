@@ -1,4 +1,5 @@
-//! The write path: group commit, WAL, memtable insert, and backpressure.
+//! The write path: group commit, WAL, memtable insert, and backpressure
+//! (paced by the write controller while compaction is behind).
 //!
 //! Writers queue up; the first to find no leader becomes the leader, takes
 //! every queued batch (up to `GROUP_BYTES_MAX`), appends them to the WAL in
@@ -22,11 +23,17 @@ use crate::log::{LogKind, LogWriter};
 use crate::memtable::Memtable;
 use crate::options::WriteOptions;
 use crate::stats::Counters;
+use crate::write_controller::{self, Debt, Limits, Pacer, Throttle};
 
 /// Bytes of batches one leader commits at most in one group.
 const GROUP_BYTES_MAX: usize = 4 << 20;
-/// How long a write is delayed when L0 passes its slowdown trigger.
-const SLOWDOWN_DELAY: Duration = Duration::from_millis(1);
+/// The shortest pacing sleep, in microseconds: a write owing less goes on
+/// at once and its time is carried to the next (sleeps this short are
+/// mostly scheduler overhead).
+const WRITE_DELAY_SLEEP_MICROS_MIN: u64 = 1_000;
+/// The longest single pacing sleep; after it the debt is looked at again,
+/// so writers speed up soon after compaction catches up.
+const WRITE_DELAY_SLICE: Duration = Duration::from_millis(20);
 /// How often a stalled writer re-checks whether it may go on.
 const STALL_RECHECK: Duration = Duration::from_millis(100);
 
@@ -38,6 +45,10 @@ pub(crate) struct WriterState {
     last_sequence: SequenceNumber,
     buf: Vec<u8>,
     record: Vec<u8>,
+    /// Paces write groups while compaction is behind.
+    pacer: Pacer,
+    /// The pacer's clock starts here.
+    epoch: Instant,
 }
 
 impl WriterState {
@@ -48,6 +59,8 @@ impl WriterState {
             last_sequence,
             buf: Vec::new(),
             record: Vec::new(),
+            pacer: Pacer::default(),
+            epoch: Instant::now(),
         }
     }
 }
@@ -195,7 +208,8 @@ fn hand_off(inner: &Inner) {
 }
 
 fn commit_group(inner: &Inner, writer: &mut WriterState, group: &[Pending]) -> Result<()> {
-    make_room(inner, writer, false)?;
+    let group_bytes: usize = group.iter().map(|p| p.batch.approximate_bytes()).sum();
+    make_room(inner, writer, false, group_bytes as u64)?;
     let count: u64 = group.iter().map(|p| p.batch.len() as u64).sum();
     if writer.last_sequence + count > SEQUENCE_MAX {
         return Err(Error::InvalidArgument("sequence numbers exhausted".to_string()));
@@ -237,26 +251,39 @@ fn commit_group(inner: &Inner, writer: &mut WriterState, group: &[Pending]) -> R
 }
 
 /// Makes sure the active memtable may take more writes: freezes it when
-/// full (or when `force`), and slows down or stalls while flushes and L0
-/// compactions are behind.
-fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool) -> Result<()> {
+/// full (or when `force`), paces a group of `group_bytes` while compaction
+/// is behind, and stalls when flushes or compactions are too far behind.
+fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool, group_bytes: u64) -> Result<()> {
     let options = &inner.options;
-    let mut delayed = false;
+    let mut paced = false;
     loop {
         if let Some(message) = &inner.bg.lock().error {
             return Err(Error::Background(message.clone()));
         }
         let sv = inner.super_version();
-        let l0_files = sv.version.levels[0].len();
         let mem_full = sv.mem.approximate_bytes() >= options.memtable_bytes_max;
         let mem_empty = sv.mem.is_empty() && sv.mem.metadata().is_none();
-        if l0_files >= options.l0_stop_trigger {
-            stall(inner)?;
-        } else if !delayed && l0_files >= options.l0_slowdown_trigger {
-            delayed = true;
-            Counters::add(&inner.counters.write_slowdowns, 1);
-            std::thread::sleep(SLOWDOWN_DELAY);
-        } else if !(mem_full || force && !mem_empty) {
+        match write_controller::throttle(debt(inner, &sv), &limits(options)) {
+            Throttle::Stop => {
+                stall(inner)?;
+                continue;
+            }
+            Throttle::Delay { bytes_per_sec } => {
+                inner
+                    .delayed_write_bytes_per_sec
+                    .store(bytes_per_sec, Ordering::Relaxed);
+                if !paced && group_bytes > 0 {
+                    paced = true;
+                    pace(inner, writer, group_bytes, bytes_per_sec);
+                    continue;
+                }
+            }
+            Throttle::None => {
+                writer.pacer.reset();
+                inner.delayed_write_bytes_per_sec.store(0, Ordering::Relaxed);
+            }
+        }
+        if !(mem_full || force && !mem_empty) {
             return Ok(());
         } else if sv.imms.len() >= options.immutable_memtables_max {
             stall(inner)?;
@@ -265,6 +292,53 @@ fn make_room(inner: &Inner, writer: &mut WriterState, mut force: bool) -> Result
             force = false;
         }
     }
+}
+
+/// The compaction debt the write controller judges by.
+fn debt(inner: &Inner, sv: &SuperVersion) -> Debt {
+    Debt {
+        l0_files: sv.version.levels[0].len(),
+        pending_compaction_bytes: inner.pending_compaction_bytes.load(Ordering::Relaxed),
+    }
+}
+
+fn limits(options: &crate::Options) -> Limits {
+    Limits {
+        l0_slowdown_files: options.l0_slowdown_trigger,
+        l0_stop_files: options.l0_stop_trigger,
+        pending_compaction_slowdown_bytes: options.pending_compaction_bytes_slowdown,
+        pending_compaction_stop_bytes: options.pending_compaction_bytes_stop,
+        delayed_write_bytes_per_sec_max: options.delayed_write_bytes_per_sec_max,
+        delayed_write_bytes_per_sec_min: options.delayed_write_bytes_per_sec_min,
+    }
+}
+
+/// Sleeps as long as the pacer says a group of `group_bytes` must wait at
+/// `bytes_per_sec`, in slices, ending early once the debt is paid off.
+fn pace(inner: &Inner, writer: &mut WriterState, group_bytes: u64, bytes_per_sec: u64) {
+    let now_micros = |writer: &WriterState| u64::try_from(writer.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+    let wait_micros = writer.pacer.charge(now_micros(writer), group_bytes, bytes_per_sec);
+    if wait_micros < WRITE_DELAY_SLEEP_MICROS_MIN {
+        return;
+    }
+    let started = Instant::now();
+    let until = started + Duration::from_micros(wait_micros);
+    loop {
+        let now = Instant::now();
+        if now >= until {
+            break;
+        }
+        std::thread::sleep((until - now).min(WRITE_DELAY_SLICE));
+        let sv = inner.super_version();
+        let stopping = inner.stopping.load(Ordering::Acquire);
+        if stopping || write_controller::throttle(debt(inner, &sv), &limits(&inner.options)) == Throttle::None {
+            writer.pacer.reset();
+            break;
+        }
+    }
+    Counters::add(&inner.counters.write_slowdowns, 1);
+    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+    Counters::add(&inner.counters.write_slowdown_micros, micros);
 }
 
 /// Waits for background work to finish, counting the stall.
@@ -283,15 +357,61 @@ fn stall(inner: &Inner) -> Result<()> {
     Ok(())
 }
 
-/// Freezes the active memtable and starts a new one with a new WAL.
-fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<()> {
+/// Whether a spare WAL is ready for the next rotation.
+pub(crate) fn has_spare_wal(inner: &Inner) -> bool {
+    inner.spare_wal.lock().is_some()
+}
+
+/// Creates the WAL the next memtable rotation will use, if none is ready,
+/// so that the rotation (which holds up every writer) does not wait for a
+/// file creation, its header's fsync and a directory fsync. Called only by
+/// the flush thread.
+///
+/// A spare left unused by a crash is an empty WAL newer than every other:
+/// recovery replays nothing from it, and the first flush after the next
+/// open deletes it like any WAL below the manifest's log number.
+pub(crate) fn prepare_spare_wal(inner: &Inner) -> Result<()> {
+    if has_spare_wal(inner) {
+        return Ok(());
+    }
     let number = inner.versions.lock().new_file_number();
     let fs = &*inner.options.fs;
     let wal = LogWriter::create(fs, &inner.dir.join(wal_name(number)), LogKind::Wal)?;
+    // Its name is durable before any write goes to it.
+    crate::io::sync_dir(fs, &inner.dir)?;
+    let mut spare = inner.spare_wal.lock();
+    assert!(spare.is_none(), "only the flush thread prepares spare WALs");
+    *spare = Some((number, wal));
+    Ok(())
+}
+
+/// Freezes the active memtable and starts a new one with a new WAL (the
+/// spare the flush thread prepared, or else one created here).
+fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<()> {
+    let fs = &*inner.options.fs;
+    let spare = inner.spare_wal.lock().take();
+    let (number, wal, name_synced) = match spare {
+        // WAL numbers must grow with memtable age (recovery, flush and the
+        // manifest's log number rely on it). A spare numbered before a WAL
+        // created here while it was being prepared is stale: unused, it is
+        // deleted with the WALs below the log number after a flush.
+        Some((number, wal)) if number > writer.wal_number => (number, wal, true),
+        _ => {
+            let number = inner.versions.lock().new_file_number();
+            let wal = LogWriter::create(fs, &inner.dir.join(wal_name(number)), LogKind::Wal)?;
+            (number, wal, false)
+        }
+    };
+    assert!(
+        number > writer.wal_number,
+        "a new memtable's WAL must be numbered after the one it replaces"
+    );
     // The old WAL is synced before writes go to the new one, so a machine
     // crash cannot keep a later write while losing an earlier one.
     writer.wal.sync()?;
-    crate::io::sync_dir(fs, &inner.dir)?;
+    if !name_synced {
+        crate::io::sync_dir(fs, &inner.dir)?;
+    }
     writer.wal = wal;
     writer.wal_number = number;
     // Built from the state as it is now, under its lock: a flush or
@@ -320,7 +440,7 @@ fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<
 pub(crate) fn flush(inner: &Inner) -> Result<()> {
     let target_wal = {
         let mut writer = inner.writer.lock();
-        make_room(inner, &mut writer, true)?;
+        make_room(inner, &mut writer, true, 0)?;
         writer.wal_number
     };
     loop {
@@ -337,5 +457,67 @@ pub(crate) fn flush(inner: &Inner) -> Result<()> {
         }
         inner.bg_work.notify_all();
         inner.bg_done.wait_for(&mut bg, STALL_RECHECK);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crate::{Db, Options};
+
+    /// Waits (bounded) until the flush thread has a spare WAL ready; returns its number.
+    fn spare_number(db: &Db) -> u64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some((number, _)) = &*db.inner.spare_wal.lock() {
+                return *number;
+            }
+            assert!(Instant::now() < deadline, "no spare WAL was prepared");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn wal_files(dir: &std::path::Path) -> Vec<u64> {
+        let mut numbers: Vec<u64> = std::fs::read_dir(dir)
+            .expect("list")
+            .flatten()
+            .filter_map(|e| e.file_name().to_string_lossy().strip_suffix(".wal")?.parse().ok())
+            .collect();
+        numbers.sort_unstable();
+        numbers
+    }
+
+    #[test]
+    fn a_rotation_takes_the_wal_the_flush_thread_prepared() {
+        // A WAL created and fsynced off the write path keeps rotations (which hold up every writer) short.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options {
+            memtable_bytes_max: 4096,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), options.clone()).expect("open");
+        let spare = spare_number(&db);
+        let first_wal = db.inner.super_version().mem.wal_number();
+        let mut i = 0;
+        while db.inner.super_version().mem.wal_number() == first_wal {
+            db.put(format!("key{i:06}"), [b'v'; 100]).expect("put");
+            i += 1;
+        }
+        assert_eq!(db.inner.super_version().mem.wal_number(), spare);
+        // The flush thread prepares the next one.
+        assert!(spare_number(&db) > spare);
+        drop(db);
+
+        // An unused spare left behind is an empty WAL: the next open replays nothing from it,
+        // and the first flush deletes it.
+        let leftover = *wal_files(dir.path()).last().expect("a WAL");
+        let db = Db::open(dir.path(), options).expect("reopen");
+        assert_eq!(db.scan(..).expect("scan").count(), i);
+        db.flush().expect("flush");
+        assert!(
+            !wal_files(dir.path()).contains(&leftover),
+            "the leftover spare WAL stays"
+        );
     }
 }

@@ -101,7 +101,7 @@ fn a_flipped_byte_in_a_table_block_is_a_checksum_error_not_wrong_data() {
         db.put(format!("key{i:04}"), format!("value{i}")).expect("put");
     }
     db.flush().expect("flush");
-    db.compact_range().expect("compact");
+    db.compact_range(..).expect("compact");
     drop(db);
     let tables = files_with_suffix(dir.path(), ".sst");
     assert!(!tables.is_empty());

@@ -54,7 +54,7 @@ fn build(dir: &Path, rng: &mut fastrand::Rng) -> Written {
             db.flush().expect("flush");
         }
     }
-    db.compact_range().expect("compact");
+    db.compact_range(..).expect("compact");
     for i in 0..200u32 {
         let key = format!("key{:04}", i * 7).into_bytes();
         let value = format!("tail-{i}").into_bytes();

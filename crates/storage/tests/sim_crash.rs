@@ -84,6 +84,8 @@ fn options(fs: Arc<dyn FileSystem>) -> Options {
         l1_bytes_target: 16 * 1024,
         level_size_ratio: 4,
         compaction_threads: 2,
+        subcompactions_max: 3,
+        subcompaction_bytes_min: 4096,
         fs,
         ..Options::default()
     }
@@ -140,7 +142,7 @@ fn live(fs: &Arc<SimFs>, rng: &mut fastrand::Rng, life_index: usize, start: &Mod
         }
         if roll < 4 {
             life.events.push(format!("compact after {index}"));
-            if db.compact_range().is_err() {
+            if db.compact_range(..).is_err() {
                 break;
             }
             life.durable_attempts = life.attempts.len();

@@ -1,10 +1,14 @@
 //! Compaction: merging sorted runs into new tables, dropping what no reader
 //! can see any more. Flushes use the same table writer.
 //!
-//! - [`picker`] decides what to compact (pure, no I/O).
+//! - [`picker`] decides what to compact and how to split it (pure, no I/O).
+//! - [`input`] merges a compaction's input files for one key-range part.
+//! - [`rate_limiter`] bounds the bytes per second compactions merge.
 //! - [`write_tables`] carries a merge out into new table files.
 
+pub(crate) mod input;
 pub(crate) mod picker;
+pub(crate) mod rate_limiter;
 
 use std::path::Path;
 

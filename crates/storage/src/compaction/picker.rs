@@ -1,6 +1,8 @@
 //! The compaction picker: a pure function from the shape of the tree to the
 //! next compaction to run. No I/O, so every decision is unit-tested.
 
+use std::ops::Bound;
+
 use crate::options::LEVELS;
 
 /// What the picker needs to know about one live file.
@@ -20,6 +22,8 @@ pub(crate) struct FileSummary<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Shape {
     pub l0_compaction_trigger: usize,
+    /// Bytes of L0 files one L0 -> L1 compaction takes at most.
+    pub l0_compaction_bytes_max: u64,
     pub l1_bytes_target: u64,
     pub level_size_ratio: u64,
 }
@@ -68,6 +72,37 @@ pub(crate) fn scores(levels: &[Vec<FileSummary<'_>>; LEVELS], shape: &Shape) -> 
     scores
 }
 
+/// Bytes compaction still has to rewrite to bring every level under its
+/// target: the debt the write controller slows writers by.
+///
+/// `level_bytes[l]` is the size of level `l` and `l0_files` the number of
+/// L0 files. Once L0 reaches its trigger, all of it and all of L1 are due
+/// to be rewritten; a deeper level over its target pushes its excess (plus
+/// whatever arrives from above) down, rewriting the excess and its share of
+/// the level below it.
+pub(crate) fn pending_compaction_bytes(level_bytes: &[u64; LEVELS], l0_files: usize, shape: &Shape) -> u64 {
+    let mut pending: u64 = 0;
+    let mut arriving: u64 = 0;
+    if l0_files >= shape.l0_compaction_trigger {
+        pending = level_bytes[0].saturating_add(level_bytes[1]);
+        arriving = level_bytes[0];
+    }
+    for level in 1..LEVELS - 1 {
+        let size = level_bytes[level].saturating_add(arriving);
+        let target = shape.level_bytes_target(level);
+        if size <= target {
+            arriving = 0;
+            continue;
+        }
+        let excess = size - target;
+        // Each byte pushed down meets (next / size) bytes of the level below.
+        let fanout = level_bytes[level + 1] as f64 / size as f64;
+        pending = pending.saturating_add((excess as f64 * (fanout + 1.0)) as u64);
+        arriving = excess;
+    }
+    pending
+}
+
 /// Picks the most urgent compaction whose files are all free, or `None`.
 ///
 /// `cursors[level]` is the largest key compacted last time out of `level`:
@@ -83,27 +118,99 @@ pub(crate) fn pick(
     order.sort_by(|a, b| scores[*b].total_cmp(&scores[*a]));
     order.into_iter().find_map(|level| {
         if level == 0 {
-            pick_level0(levels)
+            pick_level0(levels, shape.l0_compaction_bytes_max)
         } else {
             pick_deeper(levels, level, &cursors[level])
         }
     })
 }
 
-fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS]) -> Option<Plan> {
-    // L0 files overlap one another, so all of them go down together, and
-    // only one L0 compaction runs at a time.
+fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS], bytes_max: u64) -> Option<Plan> {
+    // Only one L0 compaction runs at a time: two would write overlapping
+    // files into L1.
     if levels[0].is_empty() || levels[0].iter().any(|f| f.busy) {
         return None;
     }
-    let smallest = levels[0].iter().map(|f| f.smallest).min()?;
-    let largest = levels[0].iter().map(|f| f.largest).max()?;
+    let inputs = oldest_level0_files(&levels[0], bytes_max);
+    let smallest = inputs.iter().map(|f| f.smallest).min()?;
+    let largest = inputs.iter().map(|f| f.largest).max()?;
     let next_inputs = overlapping(&levels[1], smallest, largest)?;
     Some(Plan {
         level: 0,
-        inputs: levels[0].iter().map(|f| f.number).collect(),
+        inputs: inputs.iter().map(|f| f.number).collect(),
         next_inputs,
     })
+}
+
+/// The oldest files of L0 (`level0` is newest first) whose bytes stay
+/// within `bytes_max`, at least one. Always the oldest: a newer file left
+/// above older ones moved down still shadows them correctly, while the
+/// reverse would let older data shadow newer.
+fn oldest_level0_files<'s, 'a>(level0: &'s [FileSummary<'a>], bytes_max: u64) -> &'s [FileSummary<'a>] {
+    let mut bytes: u64 = 0;
+    let mut first = level0.len();
+    while first > 0 {
+        let next = bytes.saturating_add(level0[first - 1].size_bytes);
+        if next > bytes_max && first < level0.len() {
+            break;
+        }
+        bytes = next;
+        first -= 1;
+    }
+    &level0[first..]
+}
+
+/// User keys splitting a compaction into at most `count_max` sub-compactions
+/// of about equal bytes and, by estimate, no fewer than `bytes_min` bytes
+/// each, ascending. Sub-compaction `i` covers `[points[i - 1], points[i])`,
+/// the first from the start, the last to the end.
+///
+/// The output level's input files guide the split (they do not overlap, so
+/// their bytes fall cleanly on either side of a boundary at one's smallest
+/// key); with fewer than two of them, the input level's files do.
+pub(crate) fn split_points(
+    inputs: &[FileSummary<'_>],
+    next_inputs: &[FileSummary<'_>],
+    count_max: usize,
+    bytes_min: u64,
+) -> Vec<Vec<u8>> {
+    let total: u64 = inputs.iter().chain(next_inputs).map(|f| f.size_bytes).sum();
+    let by_bytes = usize::try_from(total / bytes_min.max(1)).unwrap_or(usize::MAX);
+    let count = count_max.min(by_bytes);
+    let mut guide: Vec<&FileSummary<'_>> = if next_inputs.len() >= 2 {
+        next_inputs.iter().collect()
+    } else {
+        inputs.iter().collect()
+    };
+    if count < 2 || guide.len() < 2 {
+        return Vec::new();
+    }
+    guide.sort_by(|a, b| a.smallest.cmp(b.smallest));
+    let lowest = inputs
+        .iter()
+        .chain(next_inputs)
+        .map(|f| f.smallest)
+        .min()
+        .unwrap_or_default();
+    let guide_bytes: u64 = guide.iter().map(|f| f.size_bytes).sum();
+    let mut points: Vec<Vec<u8>> = Vec::new();
+    let mut before: u64 = 0;
+    let mut part = 1;
+    for file in &guide {
+        // The boundary goes at the first file starting at or past the
+        // part's share of the bytes.
+        if part < count && before.saturating_mul(count as u64) >= guide_bytes.saturating_mul(part as u64) {
+            let is_new = points.last().is_none_or(|last| file.smallest > last.as_slice());
+            if is_new && file.smallest > lowest {
+                points.push(file.smallest.to_vec());
+            }
+            while part < count && before.saturating_mul(count as u64) >= guide_bytes.saturating_mul(part as u64) {
+                part += 1;
+            }
+        }
+        before += file.size_bytes;
+    }
+    points
 }
 
 fn pick_deeper(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, cursor: &[u8]) -> Option<Plan> {
@@ -138,6 +245,94 @@ fn overlapping(files: &[FileSummary<'_>], smallest: &[u8], largest: &[u8]) -> Op
     Some(numbers)
 }
 
+/// The user keys a manual compaction covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyBounds {
+    pub start: Bound<Vec<u8>>,
+    pub end: Bound<Vec<u8>>,
+}
+
+impl KeyBounds {
+    /// Whether a file holding `[smallest, largest]` has keys in the bounds.
+    pub fn meets(&self, smallest: &[u8], largest: &[u8]) -> bool {
+        let after_start = match &self.start {
+            Bound::Included(start) => largest >= start.as_slice(),
+            Bound::Excluded(start) => largest > start.as_slice(),
+            Bound::Unbounded => true,
+        };
+        let before_end = match &self.end {
+            Bound::Included(end) => smallest <= end.as_slice(),
+            Bound::Excluded(end) => smallest < end.as_slice(),
+            Bound::Unbounded => true,
+        };
+        after_start && before_end
+    }
+}
+
+/// The next step of a manual compaction of one level.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ManualPick {
+    /// No file of the level holds keys in the bounds.
+    Done,
+    /// A running compaction owns a needed file: wait for it.
+    Wait,
+    /// Run this plan.
+    Run(Plan),
+}
+
+/// The files of `level` with keys in `bounds` (plus, in L0, every older file
+/// they overlap), merged with what they overlap in the next level. Files
+/// outside the bounds stay where they are.
+pub(crate) fn pick_manual(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, bounds: &KeyBounds) -> ManualPick {
+    assert!(level < LEVELS - 1, "the last level has nowhere to compact to");
+    let inputs: Vec<&FileSummary<'_>> = if level == 0 {
+        level0_closure(&levels[0], bounds)
+    } else {
+        levels[level]
+            .iter()
+            .filter(|f| bounds.meets(f.smallest, f.largest))
+            .collect()
+    };
+    let (Some(smallest), Some(largest)) = (
+        inputs.iter().map(|f| f.smallest).min(),
+        inputs.iter().map(|f| f.largest).max(),
+    ) else {
+        return ManualPick::Done;
+    };
+    if inputs.iter().any(|f| f.busy) {
+        return ManualPick::Wait;
+    }
+    let Some(next_inputs) = overlapping(&levels[level + 1], smallest, largest) else {
+        return ManualPick::Wait;
+    };
+    ManualPick::Run(Plan {
+        level,
+        inputs: inputs.iter().map(|f| f.number).collect(),
+        next_inputs,
+    })
+}
+
+/// The L0 files (`level0` is newest first) with keys in `bounds`, and every
+/// file older than one of them that it overlaps: an older overlapping file
+/// left in L0 would sit above, and shadow, the newer data moved down.
+fn level0_closure<'s, 'a>(level0: &'s [FileSummary<'a>], bounds: &KeyBounds) -> Vec<&'s FileSummary<'a>> {
+    let mut taken: Vec<bool> = level0.iter().map(|f| bounds.meets(f.smallest, f.largest)).collect();
+    // Marks only go to older (later) files, so one pass newest to oldest
+    // sees every file after it was marked.
+    for newer in 0..level0.len() {
+        if !taken[newer] {
+            continue;
+        }
+        let (smallest, largest) = (level0[newer].smallest, level0[newer].largest);
+        for older in newer + 1..level0.len() {
+            if level0[older].smallest <= largest && level0[older].largest >= smallest {
+                taken[older] = true;
+            }
+        }
+    }
+    level0.iter().zip(taken).filter(|(_, t)| *t).map(|(f, _)| f).collect()
+}
+
 /// Whether no level below `output_level` holds keys in `[smallest, largest]`:
 /// then a tombstone written there shadows nothing and may be dropped.
 pub(crate) fn is_bottommost(
@@ -158,6 +353,7 @@ mod tests {
 
     const SHAPE: Shape = Shape {
         l0_compaction_trigger: 4,
+        l0_compaction_bytes_max: u64::MAX,
         l1_bytes_target: 1000,
         level_size_ratio: 10,
     };
@@ -209,6 +405,68 @@ mod tests {
     }
 
     #[test]
+    fn a_large_l0_compaction_takes_only_its_oldest_files_within_the_cap() {
+        // The cap bounds one compaction's length; newer files wait for the next one.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![
+            file(9, 40, "a", "b"),
+            file(8, 40, "c", "d"),
+            file(7, 40, "e", "f"),
+            file(6, 40, "g", "h"),
+        ];
+        levels[1] = vec![file(1, 10, "a", "b"), file(2, 10, "e", "h")];
+        let shape = Shape {
+            l0_compaction_bytes_max: 100,
+            ..SHAPE
+        };
+        let plan = pick(&levels, &shape, &no_cursors()).expect("a plan");
+        assert_eq!(plan.inputs, vec![7, 6]);
+        assert_eq!(plan.next_inputs, vec![2]);
+        // One file over the cap still goes, alone.
+        let shape = Shape {
+            l0_compaction_bytes_max: 10,
+            ..SHAPE
+        };
+        assert_eq!(pick(&levels, &shape, &no_cursors()).expect("a plan").inputs, vec![6]);
+    }
+
+    #[test]
+    fn a_compaction_splits_at_output_file_boundaries_into_parts_of_equal_bytes() {
+        // Four equal L1 files and a bound of 4 parts: one boundary at each file's start after the first.
+        let inputs = vec![file(9, 100, "a", "z"), file(8, 100, "b", "y")];
+        let next = vec![
+            file(1, 100, "a", "e"),
+            file(2, 100, "f", "j"),
+            file(3, 100, "k", "o"),
+            file(4, 100, "p", "t"),
+        ];
+        assert_eq!(
+            split_points(&inputs, &next, 4, 1),
+            vec![b"f".to_vec(), b"k".to_vec(), b"p".to_vec()]
+        );
+        // Two parts: split in the middle of the bytes.
+        assert_eq!(split_points(&inputs, &next, 2, 1), vec![b"k".to_vec()]);
+        // Parts may not be smaller than the minimum: 600 bytes at 250 each make 2.
+        assert_eq!(split_points(&inputs, &next, 8, 250), vec![b"k".to_vec()]);
+        // Too little data, or a single part allowed: no split.
+        assert!(split_points(&inputs, &next, 4, 1000).is_empty());
+        assert!(split_points(&inputs, &next, 1, 1).is_empty());
+    }
+
+    #[test]
+    fn without_output_files_the_input_files_guide_the_split() {
+        // Disjoint L0 files (a sequential load) over an empty L1 still split, at their own starts.
+        let inputs = vec![file(9, 100, "m", "p"), file(8, 100, "a", "c"), file(7, 100, "d", "k")];
+        assert_eq!(split_points(&inputs, &[], 3, 1), vec![b"d".to_vec(), b"m".to_vec()]);
+        // Files that all start at the same key give nowhere to split.
+        let inputs = vec![file(9, 100, "a", "z"), file(8, 100, "a", "y")];
+        assert!(split_points(&inputs, &[], 4, 1).is_empty());
+        // An uneven guide: the big first file holds most of the bytes, so the one split goes after it.
+        let next = vec![file(1, 700, "a", "e"), file(2, 100, "f", "j"), file(3, 100, "k", "o")];
+        assert_eq!(split_points(&[], &next, 2, 1), vec![b"f".to_vec()]);
+    }
+
+    #[test]
     fn the_most_oversized_level_goes_first_and_busy_files_are_skipped() {
         // L2 at 3x its target outranks L1 at 1.5x; a busy L3 file blocks only the plans that need it.
         let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
@@ -254,6 +512,82 @@ mod tests {
         assert!(is_bottommost(&levels, 1, b"a", b"l"));
         assert!(!is_bottommost(&levels, 1, b"a", b"n"));
         assert!(is_bottommost(&levels, 3, b"a", b"z"));
+    }
+
+    #[test]
+    fn pending_bytes_count_l0_at_its_trigger_and_every_level_over_target() {
+        // A healthy tree owes nothing; L0 at its trigger owes L0 + L1; an oversized level owes its excess and the share below.
+        let mut bytes = [0u64; LEVELS];
+        bytes[0] = 300;
+        bytes[1] = 900;
+        assert_eq!(pending_compaction_bytes(&bytes, 3, &SHAPE), 0);
+        // L0 at the trigger: 300 + 900 rewritten, and 300 arriving push L1 to 1200 (200 over),
+        // which meets an empty L2: 200 more.
+        assert_eq!(pending_compaction_bytes(&bytes, 4, &SHAPE), 1200 + 200);
+        // L2 holds 20_000 against a 10_000 target, L3 holds 30_000: the 10_000 excess
+        // rewrites itself and 30_000 / 20_000 of itself below.
+        let mut bytes = [0u64; LEVELS];
+        bytes[2] = 20_000;
+        bytes[3] = 30_000;
+        assert_eq!(pending_compaction_bytes(&bytes, 0, &SHAPE), 10_000 + 15_000);
+    }
+
+    fn bounds(start: &str, end: &str) -> KeyBounds {
+        KeyBounds {
+            start: Bound::Included(start.as_bytes().to_vec()),
+            end: Bound::Excluded(end.as_bytes().to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_manual_compaction_of_a_range_takes_only_the_files_in_it() {
+        // Files outside the range stay; the next level's files are taken only where they overlap the inputs.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[1] = vec![file(1, 10, "a", "c"), file(2, 10, "d", "f"), file(3, 10, "g", "i")];
+        levels[2] = vec![file(4, 10, "a", "b"), file(5, 10, "c", "e"), file(6, 10, "h", "z")];
+        let plan = ManualPick::Run(Plan {
+            level: 1,
+            inputs: vec![2],
+            next_inputs: vec![5],
+        });
+        assert_eq!(pick_manual(&levels, 1, &bounds("d", "e")), plan);
+        // An excluded end at a file's smallest key does not take that file.
+        assert_eq!(pick_manual(&levels, 1, &bounds("dd", "g")), plan);
+        assert_eq!(pick_manual(&levels, 1, &bounds("j", "k")), ManualPick::Done);
+        assert_eq!(pick_manual(&levels, 3, &bounds("a", "z")), ManualPick::Done);
+        levels[2][1].busy = true;
+        assert_eq!(pick_manual(&levels, 1, &bounds("d", "e")), ManualPick::Wait);
+    }
+
+    #[test]
+    fn a_manual_l0_compaction_takes_older_files_its_inputs_overlap() {
+        // Moving a file down past an older overlapping one would let the older data shadow the newer.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        // Newest first: 13 overlaps 11 (older) but not 12; 12 overlaps 11 but is newer than it.
+        levels[0] = vec![
+            file(13, 10, "a", "c"),
+            file(12, 10, "m", "p"),
+            file(11, 10, "b", "n"),
+            file(10, 10, "x", "z"),
+        ];
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &bounds("a", "b")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![13, 11]);
+        // A range meeting only the oldest file takes it alone.
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &bounds("y", "yy")) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![10]);
+        // The full range takes all of L0.
+        let full = KeyBounds {
+            start: Bound::Unbounded,
+            end: Bound::Unbounded,
+        };
+        let ManualPick::Run(plan) = pick_manual(&levels, 0, &full) else {
+            panic!("expected a plan");
+        };
+        assert_eq!(plan.inputs, vec![13, 12, 11, 10]);
     }
 
     #[test]

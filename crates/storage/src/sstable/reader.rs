@@ -288,6 +288,16 @@ impl Table {
         Ok(block)
     }
 
+    /// The data block at `handle`, from the cache or else from disk, not
+    /// inserted into the cache.
+    fn data_block_without_cache_fill(&self, handle: BlockHandle) -> Result<Block> {
+        if let Some(block) = self.cache.get(self.file_number, handle.offset) {
+            return Ok(block);
+        }
+        let bytes = read_block(&self.file, self.footer_offset, handle)?;
+        Block::parse(bytes).map_err(|e| block_error(&self.file, handle, e))
+    }
+
     /// Decodes a data block handle from an index entry.
     fn decode_handle(&self, value: &[u8]) -> Result<BlockHandle> {
         BlockHandle::decode(value).ok_or_else(|| {
@@ -411,6 +421,8 @@ pub(crate) struct TableIter {
     /// Cursor over the data block the index cursor points at; `None` when
     /// the cursor is not valid (exhausted, unpositioned, or after an error).
     data: Option<BlockIter>,
+    /// Whether blocks read from disk go into the block cache.
+    fill_cache: bool,
 }
 
 impl TableIter {
@@ -421,7 +433,16 @@ impl TableIter {
             source,
             index: None,
             data: None,
+            fill_cache: true,
         }
+    }
+
+    /// This cursor, reading blocks missing from the block cache from disk
+    /// without inserting them: for compaction, which reads each block once
+    /// and must not evict the blocks readers use.
+    pub(crate) fn without_cache_fill(mut self) -> TableIter {
+        self.fill_cache = false;
+        self
     }
 
     /// The index cursor, opening the table and loading its index first if
@@ -449,7 +470,10 @@ impl TableIter {
         }
         let loaded = table
             .decode_handle(index.value())
-            .and_then(|handle| table.data_block(handle));
+            .and_then(|handle| match self.fill_cache {
+                true => table.data_block(handle),
+                false => table.data_block_without_cache_fill(handle),
+            });
         let block = match loaded {
             Ok(block) => block,
             Err(error) => {

@@ -18,6 +18,11 @@ pub fn small_options() -> Options {
         l0_stop_trigger: 10,
         l1_bytes_target: 32 * 1024,
         level_size_ratio: 4,
+        // Several compaction threads, each compaction split into parts, so
+        // concurrent compactions and sub-compactions happen in every test.
+        compaction_threads: 2,
+        subcompactions_max: 3,
+        subcompaction_bytes_min: 4096,
         ..Options::default()
     }
 }
