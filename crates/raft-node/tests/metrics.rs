@@ -139,6 +139,17 @@ async fn every_node_serves_parseable_metrics_and_put_counters_move() {
         scraped_histogram_has_buckets(&after, "kv_rpc_duration_seconds"),
         "the latency histogram parses as one"
     );
+    let fsyncs = |scrape: &prometheus_parse::Scrape| value(scrape, "kv_log_fsync_duration_seconds_count", &[]);
+    assert!(
+        fsyncs(&after).unwrap_or(0.0) > fsyncs(&before).unwrap_or(0.0),
+        "the leader's log fsyncs for the puts were timed: {:?} -> {:?}",
+        fsyncs(&before),
+        fsyncs(&after)
+    );
+    assert!(
+        scraped_histogram_has_buckets(&after, "kv_log_fsync_duration_seconds"),
+        "the fsync histogram parses as one"
+    );
     let applied_after = value(&after, "kv_raft_applied_index", &[]).expect("applied index");
     assert!(
         applied_after >= applied_before + f64::from(puts),

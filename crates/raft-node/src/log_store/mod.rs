@@ -102,6 +102,7 @@ use self::segment::{
     create_segment, frame, install_spare, is_spare_name, prepare_spare, segment_path, spare_path, sync_dir,
 };
 use self::sync::Syncer;
+pub use self::sync::{SyncTimes, FSYNC_BUCKET_BOUNDS_SECONDS};
 use crate::types::{Entry, LogId, Vote};
 
 /// Default size after which appends go to a new segment, in bytes.
@@ -328,6 +329,7 @@ impl LogStore {
     pub fn reader(&self) -> LogReader {
         LogReader {
             log: Arc::clone(&self.log),
+            sync_times: self.syncer.times(),
         }
     }
 

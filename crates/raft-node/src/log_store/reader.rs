@@ -370,9 +370,16 @@ fn decode_entry(path: &Path, location: &Location, frame: &[u8]) -> Result<Entry,
 #[derive(Debug, Clone)]
 pub struct LogReader {
     pub(crate) log: Arc<RwLock<Log>>,
+    /// How long the store's fsyncs take.
+    pub(crate) sync_times: Arc<super::sync::SyncTimes>,
 }
 
 impl LogReader {
+    /// The durations of the store's fsyncs of segment files so far.
+    pub fn sync_times(&self) -> &super::sync::SyncTimes {
+        &self.sync_times
+    }
+
     /// The live entries whose index lies in `range` (none for indexes that
     /// are purged or not yet appended), from memory or, for entries older
     /// than the window, from disk on the calling thread.

@@ -6,6 +6,7 @@ use std::mem;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use storage::io::File;
@@ -30,6 +31,52 @@ struct State {
     shutdown: bool,
 }
 
+/// Upper bounds of the fsync latency buckets, in seconds (the last bucket,
+/// past them, is unbounded): from a fast SSD's ~50 µs to a stalled disk.
+pub const FSYNC_BUCKET_BOUNDS_SECONDS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+];
+
+/// How long each fsync of a segment took: a histogram with fixed buckets,
+/// updated with a few relaxed atomic adds per fsync and read at scrape
+/// time.
+#[derive(Debug, Default)]
+pub struct SyncTimes {
+    /// fsyncs per bucket of [`FSYNC_BUCKET_BOUNDS_SECONDS`], the last one
+    /// for the slower ones.
+    buckets: [AtomicU64; FSYNC_BUCKET_BOUNDS_SECONDS.len() + 1],
+    /// Sum of all fsync durations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl SyncTimes {
+    fn record(&self, elapsed: Duration) {
+        let seconds = elapsed.as_secs_f64();
+        let bucket = FSYNC_BUCKET_BOUNDS_SECONDS
+            .iter()
+            .position(|&bound| seconds <= bound)
+            .unwrap_or(FSYNC_BUCKET_BOUNDS_SECONDS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The histogram so far: the sum of durations in seconds, the count,
+    /// and `(upper bound in seconds, fsyncs in that bucket)` per bucket,
+    /// the last with an infinite bound.
+    pub fn snapshot(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let buckets: Vec<(f64, u64)> = FSYNC_BUCKET_BOUNDS_SECONDS
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(self.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        let count = buckets.iter().map(|(_, n)| n).sum();
+        let sum = Duration::from_nanos(self.sum_nanos.load(Ordering::Relaxed)).as_secs_f64();
+        (sum, count, buckets)
+    }
+}
+
 /// The shared half: the state, its two conditions and the counters.
 struct Shared {
     state: Mutex<State>,
@@ -49,6 +96,8 @@ struct Shared {
     sync_lock: Mutex<()>,
     /// Number of fsyncs of segment files, by anyone.
     syncs: AtomicU64,
+    /// Their durations.
+    times: Arc<SyncTimes>,
 }
 
 /// The handle the writer keeps; dropping it drains and stops the thread.
@@ -80,6 +129,7 @@ impl Syncer {
             idle: Condvar::new(),
             sync_lock: Mutex::new(()),
             syncs: AtomicU64::new(0),
+            times: Arc::default(),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -149,6 +199,11 @@ impl Syncer {
     pub(crate) fn sync_count(&self) -> u64 {
         self.shared.syncs.load(Ordering::Relaxed)
     }
+
+    /// The durations of the fsyncs of segment files so far.
+    pub(crate) fn times(&self) -> Arc<SyncTimes> {
+        Arc::clone(&self.shared.times)
+    }
 }
 
 impl Drop for Syncer {
@@ -198,7 +253,10 @@ fn sync_serialized(shared: &Shared, file: &dyn File) -> Result<(), String> {
     // sync_data suffices: in a growing segment fdatasync also persists the
     // new size needed to read the data back; in a preallocated one only
     // data changes.
-    file.sync_data().map_err(|e| {
+    let started = Instant::now();
+    let result = file.sync_data();
+    shared.times.record(started.elapsed());
+    result.map_err(|e| {
         let reason = format!("fsync of the log segment failed: {e}");
         shared.state.lock().failed.get_or_insert_with(|| reason.clone());
         reason

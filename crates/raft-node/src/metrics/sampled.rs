@@ -4,7 +4,7 @@ use std::fmt;
 
 use openraft::ServerState;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
@@ -139,7 +139,16 @@ impl Sampled {
             "kv_log_entries_read_from_disk",
             "Raft log entries read back from segment files (older than the memory window)",
             self.log.entries_read_from_disk(),
-        )
+        )?;
+        let (sum, count, buckets) = self.log.sync_times().snapshot();
+        out.0
+            .encode_descriptor(
+                "kv_log_fsync_duration_seconds",
+                "Time each fsync of a Raft log segment took (appends, votes, purges)",
+                None,
+                MetricType::Histogram,
+            )?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
     fn encode_engine(&self, out: &mut Out<'_, '_>) -> fmt::Result {
