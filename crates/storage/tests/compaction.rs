@@ -39,7 +39,14 @@ fn compaction_reads_leave_the_block_cache_to_readers() {
     db.compact_range(..).expect("compact");
     let stats = db.stats();
     assert!(stats.compactions > 0, "the two L0 files must be merged");
-    assert_eq!(stats.block_cache_bytes, 0, "compaction filled the block cache");
+    // The inputs' data blocks are ~470 KiB; what the cache may hold after
+    // the merge is the index and filter blocks of the tables it opened
+    // (charged to the block cache since the table cache), a few KiB.
+    assert!(
+        stats.block_cache_bytes < 64 << 10,
+        "compaction filled the block cache: {} bytes",
+        stats.block_cache_bytes
+    );
     db.get(b"k000001").expect("get");
     assert!(db.stats().block_cache_bytes > 0, "a read still fills the cache");
 }
