@@ -11,6 +11,7 @@
 //! - `network`: the Raft transport to peers (gRPC client).
 //! - `reachability`: which peers the leader reaches, logged once per change.
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
+//! - `handoff`: graceful shutdown: leadership handed to the best follower.
 //! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
 //! - `metrics`: Prometheus metrics on a separate HTTP listener.
 //! - `config`: node configuration and request limits.
@@ -20,6 +21,7 @@
 pub mod codec;
 pub mod command;
 pub mod config;
+pub mod handoff;
 pub mod log_store;
 mod metrics;
 pub mod network;

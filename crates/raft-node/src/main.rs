@@ -15,7 +15,10 @@
 //! ```
 //!
 //! Every flag has an environment fallback (`KV_NODE_ID`, `KV_LISTEN`, ...).
-//! SIGTERM or SIGINT stops the node gracefully.
+//! SIGTERM or SIGINT stops the node gracefully: it refuses new requests
+//! (`UNAVAILABLE`, with the leader hint), turns health `NOT_SERVING`, hands
+//! leadership to its most up-to-date follower if it leads, lets requests in
+//! flight finish (at most 2 s) and exits.
 //!
 //! Exit status: 0 after a requested stop; [`FATAL_EXIT_STATUS`] when Raft
 //! stopped on a fatal storage error (a full disk, a failed fsync), after

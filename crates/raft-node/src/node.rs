@@ -2,10 +2,11 @@
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use openraft::error::Fatal;
+use openraft::error::{Fatal, ForwardToLeader};
 use openraft::{Config, SnapshotPolicy};
 use proto::kv::cluster_server::ClusterServer;
 use proto::kv::kv_server::KvServer;
@@ -19,6 +20,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 use crate::config::NodeConfig;
+use crate::handoff::{Handoff, SHUTDOWN_DRAIN_MS};
 use crate::log_store::{LogReader, LogStore, LogStoreOptions};
 use crate::metrics::{Metered, NodeMetrics};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
@@ -210,6 +212,12 @@ impl KvNode {
     /// `listener` until `shutdown` resolves, then stops Raft. The same as
     /// [`KvNode::serve_with_peer_listener`] without a peer listener.
     ///
+    /// When `shutdown` resolves, the node refuses new KV requests with
+    /// `UNAVAILABLE` (and the leader hint), turns health `NOT_SERVING`,
+    /// hands leadership to its most up-to-date follower if it leads (see
+    /// [`crate::handoff`]), lets the requests in flight finish for at most
+    /// [`SHUTDOWN_DRAIN_MS`], and then stops Raft.
+    ///
     /// If Raft stops on its own (a fatal storage error), health turns
     /// `NOT_SERVING` and KV requests are refused with `UNAVAILABLE` at once;
     /// after [`FATAL_DRAIN_MS`] the server stops and this returns
@@ -265,7 +273,15 @@ impl KvNode {
         let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
             .max_decoding_message_size(request_bytes_max)
             .max_encoding_message_size(request_bytes_max);
-        let kv = InterceptedService::new(kv, refuse_once_stopped(Arc::clone(&stopped)));
+        let draining: Arc<AtomicBool> = Arc::default();
+        let kv = InterceptedService::new(
+            kv,
+            refuse_when_closed(
+                Arc::clone(&stopped),
+                Arc::clone(&draining),
+                leader_elsewhere(self.raft.clone()),
+            ),
+        );
         let metrics = metrics_listener.map(|listener| {
             let metrics = NodeMetrics::new(self.raft.clone(), self.engine.clone(), self.log_reader.clone());
             (metrics, listener)
@@ -326,18 +342,37 @@ impl KvNode {
         let (drained, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let watch = tokio::spawn(watch_fatal(
             self.raft.clone(),
-            health_reporter,
+            health_reporter.clone(),
             Arc::clone(&stopped),
             drained,
         ));
         let check = tokio::spawn(warn_on_misplaced_entry(self.raft.clone(), advertised));
+        let (stopping, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let raft = self.raft.clone();
         let shutdown = async move {
             tokio::select! {
-                () = shutdown => {}
+                () = shutdown => close_gracefully(&raft, &health_reporter, &draining).await,
                 _ = drained_rx => {}
             }
+            let _ = stopping.send(());
         };
-        let served = serve_ports((client_port, listener), peer_port, shutdown).await;
+        // The servers stop taking connections once `shutdown` resolves and
+        // wait for the requests in flight; past the drain deadline those
+        // are dropped.
+        let serving = serve_ports((client_port, listener), peer_port, shutdown);
+        let drain_deadline = async {
+            if stopping_rx.await.is_err() {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(Duration::from_millis(SHUTDOWN_DRAIN_MS)).await;
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = drain_deadline => {
+                tracing::warn!(drain_ms = SHUTDOWN_DRAIN_MS, "requests still in flight after the drain deadline; dropping them");
+                Ok(())
+            }
+        };
         watch.abort();
         check.abort();
         if let Some(serve_metrics) = serve_metrics {
@@ -370,13 +405,60 @@ impl KvNode {
 }
 
 /// Refuses every request with [`crate::service::status::node_stopped`]
-/// once `stopped` holds a reason.
-fn refuse_once_stopped(
+/// once `stopped` holds a reason, and with
+/// [`crate::service::status::shutting_down`] (hinting at `leader()`) once
+/// `draining` is set.
+fn refuse_when_closed(
     stopped: Arc<OnceLock<String>>,
+    draining: Arc<AtomicBool>,
+    leader: impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone,
 ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
-    move |request| match stopped.get() {
-        Some(reason) => Err(crate::service::status::node_stopped(reason)),
-        None => Ok(request),
+    move |request| {
+        if let Some(reason) = stopped.get() {
+            return Err(crate::service::status::node_stopped(reason));
+        }
+        if draining.load(Ordering::Acquire) {
+            return Err(crate::service::status::shutting_down(&leader()));
+        }
+        Ok(request)
+    }
+}
+
+/// The leader as a refusal's hint: another node that leads, or none (this
+/// node leads, or no leader is known).
+fn leader_elsewhere(raft: Raft) -> impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone {
+    move || {
+        let metrics = raft.metrics();
+        let m = metrics.borrow();
+        match m.current_leader.filter(|id| *id != m.id) {
+            Some(id) => ForwardToLeader {
+                leader_id: Some(id),
+                leader_node: m.membership_config.membership().get_node(&id).cloned(),
+            },
+            None => ForwardToLeader::empty(),
+        }
+    }
+}
+
+/// The first steps of a graceful shutdown, before the servers stop and
+/// drain: refuse new KV requests, turn health `NOT_SERVING`, and, on a
+/// leader, hand leadership over (see [`crate::handoff`]).
+async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &AtomicBool) {
+    // Refuse first, then tell health checkers: a checker that sees
+    // NOT_SERVING finds requests refused too. Writes refused from here on
+    // also stop the log from growing, so the successor can catch up.
+    draining.store(true, Ordering::Release);
+    health.set_not_serving::<KvServer<KvService>>().await;
+    health.set_service_status("", ServingStatus::NotServing).await;
+    match crate::handoff::hand_off(raft).await {
+        Handoff::NotLeader => tracing::info!("shutting down: health is NOT_SERVING; draining"),
+        Handoff::NoSuccessor => tracing::info!("shutting down the only voter; draining"),
+        Handoff::Moved { to, elapsed_ms } => {
+            tracing::info!(to, elapsed_ms, "shutting down: handed leadership over; draining")
+        }
+        Handoff::Failed { reason } => {
+            tracing::warn!(%reason, "shutting down: leadership handoff failed; the cluster elects a leader by timeout")
+        }
     }
 }
 
@@ -596,7 +678,7 @@ mod tests {
     fn once_stopped_every_kv_request_is_refused_as_unavailable_with_the_reason() {
         // A node whose Raft died must send clients elsewhere, saying why.
         let stopped: Arc<OnceLock<String>> = Arc::default();
-        let mut interceptor = refuse_once_stopped(Arc::clone(&stopped));
+        let mut interceptor = refuse_when_closed(Arc::clone(&stopped), Arc::default(), ForwardToLeader::empty);
         assert!(interceptor(tonic::Request::new(())).is_ok(), "a healthy node serves");
         stopped.set("No space left on device".into()).expect("set once");
         let status = interceptor(tonic::Request::new(())).expect_err("refused");
@@ -609,6 +691,30 @@ mod tests {
                 .is_some(),
             "refused before Raft: certainly not applied"
         );
+    }
+
+    #[test]
+    fn a_draining_node_refuses_kv_requests_with_the_leader_hint() {
+        // A node shutting down must send clients to the new leader at once,
+        // saying the request was not applied.
+        let draining: Arc<AtomicBool> = Arc::default();
+        let leader = || ForwardToLeader::new(2, MemberNode::new("127.0.0.1:7002"));
+        let mut interceptor = refuse_when_closed(Arc::default(), Arc::clone(&draining), leader);
+        assert!(
+            interceptor(tonic::Request::new(())).is_ok(),
+            "serving before the shutdown"
+        );
+        draining.store(true, Ordering::Release);
+        let status = interceptor(tonic::Request::new(())).expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("shutting down"), "{status:?}");
+        let header = |key: &str| status.metadata().get(key).and_then(|v| v.to_str().ok());
+        assert_eq!(header(crate::service::status::LEADER_ID_HEADER), Some("2"));
+        assert_eq!(
+            header(crate::service::status::LEADER_ADDR_HEADER),
+            Some("127.0.0.1:7002")
+        );
+        assert_eq!(header(crate::service::status::NOT_APPLIED_HEADER), Some("1"));
     }
 
     #[test]

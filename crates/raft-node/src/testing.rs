@@ -249,9 +249,21 @@ impl TestCluster {
 
     /// Stops node `id` (gracefully: the server and Raft shut down).
     pub async fn stop(&mut self, id: u64) {
+        self.begin_stop(id).await.expect("serve task");
+    }
+
+    /// Starts a graceful stop of node `id` (a leader hands leadership over,
+    /// then the node drains) and returns at once; the returned task ends
+    /// when the node has stopped. The node no longer counts as running.
+    pub fn begin_stop(&mut self, id: u64) -> tokio::task::JoinHandle<()> {
         let running = self.running.remove(&id).expect("node is running");
         let _ = running.stop.send(());
-        running.task.await.expect("serve task");
+        running.task
+    }
+
+    /// The Raft handle of running node `id`.
+    pub fn raft(&self, id: u64) -> &crate::types::Raft {
+        self.running[&id].node.raft()
     }
 
     /// Restarts stopped node `id` on its data directory and address.

@@ -105,4 +105,27 @@ impl pb::raft_server::Raft for RaftService {
             vote: Some(codec::vote_to_pb(&reply.vote)),
         }))
     }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let message = request.into_inner();
+        // Only the leader this node follows, in this term, may make it
+        // campaign: a stale or foreign request must not depose a leader.
+        let (leader, term) = {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            (m.current_leader, m.current_term)
+        };
+        if leader != Some(message.leader_id) || term != message.term {
+            return Err(Status::failed_precondition(format!(
+                "TimeoutNow from node {} in term {}, but this node follows {leader:?} in term {term}",
+                message.leader_id, message.term
+            )));
+        }
+        tracing::info!(from = message.leader_id, term, "the leader hands over: campaigning now");
+        self.raft.trigger().elect().await.map_err(stopped)?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
+    }
 }

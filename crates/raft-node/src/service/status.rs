@@ -13,6 +13,8 @@
 //!   the window): `FAILED_PRECONDITION` with `x-kv-session-expired: 1`; the
 //!   write's outcome is unknown, and it was not applied now;
 //! - a session with too many unanswered writes: `RESOURCE_EXHAUSTED`;
+//! - a node shutting down gracefully: `UNAVAILABLE`, `x-kv-not-applied: 1`,
+//!   with the leader hint when another node leads (see [`shutting_down`]);
 //! - a membership or initialize call on a client port of a node with a
 //!   separate peer port: `UNIMPLEMENTED`, `x-kv-not-applied: 1` (see
 //!   [`served_on_peer_port`]);
@@ -158,6 +160,17 @@ pub fn node_stopped(reason: &str) -> Status {
     not_applied(Status::unavailable(format!(
         "this node stopped on a fatal storage error and is exiting: {reason}"
     )))
+}
+
+/// The refusal of a KV request by a node that is shutting down
+/// gracefully: `UNAVAILABLE`, `x-kv-not-applied: 1`, with the leader's id
+/// and client address when another node is known to lead, so the client
+/// moves on at once.
+pub fn shutting_down(leader: &ForwardToLeader<NodeId, Node>) -> Status {
+    let hinted = not_leader(leader);
+    let mut status = Status::unavailable(format!("this node is shutting down; {}", hinted.message()));
+    *status.metadata_mut() = hinted.metadata().clone();
+    not_applied(status)
 }
 
 /// The refusal of a call that changes membership or initializes (`call`
