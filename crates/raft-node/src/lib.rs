@@ -13,6 +13,7 @@
 //! - `service`: the gRPC services (KV, Cluster, Raft) and error mapping.
 //! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
 //! - `metrics`: Prometheus metrics on a separate HTTP listener.
+//! - `tls`: the TLS settings of both ports and of the Raft calls.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
@@ -31,6 +32,7 @@ mod snapshot_trigger;
 pub mod state_machine;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod types;
 
 pub use config::{Limits, NodeConfig, RaftTiming};
