@@ -34,6 +34,17 @@ pub struct Cli {
     /// Deadline of each operation, retries included, in ms (default 5000).
     #[arg(long, global = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: Option<u64>,
+    /// Talk TLS, trusting the nodes whose certificates this CA (PEM)
+    /// signed: the nodes' --tls-ca, or `ca.pem` of `kvctl cert`.
+    #[arg(long, global = true, env = "KV_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With --ca: the client certificate (PEM) to present, for admin calls
+    /// to a peer port with mutual TLS. Needs --key.
+    #[arg(long, global = true, env = "KV_CERT", value_name = "FILE", requires_all = ["ca", "key"])]
+    pub cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, global = true, env = "KV_KEY", value_name = "FILE", requires = "cert")]
+    pub key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command};
-use cluster_client::Client;
+use cluster_client::{Client, ClientIdentity};
 
 /// The exit code of a failed operation.
 const EXIT_FAILURE: u8 = 1;
@@ -61,7 +61,20 @@ fn client(cli: &Cli) -> Result<Client> {
             .clamp(1, cluster_client::RANGE_PAGE_SIZE_DEFAULT);
         builder = builder.range_page_size(page);
     }
-    builder.build().context("bad --endpoints")
+    if let Some(ca) = &cli.ca {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read --{flag} {}", path.display()))
+        };
+        let identity = match (&cli.cert, &cli.key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert_pem: read(cert, "cert")?,
+                key_pem: read(key, "key")?,
+            }),
+            _ => None,
+        };
+        builder = builder.tls(read(ca, "ca")?, identity);
+    }
+    builder.build().context("bad --endpoints or TLS files")
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {

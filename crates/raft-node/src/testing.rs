@@ -401,3 +401,57 @@ where
         }
     }
 }
+
+/// A throwaway certificate authority for TLS tests.
+pub struct TestCa {
+    /// The CA's certificate, in PEM.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate for 127.0.0.1 and localhost and its key, in PEM.
+pub struct TestLeaf {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for 127.0.0.1 and localhost that this CA signed,
+    /// usable by servers and clients.
+    pub fn leaf(&self, name: &str) -> TestLeaf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        TestLeaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Node `id`'s TLS settings: a certificate from this CA, peers held to it.
+    pub fn node(&self, id: u64) -> TlsConfig {
+        let leaf = self.leaf(&format!("node {id}"));
+        TlsConfig {
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+            ca_pem: Some(self.pem.clone()),
+        }
+    }
+}

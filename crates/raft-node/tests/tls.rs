@@ -9,9 +9,7 @@ use proto::kv::cluster_client::ClusterClient;
 use proto::kv::kv_client::KvClient;
 use proto::raft as pb;
 use proto::raft::raft_client::RaftClient;
-use raft_node::testing::{retry_unavailable, TestCluster};
-use raft_node::tls::TlsConfig;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use raft_node::testing::{retry_unavailable, TestCa as Ca, TestCluster, TestLeaf as Leaf};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 /// Cluster tests run one at a time: three nodes per test already load the
@@ -20,55 +18,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// How long a call that should fail may take before the test gives up on it.
 const REFUSED_CALL_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A throwaway certificate authority.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, in PEM.
-struct Leaf {
-    cert_pem: String,
-    key_pem: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.self_signed(&key).expect("CA certificate");
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for 127.0.0.1 and localhost, usable by servers and clients.
-    fn leaf(&self, name: &str) -> Leaf {
-        let key = KeyPair::generate().expect("key");
-        let mut params =
-            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
-        params.distinguished_name.push(DnType::CommonName, name);
-        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
-        Leaf {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        }
-    }
-
-    /// A node's TLS settings: its certificate from this CA, peers held to it.
-    fn node(&self, id: u64) -> TlsConfig {
-        let leaf = self.leaf(&format!("node {id}"));
-        TlsConfig {
-            cert_pem: leaf.cert_pem,
-            key_pem: leaf.key_pem,
-            ca_pem: Some(self.pem.clone()),
-        }
-    }
-}
 
 /// A channel to `addr` over TLS trusting `ca`, presenting `identity` if given.
 fn tls_channel(addr: &str, ca: &Ca, identity: Option<&Leaf>) -> Channel {
