@@ -7,12 +7,14 @@
 //! - `data`: put, get, delete, range, batch-put.
 //! - `cluster`: cluster status/init/digest and membership changes.
 //! - `bench`: the load generator.
+//! - `cert`: a throwaway CA and certificates for a local TLS cluster.
 //!
 //! Exit codes: 0 success, 1 failure (reason on stderr), 2 bad usage.
 
 #![deny(clippy::unwrap_used)]
 
 mod bench;
+mod cert;
 mod cli;
 mod cluster;
 mod codec;
@@ -65,7 +67,7 @@ fn client(cli: &Cli) -> Result<Client> {
         let read = |path: &std::path::Path, flag: &str| {
             std::fs::read_to_string(path).with_context(|| format!("cannot read --{flag} {}", path.display()))
         };
-        let identity = match (&cli.cert, &cli.key) {
+        let identity = match (&cli.client_cert, &cli.client_key) {
             (Some(cert), Some(key)) => Some(ClientIdentity {
                 cert_pem: read(cert, "cert")?,
                 key_pem: read(key, "key")?,
@@ -78,6 +80,10 @@ fn client(cli: &Cli) -> Result<Client> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Needs no cluster, and may make the files --ca would name.
+    if let Command::Cert(args) = &cli.command {
+        return cert::run(args);
+    }
     let client = client(&cli)?;
     let out = data::Printer::new(cli.output, codec::Encoding::from_flag(cli.hex));
     match &cli.command {
@@ -95,5 +101,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Member(command) => cluster::member(&client, &out, command).await,
         Command::Bench(args) => bench::run(&client, &out, args).await,
         Command::Snapshot(command) => snapshot::snapshot(&client, &out, command).await,
+        Command::Cert(_) => unreachable!("handled above"),
     }
 }
