@@ -145,9 +145,6 @@ impl KvNode {
                 config.limits.request_bytes_max()
             )));
         }
-        // The lock comes before anything in the directory is read: the log
-        // store deletes spare segments and truncates the last one on open,
-        // which would damage a node already running on this directory.
         if config.tls.is_some() && config.peer_advertise_addr.is_none() {
             return Err(NodeError::Config(
                 "TLS needs a separate peer port (--peer-listen): one port cannot both admit clients \
@@ -155,6 +152,9 @@ impl KvNode {
                     .into(),
             ));
         }
+        // The lock comes before anything in the directory is read: the log
+        // store deletes spare segments and truncates the last one on open,
+        // which would damage a node already running on this directory.
         let lock = lock_data_dir(&config.data_dir)?;
         check_identity(&config.data_dir, config.id)?;
         let log_options = LogStoreOptions {

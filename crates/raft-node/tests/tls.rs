@@ -184,3 +184,30 @@ async fn a_node_with_a_foreign_certificate_cannot_join() {
     );
     cluster.shutdown().await;
 }
+
+#[tokio::test]
+async fn tls_without_a_separate_peer_port_is_refused_before_the_data_is_touched() {
+    // On one port, peers could not be held to certificates without locking
+    // clients out; a node must say so at start, not serve half-protected.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = raft_node::NodeConfig {
+        id: 1,
+        advertise_addr: "127.0.0.1:1".into(),
+        peer_advertise_addr: None,
+        data_dir: dir.path().join("node"),
+        initial_members: std::collections::BTreeMap::new(),
+        initial_peer_addrs: std::collections::BTreeMap::new(),
+        initialize: false,
+        restore_from: None,
+        timing: raft_node::RaftTiming::default(),
+        engine: storage::Options::default(),
+        limits: raft_node::Limits::default(),
+        tls: Some(Ca::new("cluster CA").node(1)),
+    };
+    let refused = raft_node::KvNode::start(config).await.err().expect("refused");
+    assert!(
+        matches!(&refused, raft_node::NodeError::Config(reason) if reason.contains("--peer-listen")),
+        "{refused:?}"
+    );
+    assert!(!dir.path().join("node").exists(), "the data directory was created");
+}
