@@ -4,6 +4,9 @@
 # save and check a backup and restore it into a new node,
 # SIGKILL the leader, check that
 # writes go on and the old leader catches up after a restart, stop, clean.
+# Then the same quickstart over TLS (start-cluster.sh --tls, on base-port +
+# 200): writes and reads with --ca, a plaintext client refused, admin calls
+# on the peer ports with the admin certificate only.
 #
 #   scripts/smoke-cluster.sh [--base-port 17001]
 #
@@ -86,4 +89,25 @@ done
 for n in 1 2 3; do
     if [ -e "$data_dir/node$n.pid" ]; then fail "stop-cluster.sh left node $n's pid file"; fi
 done
+"$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true
+
+# The quickstart over TLS.
+tls_port=$((base_port + 200))
+data_dir=$(mktemp -d /tmp/kv-smoke-tls.XXXXXX)
+trap '"$root/scripts/stop-cluster.sh" --data-dir "$data_dir" --clean >/dev/null 2>&1 || true' EXIT
+"$root/scripts/start-cluster.sh" --base-port "$tls_port" --data-dir "$data_dir" --tls >/dev/null \
+    || fail "start-cluster.sh --tls failed"
+export KV_ENDPOINTS="127.0.0.1:$tls_port,127.0.0.1:$((tls_port + 1)),127.0.0.1:$((tls_port + 2))"
+ca="$data_dir/certs/ca.pem"
+"$kvctl" --ca "$ca" put greeting "over tls" >/dev/null || fail "a put over TLS failed"
+expect "over tls" "$kvctl" --ca "$ca" get greeting
+if "$kvctl" --timeout-ms 1000 get greeting >/dev/null 2>&1; then fail "a plaintext client was served by a TLS node"; fi
+tls_peers="127.0.0.1:$((tls_port + 50))"
+admin_tls=(--ca "$ca" --cert "$data_dir/certs/admin.pem" --key "$data_dir/certs/admin.key")
+refused=$("$kvctl" --endpoints "$tls_peers" "${admin_tls[@]}" member remove 9 2>&1) && fail "removing an unknown node succeeded"
+case "$refused" in *"not a member"*) ;; *) fail "a membership call with the admin certificate: '$refused'" ;; esac
+refused=$("$kvctl" --endpoints "$tls_peers" --ca "$ca" --timeout-ms 1000 member remove 9 2>&1) \
+    && fail "a peer port served a caller without a certificate"
+case "$refused" in *"not a member"*) fail "a peer port served a caller without a certificate: '$refused'" ;; esac
+"$root/scripts/stop-cluster.sh" --data-dir "$data_dir" >/dev/null
 echo "smoke-cluster: 1 passed, 0 failed"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts a local three-node cluster on 127.0.0.1.
 #
-#   scripts/start-cluster.sh [--base-port 7001] [--data-dir ./cluster-data] [--node N]
+#   scripts/start-cluster.sh [--base-port 7001] [--data-dir ./cluster-data] [--node N] [--tls]
 #
 # Builds the release binaries if they are missing, starts the nodes that are
 # not running (all three, or only --node N) on their existing data, forms the
@@ -12,17 +12,23 @@
 # keeps its data in <data-dir>/nodeN, its PID in <data-dir>/nodeN.pid and its
 # log in <data-dir>/nodeN.log. Stop with scripts/stop-cluster.sh. A data
 # directory formed before peer ports existed keeps one port per node.
+# --tls (on the cluster's first start; later starts keep it) writes a
+# throwaway CA and certificates into <data-dir>/certs with `kvctl cert`:
+# client ports serve TLS, peer ports require mutual TLS, and kvctl needs
+# --ca <data-dir>/certs/ca.pem (plus --cert/--key admin.pem/admin.key on
+# the peer ports).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 base_port=7001
 data_dir="$root/cluster-data"
 only_node=""
+want_tls=0
 nodes=3
 wait_seconds=30
 
 usage() {
-    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 }
 
@@ -31,6 +37,7 @@ while [ $# -gt 0 ]; do
         --base-port) base_port="${2:?--base-port needs a value}"; shift 2 ;;
         --data-dir) data_dir="${2:?--data-dir needs a value}"; shift 2 ;;
         --node) only_node="${2:?--node needs a value}"; shift 2 ;;
+        --tls) want_tls=1; shift ;;
         -h|--help) usage ;;
         *) echo "start-cluster.sh: unknown option $1" >&2; usage ;;
     esac
@@ -70,6 +77,24 @@ peer_ports_marker="$data_dir/PEER_PORTS"
 if [ "$first_start" = 1 ]; then touch "$peer_ports_marker"; fi
 peer_ports=0
 [ -e "$peer_ports_marker" ] && peer_ports=1
+# TLS is chosen on the first start and kept: a node restarted without it
+# could not talk to its peers.
+tls_marker="$data_dir/TLS"
+certs="$data_dir/certs"
+if [ "$want_tls" = 1 ] && [ "$first_start" = 0 ] && [ ! -e "$tls_marker" ]; then
+    echo "start-cluster.sh: $data_dir holds a cluster formed without TLS; use --tls with a new --data-dir" >&2
+    exit 2
+fi
+if [ "$want_tls" = 1 ] && [ "$first_start" = 1 ]; then
+    "$bin_dir/kvctl" cert --dir "$certs" --nodes "$nodes" --force >/dev/null
+    touch "$tls_marker"
+fi
+tls=0
+[ -e "$tls_marker" ] && tls=1
+kvctl_tls=()
+if [ "$tls" = 1 ]; then
+    kvctl_tls=(--ca "$certs/ca.pem")
+fi
 
 peers=""
 endpoints=""
@@ -101,8 +126,12 @@ for n in $(seq 1 $nodes); do
     if [ "$peer_ports" = 1 ]; then peer_listen=(--peer-listen "127.0.0.1:$(peer_port_of "$n")"); fi
     metrics_listen=()
     if [ "$metrics" = 1 ]; then metrics_listen=(--metrics-listen "127.0.0.1:$(metrics_port_of "$n")"); fi
+    node_tls=()
+    if [ "$tls" = 1 ]; then
+        node_tls=(--tls-cert "$certs/node$n.pem" --tls-key "$certs/node$n.key" --tls-ca "$certs/ca.pem")
+    fi
     nohup "$bin_dir/kv-node" --id "$n" --listen "127.0.0.1:$(port_of "$n")" "${peer_listen[@]}" \
-        "${metrics_listen[@]}" \
+        "${metrics_listen[@]}" "${node_tls[@]}" \
         --data-dir "$data_dir/node$n" --peers "$peers" "${init[@]}" \
         >>"$data_dir/node$n.log" 2>&1 </dev/null &
     echo $! >"$data_dir/node$n.pid"
@@ -116,7 +145,7 @@ done
 
 echo "waiting for a leader..."
 deadline=$((SECONDS + wait_seconds))
-until "$bin_dir/kvctl" --endpoints "$endpoints" cluster status --require-leader >/dev/null 2>&1; do
+until "$bin_dir/kvctl" "${kvctl_tls[@]}" --endpoints "$endpoints" cluster status --require-leader >/dev/null 2>&1; do
     for n in $(seq 1 $nodes); do
         if ! is_running "$n"; then
             echo "node $n exited; last lines of $data_dir/node$n.log:" >&2
@@ -147,20 +176,35 @@ for n in ${started:-}; do
     done
 done
 
-"$bin_dir/kvctl" --endpoints "$endpoints" cluster status
-cat <<MSG
+"$bin_dir/kvctl" "${kvctl_tls[@]}" --endpoints "$endpoints" cluster status
+if [ "$tls" = 1 ]; then
+    cat <<MSG
+
+cluster is up, over TLS. Endpoints: $endpoints
+  export KV_ENDPOINTS=$endpoints KV_CA=$certs/ca.pem
+  $bin_dir/kvctl put hello world
+  $bin_dir/kvctl get hello
+MSG
+else
+    cat <<MSG
 
 cluster is up. Endpoints: $endpoints
   export KV_ENDPOINTS=$endpoints
   $bin_dir/kvctl put hello world
   $bin_dir/kvctl get hello
 MSG
+fi
 if [ "$metrics" = 1 ]; then
     echo "Metrics: curl -s 127.0.0.1:$(metrics_port_of 1)/metrics | grep kv_   (nodes 1..$nodes on $(metrics_port_of 1)..$(metrics_port_of "$nodes"))"
 else
     echo "Metrics are off: $bin_dir/kv-node predates --metrics-listen (rebuild it)"
 fi
-if [ "$peer_ports" = 1 ]; then
+if [ "$peer_ports" = 1 ] && [ "$tls" = 1 ]; then
+    cat <<MSG
+Membership changes go to the peer ports, with the admin certificate (mutual TLS):
+  $bin_dir/kvctl --endpoints $peer_endpoints --ca $certs/ca.pem --cert $certs/admin.pem --key $certs/admin.key member add-learner ID HOST:PORT --peer-addr HOST:PORT
+MSG
+elif [ "$peer_ports" = 1 ]; then
     cat <<MSG
 Membership changes go to the peer ports:
   $bin_dir/kvctl --endpoints $peer_endpoints member add-learner ID HOST:PORT --peer-addr HOST:PORT

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 use crate::endpoints::{normalize, Endpoints};
 use crate::error::{Error, Result};
 use crate::retry::{self, Decision, FailReason, Failure, Outcome, RequestKind};
+use crate::tls::{ClientIdentity, ClientTls};
 use crate::write_id::Session;
 
 /// Default deadline of one client call, retries included.
@@ -84,6 +85,7 @@ pub struct ClientBuilder {
     backoff_min: Duration,
     backoff_max: Duration,
     range_page_size: u32,
+    tls: Option<ClientTls>,
 }
 
 impl ClientBuilder {
@@ -97,6 +99,7 @@ impl ClientBuilder {
             backoff_min: BACKOFF_MIN_DEFAULT,
             backoff_max: BACKOFF_MAX_DEFAULT,
             range_page_size: RANGE_PAGE_SIZE_DEFAULT,
+            tls: None,
         }
     }
 
@@ -144,8 +147,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Talk TLS to every node, trusting the nodes whose certificates
+    /// `ca_pem` (a PEM CA certificate, `kv-node --tls-ca`) signed, and
+    /// presenting `identity` if given: a peer port with mutual TLS admits
+    /// admin calls only with a certificate from the cluster's CA. Default:
+    /// plaintext. Unusable PEM is reported by [`ClientBuilder::build`].
+    pub fn tls(mut self, ca_pem: impl Into<String>, identity: Option<ClientIdentity>) -> ClientBuilder {
+        self.tls = Some(ClientTls::new(ca_pem.into(), identity));
+        self
+    }
+
     /// Builds the client. No connection is made until the first request.
     pub fn build(self) -> Result<Client> {
+        if let Some(tls) = &self.tls {
+            tls.check()?;
+        }
         let mut addrs: Vec<String> = Vec::with_capacity(self.endpoints.len());
         for endpoint in &self.endpoints {
             let addr = normalize(endpoint)?;
@@ -158,7 +174,7 @@ impl ClientBuilder {
         }
         Ok(Client {
             inner: Arc::new(Inner {
-                endpoints: Arc::new(Endpoints::new(addrs, self.connect_timeout)),
+                endpoints: Arc::new(Endpoints::new(addrs, self.connect_timeout, self.tls)),
                 session: parking_lot::Mutex::new(None),
                 opening: tokio::sync::Mutex::new(()),
                 request_timeout: self.request_timeout,

@@ -8,6 +8,7 @@ use parking_lot::Mutex;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::tls::ClientTls;
 
 /// Endpoints learned from hints, at most, beyond the ones given. Bounds the
 /// list when a misbehaving server keeps naming new addresses.
@@ -20,6 +21,8 @@ pub(crate) struct Endpoints {
     /// Round-robin position for requests any node may serve.
     spread: AtomicUsize,
     connect_timeout: Duration,
+    /// TLS to every node; `None`: plaintext.
+    tls: Option<ClientTls>,
 }
 
 #[derive(Debug)]
@@ -34,10 +37,16 @@ struct State {
     leader: Option<String>,
 }
 
-/// Strips an `http://` prefix and checks the rest looks like `host:port`.
+/// Strips an `http://` or `https://` prefix (TLS is chosen by the
+/// client's settings, not the prefix) and checks the rest looks like
+/// `host:port`.
 pub(crate) fn normalize(addr: &str) -> Result<String> {
     let trimmed = addr.trim();
-    let bare = trimmed.strip_prefix("http://").unwrap_or(trimmed).trim_end_matches('/');
+    let bare = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+        .unwrap_or(trimmed)
+        .trim_end_matches('/');
     let bad = |reason: &str| Error::BadEndpoint {
         addr: addr.to_owned(),
         reason: reason.to_owned(),
@@ -54,7 +63,7 @@ pub(crate) fn normalize(addr: &str) -> Result<String> {
 impl Endpoints {
     /// Endpoints for these (already normalized, non-empty, deduplicated)
     /// addresses.
-    pub(crate) fn new(addrs: Vec<String>, connect_timeout: Duration) -> Endpoints {
+    pub(crate) fn new(addrs: Vec<String>, connect_timeout: Duration, tls: Option<ClientTls>) -> Endpoints {
         assert!(!addrs.is_empty(), "an endpoint list is never empty");
         let start = fastrand::usize(..addrs.len());
         Endpoints {
@@ -66,6 +75,7 @@ impl Endpoints {
             }),
             spread: AtomicUsize::new(start),
             connect_timeout,
+            tls,
         }
     }
 
@@ -134,13 +144,17 @@ impl Endpoints {
         if let Some(channel) = state.channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| Error::BadEndpoint {
                 addr: addr.to_owned(),
                 reason: e.to_string(),
             })?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = tls.apply(endpoint)?;
+        }
         let channel = endpoint.connect_lazy();
         state.channels.insert(addr.to_owned(), channel.clone());
         Ok(channel)
@@ -152,7 +166,11 @@ mod tests {
     use super::*;
 
     fn endpoints(addrs: &[&str]) -> Endpoints {
-        Endpoints::new(addrs.iter().map(|a| (*a).to_owned()).collect(), Duration::from_secs(1))
+        Endpoints::new(
+            addrs.iter().map(|a| (*a).to_owned()).collect(),
+            Duration::from_secs(1),
+            None,
+        )
     }
 
     #[test]

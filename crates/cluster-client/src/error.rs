@@ -84,6 +84,13 @@ pub enum Error {
         /// Why it was refused.
         reason: String,
     },
+    /// The TLS settings (`ClientBuilder::tls`) are unusable: a CA or client
+    /// certificate that is not PEM, a key that does not parse.
+    #[error("TLS settings: {reason}")]
+    Tls {
+        /// Why they were refused.
+        reason: String,
+    },
     /// The server sent a reply that breaks the protocol (for example a
     /// Range page whose `next_start` is not past its last key). Nothing is
     /// retried: the node is misbehaving, not unavailable.
@@ -106,9 +113,11 @@ impl Error {
     /// Meaningful for writes only; reads apply nothing either way.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Error::InvalidArgument(_) | Error::NotApplied { .. } | Error::NoEndpoints | Error::BadEndpoint { .. } => {
-                Outcome::NotApplied
-            }
+            Error::InvalidArgument(_)
+            | Error::NotApplied { .. }
+            | Error::NoEndpoints
+            | Error::BadEndpoint { .. }
+            | Error::Tls { .. } => Outcome::NotApplied,
             // Unavailable is never produced for a write; the rest are not
             // covered by the server's contract, so assume the worst.
             Error::Unknown { .. }

@@ -33,6 +33,7 @@
 //! - `write_id`: exactly-once numbering: a session the cluster opened, one
 //!   sequence per write reused by its retries, `first_unanswered`, and the
 //!   window that keeps a slow write from being forgotten.
+//! - `tls`: the CA a client trusts and the [`ClientIdentity`] it presents.
 //! - `error`: [`Error`] and [`Outcome`]: whether a failed write may have
 //!   been applied.
 //!
@@ -67,6 +68,7 @@ mod endpoints;
 mod error;
 mod range;
 pub mod retry;
+mod tls;
 mod write;
 mod write_id;
 
@@ -80,5 +82,6 @@ pub use endpoints::LEARNED_ENDPOINTS_MAX;
 pub use error::{Error, Outcome, Result};
 pub use proto::kv::{DigestResponse, Member, MembershipResponse, StatusResponse, WriteResponse};
 pub use range::RangeStream;
+pub use tls::{ClientIdentity, TLS_HANDSHAKE_TIMEOUT_MS};
 pub use write::UnansweredWrite;
 pub use write_id::SESSION_WRITES_UNANSWERED_MAX;

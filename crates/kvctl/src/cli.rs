@@ -34,6 +34,25 @@ pub struct Cli {
     /// Deadline of each operation, retries included, in ms (default 5000).
     #[arg(long, global = true, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout_ms: Option<u64>,
+    /// Talk TLS, trusting the nodes whose certificates this CA (PEM)
+    /// signed: the nodes' --tls-ca, or `ca.pem` of `kvctl cert`.
+    #[arg(long, global = true, env = "KV_CA", value_name = "FILE")]
+    pub ca: Option<PathBuf>,
+    /// With --ca: the client certificate (PEM) to present, for admin calls
+    /// to a peer port with mutual TLS. Needs --key.
+    // (Named `client_*`, not `cert`/`key`: a global argument's id must
+    // not clash with a subcommand's, such as `put`'s KEY.)
+    #[arg(long = "cert", global = true, env = "KV_CERT", value_name = "FILE", requires_all = ["ca", "client_key"])]
+    pub client_cert: Option<PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(
+        long = "key",
+        global = true,
+        env = "KV_KEY",
+        value_name = "FILE",
+        requires = "client_cert"
+    )]
+    pub client_key: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -97,6 +116,31 @@ pub enum Command {
     /// Backups: save one from the leader, check one.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Writes a throwaway CA and certificates for a local TLS cluster:
+    /// ca.pem, nodeN.pem/.key per node, admin.pem/.key (for admin calls
+    /// to peer ports with mutual TLS). For trying TLS out only.
+    Cert(CertArgs),
+}
+
+/// The most node certificates `kvctl cert` writes at once.
+pub const CERT_NODES_MAX: u64 = 100;
+
+/// Arguments of `cert`.
+#[derive(Debug, Args)]
+pub struct CertArgs {
+    /// The directory to write into (created if needed).
+    #[arg(long, default_value = "certs")]
+    pub dir: PathBuf,
+    /// Node certificates to write: node1 up to nodeN.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=CERT_NODES_MAX))]
+    pub nodes: u64,
+    /// The names and IP addresses every certificate is valid for
+    /// (comma-separated or repeated).
+    #[arg(long = "host", value_delimiter = ',', default_value = "127.0.0.1,localhost")]
+    pub hosts: Vec<String>,
+    /// Replace certificates already in the directory.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// `snapshot` subcommands.

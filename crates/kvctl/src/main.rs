@@ -7,12 +7,14 @@
 //! - `data`: put, get, delete, range, batch-put.
 //! - `cluster`: cluster status/init/digest and membership changes.
 //! - `bench`: the load generator.
+//! - `cert`: a throwaway CA and certificates for a local TLS cluster.
 //!
 //! Exit codes: 0 success, 1 failure (reason on stderr), 2 bad usage.
 
 #![deny(clippy::unwrap_used)]
 
 mod bench;
+mod cert;
 mod cli;
 mod cluster;
 mod codec;
@@ -26,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use cli::{Cli, Command};
-use cluster_client::Client;
+use cluster_client::{Client, ClientIdentity};
 
 /// The exit code of a failed operation.
 const EXIT_FAILURE: u8 = 1;
@@ -61,10 +63,27 @@ fn client(cli: &Cli) -> Result<Client> {
             .clamp(1, cluster_client::RANGE_PAGE_SIZE_DEFAULT);
         builder = builder.range_page_size(page);
     }
-    builder.build().context("bad --endpoints")
+    if let Some(ca) = &cli.ca {
+        let read = |path: &std::path::Path, flag: &str| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read --{flag} {}", path.display()))
+        };
+        let identity = match (&cli.client_cert, &cli.client_key) {
+            (Some(cert), Some(key)) => Some(ClientIdentity {
+                cert_pem: read(cert, "cert")?,
+                key_pem: read(key, "key")?,
+            }),
+            _ => None,
+        };
+        builder = builder.tls(read(ca, "ca")?, identity);
+    }
+    builder.build().context("bad --endpoints or TLS files")
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
+    // Needs no cluster, and may make the files --ca would name.
+    if let Command::Cert(args) = &cli.command {
+        return cert::run(args);
+    }
     let client = client(&cli)?;
     let out = data::Printer::new(cli.output, codec::Encoding::from_flag(cli.hex));
     match &cli.command {
@@ -82,5 +101,6 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Member(command) => cluster::member(&client, &out, command).await,
         Command::Bench(args) => bench::run(&client, &out, args).await,
         Command::Snapshot(command) => snapshot::snapshot(&client, &out, command).await,
+        Command::Cert(_) => unreachable!("handled above"),
     }
 }

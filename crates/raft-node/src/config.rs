@@ -159,6 +159,10 @@ pub struct NodeConfig {
     pub engine: storage::Options,
     /// API request limits.
     pub limits: Limits,
+    /// TLS for the client port, and mutual TLS between peers when it has
+    /// a CA (see `crate::tls`). Needs `peer_advertise_addr` (a separate
+    /// peer port). Default `None`: plaintext everywhere.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 /// The separator of a peer spec's client and peer address:

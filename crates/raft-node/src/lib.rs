@@ -14,6 +14,7 @@
 //! - `handoff`: graceful shutdown: leadership handed to the best follower.
 //! - `snapshot_trigger`: snapshots by the log's bytes, besides its entry count.
 //! - `metrics`: Prometheus metrics on a separate HTTP listener.
+//! - `tls`: the TLS settings of both ports and of the Raft calls.
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
@@ -33,6 +34,7 @@ mod snapshot_trigger;
 pub mod state_machine;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod tls;
 pub mod types;
 
 pub use config::{Limits, NodeConfig, RaftTiming};

@@ -14,6 +14,14 @@
 //!     1=127.0.0.1:7001/127.0.0.1:7051,2=127.0.0.1:7002/127.0.0.1:7052,3=127.0.0.1:7003/127.0.0.1:7053
 //! ```
 //!
+//! With TLS (a separate peer port is then needed; with `--tls-ca` peers
+//! hold each other to mutual TLS):
+//!
+//! ```text
+//! kv-node ... --peer-listen 127.0.0.1:7051 \
+//!     --tls-cert certs/node1.pem --tls-key certs/node1.key --tls-ca certs/ca.pem
+//! ```
+//!
 //! Every flag has an environment fallback (`KV_NODE_ID`, `KV_LISTEN`, ...).
 //! SIGTERM or SIGINT stops the node gracefully: it refuses new requests
 //! (`UNAVAILABLE`, with the leader hint), turns health `NOT_SERVING`, hands
@@ -32,6 +40,7 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser};
 use raft_node::config::file;
 use raft_node::config::parse_peer_spec;
+use raft_node::tls::TlsConfig;
 use raft_node::{KvNode, Limits, NodeConfig, NodeError, RaftTiming, ServeOptions};
 
 /// The exit status after Raft stopped on a fatal storage error.
@@ -73,6 +82,19 @@ struct Args {
     /// (default: none, no metrics).
     #[arg(long, env = "KV_METRICS_LISTEN")]
     metrics_listen: Option<String>,
+    /// This node's TLS certificate (PEM): the client port then serves TLS.
+    /// Needs --tls-key and --peer-listen.
+    #[arg(long, env = "KV_TLS_CERT", requires_all = ["tls_key", "peer_listen"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "KV_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// The CA (PEM) that signs every node's certificate: the peer port then
+    /// requires mutual TLS (callers present a certificate it signed), and
+    /// this node's Raft calls present --tls-cert and accept only peers it
+    /// signed. Without it the peer port stays plaintext. Needs --tls-cert.
+    #[arg(long, env = "KV_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<PathBuf>,
     /// The node's data directory (Raft log and state machine).
     #[arg(long, env = "KV_DATA_DIR")]
     data_dir: PathBuf,
@@ -204,6 +226,10 @@ async fn main() -> Result<()> {
             }
         );
     }
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig::from_files(cert, key, args.tls_ca.as_deref())?),
+        _ => None,
+    };
     let config = NodeConfig {
         id: args.id,
         advertise_addr: advertise.clone(),
@@ -228,6 +254,7 @@ async fn main() -> Result<()> {
             ..storage::Options::default()
         },
         limits: Limits::default(),
+        tls,
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
@@ -258,6 +285,8 @@ async fn main() -> Result<()> {
         peer_listen = ?args.peer_listen,
         peer_advertise = ?peer_advertise,
         metrics_listen = ?args.metrics_listen,
+        tls = args.tls_cert.is_some(),
+        peer_mtls = args.tls_ca.is_some(),
         "serving"
     );
     let options = ServeOptions::default()

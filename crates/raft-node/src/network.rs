@@ -42,7 +42,7 @@ use proto::raft as pb;
 use proto::raft::raft_client::RaftClient;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use crate::codec;
 use crate::reachability::{self, Reachability};
@@ -83,6 +83,8 @@ pub struct Network {
     channels: Arc<Mutex<HashMap<NodeId, PeerChannel>>>,
     /// Each peer's reachability, shared by all its clients, for the log.
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
+    /// Mutual TLS to peers (see `crate::tls`); `None`: plaintext.
+    tls: Option<ClientTlsConfig>,
 }
 
 /// The shared connection to one peer, and the (peer) address it was made for.
@@ -93,6 +95,15 @@ struct PeerChannel {
 }
 
 impl Network {
+    /// A transport that reaches peers over mutual TLS with `tls`, or in
+    /// plaintext without.
+    pub fn new(tls: Option<ClientTlsConfig>) -> Network {
+        Network {
+            tls,
+            ..Network::default()
+        }
+    }
+
     /// The channel to `target` at `addr`, made (lazily connecting) on first
     /// use and again when the member's address changes.
     fn channel(&self, target: NodeId, addr: &str) -> Result<Channel, String> {
@@ -100,10 +111,16 @@ impl Network {
         if let Some(peer) = channels.get(&target).filter(|peer| peer.addr == addr) {
             return Ok(peer.channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{addr}"))
             .map_err(|e| format!("bad address {addr:?} of node {target}: {e}"))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint
+                .tls_config(tls.clone())
+                .map_err(|e| format!("TLS settings for node {target} at {addr}: {e}"))?;
+        }
         let channel = endpoint.connect_lazy();
         channels.insert(
             target,

@@ -15,7 +15,7 @@ use storage::io::RealFs;
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
-use tonic::transport::Server;
+use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
@@ -27,6 +27,7 @@ use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::admin::{AdminService, Port as AdminPort};
 use crate::service::{kv::KvService, raft::RaftService};
 use crate::state_machine::{Engine, StateMachine};
+use crate::tls::TlsConfig;
 use crate::types::{Node as MemberNode, NodeId, Raft};
 use crate::{restore, snapshot_trigger};
 
@@ -146,6 +147,13 @@ impl KvNode {
                 config.limits.request_bytes_max()
             )));
         }
+        if config.tls.is_some() && config.peer_advertise_addr.is_none() {
+            return Err(NodeError::Config(
+                "TLS needs a separate peer port (--peer-listen): one port cannot both admit clients \
+                 without certificates and require them of peers"
+                    .into(),
+            ));
+        }
         // The lock comes before anything in the directory is read: the log
         // store deletes spare segments and truncates the last one on open,
         // which would damage a node already running on this directory.
@@ -180,7 +188,7 @@ impl KvNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::default(),
+            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)),
             log_store,
             state_machine,
         )
@@ -317,10 +325,18 @@ impl KvNode {
         let reflection_v1alpha = reflection_builder()
             .build_v1alpha()
             .map_err(|e| NodeError::Config(format!("reflection: {e}")))?;
-        let client_port = server_builder().add_service(kv).add_service(health.clone());
+        let tls = self.config.tls.as_ref();
+        if tls.is_some() && peer_listener.is_none() {
+            return Err(NodeError::Config(
+                "TLS needs a separate peer listener; serve with ServeOptions::with_peer_listener".into(),
+            ));
+        }
+        let client_port = server_builder(tls.map(TlsConfig::client_port))?
+            .add_service(kv)
+            .add_service(health.clone());
         let (client_port, peer_port) = match peer_listener {
             Some(peer_listener) => {
-                let peer_port = server_builder()
+                let peer_port = server_builder(tls.and_then(TlsConfig::peer_port))?
                     .add_service(raft)
                     .add_service(admin(AdminPort::Peer))
                     .add_service(health);
@@ -582,13 +598,20 @@ async fn serve_ports(
     client_served.and(peer_served)
 }
 
-/// A gRPC server with the settings both ports share.
-fn server_builder() -> Server {
-    Server::builder()
+/// A gRPC server with the settings both ports share, serving TLS with
+/// `tls` if given.
+fn server_builder(tls: Option<ServerTlsConfig>) -> Result<Server, NodeError> {
+    let server = Server::builder()
         // Every Raft RPC that times out during a partition resets its
         // stream; h2's default guard (20 pending resets) would then drop
         // the peer's whole connection right after the partition heals.
-        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX))
+        .http2_max_pending_accept_reset_streams(Some(PENDING_RESET_STREAMS_MAX));
+    match tls {
+        Some(tls) => server
+            .tls_config(tls)
+            .map_err(|e| NodeError::Config(format!("TLS certificate or key: {e}"))),
+        None => Ok(server),
+    }
 }
 
 /// The connections a node accepts, with Nagle's algorithm off on each.

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::tls::TlsConfig;
 use crate::{KvNode, Limits, NodeConfig, RaftTiming, ServeOptions};
 
 /// How long a helper waits for the cluster to reach a state.
@@ -48,6 +49,8 @@ pub struct TestCluster {
     timing: RaftTiming,
     /// The backup node 1 restores from when it initializes the cluster.
     restore_from: Option<std::path::PathBuf>,
+    /// Each node's TLS settings; a node absent here serves plaintext.
+    tls: BTreeMap<u64, TlsConfig>,
 }
 
 impl TestCluster {
@@ -102,6 +105,16 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts `n` voters with separate peer ports, each serving TLS with
+    /// `tls(id)`, and waits for a leader.
+    pub async fn start_with_tls(n: u64, tls: impl Fn(u64) -> TlsConfig) -> TestCluster {
+        let mut cluster = TestCluster::new(fast_timing(), true, false);
+        cluster.tls = (1..=n).map(|id| (id, tls(id))).collect();
+        cluster.boot_nodes(n, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
     async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool, metrics: bool) -> TestCluster {
         let mut cluster = TestCluster::new(timing, peer_ports, metrics);
         cluster.boot_nodes(n, initialize).await;
@@ -119,6 +132,7 @@ impl TestCluster {
             running: BTreeMap::new(),
             timing,
             restore_from: None,
+            tls: BTreeMap::new(),
         }
     }
 
@@ -149,6 +163,12 @@ impl TestCluster {
         self.peer_addrs
             .insert(id, peer_listener.local_addr().expect("addr").to_string());
         (listener, Some(peer_listener))
+    }
+
+    /// Like [`TestCluster::start_extra`], serving TLS with `tls`.
+    pub async fn start_extra_with_tls(&mut self, id: u64, tls: TlsConfig) -> String {
+        self.tls.insert(id, tls);
+        self.start_extra(id).await
     }
 
     /// Starts node `id` outside the cluster (to be added as a learner);
@@ -187,6 +207,7 @@ impl TestCluster {
                 ..storage::Options::default()
             },
             limits: Limits::default(),
+            tls: self.tls.get(&id).cloned(),
         };
         // The metrics port, kept across restarts like the others.
         let metrics_listener = match (self.metrics, self.metrics_addrs.get(&id)) {
@@ -308,17 +329,22 @@ impl TestCluster {
         }
     }
 
+    /// The index running node `id` has applied up to (0: nothing yet).
+    pub fn applied(&self, id: u64) -> u64 {
+        self.running[&id]
+            .node
+            .raft()
+            .metrics()
+            .borrow()
+            .last_applied
+            .map_or(0, |l| l.index)
+    }
+
     /// Waits until running node `id` has applied at least `index`.
     pub async fn wait_applied(&self, id: u64, index: u64) {
         let deadline = Instant::now() + WAIT_TIMEOUT;
         loop {
-            let applied = self.running[&id]
-                .node
-                .raft()
-                .metrics()
-                .borrow()
-                .last_applied
-                .map_or(0, |l| l.index);
+            let applied = self.applied(id);
             if applied >= index {
                 return;
             }
@@ -384,6 +410,60 @@ where
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             Err(status) => panic!("call failed: {status:?}"),
+        }
+    }
+}
+
+/// A throwaway certificate authority for TLS tests.
+pub struct TestCa {
+    /// The CA's certificate, in PEM.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+/// A certificate for 127.0.0.1 and localhost and its key, in PEM.
+pub struct TestLeaf {
+    /// The certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> TestCa {
+        let key = rcgen::KeyPair::generate().expect("CA key");
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("CA certificate");
+        TestCa {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for 127.0.0.1 and localhost that this CA signed,
+    /// usable by servers and clients.
+    pub fn leaf(&self, name: &str) -> TestLeaf {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).expect("params");
+        params.distinguished_name.push(rcgen::DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).expect("certificate");
+        TestLeaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+
+    /// Node `id`'s TLS settings: a certificate from this CA, peers held to it.
+    pub fn node(&self, id: u64) -> TlsConfig {
+        let leaf = self.leaf(&format!("node {id}"));
+        TlsConfig {
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
+            ca_pem: Some(self.pem.clone()),
         }
     }
 }

@@ -19,6 +19,7 @@ fn config(data_dir: &Path) -> NodeConfig {
         timing: RaftTiming::default(),
         engine: storage::Options::default(),
         limits: Limits::default(),
+        tls: None,
     }
 }
 
