@@ -63,49 +63,6 @@ async fn build(dir: &Path, rng: &mut fastrand::Rng) -> Vec<Entry> {
     appended
 }
 
-fn damage(dir: &Path, rng: &mut fastrand::Rng) -> String {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.is_file())
-        .collect();
-    files.sort();
-    let path = files[rng.usize(..files.len())].clone();
-    let mut bytes = std::fs::read(&path).expect("read");
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let what = if bytes.is_empty() {
-        bytes.extend((0..rng.usize(1..64)).map(|_| rng.u8(..)));
-        format!("filled empty {name}")
-    } else {
-        match rng.u8(..4) {
-            0 | 1 => {
-                let flips = rng.usize(1..=6);
-                for _ in 0..flips {
-                    let at = rng.usize(..bytes.len());
-                    bytes[at] ^= 1 << rng.u8(..8);
-                }
-                format!("flipped {flips} bits in {name}")
-            }
-            2 => {
-                let len = rng.usize(..bytes.len());
-                bytes.truncate(len);
-                format!("cut {name} to {len} bytes")
-            }
-            _ => {
-                let at = rng.usize(..bytes.len());
-                let len = rng.usize(1..=(bytes.len() - at).min(700));
-                bytes[at..at + len].fill(0);
-                format!("zeroed {len} bytes at {at} of {name}")
-            }
-        }
-    };
-    std::fs::write(&path, &bytes).expect("write");
-    what
-}
-
 #[tokio::test]
 async fn random_damage_to_the_log_is_an_error_or_appended_entries_never_a_panic() {
     // A disk returns garbage: the log must refuse it or serve only entries that were appended.
@@ -127,7 +84,10 @@ async fn random_damage_to_the_log_is_an_error_or_appended_entries_never_a_panic(
             let entry = entry.expect("entry");
             std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
         }
-        let what = format!("round {round}: {}", damage(copy.path(), &mut rng));
+        let what = format!(
+            "round {round}: {}",
+            storage::sim::damage_random_file(copy.path(), &mut |n| rng.u64(..n)).expect("damage")
+        );
         let Ok(mut store) = LogStore::open_with(copy.path(), options()) else {
             continue;
         };

@@ -116,21 +116,45 @@ pub(crate) struct LevelIterator {
     files: Vec<Arc<TableFile>>,
     index: usize,
     current: Option<TableIter>,
+    /// Whether blocks read from disk go into the block cache.
+    fill_cache: bool,
 }
 
 impl LevelIterator {
     /// A cursor over `files`, which must be sorted and non-overlapping.
     pub fn new(files: Vec<Arc<TableFile>>) -> Self {
+        for pair in files.windows(2) {
+            assert!(
+                key::compare(&pair[0].meta.largest, &pair[1].meta.smallest).is_lt(),
+                "a level's files {} and {} overlap or are out of order",
+                pair[0].meta.number,
+                pair[1].meta.number
+            );
+        }
         LevelIterator {
             files,
             index: 0,
             current: None,
+            fill_cache: true,
+        }
+    }
+
+    /// Like [`LevelIterator::new`], for compaction: blocks read from disk
+    /// stay out of the block cache (a merge reads each once, and must not
+    /// evict the blocks readers use).
+    pub fn for_compaction(files: Vec<Arc<TableFile>>) -> Self {
+        LevelIterator {
+            fill_cache: false,
+            ..LevelIterator::new(files)
         }
     }
 
     fn open(&mut self, index: usize) {
         self.index = index;
-        self.current = self.files.get(index).map(|f| f.table.iter());
+        self.current = self.files.get(index).map(|f| match self.fill_cache {
+            true => f.table.iter(),
+            false => f.table.iter().without_cache_fill(),
+        });
     }
 
     /// Moves past exhausted files to the first entry of the next ones.

@@ -64,56 +64,6 @@ fn build(dir: &Path, rng: &mut fastrand::Rng) -> Written {
     written
 }
 
-/// Damages one file of `dir` in place; returns what was done, for the
-/// failure message.
-fn damage(dir: &Path, rng: &mut fastrand::Rng) -> String {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("list")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.file_name().is_some_and(|n| n != "LOCK"))
-        .collect();
-    files.sort();
-    let path = files[rng.usize(..files.len())].clone();
-    let mut bytes = std::fs::read(&path).expect("read");
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let what = if bytes.is_empty() {
-        bytes.extend((0..rng.usize(1..64)).map(|_| rng.u8(..)));
-        format!("filled empty {name}")
-    } else {
-        match rng.u8(..5) {
-            0 | 1 => {
-                let flips = rng.usize(1..=8);
-                for _ in 0..flips {
-                    let at = rng.usize(..bytes.len());
-                    bytes[at] ^= 1 << rng.u8(..8);
-                }
-                format!("flipped {flips} bits in {name}")
-            }
-            2 => {
-                let at = rng.usize(..bytes.len());
-                let len = rng.usize(1..=(bytes.len() - at).min(600));
-                bytes[at..at + len].fill(0);
-                format!("zeroed {len} bytes at {at} of {name}")
-            }
-            3 => {
-                let len = rng.usize(..bytes.len());
-                bytes.truncate(len);
-                format!("cut {name} to {len} bytes")
-            }
-            _ => {
-                let extra = rng.usize(1..256);
-                bytes.extend((0..extra).map(|_| rng.u8(..)));
-                format!("appended {extra} random bytes to {name}")
-            }
-        }
-    };
-    std::fs::write(&path, &bytes).expect("write");
-    what
-}
-
 /// Opens the damaged copy and reads everything; any error is fine, a value
 /// that was never written is not.
 fn check(dir: &Path, written: &Written, what: &str) {
@@ -160,7 +110,10 @@ fn random_damage_to_any_file_is_an_error_or_written_data_never_a_panic() {
             let entry = entry.expect("entry");
             std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
         }
-        let what = format!("round {round}: {}", damage(copy.path(), &mut rng));
+        let what = format!(
+            "round {round}: {}",
+            storage::sim::damage_random_file(copy.path(), &mut |n| rng.u64(..n)).expect("damage")
+        );
         check(copy.path(), &written, &what);
     }
 }

@@ -7,7 +7,7 @@ use super::rate_limiter::RateLimiter;
 use crate::error::Result;
 use crate::iterator::InternalIterator;
 use crate::key::{self, SEQUENCE_MAX};
-use crate::merge::MergingIterator;
+use crate::merge::{LevelIterator, MergingIterator};
 use crate::sstable::TableIter;
 use crate::version::TableFile;
 
@@ -15,92 +15,6 @@ use crate::version::TableFile;
 /// blocks it reads from disk stay out of the block cache readers need.
 fn table_cursor(file: &TableFile) -> TableIter {
     file.table.iter().without_cache_fill()
-}
-
-/// A cursor over the sorted, non-overlapping files of one level (L1 and
-/// deeper) as one run, opening one table at a time.
-pub(crate) struct SortedRun {
-    files: Vec<Arc<TableFile>>,
-    index: usize,
-    current: Option<TableIter>,
-}
-
-impl SortedRun {
-    /// A cursor over `files`, which must be sorted and non-overlapping.
-    pub fn new(files: Vec<Arc<TableFile>>) -> Self {
-        for pair in files.windows(2) {
-            assert!(
-                key::compare(&pair[0].meta.largest, &pair[1].meta.smallest).is_lt(),
-                "a sorted run's files {} and {} overlap or are out of order",
-                pair[0].meta.number,
-                pair[1].meta.number
-            );
-        }
-        SortedRun {
-            files,
-            index: 0,
-            current: None,
-        }
-    }
-
-    fn open(&mut self, index: usize) {
-        self.index = index;
-        self.current = self.files.get(index).map(|f| table_cursor(f));
-    }
-
-    /// Moves past exhausted files to the first entry of the next ones.
-    fn skip_exhausted(&mut self) -> Result<()> {
-        while self.current.as_ref().is_some_and(|c| !c.valid()) {
-            self.open(self.index + 1);
-            if let Some(cursor) = &mut self.current {
-                cursor.seek_to_first()?;
-            }
-        }
-        Ok(())
-    }
-
-    fn cursor(&self) -> &TableIter {
-        self.current.as_ref().expect("SortedRun used while not valid")
-    }
-}
-
-impl InternalIterator for SortedRun {
-    fn valid(&self) -> bool {
-        self.current.as_ref().is_some_and(TableIter::valid)
-    }
-
-    fn seek_to_first(&mut self) -> Result<()> {
-        self.open(0);
-        if let Some(cursor) = &mut self.current {
-            cursor.seek_to_first()?;
-        }
-        self.skip_exhausted()
-    }
-
-    fn seek(&mut self, target: &[u8]) -> Result<()> {
-        let index = self
-            .files
-            .partition_point(|f| key::compare(&f.meta.largest, target).is_lt());
-        self.open(index);
-        if let Some(cursor) = &mut self.current {
-            cursor.seek(target)?;
-        }
-        self.skip_exhausted()
-    }
-
-    fn next(&mut self) -> Result<()> {
-        let cursor = self.current.as_mut().expect("SortedRun::next called while not valid");
-        cursor.next()?;
-        self.skip_exhausted()
-    }
-
-    fn key(&self) -> &[u8] {
-        self.cursor().key()
-    }
-
-    fn value(&self) -> &[u8] {
-        self.cursor().value()
-    }
 }
 
 /// The merged inputs of one sub-compaction: every entry whose user key is
@@ -144,7 +58,7 @@ impl RangeInput {
         children.extend(
             runs.into_iter()
                 .filter(|files| !files.is_empty())
-                .map(|files| Box::new(SortedRun::new(files)) as Box<dyn InternalIterator>),
+                .map(|files| Box::new(LevelIterator::for_compaction(files)) as Box<dyn InternalIterator>),
         );
         let mut input = RangeInput {
             merged: MergingIterator::new(children),

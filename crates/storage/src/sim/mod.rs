@@ -33,8 +33,11 @@ use parking_lot::Mutex;
 
 use crate::io::{File, FileLock, FileSystem};
 
+mod damage;
 #[cfg(test)]
 mod tests;
+
+pub use damage::damage_random_file;
 
 /// The granularity at which a crash tears unsynced writes.
 pub const SECTOR_BYTES: usize = 512;
