@@ -106,14 +106,8 @@ fn random_damage_to_any_file_is_an_error_or_written_data_never_a_panic() {
     let written = build(base.path(), &mut rng);
     for round in 0..rounds {
         let copy = tempfile::tempdir().expect("tempdir");
-        for entry in std::fs::read_dir(base.path()).expect("list") {
-            let entry = entry.expect("entry");
-            std::fs::copy(entry.path(), copy.path().join(entry.file_name())).expect("copy");
-        }
-        let what = format!(
-            "round {round}: {}",
-            storage::sim::damage_random_file(copy.path(), &mut |n| rng.u64(..n)).expect("damage")
-        );
+        let damage = storage::sim::damaged_copy(base.path(), copy.path(), &mut |n| rng.u64(..n));
+        let what = format!("round {round}: {}", damage.expect("damaged copy"));
         check(copy.path(), &written, &what);
     }
 }

@@ -11,6 +11,16 @@ const FLIPS_MAX: u64 = 8;
 /// Most bytes appended at once.
 const APPENDED_BYTES_MAX: u64 = 256;
 
+/// Copies every file of `base` into the empty directory `copy`, then
+/// damages one of the copies ([`damage_random_file`]); `base` is untouched.
+pub fn damaged_copy(base: &Path, copy: &Path, random: &mut dyn FnMut(u64) -> u64) -> io::Result<String> {
+    for entry in std::fs::read_dir(base)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), copy.join(entry.file_name()))?;
+    }
+    damage_random_file(copy, random)
+}
+
 /// Damages one file of `dir` (any but `LOCK`) in place, choosing with
 /// `random(n)` (a number in `0..n`); returns what it did, for a failure
 /// message.

@@ -37,7 +37,7 @@ mod damage;
 #[cfg(test)]
 mod tests;
 
-pub use damage::damage_random_file;
+pub use damage::{damage_random_file, damaged_copy};
 
 /// The granularity at which a crash tears unsynced writes.
 pub const SECTOR_BYTES: usize = 512;
