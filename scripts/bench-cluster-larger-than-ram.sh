@@ -34,18 +34,10 @@ while [ $# -gt 0 ]; do
 done
 . "$root/scripts/lib.sh"
 
-# One cgroup per node, v1 or v2.
-if [ -d /sys/fs/cgroup/memory ] && [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
-    cg_root=/sys/fs/cgroup/memory; cg_limit=memory.limit_in_bytes; cg_usage=memory.usage_in_bytes
-elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
-    cg_root=/sys/fs/cgroup; cg_limit=memory.max; cg_usage=memory.current
-else
-    echo "no memory cgroup controller found" >&2; exit 1
-fi
+memory_cgroups_init
 cg_of() { echo "$cg_root/kv-ltr-$$-node$1"; }
 for n in 1 2 3; do
-    mkdir -p "$(cg_of "$n")"
-    echo $((cap_mb << 20)) > "$(cg_of "$n")/$cg_limit"
+    memory_cgroup_create "$(cg_of "$n")" "$cap_mb"
 done
 remove_cgroups() {
     for n in 1 2 3; do rmdir "$(cg_of "$n")" 2>/dev/null || true; done
@@ -87,6 +79,6 @@ for step in $(seq 1 "$steps"); do
     printf '%-5s %-9s %-9s %s | %s | %s | snapshots %s\n' "$step" "$rate" "$p99" "$(node_line 1)" "$(node_line 2)" "$(node_line 3)" "$snaps"
 done
 for n in 1 2 3; do
-    echo "node$n: cgroup peak $(mb "$(cat "$(cg_of "$n")/memory.max_usage_in_bytes" 2>/dev/null || cat "$(cg_of "$n")/memory.peak" 2>/dev/null || echo 0)") MB, OOM events $(grep -h '^oom_kill ' "$(cg_of "$n")/memory.oom_control" "$(cg_of "$n")/memory.events" 2>/dev/null | awk '{print $2}' | head -1)"
+    echo "node$n: cgroup peak $(memory_cgroup_peak_mb "$(cg_of "$n")") MB, OOM events $(memory_cgroup_oom_kills "$(cg_of "$n")")"
 done
 "$kvctl" cluster status

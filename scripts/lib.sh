@@ -44,3 +44,34 @@ leader_node() {
     port=$("$kvctl" --output json cluster status | sed -n 's/.*"leader_addr": *"[^"]*:\([0-9]*\)".*/\1/p' | head -n 1)
     echo $((port - $1 + 1))
 }
+
+# --- Memory cgroups for the larger-than-memory benchmarks (root only) ---
+
+# memory_cgroups_init: finds the memory controller (cgroup v1 `memory` or
+# v2) and sets cg_root, cg_limit and cg_usage. Exits when there is none.
+memory_cgroups_init() {
+    if [ -d /sys/fs/cgroup/memory ] && [ -f /sys/fs/cgroup/memory/memory.limit_in_bytes ]; then
+        cg_root=/sys/fs/cgroup/memory; cg_limit=memory.limit_in_bytes; cg_usage=memory.usage_in_bytes
+    elif [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+        cg_root=/sys/fs/cgroup; cg_limit=memory.max; cg_usage=memory.current
+    else
+        echo "no memory cgroup controller found (needs root and cgroup v1 or v2)" >&2; exit 1
+    fi
+}
+
+# memory_cgroup_create DIR CAP_MB: a fresh cgroup DIR capped at CAP_MB
+# (page cache included).
+memory_cgroup_create() {
+    mkdir -p "$1"
+    echo $(($2 << 20)) > "$1/$cg_limit"
+}
+
+# memory_cgroup_peak_mb DIR: the cgroup's peak memory use in MiB.
+memory_cgroup_peak_mb() {
+    echo $(( $(cat "$1/memory.max_usage_in_bytes" 2>/dev/null || cat "$1/memory.peak" 2>/dev/null || echo 0) >> 20 ))
+}
+
+# memory_cgroup_oom_kills DIR: how many processes the cgroup's OOM killer took.
+memory_cgroup_oom_kills() {
+    grep -h '^oom_kill ' "$1/memory.oom_control" "$1/memory.events" 2>/dev/null | awk '{print $2}' | head -n 1
+}

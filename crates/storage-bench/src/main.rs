@@ -33,6 +33,10 @@ struct Args {
     /// Operations per workload.
     #[arg(long, default_value_t = 1_000_000)]
     num: u64,
+    /// Reads for readrandom (and a tenth of it, seeks for seekrandom) over
+    /// the `--num` keys (0 = `--num`), as db_bench's `--reads`.
+    #[arg(long, default_value_t = 0)]
+    reads: u64,
     /// Operations for the fillsync workload (fsync per write is slow).
     #[arg(long, default_value_t = 20_000)]
     sync_num: u64,
@@ -79,6 +83,17 @@ struct Args {
     /// workload (0 = never).
     #[arg(long, default_value_t = 0)]
     stats_interval: u64,
+}
+
+impl Args {
+    /// Reads per read workload: `--reads`, or `--num` when it is 0.
+    fn reads(&self) -> u64 {
+        if self.reads == 0 {
+            self.num
+        } else {
+            self.reads
+        }
+    }
 }
 
 struct Workload<'a> {
@@ -179,9 +194,9 @@ impl Workload<'_> {
                 report.entries_per_op = a.batch_size as u64;
                 report
             }
-            "readrandom" => self.parallel(a.num, a.threads, |rng, _, found| self.get(rng.u64(..a.num), found))?,
+            "readrandom" => self.parallel(a.reads(), a.threads, |rng, _, found| self.get(rng.u64(..a.num), found))?,
             "seekrandom" => {
-                let ops = (a.num / 10).max(1);
+                let ops = (a.reads() / 10).max(1);
                 self.parallel(ops, a.threads, |rng, _, found| self.seek(rng.u64(..a.num), found))?
             }
             "readwhilewriting" => self.read_while_writing()?,
