@@ -104,12 +104,15 @@ fn child_unlogged_batches(db: &Db) {
 
 fn run_child_and_kill(dir: &Path, mode: &str, rng: &mut fastrand::Rng) {
     let exe = std::env::current_exe().expect("test binary");
+    // The child's panic message, if it dies by itself, is the only clue.
+    let stderr_path = dir.join("child-stderr");
+    let stderr = std::fs::File::create(&stderr_path).expect("child stderr file");
     let mut child = Command::new(exe)
         .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
         .env(CHILD_DIR, dir)
         .env(CHILD_MODE, mode)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("spawn child");
     // Let it open (which includes recovery) and write for a random while.
@@ -117,7 +120,8 @@ fn run_child_and_kill(dir: &Path, mode: &str, rng: &mut fastrand::Rng) {
     let deadline = Duration::from_millis(rng.u64(150..600));
     while started.elapsed() < deadline {
         if let Some(status) = child.try_wait().expect("wait") {
-            panic!("child exited by itself with {status}");
+            let said = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+            panic!("child exited by itself with {status}; its stderr:\n{said}");
         }
         std::thread::sleep(Duration::from_millis(10));
     }
