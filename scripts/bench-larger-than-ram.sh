@@ -94,7 +94,7 @@ summarize() {
         file == 1 && in_write && /^Count:/ { }
         file == 1 && in_write && /^Min:/ { wmax = $6 / 1000; in_write = 0 }
         file == 1 && /stalls [0-9]+ \(/ { match($0, /stalls [0-9]+ \([0-9]+ ms/); split(substr($0, RSTART, RLENGTH), a, /[ (]+/); stall = a[3] " ms (" a[2] ")" }
-        file == 1 && /^cgroup peak/ { peak = $3; oom = $7 + 0; rc = $9 }
+        file == 1 && /^cgroup peak/ { if ($3 > peak) peak = $3; oom += $7; if (rc == "" || rc == 0) rc = $9 }
         file == 2 { rss = $1 / 1024; if (rss > rssmax) rssmax = rss; if (rssmin == "" || rss < rssmin) rssmin = rss; if ($2 > fdmax) fdmax = $2 }
         END {
             q = int(n / 4); if (q < 1) q = 1
