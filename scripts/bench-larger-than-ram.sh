@@ -10,9 +10,9 @@
 # (they should stay flat), the cgroup's peak and OOM kills.
 #
 #   scripts/bench-larger-than-ram.sh [--num 18000000] [--ratios "10 100"]
-#       [--engines "storage db_bench"] [--reads 200000] [--out DIR]
+#       [--engines "storage db_bench"] [--reads 200000] [--table-mb 64] [--out DIR]
 #
-# Needs root (cgroups) and, for the db_bench rows, `db_bench` on the PATH
+# --table-mb sets storage-bench's table size. Needs root (cgroups) and, for the db_bench rows, `db_bench` on the PATH
 # (Debian: rocksdb-tools). Every run is bounded by --timeout-s (1800).
 set -euo pipefail
 
@@ -24,6 +24,7 @@ reads=200000
 key_size=16
 value_size=100
 timeout_s=1800
+table_mb=64
 out=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -32,8 +33,9 @@ while [ $# -gt 0 ]; do
         --engines) engines="${2:?}"; shift 2 ;;
         --reads) reads="${2:?}"; shift 2 ;;
         --timeout-s) timeout_s="${2:?}"; shift 2 ;;
+        --table-mb) table_mb="${2:?}"; shift 2 ;;
         --out) out="${2:?}"; shift 2 ;;
-        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
         *) echo "bench-larger-than-ram.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -122,7 +124,7 @@ for ratio in $ratios; do
         if [ "$engine" = storage ]; then
             run_capped "$name" "$cap" "$bench" --db "$work/db" --benchmarks fillrandom,readrandom \
                 --num "$num" --reads "$reads" --key-size "$key_size" --value-size "$value_size" \
-                --memtable-mb "$mem" --cache-mb "$mem" --bloom-bits 10 --stats-interval $(( num / 20 ))
+                --memtable-mb "$mem" --cache-mb "$mem" --table-mb "$table_mb" --bloom-bits 10 --stats-interval $(( num / 20 ))
         else
             run_capped "$name-load" "$cap" db_bench --db="$work/db" --benchmarks=fillrandom --num="$num" \
                 --key_size="$key_size" --value_size="$value_size" --compression_type=none --bloom_bits=10 \
