@@ -35,7 +35,7 @@ while [ $# -gt 0 ]; do
         --timeout-s) timeout_s="${2:?}"; shift 2 ;;
         --table-mb) table_mb="${2:?}"; shift 2 ;;
         --out) out="${2:?}"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+        -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
         *) echo "bench-larger-than-ram.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
