@@ -132,7 +132,9 @@ impl Drop for BackgroundThreads {
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir`, replaying its WAL.
+    /// Opens (or creates) the database in `dir`, replaying its WAL. The
+    /// replayed writes are readable at once and are written to an L0 table
+    /// by the flush thread right after (the WALs go once that is durable).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
