@@ -132,7 +132,9 @@ impl Drop for BackgroundThreads {
 }
 
 impl Db {
-    /// Opens (or creates) the database in `dir`, replaying its WAL.
+    /// Opens (or creates) the database in `dir`, replaying its WAL. The
+    /// replayed writes are readable at once and are written to an L0 table
+    /// by the flush thread right after (the WALs go once that is durable).
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         options.validate()?;
         let dir = dir.as_ref().to_path_buf();
@@ -160,8 +162,25 @@ impl Db {
         };
 
         let wal_number = versions.new_file_number();
+        // The WALs' writes go into a memtable of their own that starts out
+        // frozen, so the flush thread writes it to L0 right after opening
+        // (as RocksDB flushes recovered memtables): reads after a restart
+        // then search tables with bloom filters instead of a large skip
+        // list, and the replayed WALs are deleted once it is flushed. It is
+        // numbered by the oldest WAL it may hold writes of; only its order
+        // before the new memtable's WAL matters (flush and `Db::flush`).
+        let recovered = Arc::new(Memtable::new(versions.log_number));
+        let replayed = replay_wals(&*fs, &dir, versions.log_number, &recovered)?;
+        assert!(
+            versions.log_number < wal_number,
+            "the new WAL is numbered after every WAL replayed"
+        );
         let mem = Arc::new(Memtable::new(wal_number));
-        let replayed = replay_wals(&*fs, &dir, versions.log_number, &mem)?;
+        let imms = if recovered.is_empty() {
+            Vec::new()
+        } else {
+            vec![recovered]
+        };
         let last_sequence = versions.last_sequence.max(replayed.last_sequence);
         // The new WAL exists before old files are swept, and the replayed
         // WALs stay until the memtable holding their writes is flushed.
@@ -178,11 +197,7 @@ impl Db {
             cache,
             table_cache,
             versions: Mutex::new(versions),
-            state: RwLock::new(Arc::new(SuperVersion {
-                mem,
-                imms: Vec::new(),
-                version,
-            })),
+            state: RwLock::new(Arc::new(SuperVersion { mem, imms, version })),
             visible_sequence: AtomicU64::new(last_sequence),
             writer: Mutex::new(WriterState::new(wal, wal_number, last_sequence)),
             queue: Mutex::new(WriteQueue::default()),

@@ -338,6 +338,12 @@ impl Block {
             Buffer,
         }
         let restart = self.first_restart_at_or_after(target);
+        // The entry at restart `restart` is known to be `>= target` without
+        // comparing it again (none if every restart key is smaller).
+        let known_at_or_after = match restart < self.restart_count {
+            true => self.restart_offset(restart),
+            false => self.entries_end,
+        };
         let (mut previous, mut pos) = if restart == 0 {
             let entry = self.entry_at(0);
             return Some((&self.data[entry.unshared], &self.data[entry.value]));
@@ -365,6 +371,9 @@ impl Block {
                 key_buf.extend_from_slice(&self.data[entry.unshared]);
                 At::Buffer
             };
+            if pos == known_at_or_after {
+                break (current, entry.value);
+            }
             let key: &[u8] = match &current {
                 At::Block(range) => &self.data[range.clone()],
                 At::Buffer => key_buf,
@@ -556,6 +565,56 @@ mod tests {
             assert!(!iter.valid());
             iter.seek(&internal_key(b"", 1, ValueKind::Put));
             assert_eq!(iter.key(), &entries[0].0[..]);
+        }
+    }
+
+    #[test]
+    fn seek_entry_agrees_with_a_scan_across_restarts_with_long_shared_prefixes() {
+        // The binary search and the no-compare shortcut at the found restart must find what a linear scan finds.
+        let mut entries = Vec::new();
+        for i in 0..400u64 {
+            // 40 shared bytes, then keys that differ only in their last bytes, three versions each.
+            let user = format!("{}{:06}", "p".repeat(40), i * 3);
+            for sequence in [90, 60, 30] {
+                let kind = if sequence == 60 {
+                    ValueKind::Delete
+                } else {
+                    ValueKind::Put
+                };
+                entries.push((
+                    internal_key(user.as_bytes(), sequence, kind),
+                    format!("{i}@{sequence}").into_bytes(),
+                ));
+            }
+        }
+        let mut targets = Vec::new();
+        for i in 0..1_201u64 {
+            let user = format!("{}{:06}", "p".repeat(40), i);
+            for sequence in [100, 90, 75, 60, 45, 30, 10] {
+                targets.push(key::seek_key(user.as_bytes(), sequence));
+            }
+        }
+        targets.push(key::seek_key(b"", 5));
+        targets.push(key::seek_key(b"q", 5));
+        targets.push(key::seek_key(&b"p".repeat(39), 5));
+        for restart_interval in [1, 3, 16] {
+            let block = build(&entries, restart_interval);
+            let mut key_buf = Vec::new();
+            let mut iter = BlockIter::new(block.clone());
+            for target in &targets {
+                let expected = entries.iter().find(|(k, _)| key::compare(k, target) != Ordering::Less);
+                let found = block.seek_entry(target, &mut key_buf);
+                assert_eq!(
+                    found.map(|(k, v)| (k.to_vec(), v.to_vec())),
+                    expected.cloned(),
+                    "interval {restart_interval}, target {target:?}"
+                );
+                iter.seek(target);
+                assert_eq!(
+                    iter.valid().then(|| iter.key().to_vec()),
+                    expected.map(|(k, _)| k.clone())
+                );
+            }
         }
     }
 
