@@ -13,7 +13,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use quick_cache::sync::Cache;
-use quick_cache::Weighter;
+use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 
 use crate::sstable::{Block, Filter};
 
@@ -23,6 +23,29 @@ const ENTRY_OVERHEAD_BYTES: u64 = 96;
 
 /// Block size assumed when telling the cache how many entries to expect.
 const BLOCK_BYTES_EXPECTED: usize = 4096;
+
+/// The smallest shard worth splitting the cache into. A table's index block
+/// and filter are single entries of up to about a megabyte (a 64 MiB table
+/// of 116-byte entries has a ~700 KB filter), and a shard evicts only its
+/// own entries: shards of a few MiB could hold only a handful of them and
+/// would evict every data block to make room, or refuse them outright
+/// (`quick_cache` admits nothing heavier than a shard's hot share). Shards
+/// of at least this size hold dozens.
+const SHARD_BYTES_MIN: usize = 32 << 20;
+
+/// Shards the cache is split into at most (more only spreads lock traffic
+/// thinner than the reader threads need).
+const SHARDS_MAX: usize = 64;
+
+/// How many shards a cache of `capacity_bytes` gets: as many as keep each
+/// at least [`SHARD_BYTES_MIN`], at most four per core and [`SHARDS_MAX`],
+/// at least one; `quick_cache` rounds up to a power of two, so this rounds
+/// down to one first.
+fn shard_count(capacity_bytes: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let wanted = (capacity_bytes / SHARD_BYTES_MIN).clamp(1, (cores * 4).min(SHARDS_MAX));
+    1 << wanted.ilog2()
+}
 
 /// Identifies a block: the table's file number and the block's offset.
 type BlockKey = (u64, u64);
@@ -65,8 +88,19 @@ impl BlockCache {
     /// A cache holding at most about `capacity_bytes` of blocks; 0 caches nothing.
     pub(crate) fn new(capacity_bytes: usize) -> Self {
         let items_expected = (capacity_bytes / BLOCK_BYTES_EXPECTED).max(1);
+        let options = OptionsBuilder::new()
+            .estimated_items_capacity(items_expected)
+            .weight_capacity(capacity_bytes as u64)
+            .shards(shard_count(capacity_bytes))
+            .build()
+            .expect("every required cache option is set above");
         BlockCache {
-            cache: Cache::with_weighter(items_expected, capacity_bytes as u64, BlockWeighter),
+            cache: Cache::with_options(
+                options,
+                BlockWeighter,
+                DefaultHashBuilder::default(),
+                Default::default(),
+            ),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -178,6 +212,40 @@ mod tests {
             used <= capacity_bytes as u64 + 4096,
             "used {used} exceeds capacity {capacity_bytes}"
         );
+    }
+
+    #[test]
+    fn a_large_index_or_filter_is_kept_alongside_data_blocks() {
+        // A table's whole index or filter (up to ~1 MB) must fit in the cache next to
+        // data blocks, or every lookup reads it from disk again.
+        let cache = BlockCache::new(4 << 20);
+        cache.insert(1, 0, block_of_bytes(900 * 1024));
+        for offset in 1..=256u64 {
+            cache.insert(2, offset * 4096, block_of_bytes(4000));
+        }
+        cache.insert(3, 0, block_of_bytes(900 * 1024));
+        assert!(cache.get(1, 0).is_some(), "the first large block was dropped");
+        assert!(cache.get(3, 0).is_some(), "the second large block was dropped");
+        let data_kept = (1..=256u64).filter(|&o| cache.get(2, o * 4096).is_some()).count();
+        assert!(data_kept > 200, "only {data_kept} of 256 data blocks kept");
+    }
+
+    #[test]
+    fn shards_stay_large_enough_for_whole_tables_metadata() {
+        // Small caches are one shard; larger ones split only into shards of at least 32 MiB.
+        assert_eq!(shard_count(0), 1);
+        assert_eq!(shard_count(8 << 20), 1);
+        assert_eq!(shard_count(63 << 20), 1);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        for capacity in [64usize << 20, 256 << 20, 4 << 30] {
+            let shards = shard_count(capacity);
+            assert!(shards.is_power_of_two());
+            assert!(shards <= (cores * 4).min(SHARDS_MAX));
+            assert!(
+                capacity / shards >= SHARD_BYTES_MIN,
+                "{shards} shards for {capacity} bytes"
+            );
+        }
     }
 
     #[test]
