@@ -45,6 +45,11 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     /// Removes the name `path` (the data lives on while a handle is open).
     /// Durable only after the directory is synced.
     fn remove_file(&self, path: &Path) -> std::io::Result<()>;
+    /// Removes the directory `dir` and everything under it. Durable only
+    /// after the parent directory is synced.
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()>;
+    /// Whether `path` names a directory (`false` if it does not exist).
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool>;
     /// Gives the file `from` the second name `to`.
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()>;
     /// Creates `dir` and its missing parents.
@@ -123,6 +128,18 @@ impl FileSystem for RealFs {
 
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        fs::remove_dir_all(dir)
+    }
+
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
+        match fs::metadata(path) {
+            Ok(metadata) => Ok(metadata.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -311,6 +328,21 @@ pub fn write_atomically(fs: &dyn FileSystem, dir: &Path, name: &str, contents: &
 /// Removes `path`; a missing file is not an error.
 pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     match fs.remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
+/// Removes `path`, a file or a directory tree; a missing one is not an
+/// error. Durable only after the parent directory is synced.
+pub fn remove_all_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    let removed = match fs.is_dir(path) {
+        Ok(true) => fs.remove_dir_all(path),
+        Ok(false) => fs.remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::io("remove", path, e)),
