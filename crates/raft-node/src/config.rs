@@ -4,6 +4,9 @@ pub mod file;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use storage::io::FileSystem;
 
 use crate::types::NodeId;
 
@@ -155,7 +158,8 @@ pub struct NodeConfig {
     pub restore_from: Option<PathBuf>,
     /// Raft timing.
     pub timing: RaftTiming,
-    /// Storage engine options.
+    /// Storage engine options. Their `fs` is ignored: the engine runs on
+    /// the node's disk, [`NodeConfig::fs`].
     pub engine: storage::Options,
     /// API request limits.
     pub limits: Limits,
@@ -163,6 +167,21 @@ pub struct NodeConfig {
     /// a CA (see `crate::tls`). Needs `peer_advertise_addr` (a separate
     /// peer port). Default `None`: plaintext everywhere.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// The disk every file the node writes is on: the engine, the Raft
+    /// log, snapshots, the identity and lock files. Default (in `kv-node`)
+    /// [`storage::io::RealFs`]; tests pass a simulated disk that a power
+    /// cut can take away (`storage::sim::SimFs`).
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl NodeConfig {
+    /// The engine's options, on the node's disk [`NodeConfig::fs`].
+    pub fn engine_options(&self) -> storage::Options {
+        storage::Options {
+            fs: Arc::clone(&self.fs),
+            ..self.engine.clone()
+        }
+    }
 }
 
 /// The separator of a peer spec's client and peer address:

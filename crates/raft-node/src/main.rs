@@ -255,6 +255,7 @@ async fn main() -> Result<()> {
         },
         limits: Limits::default(),
         tls,
+        fs: storage::io::RealFs::shared(),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await
