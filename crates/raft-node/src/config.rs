@@ -113,6 +113,12 @@ pub struct RaftTiming {
     /// them. Default 32 MiB. A larger window lets followers lag further
     /// before catching up costs disk reads, for that much memory.
     pub log_memory_window_bytes_max: u64,
+    /// Bytes per Raft log segment file. Default 64 MiB
+    /// ([`crate::log_store::SEGMENT_BYTES_MAX`]). The log is purged whole
+    /// segments at a time, and the next segment is preallocated (written
+    /// with zeros) ahead: smaller segments free disk sooner after a
+    /// snapshot, for more files and more frequent rolls.
+    pub log_segment_bytes_max: u64,
 }
 
 impl Default for RaftTiming {
@@ -125,6 +131,7 @@ impl Default for RaftTiming {
             logs_kept_after_snapshot: 1000,
             snapshot_log_bytes_max: 256 << 20,
             log_memory_window_bytes_max: crate::log_store::MEMORY_WINDOW_BYTES_MAX,
+            log_segment_bytes_max: crate::log_store::SEGMENT_BYTES_MAX,
         }
     }
 }

@@ -162,6 +162,7 @@ impl KvNode {
         check_identity(fs, &config.data_dir, config.id)?;
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
+            segment_bytes_max: config.timing.log_segment_bytes_max,
             ..LogStoreOptions::default()
         };
         if let (true, Some(backup)) = (config.initialize, &config.restore_from) {

@@ -294,21 +294,32 @@ impl TestCluster {
         self.disks.get(&id).map_or_else(RealFs::shared, Arc::clone)
     }
 
-    /// Stops node `id` without a handoff, as a power cut stops it (the
-    /// test cuts its disk's power first, so it writes nothing more): its
-    /// Raft stops at once, then its server closes its connections and
-    /// ports. Waits for at most [`WAIT_TIMEOUT`]. The node no longer
-    /// counts as running.
-    pub async fn kill(&mut self, id: u64) {
-        let mut running = self.running.remove(&id).expect("node is running");
-        // Raft first: from here the node neither votes, nor replicates,
-        // nor answers a client. Its error (a Raft that already stopped on
-        // its failing disk) is the expected one.
-        let _ = tokio::time::timeout(WAIT_TIMEOUT, running.node.raft().shutdown()).await;
-        let _ = running.stop.send(());
-        if tokio::time::timeout(WAIT_TIMEOUT, &mut running.task).await.is_err() {
-            running.task.abort();
-            panic!("node {id} did not stop within {WAIT_TIMEOUT:?}");
+    /// Stops nodes `ids` together without a handoff, as a power cut stops
+    /// them (the test cuts their disks' power first, so they write nothing
+    /// more): their Raft stops at once, then their servers close their
+    /// connections and ports. Waits for at most [`WAIT_TIMEOUT`]. The
+    /// nodes no longer count as running.
+    pub async fn kill(&mut self, ids: &[u64]) {
+        let stopping: Vec<(u64, RunningNode)> = ids
+            .iter()
+            .map(|id| (*id, self.running.remove(id).expect("node is running")))
+            .collect();
+        // Raft first: from here the nodes neither vote, nor replicate, nor
+        // answer a client. The error of a Raft that already stopped on its
+        // failing disk is the expected one.
+        for (_, running) in &stopping {
+            let _ = tokio::time::timeout(WAIT_TIMEOUT, running.node.raft().shutdown()).await;
+        }
+        let mut tasks = Vec::new();
+        for (id, running) in stopping {
+            let _ = running.stop.send(());
+            tasks.push((id, running.task));
+        }
+        for (id, mut task) in tasks {
+            if tokio::time::timeout(WAIT_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+                panic!("node {id} did not stop within {WAIT_TIMEOUT:?}");
+            }
         }
     }
 
