@@ -409,3 +409,31 @@ pub fn lock(fs: &dyn FileSystem, dir: &Path, path: &Path) -> Result<FileLock> {
         Err(e) => Err(Error::io("lock", path, e)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_real_disk_removes_files_and_trees_and_tells_directories_apart() {
+        // Snapshot and engine directories are removed whole through the seam; a missing one is no error.
+        let root = tempfile::tempdir().expect("tempdir");
+        let fs = RealFs;
+        let tree = root.path().join("snap");
+        create_dir_all(&fs, &tree.join("sub")).expect("mkdir");
+        let mut file = AppendFile::create_new(&fs, &tree.join("sub").join("f")).expect("create");
+        file.append(b"x").expect("append");
+        let single = root.path().join("single");
+        AppendFile::create_new(&fs, &single).expect("create");
+        assert!(fs.is_dir(&tree).expect("is_dir"));
+        assert!(!fs.is_dir(&single).expect("is_dir"), "a file is no directory");
+        assert!(
+            !fs.is_dir(&root.path().join("missing")).expect("is_dir"),
+            "missing is no directory"
+        );
+        remove_all_if_exists(&fs, &tree).expect("remove tree");
+        remove_all_if_exists(&fs, &single).expect("remove file");
+        remove_all_if_exists(&fs, &root.path().join("missing")).expect("missing is fine");
+        assert!(list_dir(&fs, root.path()).expect("list").is_empty());
+    }
+}
