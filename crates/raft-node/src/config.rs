@@ -4,6 +4,9 @@ pub mod file;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use storage::io::FileSystem;
 
 use crate::types::NodeId;
 
@@ -110,6 +113,12 @@ pub struct RaftTiming {
     /// them. Default 32 MiB. A larger window lets followers lag further
     /// before catching up costs disk reads, for that much memory.
     pub log_memory_window_bytes_max: u64,
+    /// Bytes per Raft log segment file. Default 64 MiB
+    /// ([`crate::log_store::SEGMENT_BYTES_MAX`]). The log is purged whole
+    /// segments at a time, and the next segment is preallocated (written
+    /// with zeros) ahead: smaller segments free disk sooner after a
+    /// snapshot, for more files and more frequent rolls.
+    pub log_segment_bytes_max: u64,
 }
 
 impl Default for RaftTiming {
@@ -122,6 +131,7 @@ impl Default for RaftTiming {
             logs_kept_after_snapshot: 1000,
             snapshot_log_bytes_max: 256 << 20,
             log_memory_window_bytes_max: crate::log_store::MEMORY_WINDOW_BYTES_MAX,
+            log_segment_bytes_max: crate::log_store::SEGMENT_BYTES_MAX,
         }
     }
 }
@@ -155,7 +165,8 @@ pub struct NodeConfig {
     pub restore_from: Option<PathBuf>,
     /// Raft timing.
     pub timing: RaftTiming,
-    /// Storage engine options.
+    /// Storage engine options. Their `fs` is ignored: the engine runs on
+    /// the node's disk, [`NodeConfig::fs`].
     pub engine: storage::Options,
     /// API request limits.
     pub limits: Limits,
@@ -163,6 +174,21 @@ pub struct NodeConfig {
     /// a CA (see `crate::tls`). Needs `peer_advertise_addr` (a separate
     /// peer port). Default `None`: plaintext everywhere.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// The disk every file the node writes is on: the engine, the Raft
+    /// log, snapshots, the identity and lock files. Default (in `kv-node`)
+    /// [`storage::io::RealFs`]; tests pass a simulated disk that a power
+    /// cut can take away (`storage::sim::SimFs`).
+    pub fs: Arc<dyn FileSystem>,
+}
+
+impl NodeConfig {
+    /// The engine's options, on the node's disk [`NodeConfig::fs`].
+    pub fn engine_options(&self) -> storage::Options {
+        storage::Options {
+            fs: Arc::clone(&self.fs),
+            ..self.engine.clone()
+        }
+    }
 }
 
 /// The separator of a peer spec's client and peer address:

@@ -247,6 +247,7 @@ async fn main() -> Result<()> {
             logs_kept_after_snapshot: args.logs_kept_after_snapshot,
             snapshot_log_bytes_max: args.snapshot_log_mb << 20,
             log_memory_window_bytes_max: args.log_window_mb << 20,
+            log_segment_bytes_max: raft_node::log_store::SEGMENT_BYTES_MAX,
         },
         engine: storage::Options {
             memtable_bytes_max: args.memtable_mb << 20,
@@ -255,6 +256,7 @@ async fn main() -> Result<()> {
         },
         limits: Limits::default(),
         tls,
+        fs: storage::io::RealFs::shared(),
     };
     let listener = tokio::net::TcpListener::bind(&args.listen)
         .await

@@ -11,7 +11,7 @@ use openraft::{Config, SnapshotPolicy};
 use proto::kv::cluster_server::ClusterServer;
 use proto::kv::kv_server::KvServer;
 use proto::raft::raft_server::RaftServer;
-use storage::io::RealFs;
+use storage::io::{FileLock, FileSystem};
 use tokio::net::TcpListener;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::{Router, TcpIncoming};
@@ -132,7 +132,7 @@ pub struct KvNode {
     log_reader: LogReader,
     config: NodeConfig,
     /// The data directory's lock, released when the last clone is dropped.
-    _lock: Arc<std::fs::File>,
+    _lock: Arc<FileLock>,
 }
 
 impl KvNode {
@@ -157,18 +157,24 @@ impl KvNode {
         // The lock comes before anything in the directory is read: the log
         // store deletes spare segments and truncates the last one on open,
         // which would damage a node already running on this directory.
-        let lock = lock_data_dir(&config.data_dir)?;
-        check_identity(&config.data_dir, config.id)?;
+        let fs = config.fs.as_ref();
+        let lock = lock_data_dir(fs, &config.data_dir)?;
+        check_identity(fs, &config.data_dir, config.id)?;
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
+            segment_bytes_max: config.timing.log_segment_bytes_max,
             ..LogStoreOptions::default()
         };
         if let (true, Some(backup)) = (config.initialize, &config.restore_from) {
             restore::restore(&config, backup)?;
         }
-        let log_store = LogStore::open_with(&config.data_dir.join(restore::LOG_DIR), log_options)?;
+        let log_store = LogStore::open_on(
+            Arc::clone(&config.fs),
+            &config.data_dir.join(restore::LOG_DIR),
+            log_options,
+        )?;
         let log_reader = log_store.reader();
-        let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine.clone())?;
+        let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine_options())?;
         let engine = state_machine.engine();
         let timing = &config.timing;
         let raft_config = Config {
@@ -624,43 +630,37 @@ fn incoming(listener: tokio::net::TcpListener) -> TcpIncoming {
 }
 
 /// Creates `data_dir` if needed and takes an exclusive, non-blocking lock
-/// on its lock file; the lock lasts as long as the returned file is open.
-fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, NodeError> {
+/// on its lock file; the lock lasts as long as the returned lock lives.
+fn lock_data_dir(fs: &dyn FileSystem, data_dir: &Path) -> Result<FileLock, NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,
     };
-    std::fs::create_dir_all(data_dir).map_err(|e| fail(e.to_string()))?;
-    let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| fail(format!("cannot open {LOCK_FILE}: {e}")))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(NodeError::DataDirLocked {
+    storage::io::create_dir_all(fs, data_dir).map_err(|e| fail(e.to_string()))?;
+    match storage::io::lock(fs, data_dir, &data_dir.join(LOCK_FILE)) {
+        Ok(lock) => Ok(lock),
+        Err(storage::Error::Locked { .. }) => Err(NodeError::DataDirLocked {
             path: data_dir.display().to_string(),
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(fail(format!("cannot lock {LOCK_FILE}: {e}"))),
+        Err(e) => Err(fail(format!("cannot lock {LOCK_FILE}: {e}"))),
     }
 }
 
 /// Creates or checks the identity file, so a data directory is never
 /// served by another node id or read by an incompatible build.
-fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
+fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,
     };
     // Durably: the identity file must not outlive a directory entry a
     // crash forgot.
-    storage::io::create_dir_all(&RealFs, data_dir).map_err(|e| fail(e.to_string()))?;
+    storage::io::create_dir_all(fs, data_dir).map_err(|e| fail(e.to_string()))?;
     let path = data_dir.join(IDENTITY_FILE);
     let expected = format!("format={DATA_FORMAT_VERSION}\nnode_id={id}\n");
-    match std::fs::read_to_string(&path) {
-        Ok(found) => {
+    match storage::io::read_if_exists(fs, &path).map_err(|e| fail(e.to_string()))? {
+        Some(found) => {
+            let found = String::from_utf8_lossy(&found);
             let field = |name: &str| {
                 found
                     .lines()
@@ -683,11 +683,8 @@ fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
         }
         // The disk seam's one atomic replace (temp file, fsync, rename,
         // fsync dir): a crash leaves no identity file or the whole one.
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            storage::io::write_atomically(&RealFs, data_dir, IDENTITY_FILE, expected.as_bytes())
-                .map_err(|e| fail(e.to_string()))
-        }
-        Err(e) => Err(fail(e.to_string())),
+        None => storage::io::write_atomically(fs, data_dir, IDENTITY_FILE, expected.as_bytes())
+            .map_err(|e| fail(e.to_string())),
     }
 }
 
@@ -761,12 +758,13 @@ mod tests {
         // A second node on the same directory would truncate the first one's log.
         let dir = tempfile::tempdir().expect("tempdir");
         let data_dir = dir.path().join("node");
-        let held = lock_data_dir(&data_dir).expect("first lock");
-        let error = lock_data_dir(&data_dir).expect_err("second lock");
+        let fs = storage::io::RealFs;
+        let held = lock_data_dir(&fs, &data_dir).expect("first lock");
+        let error = lock_data_dir(&fs, &data_dir).expect_err("second lock");
         assert!(matches!(error, NodeError::DataDirLocked { .. }), "{error:?}");
         assert!(error.to_string().contains(&data_dir.display().to_string()), "{error}");
         drop(held);
-        lock_data_dir(&data_dir).expect("free again once the holder is gone");
+        lock_data_dir(&fs, &data_dir).expect("free again once the holder is gone");
     }
 
     #[tokio::test]

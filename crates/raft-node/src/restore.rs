@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::codec;
 use crate::config::NodeConfig;
@@ -39,18 +40,19 @@ pub(crate) fn initial_members(config: &NodeConfig) -> BTreeMap<NodeId, MemberNod
 /// then this does nothing and says so.
 pub(crate) fn restore(config: &NodeConfig, path: &Path) -> Result<(), NodeError> {
     let data_dir = &config.data_dir;
-    if data_dir.join(LOG_DIR).exists() {
+    let fs = config.fs.as_ref();
+    let fail = |reason: String| NodeError::Config(format!("restoring {}: {reason}", path.display()));
+    if storage::io::exists(fs, &data_dir.join(LOG_DIR)).map_err(|e| fail(e.to_string()))? {
         tracing::info!("raft state exists; not restoring {}", path.display());
         return Ok(());
     }
-    let fail = |reason: String| NodeError::Config(format!("restoring {}: {reason}", path.display()));
     let members = initial_members(config);
     if !members.contains_key(&config.id) {
         return Err(fail(format!("the voters do not include this node ({})", config.id)));
     }
     let voters: BTreeSet<NodeId> = members.keys().copied().collect();
     let membership = codec::membership_to_pb(&Membership::new(vec![voters], members));
-    let last = backup::restore_state_machine(path, &data_dir.join("sm"), membership, config.engine.clone())
+    let last = backup::restore_state_machine(path, &data_dir.join("sm"), membership, config.engine_options())
         .map_err(|e| fail(e.to_string()))?;
     let last = codec::log_id_from_pb(&last).map_err(|e| fail(e.to_string()))?;
 
@@ -58,9 +60,7 @@ pub(crate) fn restore(config: &NodeConfig, path: &Path) -> Result<(), NodeError>
     // the rename leaves no log, so the next start restores again; after it,
     // the node starts from the restored state.
     let staging = data_dir.join(LOG_STAGING_DIR);
-    if staging.exists() {
-        std::fs::remove_dir_all(&staging).map_err(|e| fail(format!("{}: {e}", staging.display())))?;
-    }
+    storage::io::remove_all_if_exists(fs, &staging).map_err(|e| fail(e.to_string()))?;
     {
         // No preallocated spare segment: nothing may still be writing into the
         // directory when it is renamed.
@@ -68,11 +68,14 @@ pub(crate) fn restore(config: &NodeConfig, path: &Path) -> Result<(), NodeError>
             preallocate: false,
             ..LogStoreOptions::default()
         };
-        let mut log = LogStore::open_with(&staging, options)?;
+        let mut log = LogStore::open_on(Arc::clone(&config.fs), &staging, options)?;
         log.continue_after(Vote::new(last.leader_id.term, config.id), last)?;
     }
-    std::fs::rename(&staging, data_dir.join(LOG_DIR)).map_err(|e| fail(format!("{}: {e}", staging.display())))?;
-    storage::io::sync_dir(&storage::io::RealFs, data_dir).map_err(|e| fail(e.to_string()))?;
+    fs.rename(&staging, &data_dir.join(LOG_DIR))
+        .map_err(|e| fail(format!("{}: {e}", staging.display())))?;
+    // Until the data directory is synced a crash may undo the rename: the
+    // next start then restores again from the backup.
+    storage::io::sync_dir(fs, data_dir).map_err(|e| fail(e.to_string()))?;
     tracing::info!(
         index = last.index,
         term = last.leader_id.term,

@@ -1,14 +1,18 @@
 //! An in-process cluster for tests (feature `testing`): real nodes
 //! ([`KvNode`]), real gRPC on 127.0.0.1, real disks in a temporary
-//! directory. Shared by this crate's tests and those of the client library
-//! and `kvctl`.
+//! directory (or one disk per node given by the test, such as a simulated
+//! one: [`TestCluster::start_on_disks`]). Shared by this crate's tests and
+//! those of the client library and `kvctl`.
 //!
 //! Helpers panic instead of returning errors: they are for tests, where a
 //! panic with a message is the failure report.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use storage::io::{FileSystem, RealFs};
 
 use crate::tls::TlsConfig;
 use crate::{KvNode, Limits, NodeConfig, RaftTiming, ServeOptions};
@@ -51,6 +55,8 @@ pub struct TestCluster {
     restore_from: Option<std::path::PathBuf>,
     /// Each node's TLS settings; a node absent here serves plaintext.
     tls: BTreeMap<u64, TlsConfig>,
+    /// Each node's disk; a node absent here is on the real disk.
+    disks: BTreeMap<u64, Arc<dyn FileSystem>>,
 }
 
 impl TestCluster {
@@ -115,6 +121,19 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts one voter per disk of `disks` (node `i + 1` on `disks[i]`),
+    /// and waits for a leader. With a simulated disk, a test cuts a node's
+    /// power by crashing its disk and calling [`TestCluster::kill`], and
+    /// brings it back with [`TestCluster::restart_on`].
+    pub async fn start_on_disks(disks: Vec<Arc<dyn FileSystem>>, timing: RaftTiming) -> TestCluster {
+        let mut cluster = TestCluster::new(timing, false, false);
+        cluster.disks = (1..).zip(disks).collect();
+        let n = cluster.disks.len() as u64;
+        cluster.boot_nodes(n, true).await;
+        cluster.wait_for_leader(None).await;
+        cluster
+    }
+
     async fn boot(n: u64, timing: RaftTiming, initialize: bool, peer_ports: bool, metrics: bool) -> TestCluster {
         let mut cluster = TestCluster::new(timing, peer_ports, metrics);
         cluster.boot_nodes(n, initialize).await;
@@ -133,6 +152,7 @@ impl TestCluster {
             timing,
             restore_from: None,
             tls: BTreeMap::new(),
+            disks: BTreeMap::new(),
         }
     }
 
@@ -208,6 +228,7 @@ impl TestCluster {
             },
             limits: Limits::default(),
             tls: self.tls.get(&id).cloned(),
+            fs: self.disk(id),
         };
         // The metrics port, kept across restarts like the others.
         let metrics_listener = match (self.metrics, self.metrics_addrs.get(&id)) {
@@ -266,6 +287,47 @@ impl TestCluster {
     /// Node `id`'s data directory.
     pub fn data_dir(&self, id: u64) -> PathBuf {
         self.dir.path().join(format!("node{id}"))
+    }
+
+    /// The disk node `id` runs on.
+    pub fn disk(&self, id: u64) -> Arc<dyn FileSystem> {
+        self.disks.get(&id).map_or_else(RealFs::shared, Arc::clone)
+    }
+
+    /// Stops nodes `ids` together without a handoff, as a power cut stops
+    /// them (the test cuts their disks' power first, so they write nothing
+    /// more): their Raft stops at once, then their servers close their
+    /// connections and ports. Waits for at most [`WAIT_TIMEOUT`]. The
+    /// nodes no longer count as running.
+    pub async fn kill(&mut self, ids: &[u64]) {
+        let stopping: Vec<(u64, RunningNode)> = ids
+            .iter()
+            .map(|id| (*id, self.running.remove(id).expect("node is running")))
+            .collect();
+        // Raft first: from here the nodes neither vote, nor replicate, nor
+        // answer a client. The error of a Raft that already stopped on its
+        // failing disk is the expected one.
+        for (_, running) in &stopping {
+            let _ = tokio::time::timeout(WAIT_TIMEOUT, running.node.raft().shutdown()).await;
+        }
+        let mut tasks = Vec::new();
+        for (id, running) in stopping {
+            let _ = running.stop.send(());
+            tasks.push((id, running.task));
+        }
+        for (id, mut task) in tasks {
+            if tokio::time::timeout(WAIT_TIMEOUT, &mut task).await.is_err() {
+                task.abort();
+                panic!("node {id} did not stop within {WAIT_TIMEOUT:?}");
+            }
+        }
+    }
+
+    /// Restarts stopped node `id` on its address, with `disk` as its disk
+    /// from now on (the disk a power cut left).
+    pub async fn restart_on(&mut self, id: u64, disk: Arc<dyn FileSystem>) {
+        self.disks.insert(id, disk);
+        self.restart(id).await;
     }
 
     /// Stops node `id` (gracefully: the server and Raft shut down).

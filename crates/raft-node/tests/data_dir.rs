@@ -20,6 +20,7 @@ fn config(data_dir: &Path) -> NodeConfig {
         engine: storage::Options::default(),
         limits: Limits::default(),
         tls: None,
+        fs: storage::io::RealFs::shared(),
     }
 }
 

@@ -203,6 +203,7 @@ async fn tls_without_a_separate_peer_port_is_refused_before_the_data_is_touched(
         engine: storage::Options::default(),
         limits: raft_node::Limits::default(),
         tls: Some(Ca::new("cluster CA").node(1)),
+        fs: storage::io::RealFs::shared(),
     };
     let refused = raft_node::KvNode::start(config).await.err().expect("refused");
     assert!(

@@ -344,6 +344,12 @@ impl Db {
     pub fn path(&self) -> &Path {
         &self.inner.dir
     }
+
+    /// The disk the database lives on ([`Options::fs`]): files kept next
+    /// to it (checkpoints, snapshots) belong on the same disk.
+    pub fn fs(&self) -> Arc<dyn FileSystem> {
+        Arc::clone(&self.inner.options.fs)
+    }
 }
 
 /// A point-in-time view of the database. Dropping it lets compaction reclaim

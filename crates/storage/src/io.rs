@@ -45,6 +45,11 @@ pub trait FileSystem: Send + Sync + std::fmt::Debug {
     /// Removes the name `path` (the data lives on while a handle is open).
     /// Durable only after the directory is synced.
     fn remove_file(&self, path: &Path) -> std::io::Result<()>;
+    /// Removes the directory `dir` and everything under it. Durable only
+    /// after the parent directory is synced.
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()>;
+    /// Whether `path` names a directory (`false` if it does not exist).
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool>;
     /// Gives the file `from` the second name `to`.
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()>;
     /// Creates `dir` and its missing parents.
@@ -123,6 +128,18 @@ impl FileSystem for RealFs {
 
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        fs::remove_dir_all(dir)
+    }
+
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
+        match fs::metadata(path) {
+            Ok(metadata) => Ok(metadata.is_dir()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -317,6 +334,21 @@ pub fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     }
 }
 
+/// Removes `path`, a file or a directory tree; a missing one is not an
+/// error. Durable only after the parent directory is synced.
+pub fn remove_all_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    let removed = match fs.is_dir(path) {
+        Ok(true) => fs.remove_dir_all(path),
+        Ok(false) => fs.remove_file(path),
+        Err(e) => Err(e),
+    };
+    match removed {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io("remove", path, e)),
+    }
+}
+
 /// Creates a hard link `to` for `from` (checkpoints share table files).
 pub fn hard_link(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<()> {
     fs.hard_link(from, to).map_err(|e| Error::io("hard link", to, e))
@@ -375,5 +407,33 @@ pub fn lock(fs: &dyn FileSystem, dir: &Path, path: &Path) -> Result<FileLock> {
             path: dir.to_path_buf(),
         }),
         Err(e) => Err(Error::io("lock", path, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_real_disk_removes_files_and_trees_and_tells_directories_apart() {
+        // Snapshot and engine directories are removed whole through the seam; a missing one is no error.
+        let root = tempfile::tempdir().expect("tempdir");
+        let fs = RealFs;
+        let tree = root.path().join("snap");
+        create_dir_all(&fs, &tree.join("sub")).expect("mkdir");
+        let mut file = AppendFile::create_new(&fs, &tree.join("sub").join("f")).expect("create");
+        file.append(b"x").expect("append");
+        let single = root.path().join("single");
+        AppendFile::create_new(&fs, &single).expect("create");
+        assert!(fs.is_dir(&tree).expect("is_dir"));
+        assert!(!fs.is_dir(&single).expect("is_dir"), "a file is no directory");
+        assert!(
+            !fs.is_dir(&root.path().join("missing")).expect("is_dir"),
+            "missing is no directory"
+        );
+        remove_all_if_exists(&fs, &tree).expect("remove tree");
+        remove_all_if_exists(&fs, &single).expect("remove file");
+        remove_all_if_exists(&fs, &root.path().join("missing")).expect("missing is fine");
+        assert!(list_dir(&fs, root.path()).expect("list").is_empty());
     }
 }

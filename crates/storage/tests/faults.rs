@@ -45,6 +45,12 @@ impl FileSystem for PanickingFs {
     fn remove_file(&self, path: &Path) -> std::io::Result<()> {
         RealFs.remove_file(path)
     }
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        RealFs.remove_dir_all(dir)
+    }
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
+        RealFs.is_dir(path)
+    }
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         RealFs.hard_link(from, to)
     }

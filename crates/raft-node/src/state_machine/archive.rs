@@ -10,12 +10,14 @@
 //! end:       0u8 | file count: u32
 //! ```
 
-use std::fs;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use prost::Message;
 use proto::raft as pb;
+use storage::io::{AppendFile, File, FileSystem};
+
+use super::snapshot::into_io;
 
 const MAGIC: u64 = 0x4b56_534e_4150_0001; // "KVSNAP" + 1
 const VERSION: u32 = 1;
@@ -53,18 +55,64 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> ArchiveError + '_ {
     }
 }
 
-/// Writes an archive of every file in `source_dir` with `meta` to `dest`,
-/// fsynced before returning. Returns the archive's size in bytes.
-pub fn pack(source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u64, ArchiveError> {
-    let file = fs::File::create(dest).map_err(io_err(dest))?;
-    let mut out = BufWriter::with_capacity(COPY_BUFFER_BYTES, file);
-    let size = pack_to(source_dir, meta, &mut out)?;
-    let file = out.into_inner().map_err(|e| ArchiveError::Io {
+/// An error of the disk seam's helpers (which name the path themselves)
+/// as an archive I/O error on `path`.
+fn seam_err(path: &Path) -> impl FnOnce(storage::Error) -> ArchiveError + '_ {
+    move |e| io_err(path)(into_io(e))
+}
+
+/// A new file on the disk seam as an [`io::Write`], for a `BufWriter`.
+struct SeamWriter(AppendFile);
+
+impl Write for SeamWriter {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        self.0.append(bytes).map_err(into_io)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A file on the disk seam as an [`io::Read`] from its start (an archive
+/// kept as a file, to unpack).
+#[derive(Debug)]
+pub struct FileReader {
+    file: storage::io::ReadFile,
+    offset: u64,
+}
+
+impl FileReader {
+    /// Reads `file` from its start.
+    pub fn new(file: storage::io::ReadFile) -> FileReader {
+        FileReader { file, offset: 0 }
+    }
+}
+
+impl Read for FileReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let left = self.file.len_bytes().saturating_sub(self.offset);
+        let n = usize::try_from(left).map_or(buf.len(), |left| left.min(buf.len()));
+        self.file.read_exact_at(self.offset, &mut buf[..n]).map_err(into_io)?;
+        self.offset += n as u64;
+        Ok(n)
+    }
+}
+
+/// Writes an archive of every file in `source_dir` with `meta` to the new
+/// file `dest` on `fs`, fsynced before returning. Returns the archive's
+/// size in bytes.
+pub fn pack(fs: &dyn FileSystem, source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u64, ArchiveError> {
+    let file = AppendFile::create_new(fs, dest).map_err(seam_err(dest))?;
+    let mut out = BufWriter::with_capacity(COPY_BUFFER_BYTES, SeamWriter(file));
+    let size = pack_to(fs, source_dir, meta, &mut out)?;
+    let SeamWriter(mut file) = out.into_inner().map_err(|e| ArchiveError::Io {
         path: dest.to_path_buf(),
         source: e.into_error(),
     })?;
     // The archive is complete on disk before anyone may rename or send it.
-    file.sync_all().map_err(io_err(dest))?;
+    file.sync().map_err(seam_err(dest))?;
     Ok(size)
 }
 
@@ -75,23 +123,19 @@ pub fn pack(source_dir: &Path, meta: &pb::SnapshotMeta, dest: &Path) -> Result<u
 #[derive(Debug)]
 pub struct OpenedDir {
     dir: PathBuf,
-    files: Vec<(String, PathBuf, fs::File, u64)>,
+    files: Vec<(String, PathBuf, Box<dyn File>, u64)>,
 }
 
 impl OpenedDir {
-    /// Opens every file of `dir`.
-    pub fn open(dir: &Path) -> Result<OpenedDir, ArchiveError> {
-        let mut names: Vec<String> = fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .map(|entry| entry.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()
-            .map_err(io_err(dir))?;
+    /// Opens every file of `dir` on `fs`.
+    pub fn open(fs: &dyn FileSystem, dir: &Path) -> Result<OpenedDir, ArchiveError> {
+        let mut names = fs.list_dir(dir).map_err(io_err(dir))?;
         names.sort();
         let mut files = Vec::with_capacity(names.len());
         for name in names {
             let path = dir.join(&name);
-            let file = fs::File::open(&path).map_err(io_err(&path))?;
-            let size = file.metadata().map_err(io_err(&path))?.len();
+            let file = fs.open(&path).map_err(io_err(&path))?;
+            let size = file.len_bytes().map_err(io_err(&path))?;
             files.push((name, path, file, size));
         }
         Ok(OpenedDir {
@@ -115,10 +159,15 @@ pub fn packed_len(opened: &OpenedDir, meta: &pb::SnapshotMeta) -> u64 {
     header + files + 1 + 4
 }
 
-/// Writes the archive of every file in `source_dir` with `meta` to `out`;
-/// returns its size in bytes.
-pub fn pack_to(source_dir: &Path, meta: &pb::SnapshotMeta, out: &mut impl Write) -> Result<u64, ArchiveError> {
-    pack_opened(OpenedDir::open(source_dir)?, meta, out)
+/// Writes the archive of every file in `source_dir` on `fs` with `meta` to
+/// `out`; returns its size in bytes.
+pub fn pack_to(
+    fs: &dyn FileSystem,
+    source_dir: &Path,
+    meta: &pb::SnapshotMeta,
+    out: &mut impl Write,
+) -> Result<u64, ArchiveError> {
+    pack_opened(OpenedDir::open(fs, source_dir)?, meta, out)
 }
 
 /// Writes the archive of the files of `opened` with `meta` to `out`;
@@ -144,7 +193,7 @@ pub fn pack_opened(opened: OpenedDir, meta: &pb::SnapshotMeta, out: &mut impl Wr
     write(out, &crc32fast::hash(&header).to_le_bytes())?;
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     let count = inputs.len();
-    for (name, path, mut input, size) in inputs {
+    for (name, path, input, size) in inputs {
         let name_len =
             u16::try_from(name.len()).map_err(|_| ArchiveError::Corrupt(format!("file name too long: {name}")))?;
         write(out, &[KIND_FILE])?;
@@ -153,13 +202,13 @@ pub fn pack_opened(opened: OpenedDir, meta: &pb::SnapshotMeta, out: &mut impl Wr
         write(out, &size.to_le_bytes())?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(name.as_bytes());
-        let mut left = size;
-        while left > 0 {
-            let chunk = usize::try_from(left).map_or(buffer.len(), |l| l.min(buffer.len()));
-            input.read_exact(&mut buffer[..chunk]).map_err(io_err(&path))?;
+        let mut offset = 0u64;
+        while offset < size {
+            let chunk = usize::try_from(size - offset).map_or(buffer.len(), |l| l.min(buffer.len()));
+            input.read_at(offset, &mut buffer[..chunk]).map_err(io_err(&path))?;
             crc.update(&buffer[..chunk]);
             write(out, &buffer[..chunk])?;
-            left -= chunk as u64;
+            offset += chunk as u64;
         }
         write(out, &crc.finalize().to_le_bytes())?;
     }
@@ -209,12 +258,12 @@ pub fn read_meta(input: &mut impl Read) -> Result<pb::SnapshotMeta, ArchiveError
     pb::SnapshotMeta::decode(meta.as_slice()).map_err(|e| ArchiveError::Corrupt(format!("metadata: {e}")))
 }
 
-/// Unpacks the archive read from `input` into the new directory `dest`,
-/// verifying every checksum; every file and the directory are fsynced.
-pub fn unpack(input: impl Read, dest: &Path) -> Result<pb::SnapshotMeta, ArchiveError> {
+/// Unpacks the archive read from `input` into the new directory `dest` on
+/// `fs`, verifying every checksum; every file and the directory are fsynced.
+pub fn unpack(input: impl Read, fs: &dyn FileSystem, dest: &Path) -> Result<pb::SnapshotMeta, ArchiveError> {
     let mut input = BufReader::with_capacity(COPY_BUFFER_BYTES, input);
     let meta = read_meta(&mut input)?;
-    fs::create_dir_all(dest).map_err(io_err(dest))?;
+    storage::io::create_dir_all(fs, dest).map_err(seam_err(dest))?;
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
     let mut count = 0u32;
     loop {
@@ -247,7 +296,7 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<pb::SnapshotMeta, Archive
         }
         let size = u64::from_le_bytes(read_array(&mut input, "a file size")?);
         let path = dest.join(&name);
-        let mut output = fs::File::create(&path).map_err(io_err(&path))?;
+        let mut output = AppendFile::create_new(fs, &path).map_err(seam_err(&path))?;
         let mut crc = crc32fast::Hasher::new();
         crc.update(name.as_bytes());
         let mut left = size;
@@ -257,26 +306,28 @@ pub fn unpack(input: impl Read, dest: &Path) -> Result<pb::SnapshotMeta, Archive
                 .read_exact(&mut buffer[..chunk])
                 .map_err(|_| ArchiveError::Corrupt(format!("archive ends within file {name}")))?;
             crc.update(&buffer[..chunk]);
-            output.write_all(&buffer[..chunk]).map_err(io_err(&path))?;
+            output.append(&buffer[..chunk]).map_err(seam_err(&path))?;
             left -= chunk as u64;
         }
         if crc.finalize() != u32::from_le_bytes(read_array(&mut input, "a file checksum")?) {
             return Err(ArchiveError::Corrupt(format!("checksum mismatch in file {name}")));
         }
         // Each file is durable before the directory is switched to.
-        output.sync_all().map_err(io_err(&path))?;
+        output.sync().map_err(seam_err(&path))?;
         count += 1;
     }
     // The seam's one sync_dir: the files' names are durable before the
     // directory is switched to.
-    storage::io::sync_dir(&storage::io::RealFs, dest)
-        .map_err(super::snapshot::into_io)
-        .map_err(io_err(dest))?;
+    storage::io::sync_dir(fs, dest).map_err(seam_err(dest))?;
     Ok(meta)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
+    use storage::io::RealFs;
+
     use super::*;
 
     fn sample_meta() -> pb::SnapshotMeta {
@@ -292,7 +343,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join("a.sst"), vec![7u8; 1000]).expect("write");
         fs::write(dir.path().join("MANIFEST"), b"m").expect("write");
-        let opened = OpenedDir::open(dir.path()).expect("open");
+        let opened = OpenedDir::open(&RealFs, dir.path()).expect("open");
         let expected = packed_len(&opened, &sample_meta());
         let mut out = Vec::new();
         let written = pack_opened(opened, &sample_meta(), &mut out).expect("pack");
@@ -308,9 +359,9 @@ mod tests {
         fs::write(source.join("000001.sst"), vec![7u8; 600_000]).expect("write");
         fs::write(source.join("CURRENT"), b"MANIFEST-000002\n").expect("write");
         let archive = dir.path().join("snap");
-        pack(&source, &sample_meta(), &archive).expect("pack");
+        pack(&RealFs, &source, &sample_meta(), &archive).expect("pack");
         let dest = dir.path().join("dest");
-        let meta = unpack(fs::File::open(&archive).expect("open"), &dest).expect("unpack");
+        let meta = unpack(fs::File::open(&archive).expect("open"), &RealFs, &dest).expect("unpack");
         assert_eq!(meta, sample_meta());
         assert_eq!(fs::read(dest.join("000001.sst")).expect("read"), vec![7u8; 600_000]);
         assert_eq!(fs::read(dest.join("CURRENT")).expect("read"), b"MANIFEST-000002\n");
@@ -336,7 +387,7 @@ mod tests {
         .expect("write");
         fs::write(source.join("CURRENT"), b"MANIFEST-000002\n").expect("write");
         let mut original = Vec::new();
-        pack_to(&source, &sample_meta(), &mut original).expect("pack");
+        pack_to(&RealFs, &source, &sample_meta(), &mut original).expect("pack");
         for round in 0..500 {
             let mut damaged = original.clone();
             match rng.u8(0..3) {
@@ -351,7 +402,7 @@ mod tests {
                 }
             }
             let dest = dir.path().join(format!("dest-{round}"));
-            if let Ok(meta) = unpack(damaged.as_slice(), &dest) {
+            if let Ok(meta) = unpack(damaged.as_slice(), &RealFs, &dest) {
                 assert_eq!(
                     meta,
                     sample_meta(),
@@ -377,12 +428,12 @@ mod tests {
         fs::create_dir(&source).expect("mkdir");
         fs::write(source.join("a"), vec![1u8; 10_000]).expect("write");
         let archive = dir.path().join("snap");
-        pack(&source, &sample_meta(), &archive).expect("pack");
+        pack(&RealFs, &source, &sample_meta(), &archive).expect("pack");
         let bytes = fs::read(&archive).expect("read");
         let mut flipped = bytes.clone();
         flipped[bytes.len() / 2] ^= 1;
-        assert!(unpack(flipped.as_slice(), &dir.path().join("d1")).is_err());
-        assert!(unpack(&bytes[..bytes.len() - 3], &dir.path().join("d2")).is_err());
-        assert!(unpack(&b"not an archive at all"[..], &dir.path().join("d3")).is_err());
+        assert!(unpack(flipped.as_slice(), &RealFs, &dir.path().join("d1")).is_err());
+        assert!(unpack(&bytes[..bytes.len() - 3], &RealFs, &dir.path().join("d2")).is_err());
+        assert!(unpack(&b"not an archive at all"[..], &RealFs, &dir.path().join("d3")).is_err());
     }
 }

@@ -8,11 +8,12 @@
 //! in place of the old one, so every node restored from one file starts
 //! from the same state and the new cluster's log continues after it.
 
-use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use prost::Message;
 use proto::raft as pb;
+use storage::io::{FileSystem, ReadFile, RealFs};
 use storage::{Db, WriteBatch, WriteOptions};
 
 use super::archive::{self, ArchiveError, OpenedDir};
@@ -53,13 +54,6 @@ pub enum BackupError {
     Inconsistent(String),
 }
 
-fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BackupError + '_ {
-    move |source| BackupError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 /// A backup ready to stream: the checkpoint's files, open, and its metadata.
 #[derive(Debug)]
 pub struct BackupSource {
@@ -81,7 +75,7 @@ impl BackupSource {
             .to_path_buf();
         let dir = root.join(format!("{BACKUP_PREFIX}{:016x}", fastrand::u64(..)));
         let opened = checkpoint_into(&db, &dir);
-        remove_dir(&dir);
+        remove_dir(db.fs().as_ref(), &dir);
         let (opened, meta) = opened?;
         let total_bytes = archive::packed_len(&opened, &meta);
         Ok(BackupSource {
@@ -117,7 +111,7 @@ fn checkpoint_into(db: &Db, dir: &Path) -> Result<(OpenedDir, pb::SnapshotMeta),
         last_log_id: Some(last),
         last_membership: state.membership,
     };
-    Ok((OpenedDir::open(dir)?, meta))
+    Ok((OpenedDir::open(db.fs().as_ref(), dir)?, meta))
 }
 
 fn decode_applied_state(raw: Option<bytes::Bytes>) -> Result<pb::AppliedState, BackupError> {
@@ -149,18 +143,20 @@ pub struct BackupSummary {
 /// Reads the backup at `path` whole: unpacks it into a scratch directory
 /// under `scratch_root` (verifying every checksum), opens the engine it
 /// holds, and counts and digests its keys. The scratch directory is removed.
+/// An operator's tool: both are on the real disk.
 pub fn inspect(path: &Path, scratch_root: &Path) -> Result<BackupSummary, BackupError> {
-    let bytes = fs::metadata(path).map_err(io_err(path))?.len();
+    let fs = RealFs;
+    let bytes = ReadFile::open(&fs, path)?.len_bytes();
     let dir = scratch_root.join(format!("{INSPECT_PREFIX}{:016x}", fastrand::u64(..)));
-    let summary = inspect_into(path, &dir, bytes);
-    remove_dir(&dir);
+    let summary = inspect_into(&fs, path, &dir, bytes);
+    remove_dir(&fs, &dir);
     summary
 }
 
-fn inspect_into(path: &Path, dir: &Path, bytes: u64) -> Result<BackupSummary, BackupError> {
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let meta = archive::unpack(file, dir)?;
-    let files = fs::read_dir(dir).map_err(io_err(dir))?.count() as u64;
+fn inspect_into(fs: &dyn FileSystem, path: &Path, dir: &Path, bytes: u64) -> Result<BackupSummary, BackupError> {
+    let file = archive::FileReader::new(ReadFile::open(fs, path)?);
+    let meta = archive::unpack(file, fs, dir)?;
+    let files = storage::io::list_dir(fs, dir)?.len() as u64;
     let last = meta
         .last_log_id
         .ok_or_else(|| BackupError::Inconsistent("the archive names no log position".into()))?;
@@ -189,8 +185,9 @@ fn inspect_into(path: &Path, dir: &Path, bytes: u64) -> Result<BackupSummary, Ba
     })
 }
 
-/// Restores the backup at `path` into the state machine rooted at
-/// `sm_root` (a new node's, holding nothing yet), with `membership` as the
+/// Restores the backup at `path` (an operator's file, on the real disk)
+/// into the state machine rooted at `sm_root` on `options.fs` (a new
+/// node's, holding nothing yet), with `membership` as the
 /// cluster's membership from the backup's last log id on. Returns that log
 /// id: the new node's log must continue after it.
 pub(crate) fn restore_state_machine(
@@ -199,10 +196,11 @@ pub(crate) fn restore_state_machine(
     membership: pb::Membership,
     options: storage::Options,
 ) -> Result<pb::LogId, BackupError> {
-    let layout = Layout::open(sm_root).map_err(|e| BackupError::Inconsistent(e.to_string()))?;
+    let layout =
+        Layout::open(Arc::clone(&options.fs), sm_root).map_err(|e| BackupError::Inconsistent(e.to_string()))?;
     let received = layout.receive_dir();
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let meta = archive::unpack(file, &received)?;
+    let file = archive::FileReader::new(ReadFile::open(&RealFs, path)?);
+    let meta = archive::unpack(file, options.fs.as_ref(), &received)?;
     let last = meta
         .last_log_id
         .ok_or_else(|| BackupError::Inconsistent("the archive names no log position".into()))?;
@@ -235,10 +233,8 @@ pub(crate) fn restore_state_machine(
     Ok(last)
 }
 
-fn remove_dir(dir: &Path) {
-    if let Err(e) = fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a backup scratch directory");
-        }
+fn remove_dir(fs: &dyn FileSystem, dir: &Path) {
+    if let Err(e) = storage::io::remove_all_if_exists(fs, dir) {
+        tracing::warn!(dir = %dir.display(), error = %e, "could not remove a backup scratch directory");
     }
 }

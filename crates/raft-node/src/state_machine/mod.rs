@@ -78,7 +78,7 @@ pub struct StateMachine {
 impl StateMachine {
     /// Opens the state machine under `dir` (creating it if new).
     pub fn open(dir: &Path, engine_options: storage::Options) -> Result<Self, StateMachineError> {
-        let layout = snapshot::Layout::open(dir)?;
+        let layout = snapshot::Layout::open(std::sync::Arc::clone(&engine_options.fs), dir)?;
         let db = Db::open(layout.current_generation_dir(), engine_options.clone())?;
         let AppliedState {
             last_applied,

@@ -24,14 +24,13 @@
 //! leaves the old engine in use, after it the new one. Leftovers of
 //! interrupted builds, receptions and installs are removed at startup.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use openraft::{RaftSnapshotBuilder, StorageIOError};
 use prost::Message;
 use proto::raft as pb;
-use storage::io::RealFs;
+use storage::io::{self as disk, AppendFile, FileSystem, ReadFile};
 use storage::Db;
 
 use super::archive::{self, ArchiveError};
@@ -90,6 +89,8 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SnapshotError + '_ {
 /// Where the state machine keeps its engine and snapshots.
 #[derive(Debug, Clone)]
 pub(crate) struct Layout {
+    /// The disk every file of the layout is on (the engine's too).
+    fs: Arc<dyn FileSystem>,
     root: PathBuf,
     generation: Arc<parking_lot::Mutex<u64>>,
     /// Serialises replacing the current snapshot.
@@ -97,26 +98,24 @@ pub(crate) struct Layout {
 }
 
 impl Layout {
-    /// Opens (or creates) the layout under `root`, removing leftovers of
-    /// interrupted builds, receptions and installs.
-    pub fn open(root: &Path) -> Result<Self, StateMachineError> {
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StateMachineError::Io { path, source }
-        };
+    /// Opens (or creates) the layout under `root` on `fs`, removing
+    /// leftovers of interrupted builds, receptions and installs.
+    pub fn open(fs: Arc<dyn FileSystem>, root: &Path) -> Result<Self, StateMachineError> {
         let snapshots = root.join(SNAPSHOTS_DIR);
-        fs::create_dir_all(&snapshots).map_err(io(&snapshots))?;
+        disk::create_dir_all(fs.as_ref(), &snapshots)?;
         let generation_path = root.join(GENERATION_FILE);
-        let generation = match fs::read_to_string(&generation_path) {
-            Ok(text) => parse_generation(text.trim())
+        let generation = match disk::read_if_exists(fs.as_ref(), &generation_path)? {
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|text| parse_generation(text.trim()))
                 .ok_or_else(|| StateMachineError::Corrupt(format!("{} is malformed", generation_path.display())))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                write_atomically(root, GENERATION_FILE, &generation_name(1)).map_err(io(&generation_path))?;
+            None => {
+                write_line_atomically(fs.as_ref(), root, GENERATION_FILE, &generation_name(1))?;
                 1
             }
-            Err(e) => return Err(io(&generation_path)(e)),
         };
         let layout = Layout {
+            fs,
             root: root.to_path_buf(),
             generation: Arc::new(parking_lot::Mutex::new(generation)),
             publish_lock: Arc::new(parking_lot::Mutex::new(())),
@@ -126,20 +125,18 @@ impl Layout {
             .migrate_legacy_snapshot()
             .map_err(|e| StateMachineError::Corrupt(format!("snapshot: {e}")))?;
         let current = layout.current_snapshot_id();
-        for entry in fs::read_dir(&snapshots).map_err(io(&snapshots))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in disk::list_dir(layout.fs.as_ref(), &snapshots)? {
             let kept = name == CURRENT_SNAPSHOT_FILE
                 || current
                     .as_deref()
                     .is_some_and(|id| name == id || name == format!("{id}{META_SUFFIX}"));
             if !kept {
-                remove_path(&entry.path());
+                layout.remove_path(&snapshots.join(name));
             }
         }
-        for entry in fs::read_dir(root).map_err(io(root))?.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in disk::list_dir(layout.fs.as_ref(), root)? {
             if name.starts_with(RECEIVE_PREFIX) || name.starts_with(super::backup::BACKUP_PREFIX) {
-                remove_path(&entry.path());
+                layout.remove_path(&root.join(name));
             }
         }
         Ok(layout)
@@ -149,19 +146,22 @@ impl Layout {
     /// directory, once: unpacked, then named current, then removed.
     fn migrate_legacy_snapshot(&self) -> Result<(), SnapshotError> {
         let legacy = self.snapshots_dir().join(LEGACY_SNAPSHOT_FILE);
-        let file = match fs::File::open(&legacy) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_err(&legacy)(e)),
-        };
+        if !disk::exists(self.fs.as_ref(), &legacy)? {
+            return Ok(());
+        }
         if self.current_snapshot_id().is_none() {
+            let file = ReadFile::open(self.fs.as_ref(), &legacy)?;
             let id = format!("{SNAPSHOT_PREFIX}{:016x}", fastrand::u64(..));
-            let meta = archive::unpack(file, &self.snapshots_dir().join(&id))?;
+            let meta = archive::unpack(
+                archive::FileReader::new(file),
+                self.fs.as_ref(),
+                &self.snapshots_dir().join(&id),
+            )?;
             self.write_meta(&id, &meta)?;
             self.publish(&id, &meta)?;
         }
-        fs::remove_file(&legacy).map_err(io_err(&legacy))?;
-        sync_dir(&self.snapshots_dir())
+        self.fs.remove_file(&legacy).map_err(io_err(&legacy))?;
+        Ok(disk::sync_dir(self.fs.as_ref(), &self.snapshots_dir())?)
     }
 
     /// The engine directory in use.
@@ -176,14 +176,21 @@ impl Layout {
     /// Removes engine directories other than the one in use.
     pub fn remove_stale_generations(&self) {
         let current = generation_name(*self.generation.lock());
-        let Ok(entries) = fs::read_dir(&self.root) else {
+        let Ok(names) = disk::list_dir(self.fs.as_ref(), &self.root) else {
             return;
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for name in names {
             if name.starts_with("gen-") && name != current {
-                remove_path(&entry.path());
+                self.remove_path(&self.root.join(name));
             }
+        }
+    }
+
+    /// Removes the file or directory tree `path`, warning if that fails:
+    /// what is left is removed at the next start.
+    fn remove_path(&self, path: &Path) {
+        if let Err(error) = disk::remove_all_if_exists(self.fs.as_ref(), path) {
+            tracing::warn!(path = %path.display(), %error, "could not remove a stale file");
         }
     }
 
@@ -192,14 +199,12 @@ impl Layout {
     pub fn receive(&self) -> SnapshotData {
         // openraft receives one snapshot at a time: any earlier reception
         // left behind was cut short, and its directory is garbage.
-        if let Ok(entries) = fs::read_dir(&self.root) {
-            for entry in entries.flatten() {
-                if entry.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX) {
-                    remove_path(&entry.path());
-                }
+        if let Ok(names) = disk::list_dir(self.fs.as_ref(), &self.root) {
+            for name in names.iter().filter(|name| name.starts_with(RECEIVE_PREFIX)) {
+                self.remove_path(&self.root.join(name));
             }
         }
-        SnapshotData::incoming(self.receive_dir())
+        SnapshotData::incoming(Arc::clone(&self.fs), self.receive_dir())
     }
 
     /// A new directory name to receive a snapshot into; removed at the
@@ -210,8 +215,10 @@ impl Layout {
 
     /// The id (directory name) of the current snapshot, if any.
     fn current_snapshot_id(&self) -> Option<String> {
-        let text = fs::read_to_string(self.snapshots_dir().join(CURRENT_SNAPSHOT_FILE)).ok()?;
-        let id = text.trim();
+        let bytes = disk::read_if_exists(self.fs.as_ref(), &self.snapshots_dir().join(CURRENT_SNAPSHOT_FILE))
+            .ok()
+            .flatten()?;
+        let id = std::str::from_utf8(&bytes).ok()?.trim();
         (id.starts_with(SNAPSHOT_PREFIX) && !id.contains('/')).then(|| id.to_owned())
     }
 
@@ -232,7 +239,7 @@ impl Layout {
         let Some((pb_meta, dir)) = self.current()? else {
             return Ok(None);
         };
-        let dir = archive::OpenedDir::open(&dir)?;
+        let dir = archive::OpenedDir::open(self.fs.as_ref(), &dir)?;
         let meta = codec::snapshot_meta_from_pb(&pb_meta).map_err(|e| SnapshotError::Mismatch(e.to_string()))?;
         Ok(Some(openraft::Snapshot {
             meta,
@@ -252,12 +259,17 @@ impl Layout {
         let crc = crc32fast::hash(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         let name = format!("{id}{META_SUFFIX}");
-        write_atomically_bytes(&self.snapshots_dir(), &name, &bytes).map_err(io_err(&self.snapshots_dir()))
+        Ok(disk::write_atomically(
+            self.fs.as_ref(),
+            &self.snapshots_dir(),
+            &name,
+            &bytes,
+        )?)
     }
 
     fn read_meta(&self, id: &str) -> Result<pb::SnapshotMeta, SnapshotError> {
         let path = self.snapshots_dir().join(format!("{id}{META_SUFFIX}"));
-        let bytes = fs::read(&path).map_err(io_err(&path))?;
+        let bytes = ReadFile::open(self.fs.as_ref(), &path)?.read_all()?;
         let corrupt = |what: &str| SnapshotError::Mismatch(format!("{}: {what}", path.display()));
         if bytes.len() < 16 || u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]) != META_MAGIC {
             return Err(corrupt("not a snapshot metadata file"));
@@ -294,7 +306,7 @@ impl Layout {
         // CURRENT names the new snapshot durably before the old one is
         // removed (openraft purges the log up to the new one next), so a
         // crash leaves one whole current snapshot, old or new.
-        write_atomically(&self.snapshots_dir(), CURRENT_SNAPSHOT_FILE, id).map_err(io_err(&self.snapshots_dir()))?;
+        write_line_atomically(self.fs.as_ref(), &self.snapshots_dir(), CURRENT_SNAPSHOT_FILE, id)?;
         if let Some(previous) = previous.filter(|p| p != id) {
             self.remove_snapshot(&previous);
         }
@@ -302,8 +314,8 @@ impl Layout {
     }
 
     fn remove_snapshot(&self, id: &str) {
-        remove_path(&self.snapshots_dir().join(id));
-        remove_path(&self.snapshots_dir().join(format!("{id}{META_SUFFIX}")));
+        self.remove_path(&self.snapshots_dir().join(id));
+        self.remove_path(&self.snapshots_dir().join(format!("{id}{META_SUFFIX}")));
     }
 
     /// Installs a received snapshot, unpacked in `received`, as a new engine
@@ -317,7 +329,7 @@ impl Layout {
         options: storage::Options,
     ) -> Result<Db, SnapshotError> {
         if last_log_id(meta) != last_log_id(expected) {
-            remove_path(received);
+            self.remove_path(received);
             return Err(SnapshotError::Mismatch(format!(
                 "archive holds {:?}, openraft expects {:?}",
                 last_log_id(meta),
@@ -330,13 +342,13 @@ impl Layout {
         // directory and starts changing those.
         let id = format!("{SNAPSHOT_PREFIX}{:016x}", fastrand::u64(..));
         let kept = self.snapshots_dir().join(&id);
-        link_checkpoint(received, &kept)?;
+        link_checkpoint(self.fs.as_ref(), received, &kept)?;
         self.write_meta(&id, meta)?;
         let next = *self.generation.lock() + 1;
         let dir = self.root.join(generation_name(next));
-        remove_path(&dir);
-        fs::rename(received, &dir).map_err(io_err(&dir))?;
-        sync_dir(&self.root)?;
+        self.remove_path(&dir);
+        self.fs.rename(received, &dir).map_err(io_err(&dir))?;
+        disk::sync_dir(self.fs.as_ref(), &self.root)?;
         let db = Db::open(&dir, options)?;
         let state = db
             .metadata()
@@ -353,7 +365,7 @@ impl Layout {
         // old engine, which is still whole. The switch comes before the
         // snapshot is published, so a restart never finds a current
         // snapshot newer than the engine's applied state.
-        write_atomically(&self.root, GENERATION_FILE, &generation_name(next)).map_err(io_err(&self.root))?;
+        write_line_atomically(self.fs.as_ref(), &self.root, GENERATION_FILE, &generation_name(next))?;
         *self.generation.lock() = next;
         self.publish(&id, meta)?;
         Ok(db)
@@ -363,23 +375,24 @@ impl Layout {
 /// Makes `to` a copy of the checkpoint in `from` that shares its tables:
 /// `.sst` files are immutable and hard-linked, every other file is copied.
 /// Every copied file and the directory are synced.
-fn link_checkpoint(from: &Path, to: &Path) -> Result<(), SnapshotError> {
-    fs::create_dir_all(to).map_err(io_err(to))?;
-    for entry in fs::read_dir(from).map_err(io_err(from))? {
-        let entry = entry.map_err(io_err(from))?;
-        let name = entry.file_name();
-        let (source, target) = (entry.path(), to.join(&name));
-        if name.to_string_lossy().ends_with(".sst") {
-            fs::hard_link(&source, &target).map_err(io_err(&target))?;
+fn link_checkpoint(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<(), SnapshotError> {
+    disk::create_dir_all(fs, to)?;
+    for name in disk::list_dir(fs, from)? {
+        let (source, target) = (from.join(&name), to.join(&name));
+        if name.ends_with(".sst") {
+            disk::hard_link(fs, &source, &target)?;
         } else {
-            fs::copy(&source, &target).map_err(io_err(&target))?;
-            fs::File::open(&target)
-                .and_then(|f| f.sync_all())
-                .map_err(io_err(&target))?;
+            // Only the manifest and CURRENT are copied: small files.
+            let bytes = ReadFile::open(fs, &source)?.read_all()?;
+            let mut copy = AppendFile::create_new(fs, &target)?;
+            copy.append(&bytes)?;
+            copy.sync()?;
         }
     }
-    sync_dir(to)?;
-    sync_dir(to.parent().unwrap_or(to))
+    // The links and copies are named durably before the snapshot's
+    // metadata names the directory; then the directory itself.
+    disk::sync_dir(fs, to)?;
+    Ok(disk::sync_dir(fs, to.parent().unwrap_or(to))?)
 }
 
 /// Builds snapshots from a checkpoint of the engine.
@@ -453,42 +466,10 @@ fn last_log_id(meta: &pb::SnapshotMeta) -> Option<LogId> {
     opt_log_id(meta.last_log_id.as_ref())
 }
 
-fn remove_path(path: &Path) {
-    let result = if path.is_dir() {
-        fs::remove_dir_all(path)
-    } else {
-        fs::remove_file(path)
-    };
-    if let Err(error) = result {
-        if error.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(path = %path.display(), %error, "could not remove a stale file");
-        }
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    storage::io::sync_dir(&RealFs, dir)
-        .map_err(into_io)
-        .map_err(io_err(dir))
-}
-
-/// Replaces `dir/name` with the line `contents`.
-fn write_atomically(dir: &Path, name: &str, contents: &str) -> std::io::Result<()> {
-    write_atomically_bytes(
-        dir,
-        name,
-        format!(
-            "{contents}
-"
-        )
-        .as_bytes(),
-    )
-}
-
-/// Replaces `dir/name` with `contents` through the disk seam's one atomic
-/// replace (temp file, fsync, rename, fsync dir).
-fn write_atomically_bytes(dir: &Path, name: &str, contents: &[u8]) -> std::io::Result<()> {
-    storage::io::write_atomically(&RealFs, dir, name, contents).map_err(into_io)
+/// Replaces `dir/name` with the line `contents` through the disk seam's
+/// one atomic replace (temp file, fsync, rename, fsync dir).
+fn write_line_atomically(fs: &dyn FileSystem, dir: &Path, name: &str, contents: &str) -> storage::Result<()> {
+    disk::write_atomically(fs, dir, name, format!("{contents}\n").as_bytes())
 }
 
 /// The OS error inside an error of the disk seam's helpers.
@@ -501,7 +482,10 @@ pub(crate) fn into_io(e: storage::Error) -> std::io::Error {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
+
+    use storage::io::RealFs;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -509,7 +493,7 @@ mod tests {
 
     /// A layout with an engine holding `keys` flushed keys.
     fn layout_with_data(root: &Path, keys: u32) -> (Layout, Engine) {
-        let layout = Layout::open(root).expect("layout");
+        let layout = Layout::open(RealFs::shared(), root).expect("layout");
         let db = Db::open(layout.current_generation_dir(), storage::Options::default()).expect("engine");
         for i in 0..keys {
             db.put(format!("key-{i:06}"), vec![7u8; 200]).expect("put");
@@ -575,7 +559,7 @@ mod tests {
             .build_blocking()
             .expect("build");
         let receiver_root = tempfile::tempdir().expect("tempdir");
-        let receiver = Layout::open(receiver_root.path()).expect("layout");
+        let receiver = Layout::open(RealFs::shared(), receiver_root.path()).expect("layout");
 
         // Cut short: a few bytes, then the stream is dropped.
         let mut partial = receiver.receive();
@@ -585,7 +569,7 @@ mod tests {
         partial.write_all(&buffer[..n]).await.expect("write");
         drop(partial);
         drop(outgoing);
-        let reopened = Layout::open(receiver_root.path()).expect("restarts after a cut transfer");
+        let reopened = Layout::open(RealFs::shared(), receiver_root.path()).expect("restarts after a cut transfer");
         let leftovers: Vec<_> = fs::read_dir(receiver_root.path())
             .expect("list")
             .flatten()

@@ -7,10 +7,12 @@
 use std::io::{self, Read, SeekFrom, Write};
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use proto::raft as pb;
+use storage::io::FileSystem;
 use tokio::io::{AsyncRead, AsyncSeek, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -71,8 +73,8 @@ impl SnapshotData {
     }
 
     /// A sink whose bytes (an archive) are unpacked into the new directory
-    /// `dir`, every checksum verified, as they arrive.
-    pub(crate) fn incoming(dir: PathBuf) -> SnapshotData {
+    /// `dir` on `fs`, every checksum verified, as they arrive.
+    pub(crate) fn incoming(fs: Arc<dyn FileSystem>, dir: PathBuf) -> SnapshotData {
         let (sender, receiver) = mpsc::channel::<Bytes>(CHUNKS_IN_FLIGHT_MAX);
         let target = dir.clone();
         let unpacker = tokio::task::spawn_blocking(move || {
@@ -81,6 +83,7 @@ impl SnapshotData {
                     receiver,
                     current: Bytes::new(),
                 },
+                fs.as_ref(),
                 &target,
             )
         });
@@ -288,6 +291,7 @@ impl AsyncSeek for SnapshotData {
 
 #[cfg(test)]
 mod tests {
+    use storage::io::RealFs;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -308,8 +312,8 @@ mod tests {
         std::fs::write(source.path().join("MANIFEST-000002"), b"manifest").expect("write");
         let target_root = tempfile::tempdir().expect("tempdir");
         let target = target_root.path().join("received");
-        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(source.path()).expect("open"), meta());
-        let mut incoming = SnapshotData::incoming(target.clone());
+        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(&RealFs, source.path()).expect("open"), meta());
+        let mut incoming = SnapshotData::incoming(RealFs::shared(), target.clone());
         let mut buffer = vec![0u8; 100_000];
         loop {
             let n = outgoing.read(&mut buffer).await.expect("read");
@@ -338,8 +342,8 @@ mod tests {
         let source = tempfile::tempdir().expect("tempdir");
         std::fs::write(source.path().join("000001.sst"), vec![3u8; 300_000]).expect("write");
         let target = tempfile::tempdir().expect("tempdir");
-        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(source.path()).expect("open"), meta());
-        let mut incoming = SnapshotData::incoming(target.path().join("received"));
+        let mut outgoing = SnapshotData::outgoing(OpenedDir::open(&RealFs, source.path()).expect("open"), meta());
+        let mut incoming = SnapshotData::incoming(RealFs::shared(), target.path().join("received"));
         let mut buffer = vec![0u8; 100_000];
         let n = outgoing.read(&mut buffer).await.expect("read");
         incoming.write_all(&buffer[..n]).await.expect("write");

@@ -17,6 +17,13 @@
 //! length (old, new or in between), and each directory keeps a random prefix of its
 //! unsynced entry changes, as a journaling filesystem may.
 //!
+//! Directories are kept by path, which makes two directory operations
+//! coarser than on a real disk: a directory moved by a rename that a crash
+//! drops comes back under its old name only if it stayed in the same
+//! parent (otherwise it is lost with its contents), and a tree removed
+//! with `remove_dir_all` never comes back, even if its parent was not
+//! synced (a real disk may bring back its name and some of its entries).
+//!
 //! Faults: [`SimFs::freeze_at_step`] cuts the power at the n-th mutating call
 //! (create, append, sync, rename, remove, link, mkdir), counted by
 //! [`SimFs::steps`]; [`SimFs::fail_at_step`] makes one call fail with `EIO`,
@@ -114,6 +121,9 @@ enum DirOp {
     Rename {
         from: String,
         to: String,
+        /// Whether the entry renamed is a directory (whose contents move
+        /// back to the old name if a crash drops the rename).
+        is_dir: bool,
     },
 }
 
@@ -214,6 +224,7 @@ impl SimFs {
         old.frozen = true;
         let mut rng = Rng(old.rng.next());
         let mut dirs: BTreeMap<PathBuf, Dir> = BTreeMap::new();
+        let mut moves_back = Vec::new();
         for (path, dir) in &old.dirs {
             let mut entries = dir.durable.clone();
             let keep = match mode {
@@ -223,6 +234,13 @@ impl SimFs {
             for op in &dir.pending[..keep] {
                 apply(&mut entries, op);
             }
+            // A dropped rename of a directory within `path` moves its
+            // contents back under the old name, latest rename first.
+            for op in dir.pending[keep..].iter().rev() {
+                if let DirOp::Rename { from, to, is_dir: true } = op {
+                    moves_back.push((path.join(to), path.join(from)));
+                }
+            }
             dirs.insert(
                 path.clone(),
                 Dir {
@@ -231,6 +249,17 @@ impl SimFs {
                     pending: Vec::new(),
                 },
             );
+        }
+        for (to, from) in moves_back {
+            move_tree(&mut dirs, &to, &from);
+        }
+        // An entry naming a directory whose contents are gone (a removed
+        // tree, a directory moved to another parent) is dropped with it.
+        let known: HashSet<PathBuf> = dirs.keys().cloned().collect();
+        for (path, dir) in &mut dirs {
+            dir.entries
+                .retain(|name, entry| *entry != Entry::Dir || known.contains(&path.join(name)));
+            dir.durable = dir.entries.clone();
         }
         // A directory survives only if its entry in its parent did.
         let all: Vec<PathBuf> = dirs.keys().cloned().collect();
@@ -293,10 +322,21 @@ fn apply(entries: &mut BTreeMap<String, Entry>, op: &DirOp) {
         DirOp::Remove(name) => {
             entries.remove(name);
         }
-        DirOp::Rename { from, to } => {
+        DirOp::Rename { from, to, .. } => {
             if let Some(entry) = entries.remove(from) {
                 entries.insert(to.clone(), entry);
             }
+        }
+    }
+}
+
+/// Moves the records of the directory `from` and of every directory under
+/// it to the same places under `to`.
+fn move_tree(dirs: &mut BTreeMap<PathBuf, Dir>, from: &Path, to: &Path) {
+    let moved: Vec<PathBuf> = dirs.keys().filter(|p| p.starts_with(from)).cloned().collect();
+    for path in moved {
+        if let (Some(dir), Ok(rest)) = (dirs.remove(&path), path.strip_prefix(from)) {
+            dirs.insert(to.join(rest), dir);
         }
     }
 }
@@ -590,31 +630,45 @@ impl FileSystem for SimFs {
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
         let mut state = self.state.lock();
         state.step_plain(Kind::Write)?;
-        let ino = state.file_at(from)?;
+        let entry = state.lookup(from).ok_or_else(|| not_found(from))?;
         let (from_dir, from_name) = split(from).ok_or_else(|| not_found(from))?;
         let (to_dir, to_name) = split(to).ok_or_else(|| not_found(to))?;
-        if state.lookup(to) == Some(Entry::Dir) {
-            return Err(std::io::Error::other(format!("{} is a directory", to.display())));
+        let is_dir = entry == Entry::Dir;
+        match state.lookup(to) {
+            Some(Entry::Dir) => {
+                return Err(std::io::Error::other(format!("{} is a directory", to.display())));
+            }
+            Some(Entry::File(_)) if is_dir => {
+                return Err(std::io::Error::other(format!("{} is a file", to.display())));
+            }
+            _ => {}
+        }
+        if is_dir && to.starts_with(from) {
+            return Err(std::io::Error::other(format!(
+                "cannot move {} into itself",
+                from.display()
+            )));
         }
         state.dir(to_dir)?;
         if from_dir == to_dir {
             let dir = state.dir(from_dir)?;
-            let (from, to) = (from_name.to_string(), to_name.to_string());
-            apply(
-                &mut dir.entries,
-                &DirOp::Rename {
-                    from: from.clone(),
-                    to: to.clone(),
-                },
-            );
-            dir.pending.push(DirOp::Rename { from, to });
+            let op = DirOp::Rename {
+                from: from_name.to_string(),
+                to: to_name.to_string(),
+                is_dir,
+            };
+            apply(&mut dir.entries, &op);
+            dir.pending.push(op);
         } else {
             let dir = state.dir(from_dir)?;
             dir.entries.remove(from_name);
             dir.pending.push(DirOp::Remove(from_name.to_string()));
             let dir = state.dir(to_dir)?;
-            dir.entries.insert(to_name.to_string(), Entry::File(ino));
-            dir.pending.push(DirOp::Insert(to_name.to_string(), Entry::File(ino)));
+            dir.entries.insert(to_name.to_string(), entry);
+            dir.pending.push(DirOp::Insert(to_name.to_string(), entry));
+        }
+        if is_dir {
+            move_tree(&mut state.dirs, from, to);
         }
         Ok(())
     }
@@ -628,6 +682,30 @@ impl FileSystem for SimFs {
         dir.entries.remove(name);
         dir.pending.push(DirOp::Remove(name.to_string()));
         Ok(())
+    }
+
+    fn remove_dir_all(&self, dir: &Path) -> std::io::Result<()> {
+        let mut state = self.state.lock();
+        state.step_plain(Kind::Write)?;
+        match state.lookup(dir) {
+            Some(Entry::Dir) => {}
+            Some(Entry::File(_)) => {
+                return Err(std::io::Error::other(format!("{} is a file", dir.display())));
+            }
+            None => return Err(not_found(dir)),
+        }
+        let (parent, name) = split(dir).ok_or_else(|| std::io::Error::other("cannot remove a root"))?;
+        let parent = state.dir(parent)?;
+        parent.entries.remove(name);
+        parent.pending.push(DirOp::Remove(name.to_string()));
+        state.dirs.retain(|path, _| !path.starts_with(dir));
+        Ok(())
+    }
+
+    fn is_dir(&self, path: &Path) -> std::io::Result<bool> {
+        let mut state = self.state.lock();
+        state.step_plain(Kind::Read)?;
+        Ok(state.lookup(path) == Some(Entry::Dir))
     }
 
     fn hard_link(&self, from: &Path, to: &Path) -> std::io::Result<()> {

@@ -274,3 +274,53 @@ fn writes_at_an_offset_overwrite_in_place_and_tear_per_sector() {
     let file = read_only.open(&path("/db/a")).expect("open");
     assert!(file.write_at(0, b"y").is_err(), "open() gives a read-only handle");
 }
+
+#[test]
+fn a_directory_rename_without_a_parent_sync_moves_its_contents_back() {
+    // Installing a received snapshot renames a directory: until the
+    // parent is synced a crash must find the files under the old name.
+    let fs = disk(11);
+    fs.create_dir_all(&path("/db/recv")).expect("mkdir");
+    fs.sync_dir(&path("/db")).expect("sync db");
+    let file = fs.create_new(&path("/db/recv/t")).expect("create");
+    file.append(b"table").expect("append");
+    file.sync_data().expect("sync");
+    fs.sync_dir(&path("/db/recv")).expect("sync recv");
+    fs.rename(&path("/db/recv"), &path("/db/gen")).expect("rename");
+    assert!(fs.is_dir(&path("/db/gen")).expect("is_dir"));
+    assert_eq!(fs.contents(&path("/db/gen/t")).as_deref(), Some(&b"table"[..]));
+    let lost = fs.crash(CrashMode::DropUnsynced);
+    assert_eq!(lost.contents(&path("/db/recv/t")).as_deref(), Some(&b"table"[..]));
+    assert!(!lost.is_dir(&path("/db/gen")).expect("is_dir"));
+    lost.rename(&path("/db/recv"), &path("/db/gen")).expect("rename");
+    lost.sync_dir(&path("/db")).expect("sync db");
+    let kept = lost.crash(CrashMode::DropUnsynced);
+    assert_eq!(kept.contents(&path("/db/gen/t")).as_deref(), Some(&b"table"[..]));
+    assert!(!kept.exists(&path("/db/recv")).expect("exists"));
+}
+
+#[test]
+fn a_removed_tree_is_gone_and_its_name_free_again() {
+    // Stale snapshot and engine directories are removed whole; a new one
+    // may take the same name.
+    let fs = disk(12);
+    fs.create_dir_all(&path("/db/snap/sub")).expect("mkdir");
+    fs.create_new(&path("/db/snap/sub/f")).expect("create");
+    fs.sync_dir(&path("/db")).expect("sync");
+    assert!(!fs.is_dir(&path("/db/snap/sub/f")).expect("a file is no directory"));
+    fs.remove_dir_all(&path("/db/snap")).expect("remove tree");
+    assert!(!fs.exists(&path("/db/snap")).expect("exists"));
+    assert!(fs.list_dir(&path("/db/snap/sub")).is_err(), "the subtree is gone too");
+    fs.create_dir_all(&path("/db/snap")).expect("mkdir again");
+    assert!(fs.list_dir(&path("/db/snap")).expect("list").is_empty());
+    for mode in [CrashMode::DropUnsynced, CrashMode::Torn] {
+        let after = fs.crash(mode);
+        assert!(after.contents(&path("/db/snap/sub/f")).is_none(), "{mode:?}");
+        if after.exists(&path("/db/snap")).expect("exists") {
+            assert!(
+                after.list_dir(&path("/db/snap")).is_ok(),
+                "{mode:?}: a name left is a whole directory"
+            );
+        }
+    }
+}
