@@ -19,6 +19,7 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::cluster_id::{ClusterId, ClusterIdentity, IdentityFile, IDENTITY_FILE};
 use crate::config::NodeConfig;
 use crate::handoff::{Handoff, SHUTDOWN_DRAIN_MS};
 use crate::log_store::{LogReader, LogStore, LogStoreOptions};
@@ -31,14 +32,10 @@ use crate::tls::TlsConfig;
 use crate::types::{Node as MemberNode, NodeId, Raft};
 use crate::{restore, snapshot_trigger};
 
-/// The file that ties a data directory to one node id and format.
-const IDENTITY_FILE: &str = "NODE";
 /// The file at the top of a data directory that a running node holds an
 /// exclusive lock on (flock), so that no second process opens the same
 /// directory.
 pub const LOCK_FILE: &str = "LOCK";
-/// The data directory layout version this build reads and writes.
-const DATA_FORMAT_VERSION: u32 = 1;
 /// How long a snapshot transfer may take at most, in ms.
 const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
 /// Streams a peer may reset before they are accepted, at most.
@@ -131,6 +128,8 @@ pub struct KvNode {
     /// A read handle on the Raft log, for metrics.
     log_reader: LogReader,
     config: NodeConfig,
+    /// The cluster id this node's Raft calls carry and accept.
+    identity: ClusterIdentity,
     /// The data directory's lock, released when the last clone is dropped.
     _lock: Arc<std::fs::File>,
 }
@@ -158,7 +157,19 @@ impl KvNode {
         // store deletes spare segments and truncates the last one on open,
         // which would damage a node already running on this directory.
         let lock = lock_data_dir(&config.data_dir)?;
-        check_identity(&config.data_dir, config.id)?;
+        let cluster_id = check_identity(&config.data_dir, config.id)?;
+        let identity = ClusterIdentity::new(config.id, &config.data_dir, cluster_id);
+        if config.initialize && !config.data_dir.join(restore::LOG_DIR).exists() {
+            // A new cluster (a restored one too: its nodes must not take
+            // calls from the cluster the backup came from) gets a new id,
+            // durable before Raft can send anything.
+            let id = ClusterId::random();
+            identity.set_durably(id).map_err(|e| NodeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            tracing::info!(cluster_id = %id, "forming a new cluster");
+        }
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
             ..LogStoreOptions::default()
@@ -188,7 +199,7 @@ impl KvNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)),
+            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)).with_cluster_identity(identity.clone()),
             log_store,
             state_machine,
         )
@@ -202,6 +213,7 @@ impl KvNode {
             engine,
             log_reader,
             config,
+            identity,
             _lock: Arc::new(lock),
         })
     }
@@ -214,6 +226,12 @@ impl KvNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// The id of the cluster this node belongs to; `None` before it formed
+    /// or joined one (and for clusters formed before cluster ids existed).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.identity.get()
     }
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
@@ -300,14 +318,12 @@ impl KvNode {
             self.config.peer_advertise_addr.clone(),
         );
         let admin = |port: AdminPort| {
-            ClusterServer::new(AdminService::new(
-                self.raft.clone(),
-                self.engine.clone(),
-                advertised.clone(),
-                port,
-            ))
+            ClusterServer::new(
+                AdminService::new(self.raft.clone(), self.engine.clone(), advertised.clone(), port)
+                    .with_cluster_identity(self.identity.clone()),
+            )
         };
-        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
+        let raft = RaftServer::new(RaftService::new(self.raft.clone(), self.identity.clone()))
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -407,12 +423,19 @@ impl KvNode {
     fn spawn_initialize(&self) {
         let raft = self.raft.clone();
         let members = restore::initial_members(&self.config);
+        let identity = self.identity.clone();
         tokio::spawn(async move {
             match raft.is_initialized().await {
-                Ok(false) => match raft.initialize(members).await {
-                    Ok(()) => tracing::info!("initialized a new cluster"),
-                    Err(error) => tracing::warn!(%error, "could not initialize the cluster"),
-                },
+                Ok(false) => {
+                    let initialized = match identity.ensure_for_new_cluster() {
+                        Ok(_) => raft.initialize(members).await.map_err(|e| e.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    match initialized {
+                        Ok(()) => tracing::info!("initialized a new cluster"),
+                        Err(error) => tracing::warn!(%error, "could not initialize the cluster"),
+                    }
+                }
                 Ok(true) => tracing::info!("raft state exists; not initializing"),
                 Err(error) => tracing::warn!(%error, "raft stopped before initializing"),
             }
@@ -648,8 +671,9 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, NodeError> {
 }
 
 /// Creates or checks the identity file, so a data directory is never
-/// served by another node id or read by an incompatible build.
-fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
+/// served by another node id or read by an incompatible build; returns the
+/// cluster id it names, if any.
+fn check_identity(data_dir: &Path, id: NodeId) -> Result<Option<ClusterId>, NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,
@@ -658,34 +682,25 @@ fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
     // crash forgot.
     storage::io::create_dir_all(&RealFs, data_dir).map_err(|e| fail(e.to_string()))?;
     let path = data_dir.join(IDENTITY_FILE);
-    let expected = format!("format={DATA_FORMAT_VERSION}\nnode_id={id}\n");
+    let expected = IdentityFile {
+        node_id: id,
+        cluster_id: None,
+    }
+    .encode();
     match std::fs::read_to_string(&path) {
         Ok(found) => {
-            let field = |name: &str| {
-                found
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-                    .map(str::to_string)
-            };
-            if field("format").as_deref() != Some(DATA_FORMAT_VERSION.to_string().as_str()) {
-                return Err(fail(format!(
-                    "unsupported data format {:?} (this build reads format {DATA_FORMAT_VERSION})",
-                    field("format")
-                )));
+            let found = IdentityFile::decode(&found).map_err(fail)?;
+            if found.node_id != id {
+                return Err(fail(format!("it belongs to node {}, not node {id}", found.node_id)));
             }
-            if field("node_id").as_deref() != Some(id.to_string().as_str()) {
-                return Err(fail(format!(
-                    "it belongs to node {}, not node {id}",
-                    field("node_id").unwrap_or_else(|| "?".into())
-                )));
-            }
-            Ok(())
+            Ok(found.cluster_id)
         }
         // The disk seam's one atomic replace (temp file, fsync, rename,
         // fsync dir): a crash leaves no identity file or the whole one.
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             storage::io::write_atomically(&RealFs, data_dir, IDENTITY_FILE, expected.as_bytes())
-                .map_err(|e| fail(e.to_string()))
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(None)
         }
         Err(e) => Err(fail(e.to_string())),
     }
