@@ -313,6 +313,10 @@ impl KvNode {
             (metrics, listener)
         });
         let kv = Metered::new(kv, metrics.as_ref().map(|(metrics, _)| metrics.rpc()));
+        let metrics_addr = metrics
+            .as_ref()
+            .and_then(|(_, listener)| listener.local_addr().ok())
+            .map(|bound| reachable_addr(bound, &self.config.advertise_addr));
         let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
             self.config.peer_advertise_addr.clone(),
@@ -320,7 +324,8 @@ impl KvNode {
         let admin = |port: AdminPort| {
             ClusterServer::new(
                 AdminService::new(self.raft.clone(), self.engine.clone(), advertised.clone(), port)
-                    .with_cluster_identity(self.identity.clone()),
+                    .with_cluster_identity(self.identity.clone())
+                    .with_metrics_addr(metrics_addr.clone()),
             )
         };
         let raft = RaftServer::new(RaftService::new(self.raft.clone(), self.identity.clone()))
@@ -498,6 +503,19 @@ async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &Atomi
         Handoff::Failed { reason } => {
             tracing::warn!(%reason, "shutting down: leadership handoff failed; the cluster elects a leader by timeout")
         }
+    }
+}
+
+/// The address a listener bound at `bound` is reached at: `bound` itself,
+/// or, when it is a wildcard (`0.0.0.0`, `::`), the host of the node's
+/// advertised address with `bound`'s port.
+fn reachable_addr(bound: std::net::SocketAddr, advertised: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    match advertised.rsplit_once(':') {
+        Some((host, _port)) => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
     }
 }
 
@@ -769,6 +787,17 @@ mod tests {
             misplaced_entry(&split, &one_port).is_some(),
             "entry names a port not served"
         );
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_reached_at_the_advertised_host() {
+        // Status tells tools where to scrape; 0.0.0.0 is no address to dial.
+        let bound: std::net::SocketAddr = "0.0.0.0:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "10.0.0.5:7001"), "10.0.0.5:7101");
+        let bound: std::net::SocketAddr = "127.0.0.1:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "10.0.0.5:7001"), "127.0.0.1:7101");
+        let bound: std::net::SocketAddr = "[::]:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "[fd00::5]:7001"), "[fd00::5]:7101");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub struct AdminService {
     /// The cluster id `Initialize` gives a new cluster; `None`: a new
     /// cluster gets no id (tests that build the service alone).
     identity: Option<ClusterIdentity>,
+    /// Where this node serves metrics, for Status; `None`: it serves none.
+    metrics_addr: Option<String>,
 }
 
 impl AdminService {
@@ -57,7 +59,14 @@ impl AdminService {
             node,
             port,
             identity: None,
+            metrics_addr: None,
         }
+    }
+
+    /// With Status naming `addr` as where this node serves metrics.
+    pub fn with_metrics_addr(mut self, addr: Option<String>) -> Self {
+        self.metrics_addr = addr;
+        self
     }
 
     /// With `identity`: `Initialize` gives the new cluster an id (see
@@ -236,6 +245,13 @@ impl api::cluster_server::Cluster for AdminService {
             members: members_of(membership),
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
+            metrics_addr: self.metrics_addr.clone().unwrap_or_default(),
+            cluster_id: self
+                .identity
+                .as_ref()
+                .and_then(ClusterIdentity::get)
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }))
     }
 
