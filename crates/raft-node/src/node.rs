@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,6 +25,7 @@ use crate::log_store::{LogReader, LogStore, LogStoreOptions};
 use crate::metrics::{Metered, NodeMetrics};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::admin::{AdminService, Port as AdminPort};
+use crate::service::proposer::ProposerHooks;
 use crate::service::{kv::KvService, raft::RaftService};
 use crate::state_machine::{Engine, StateMachine};
 use crate::tls::TlsConfig;
@@ -296,22 +296,29 @@ impl KvNode {
         let limits = self.config.limits.clone();
         let request_bytes_max = limits.request_bytes_max();
         let stopped: Arc<OnceLock<String>> = Arc::default();
-        let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
-            .max_decoding_message_size(request_bytes_max)
-            .max_encoding_message_size(request_bytes_max);
-        let draining: Arc<AtomicBool> = Arc::default();
-        let kv = InterceptedService::new(
-            kv,
-            refuse_when_closed(
-                Arc::clone(&stopped),
-                Arc::clone(&draining),
-                leader_elsewhere(self.raft.clone()),
-            ),
-        );
         let metrics = metrics_listener.map(|listener| {
             let metrics = NodeMetrics::new(self.raft.clone(), self.engine.clone(), self.log_reader.clone());
             (metrics, listener)
         });
+        // Set when a graceful stop starts: the service refuses new requests
+        // and the proposer the writes it has not proposed yet.
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
+        let hooks = ProposerHooks {
+            draining: Some(draining_rx.clone()),
+            metrics: metrics.as_ref().map(|(metrics, _)| metrics.proposals()),
+        };
+        let kv = KvServer::new(KvService::with_hooks(
+            self.raft.clone(),
+            self.engine.clone(),
+            limits,
+            hooks,
+        ))
+        .max_decoding_message_size(request_bytes_max)
+        .max_encoding_message_size(request_bytes_max);
+        let kv = InterceptedService::new(
+            kv,
+            refuse_when_closed(Arc::clone(&stopped), draining_rx, leader_elsewhere(self.raft.clone())),
+        );
         let kv = Metered::new(kv, metrics.as_ref().map(|(metrics, _)| metrics.rpc()));
         let metrics_addr = metrics
             .as_ref()
@@ -454,14 +461,14 @@ impl KvNode {
 /// `draining` is set.
 fn refuse_when_closed(
     stopped: Arc<OnceLock<String>>,
-    draining: Arc<AtomicBool>,
+    draining: tokio::sync::watch::Receiver<bool>,
     leader: impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone,
 ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |request| {
         if let Some(reason) = stopped.get() {
             return Err(crate::service::status::node_stopped(reason));
         }
-        if draining.load(Ordering::Acquire) {
+        if *draining.borrow() {
             return Err(crate::service::status::shutting_down(&leader()));
         }
         Ok(request)
@@ -471,27 +478,17 @@ fn refuse_when_closed(
 /// The leader as a refusal's hint: another node that leads, or none (this
 /// node leads, or no leader is known).
 fn leader_elsewhere(raft: Raft) -> impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone {
-    move || {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        match m.current_leader.filter(|id| *id != m.id) {
-            Some(id) => ForwardToLeader {
-                leader_id: Some(id),
-                leader_node: m.membership_config.membership().get_node(&id).cloned(),
-            },
-            None => ForwardToLeader::empty(),
-        }
-    }
+    move || crate::service::status::leader_hint(&raft)
 }
 
 /// The first steps of a graceful shutdown, before the servers stop and
 /// drain: refuse new KV requests, turn health `NOT_SERVING`, and, on a
 /// leader, hand leadership over (see [`crate::handoff`]).
-async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &AtomicBool) {
+async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &tokio::sync::watch::Sender<bool>) {
     // Refuse first, then tell health checkers: a checker that sees
     // NOT_SERVING finds requests refused too. Writes refused from here on
     // also stop the log from growing, so the successor can catch up.
-    draining.store(true, Ordering::Release);
+    draining.send_replace(true);
     health.set_not_serving::<KvServer<KvService>>().await;
     health.set_service_status("", ServingStatus::NotServing).await;
     match crate::handoff::hand_off(raft).await {
@@ -734,7 +731,8 @@ mod tests {
     fn once_stopped_every_kv_request_is_refused_as_unavailable_with_the_reason() {
         // A node whose Raft died must send clients elsewhere, saying why.
         let stopped: Arc<OnceLock<String>> = Arc::default();
-        let mut interceptor = refuse_when_closed(Arc::clone(&stopped), Arc::default(), ForwardToLeader::empty);
+        let (_draining, not_draining) = tokio::sync::watch::channel(false);
+        let mut interceptor = refuse_when_closed(Arc::clone(&stopped), not_draining, ForwardToLeader::empty);
         assert!(interceptor(tonic::Request::new(())).is_ok(), "a healthy node serves");
         stopped.set("No space left on device".into()).expect("set once");
         let status = interceptor(tonic::Request::new(())).expect_err("refused");
@@ -753,14 +751,14 @@ mod tests {
     fn a_draining_node_refuses_kv_requests_with_the_leader_hint() {
         // A node shutting down must send clients to the new leader at once,
         // saying the request was not applied.
-        let draining: Arc<AtomicBool> = Arc::default();
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
         let leader = || ForwardToLeader::new(2, MemberNode::new("127.0.0.1:7002"));
-        let mut interceptor = refuse_when_closed(Arc::default(), Arc::clone(&draining), leader);
+        let mut interceptor = refuse_when_closed(Arc::default(), draining_rx, leader);
         assert!(
             interceptor(tonic::Request::new(())).is_ok(),
             "serving before the shutdown"
         );
-        draining.store(true, Ordering::Release);
+        draining.send_replace(true);
         let status = interceptor(tonic::Request::new(())).expect_err("refused");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("shutting down"), "{status:?}");
