@@ -368,7 +368,10 @@ impl Client {
             let backoff = retry::backoff_delay(inner.backoff_min, inner.backoff_max, state.attempts, fastrand::f64());
             let delay = retry::delay_before(&decision, hint_hops, backoff);
             match decision {
-                Decision::Fail(reason) => return Err(give_up(kind, reason, &state, failure, status)),
+                Decision::Fail(reason) => {
+                    let failure = self.explain(failure, status.as_ref()).await;
+                    return Err(give_up(kind, reason, &state, failure, status));
+                }
                 Decision::RetryAt(addr) => {
                     hint_hops += 1;
                     inner.endpoints.set_leader(&addr);
@@ -381,10 +384,30 @@ impl Client {
                 }
             }
             if !retry::retry_fits(deadline.saturating_duration_since(Instant::now()), delay) {
+                let failure = self.explain(failure, status.as_ref()).await;
                 return Err(give_up(kind, FailReason::GiveUp, &state, failure, status));
             }
             tokio::time::sleep(delay).await;
         }
+    }
+}
+
+impl Client {
+    /// The last failure of a request that is given up, said plainly when
+    /// it is a plaintext client's broken connection to a TLS port (which
+    /// tonic reports as a transport error, a broken pipe or a cancelled
+    /// call, depending on timing). Probes the endpoint once to tell.
+    async fn explain(&self, mut failure: Failure, status: Option<&tonic::Status>) -> Failure {
+        let connection_lost = status.is_some_and(|status| {
+            matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::Cancelled | tonic::Code::Unavailable | tonic::Code::Internal
+            )
+        });
+        if self.inner.endpoints.is_plaintext() && connection_lost && crate::tls::serves_tls(&failure.endpoint).await {
+            failure.message = crate::tls::plaintext_on_tls_port(&failure.endpoint, &failure.message);
+        }
+        failure
     }
 }
 

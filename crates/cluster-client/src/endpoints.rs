@@ -79,6 +79,11 @@ impl Endpoints {
         }
     }
 
+    /// Whether connections are plaintext (no TLS configured).
+    pub(crate) fn is_plaintext(&self) -> bool {
+        self.tls.is_none()
+    }
+
     /// Every known endpoint, given ones first.
     pub(crate) fn addrs(&self) -> Vec<String> {
         self.state.lock().addrs.clone()

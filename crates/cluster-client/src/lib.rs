@@ -82,6 +82,6 @@ pub use endpoints::LEARNED_ENDPOINTS_MAX;
 pub use error::{Error, Outcome, Result};
 pub use proto::kv::{DigestResponse, Member, MembershipResponse, StatusResponse, WriteResponse};
 pub use range::RangeStream;
-pub use tls::{ClientIdentity, TLS_HANDSHAKE_TIMEOUT_MS};
+pub use tls::{ClientIdentity, TLS_HANDSHAKE_TIMEOUT_MS, TLS_PROBE_MS_MAX};
 pub use write::UnansweredWrite;
 pub use write_id::SESSION_WRITES_UNANSWERED_MAX;

@@ -71,3 +71,19 @@ fn a_ca_that_is_not_pem_fails_the_build() {
     let built = Client::builder(["127.0.0.1:1"]).tls("not a certificate", None).build();
     assert!(matches!(built, Err(Error::Tls { .. })), "{built:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plaintext_client_on_a_tls_port_is_told_to_trust_the_ca() {
+    // "transport error" says nothing; the operator needs to hear "TLS, give the CA".
+    let ca = TestCa::new("cluster CA");
+    let cluster = TestCluster::start_with_tls(1, |id| ca.node(id)).await;
+    let plaintext = Client::builder(cluster.addrs())
+        .request_timeout(REFUSED_REQUEST_TIMEOUT)
+        .build()
+        .expect("client");
+    let error = plaintext.get("k").await.expect_err("a plaintext client is refused");
+    println!("plaintext client on a TLS port: {error}");
+    let text = error.to_string();
+    assert!(text.contains("TLS") && text.contains("--ca"), "{text}");
+    cluster.shutdown().await;
+}

@@ -182,6 +182,13 @@ pub enum ClusterCommand {
         /// Exit 1 unless every endpoint answers and all agree on one leader.
         #[arg(long)]
         require_leader: bool,
+        /// Also read each node's Prometheus metrics (at the address its
+        /// status names, `kv-node --metrics-listen`) and show the key
+        /// figures: role, term, commit/applied index, replication lag,
+        /// requests, p99 latency, proposals in flight, memtable bytes, L0
+        /// files, pending compaction bytes, stall time, RSS, open files.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Forms a new cluster (once): the endpoints become voters 1..n in order.
     ///

@@ -12,7 +12,10 @@ use crate::data::Printer;
 /// `kvctl cluster ...`.
 pub async fn cluster(client: &Client, out: &Printer, command: &ClusterCommand) -> Result<ExitCode> {
     match command {
-        ClusterCommand::Status { require_leader } => status(client, out, *require_leader).await,
+        ClusterCommand::Status {
+            require_leader,
+            metrics,
+        } => status(client, out, *require_leader, *metrics).await,
         ClusterCommand::Init { members } => init(client, out, members).await,
         ClusterCommand::Digest => digest(client, out).await,
     }
@@ -62,6 +65,38 @@ fn print_membership(out: &Printer, reply: &MembershipResponse) -> Result<()> {
     out.emit(&json, text.trim_end())
 }
 
+/// Each endpoint's figures from its metrics endpoint (the address its
+/// status names), read concurrently, in the order of `results`.
+async fn scrape_all(
+    results: &[(String, Result<StatusResponse, cluster_client::Error>)],
+) -> Vec<Result<crate::metrics::Figures, String>> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (index, (_, result)) in results.iter().enumerate() {
+        let metrics_addr = match result {
+            Err(_) => Err("unreachable".to_owned()),
+            Ok(s) if s.metrics_addr.is_empty() => Err("serves no metrics (start it with --metrics-listen)".to_owned()),
+            Ok(s) => Ok(s.metrics_addr.clone()),
+        };
+        tasks.spawn(async move {
+            let figures = match metrics_addr {
+                Err(why) => Err(why),
+                Ok(addr) => crate::metrics::scrape(&addr)
+                    .await
+                    .map(|scrape| crate::metrics::figures(&scrape))
+                    .map_err(|e| format!("{e:#}")),
+            };
+            (index, figures)
+        });
+    }
+    let mut figures: Vec<Result<crate::metrics::Figures, String>> = vec![Err("not scraped".to_owned()); results.len()];
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((index, scraped)) = joined {
+            figures[index] = scraped;
+        }
+    }
+    figures
+}
+
 /// The leader id every answer agrees on, if every endpoint answered and
 /// all name the same, known leader.
 fn agreed_leader(results: &[(String, Result<StatusResponse, cluster_client::Error>)]) -> Option<u64> {
@@ -76,8 +111,13 @@ fn agreed_leader(results: &[(String, Result<StatusResponse, cluster_client::Erro
     agreed
 }
 
-async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<ExitCode> {
+async fn status(client: &Client, out: &Printer, require_leader: bool, metrics: bool) -> Result<ExitCode> {
     let results = client.status_all().await;
+    let figures = if metrics {
+        Some(scrape_all(&results).await)
+    } else {
+        None
+    };
     // The leader's last log index, for the lag column: the leader at the
     // highest term among the answers.
     let leader_last_log = results
@@ -89,7 +129,7 @@ async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<
     let lag = |s: &StatusResponse| leader_last_log.map(|last| last.saturating_sub(s.applied_index));
     match out.format {
         OutputFormat::Json => {
-            let rows: Vec<serde_json::Value> = results
+            let mut rows: Vec<serde_json::Value> = results
                 .iter()
                 .map(|(endpoint, result)| match result {
                     Ok(s) => serde_json::json!({
@@ -98,12 +138,19 @@ async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<
                         "last_log_index": s.last_log_index, "commit_index": s.commit_index,
                         "applied_index": s.applied_index, "lag": lag(s),
                         "snapshot_index": s.snapshot_index, "purged_index": s.purged_index,
+                        "metrics_addr": s.metrics_addr, "cluster_id": s.cluster_id,
                     }),
                     Err(error) => serde_json::json!({
                         "endpoint": endpoint, "reachable": false, "error": error.to_string(),
                     }),
                 })
                 .collect();
+            for (row, figures) in rows.iter_mut().zip(figures.iter().flatten()) {
+                row["metrics"] = match figures {
+                    Ok(figures) => figures.to_json(),
+                    Err(error) => serde_json::json!({ "error": error }),
+                };
+            }
             out.emit(&serde_json::Value::Array(rows), "")?;
         }
         OutputFormat::Table => {
@@ -132,6 +179,16 @@ async fn status(client: &Client, out: &Printer, require_leader: bool) -> Result<
                     ),
                     Err(error) => writeln!(text, "{:<4} {:<22} unreachable: {error}", "-", endpoint),
                 };
+            }
+            if let Some(figures) = &figures {
+                let _ = writeln!(text, "\n{}", crate::metrics::table_header());
+                for ((endpoint, result), figures) in results.iter().zip(figures) {
+                    let id = result.as_ref().map_or_else(|_| "-".to_owned(), |s| s.id.to_string());
+                    let _ = match figures {
+                        Ok(figures) => writeln!(text, "{}", crate::metrics::table_row(&id, figures)),
+                        Err(error) => writeln!(text, "{id:<4} {endpoint}: {error}"),
+                    };
+                }
             }
             out.emit(&serde_json::Value::Null, text.trim_end())?;
         }

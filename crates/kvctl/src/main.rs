@@ -19,6 +19,7 @@ mod cli;
 mod cluster;
 mod codec;
 mod data;
+mod metrics;
 mod snapshot;
 
 use std::io::Write;

@@ -184,6 +184,80 @@ async fn cluster_status_and_digest_describe_every_node() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_metrics_shows_each_nodes_figures_from_its_metrics_endpoint() {
+    // An operator's one-look view: every node's scraped figures, and the
+    // leader's request counter moving with writes made through kvctl.
+    let cluster = TestCluster::start_with_metrics(3).await;
+    let e = cluster.addrs();
+    let leader = cluster.wait_for_leader(None).await;
+    let leader_requests = |rows: &serde_json::Value| {
+        rows.as_array()
+            .expect("array")
+            .iter()
+            .find(|r| r["id"] == leader)
+            .and_then(|r| r["metrics"]["requests"].as_f64())
+            .unwrap_or(0.0)
+    };
+    let before = json(&ok(
+        &kvctl(&e, &["--output", "json", "cluster", "status", "--metrics"]).await
+    ));
+    for i in 0..5 {
+        ok(&kvctl(&e, &["put", &format!("m{i}"), "v"]).await);
+    }
+    let rows = json(&ok(
+        &kvctl(&e, &["--output", "json", "cluster", "status", "--metrics"]).await
+    ));
+    for row in rows.as_array().expect("array") {
+        let id = row["id"].as_u64().expect("id");
+        assert_eq!(row["metrics_addr"], serde_json::Value::from(cluster.metrics_addr(id)));
+        assert_eq!(row["cluster_id"].as_str().map(str::len), Some(32), "{row}");
+        let metrics = &row["metrics"];
+        assert_eq!(metrics["role"], row["role"], "{row}");
+        for figure in [
+            "term",
+            "applied_index",
+            "memtable_bytes",
+            "l0_files",
+            "rss_bytes",
+            "open_fds",
+        ] {
+            assert!(metrics[figure].as_f64().is_some(), "{figure} missing: {row}");
+        }
+    }
+    assert!(
+        leader_requests(&rows) >= leader_requests(&before) + 5.0,
+        "the leader counted the puts: {before} -> {rows}"
+    );
+    let leader_row = &rows
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["id"] == leader)
+        .expect("leader row")["metrics"];
+    assert!(leader_row["latency_p99_seconds"].as_f64().is_some(), "{leader_row}");
+    assert!(leader_row["replication_lag_entries"].as_f64().is_some(), "{leader_row}");
+
+    let table = ok(&kvctl(&e, &["cluster", "status", "--metrics"]).await);
+    println!("{table}");
+    let figures = table.split_once("\nID ").map(|(_, rest)| rest).expect("a second table");
+    assert!(figures.contains("P99") && figures.contains("PENDING"), "{table}");
+    assert_eq!(figures.lines().count(), 4, "a header and three nodes: {table}");
+    assert!(figures.contains("leader") && figures.contains("<="), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_status_metrics_says_which_nodes_serve_no_metrics() {
+    // A node started without --metrics-listen is named, not a failure.
+    let cluster = TestCluster::start(1).await;
+    let e = cluster.addrs();
+    let table = ok(&kvctl(&e, &["cluster", "status", "--metrics"]).await);
+    assert!(
+        table.contains("serves no metrics (start it with --metrics-listen)"),
+        "{table}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_init_forms_a_cluster_that_status_then_accepts() {
     // The start script's sequence: start nodes, init, poll --require-leader.
     let cluster = TestCluster::start_uninitialized(3).await;

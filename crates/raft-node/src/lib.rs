@@ -5,6 +5,7 @@
 //!
 //! - `types`: the Raft type configuration.
 //! - `command`: a command as its log entry holds it: encoded once, shared.
+//! - `cluster_id`: the cluster id every Raft call carries and the receiver checks.
 //! - `codec`: openraft values to and from their `raft.v1` protobufs.
 //! - `log_store`: the Raft log (segment files, group commit).
 //! - `state_machine`: commands applied to the engine; snapshots.
@@ -19,6 +20,7 @@
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
 
+pub mod cluster_id;
 pub mod codec;
 pub mod command;
 pub mod config;

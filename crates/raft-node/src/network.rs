@@ -44,6 +44,7 @@ use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+use crate::cluster_id::ClusterIdentity;
 use crate::codec;
 use crate::reachability::{self, Reachability};
 use crate::types::{LogId, Node, NodeId, TypeConfig, Vote};
@@ -85,6 +86,9 @@ pub struct Network {
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
     /// Mutual TLS to peers (see `crate::tls`); `None`: plaintext.
     tls: Option<ClientTlsConfig>,
+    /// The cluster id every call carries (see `crate::cluster_id`); `None`:
+    /// calls carry none.
+    cluster: Option<ClusterIdentity>,
 }
 
 /// The shared connection to one peer, and the (peer) address it was made for.
@@ -102,6 +106,13 @@ impl Network {
             tls,
             ..Network::default()
         }
+    }
+
+    /// With every call carrying the cluster id of `identity` (read at each
+    /// call: a node that adopts an id sends it from then on).
+    pub fn with_cluster_identity(mut self, identity: ClusterIdentity) -> Network {
+        self.cluster = Some(identity);
+        self
     }
 
     /// The channel to `target` at `addr`, made (lazily connecting) on first
@@ -147,6 +158,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             inflight: None,
             reachability: Arc::clone(&self.reachability),
+            cluster: self.cluster.clone(),
         }
     }
 }
@@ -161,6 +173,8 @@ pub struct PeerClient {
     /// for it (see the module docs).
     inflight: Option<InflightAppend>,
     reachability: Arc<Mutex<HashMap<NodeId, Reachability>>>,
+    /// The cluster id each call carries.
+    cluster: Option<ClusterIdentity>,
 }
 
 /// An append-entries call running in its own task.
@@ -235,6 +249,13 @@ impl PeerClient {
         }
     }
 
+    /// Adds this node's cluster id to an outgoing call.
+    fn stamp<T>(&self, request: &mut tonic::Request<T>) {
+        if let Some(cluster) = &self.cluster {
+            cluster.stamp(request.metadata_mut());
+        }
+    }
+
     fn client(&self) -> Result<RaftClient<Channel>, Unreachable> {
         self.client
             .clone()
@@ -259,6 +280,9 @@ fn rpc_error<E: std::error::Error>(
              --peer-listen? its membership entry needs its peer address): {}",
             status.message()
         )))),
+        // The peer belongs to another cluster (see `crate::cluster_id`):
+        // that does not fix itself either; back off, say why.
+        tonic::Code::FailedPrecondition => RPCError::Unreachable(foreign_cluster(status)),
         // tonic reports a message over a size limit (ours when encoding,
         // the peer's when decoding) as OUT_OF_RANGE, some peers and proxies
         // as RESOURCE_EXHAUSTED; a call that missed a deadline sized for
@@ -268,6 +292,15 @@ fn rpc_error<E: std::error::Error>(
         }
         _ => RPCError::Network(NetworkError::new(status)),
     }
+}
+
+/// A peer's refusal of a call from another cluster, as openraft's
+/// "unreachable" (which makes it back off).
+fn foreign_cluster(status: &tonic::Status) -> Unreachable {
+    Unreachable::new(&AnyError::error(format!(
+        "the peer refused this cluster's call (another cluster's node at this address?): {}",
+        status.message()
+    )))
 }
 
 /// The message for `rpc` carrying `entries`.
@@ -400,6 +433,7 @@ impl PeerClient {
             // A heartbeat: small, and never held up by a big call in flight.
             let mut request = tonic::Request::new(append_message(&rpc, Vec::new()));
             request.set_timeout(option.hard_ttl());
+            self.stamp(&mut request);
             let reply = client.append_entries(request).await.map_err(|s| rpc_error(&s, 0))?;
             return append_reply(reply.into_inner(), None);
         }
@@ -408,7 +442,9 @@ impl PeerClient {
             if let Some(stale) = self.inflight.take() {
                 stale.reply.abort();
             }
-            self.inflight = Some(start_append(client, &rpc, prepare_append(&rpc, option.hard_ttl())));
+            let mut prepared = prepare_append(&rpc, option.hard_ttl());
+            self.stamp(&mut prepared.request);
+            self.inflight = Some(start_append(client, &rpc, prepared));
         }
         let Some(inflight) = self.inflight.as_mut() else {
             unreachable!("an append-entries call was just found or started");
@@ -430,6 +466,7 @@ impl PeerClient {
             last_log_id: codec::opt_log_id_to_pb(rpc.last_log_id.as_ref()),
         });
         request.set_timeout(option.hard_ttl());
+        self.stamp(&mut request);
         let mut client = self.client().map_err(RPCError::Unreachable)?;
         let reply = client.vote(request).await.map_err(|s| rpc_error(&s, 0))?.into_inner();
         Ok(VoteResponse {
@@ -506,6 +543,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         });
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(receiver));
         request.set_timeout(option.hard_ttl());
+        self.stamp(&mut request);
         let mut client = self.client().map_err(StreamingError::Unreachable)?;
         let reply = tokio::select! {
             reply = client.install_snapshot(request) => reply,
@@ -522,6 +560,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let reply = reply
             .map_err(|s| match s.code() {
                 tonic::Code::Unavailable => StreamingError::Unreachable(Unreachable::new(&s)),
+                tonic::Code::FailedPrecondition => StreamingError::Unreachable(foreign_cluster(&s)),
                 _ => StreamingError::Network(NetworkError::new(&s)),
             })?
             .into_inner();
@@ -591,6 +630,12 @@ mod tests {
         assert!(
             matches!(client_port, RPCError::Unreachable(ref u) if u.to_string().contains("peer-listen")),
             "{client_port:?}"
+        );
+        // A node of another cluster at the peer's address: back off, say why.
+        let foreign: E = rpc_error(&tonic::Status::failed_precondition("cluster 1 vs 2"), 10);
+        assert!(
+            matches!(foreign, RPCError::Unreachable(ref u) if u.to_string().contains("cluster 1 vs 2")),
+            "{foreign:?}"
         );
     }
 

@@ -2,7 +2,6 @@
 
 use std::future::Future;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -19,26 +18,24 @@ use tonic::transport::{Server, ServerTlsConfig};
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
+use crate::cluster_id::{ClusterId, ClusterIdentity, IdentityFile, IDENTITY_FILE};
 use crate::config::NodeConfig;
 use crate::handoff::{Handoff, SHUTDOWN_DRAIN_MS};
 use crate::log_store::{LogReader, LogStore, LogStoreOptions};
 use crate::metrics::{Metered, NodeMetrics};
 use crate::network::{Network, RAFT_MESSAGE_BYTES_MAX};
 use crate::service::admin::{AdminService, Port as AdminPort};
+use crate::service::proposer::ProposerHooks;
 use crate::service::{kv::KvService, raft::RaftService};
 use crate::state_machine::{Engine, StateMachine};
 use crate::tls::TlsConfig;
 use crate::types::{Node as MemberNode, NodeId, Raft};
 use crate::{restore, snapshot_trigger};
 
-/// The file that ties a data directory to one node id and format.
-const IDENTITY_FILE: &str = "NODE";
 /// The file at the top of a data directory that a running node holds an
 /// exclusive lock on (flock), so that no second process opens the same
 /// directory.
 pub const LOCK_FILE: &str = "LOCK";
-/// The data directory layout version this build reads and writes.
-const DATA_FORMAT_VERSION: u32 = 1;
 /// How long a snapshot transfer may take at most, in ms.
 const SNAPSHOT_TRANSFER_MS_MAX: u64 = 600_000;
 /// Streams a peer may reset before they are accepted, at most.
@@ -131,6 +128,8 @@ pub struct KvNode {
     /// A read handle on the Raft log, for metrics.
     log_reader: LogReader,
     config: NodeConfig,
+    /// The cluster id this node's Raft calls carry and accept.
+    identity: ClusterIdentity,
     /// The data directory's lock, released when the last clone is dropped.
     _lock: Arc<FileLock>,
 }
@@ -159,7 +158,24 @@ impl KvNode {
         // which would damage a node already running on this directory.
         let fs = config.fs.as_ref();
         let lock = lock_data_dir(fs, &config.data_dir)?;
-        check_identity(fs, &config.data_dir, config.id)?;
+        let cluster_id = check_identity(fs, &config.data_dir, config.id)?;
+        let identity = ClusterIdentity::new(config.id, Arc::clone(&config.fs), &config.data_dir, cluster_id);
+        let has_log =
+            storage::io::exists(fs, &config.data_dir.join(restore::LOG_DIR)).map_err(|e| NodeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        if config.initialize && !has_log {
+            // A new cluster (a restored one too: its nodes must not take
+            // calls from the cluster the backup came from) gets a new id,
+            // durable before Raft can send anything.
+            let id = ClusterId::random();
+            identity.set_durably(id).map_err(|e| NodeError::DataDir {
+                path: config.data_dir.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            tracing::info!(cluster_id = %id, "forming a new cluster");
+        }
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
             segment_bytes_max: config.timing.log_segment_bytes_max,
@@ -194,7 +210,7 @@ impl KvNode {
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)),
+            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)).with_cluster_identity(identity.clone()),
             log_store,
             state_machine,
         )
@@ -208,6 +224,7 @@ impl KvNode {
             engine,
             log_reader,
             config,
+            identity,
             _lock: Arc::new(lock),
         })
     }
@@ -220,6 +237,12 @@ impl KvNode {
     /// This node's id.
     pub fn id(&self) -> NodeId {
         self.config.id
+    }
+
+    /// The id of the cluster this node belongs to; `None` before it formed
+    /// or joined one (and for clusters formed before cluster ids existed).
+    pub fn cluster_id(&self) -> Option<ClusterId> {
+        self.identity.get()
     }
 
     /// Serves the KV, Cluster, Raft, health and reflection services on
@@ -284,36 +307,46 @@ impl KvNode {
         let limits = self.config.limits.clone();
         let request_bytes_max = limits.request_bytes_max();
         let stopped: Arc<OnceLock<String>> = Arc::default();
-        let kv = KvServer::new(KvService::new(self.raft.clone(), self.engine.clone(), limits))
-            .max_decoding_message_size(request_bytes_max)
-            .max_encoding_message_size(request_bytes_max);
-        let draining: Arc<AtomicBool> = Arc::default();
-        let kv = InterceptedService::new(
-            kv,
-            refuse_when_closed(
-                Arc::clone(&stopped),
-                Arc::clone(&draining),
-                leader_elsewhere(self.raft.clone()),
-            ),
-        );
         let metrics = metrics_listener.map(|listener| {
             let metrics = NodeMetrics::new(self.raft.clone(), self.engine.clone(), self.log_reader.clone());
             (metrics, listener)
         });
+        // Set when a graceful stop starts: the service refuses new requests
+        // and the proposer the writes it has not proposed yet.
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
+        let hooks = ProposerHooks {
+            draining: Some(draining_rx.clone()),
+            metrics: metrics.as_ref().map(|(metrics, _)| metrics.proposals()),
+        };
+        let kv = KvServer::new(KvService::with_hooks(
+            self.raft.clone(),
+            self.engine.clone(),
+            limits,
+            hooks,
+        ))
+        .max_decoding_message_size(request_bytes_max)
+        .max_encoding_message_size(request_bytes_max);
+        let kv = InterceptedService::new(
+            kv,
+            refuse_when_closed(Arc::clone(&stopped), draining_rx, leader_elsewhere(self.raft.clone())),
+        );
         let kv = Metered::new(kv, metrics.as_ref().map(|(metrics, _)| metrics.rpc()));
+        let metrics_addr = metrics
+            .as_ref()
+            .and_then(|(_, listener)| listener.local_addr().ok())
+            .map(|bound| reachable_addr(bound, &self.config.advertise_addr));
         let advertised = MemberNode::with_peer_addr(
             self.config.advertise_addr.clone(),
             self.config.peer_advertise_addr.clone(),
         );
         let admin = |port: AdminPort| {
-            ClusterServer::new(AdminService::new(
-                self.raft.clone(),
-                self.engine.clone(),
-                advertised.clone(),
-                port,
-            ))
+            ClusterServer::new(
+                AdminService::new(self.raft.clone(), self.engine.clone(), advertised.clone(), port)
+                    .with_cluster_identity(self.identity.clone())
+                    .with_metrics_addr(metrics_addr.clone()),
+            )
         };
-        let raft = RaftServer::new(RaftService::new(self.raft.clone()))
+        let raft = RaftServer::new(RaftService::new(self.raft.clone(), self.identity.clone()))
             .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
             .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
         let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -413,12 +446,19 @@ impl KvNode {
     fn spawn_initialize(&self) {
         let raft = self.raft.clone();
         let members = restore::initial_members(&self.config);
+        let identity = self.identity.clone();
         tokio::spawn(async move {
             match raft.is_initialized().await {
-                Ok(false) => match raft.initialize(members).await {
-                    Ok(()) => tracing::info!("initialized a new cluster"),
-                    Err(error) => tracing::warn!(%error, "could not initialize the cluster"),
-                },
+                Ok(false) => {
+                    let initialized = match identity.ensure_for_new_cluster() {
+                        Ok(_) => raft.initialize(members).await.map_err(|e| e.to_string()),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    match initialized {
+                        Ok(()) => tracing::info!("initialized a new cluster"),
+                        Err(error) => tracing::warn!(%error, "could not initialize the cluster"),
+                    }
+                }
                 Ok(true) => tracing::info!("raft state exists; not initializing"),
                 Err(error) => tracing::warn!(%error, "raft stopped before initializing"),
             }
@@ -432,14 +472,14 @@ impl KvNode {
 /// `draining` is set.
 fn refuse_when_closed(
     stopped: Arc<OnceLock<String>>,
-    draining: Arc<AtomicBool>,
+    draining: tokio::sync::watch::Receiver<bool>,
     leader: impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone,
 ) -> impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone {
     move |request| {
         if let Some(reason) = stopped.get() {
             return Err(crate::service::status::node_stopped(reason));
         }
-        if draining.load(Ordering::Acquire) {
+        if *draining.borrow() {
             return Err(crate::service::status::shutting_down(&leader()));
         }
         Ok(request)
@@ -449,27 +489,17 @@ fn refuse_when_closed(
 /// The leader as a refusal's hint: another node that leads, or none (this
 /// node leads, or no leader is known).
 fn leader_elsewhere(raft: Raft) -> impl Fn() -> ForwardToLeader<NodeId, MemberNode> + Clone {
-    move || {
-        let metrics = raft.metrics();
-        let m = metrics.borrow();
-        match m.current_leader.filter(|id| *id != m.id) {
-            Some(id) => ForwardToLeader {
-                leader_id: Some(id),
-                leader_node: m.membership_config.membership().get_node(&id).cloned(),
-            },
-            None => ForwardToLeader::empty(),
-        }
-    }
+    move || crate::service::status::leader_hint(&raft)
 }
 
 /// The first steps of a graceful shutdown, before the servers stop and
 /// drain: refuse new KV requests, turn health `NOT_SERVING`, and, on a
 /// leader, hand leadership over (see [`crate::handoff`]).
-async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &AtomicBool) {
+async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &tokio::sync::watch::Sender<bool>) {
     // Refuse first, then tell health checkers: a checker that sees
     // NOT_SERVING finds requests refused too. Writes refused from here on
     // also stop the log from growing, so the successor can catch up.
-    draining.store(true, Ordering::Release);
+    draining.send_replace(true);
     health.set_not_serving::<KvServer<KvService>>().await;
     health.set_service_status("", ServingStatus::NotServing).await;
     match crate::handoff::hand_off(raft).await {
@@ -481,6 +511,19 @@ async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &Atomi
         Handoff::Failed { reason } => {
             tracing::warn!(%reason, "shutting down: leadership handoff failed; the cluster elects a leader by timeout")
         }
+    }
+}
+
+/// The address a listener bound at `bound` is reached at: `bound` itself,
+/// or, when it is a wildcard (`0.0.0.0`, `::`), the host of the node's
+/// advertised address with `bound`'s port.
+fn reachable_addr(bound: std::net::SocketAddr, advertised: &str) -> String {
+    if !bound.ip().is_unspecified() {
+        return bound.to_string();
+    }
+    match advertised.rsplit_once(':') {
+        Some((host, _port)) => format!("{host}:{}", bound.port()),
+        None => bound.to_string(),
     }
 }
 
@@ -647,8 +690,9 @@ fn lock_data_dir(fs: &dyn FileSystem, data_dir: &Path) -> Result<FileLock, NodeE
 }
 
 /// Creates or checks the identity file, so a data directory is never
-/// served by another node id or read by an incompatible build.
-fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
+/// served by another node id or read by an incompatible build; returns the
+/// cluster id it names, if any.
+fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<Option<ClusterId>, NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,
@@ -657,34 +701,26 @@ fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<()
     // crash forgot.
     storage::io::create_dir_all(fs, data_dir).map_err(|e| fail(e.to_string()))?;
     let path = data_dir.join(IDENTITY_FILE);
-    let expected = format!("format={DATA_FORMAT_VERSION}\nnode_id={id}\n");
+    let expected = IdentityFile {
+        node_id: id,
+        cluster_id: None,
+    }
+    .encode();
     match storage::io::read_if_exists(fs, &path).map_err(|e| fail(e.to_string()))? {
         Some(found) => {
-            let found = String::from_utf8_lossy(&found);
-            let field = |name: &str| {
-                found
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
-                    .map(str::to_string)
-            };
-            if field("format").as_deref() != Some(DATA_FORMAT_VERSION.to_string().as_str()) {
-                return Err(fail(format!(
-                    "unsupported data format {:?} (this build reads format {DATA_FORMAT_VERSION})",
-                    field("format")
-                )));
+            let found = IdentityFile::decode(&String::from_utf8_lossy(&found)).map_err(fail)?;
+            if found.node_id != id {
+                return Err(fail(format!("it belongs to node {}, not node {id}", found.node_id)));
             }
-            if field("node_id").as_deref() != Some(id.to_string().as_str()) {
-                return Err(fail(format!(
-                    "it belongs to node {}, not node {id}",
-                    field("node_id").unwrap_or_else(|| "?".into())
-                )));
-            }
-            Ok(())
+            Ok(found.cluster_id)
         }
         // The disk seam's one atomic replace (temp file, fsync, rename,
         // fsync dir): a crash leaves no identity file or the whole one.
-        None => storage::io::write_atomically(fs, data_dir, IDENTITY_FILE, expected.as_bytes())
-            .map_err(|e| fail(e.to_string())),
+        None => {
+            storage::io::write_atomically(fs, data_dir, IDENTITY_FILE, expected.as_bytes())
+                .map_err(|e| fail(e.to_string()))?;
+            Ok(None)
+        }
     }
 }
 
@@ -698,7 +734,8 @@ mod tests {
     fn once_stopped_every_kv_request_is_refused_as_unavailable_with_the_reason() {
         // A node whose Raft died must send clients elsewhere, saying why.
         let stopped: Arc<OnceLock<String>> = Arc::default();
-        let mut interceptor = refuse_when_closed(Arc::clone(&stopped), Arc::default(), ForwardToLeader::empty);
+        let (_draining, not_draining) = tokio::sync::watch::channel(false);
+        let mut interceptor = refuse_when_closed(Arc::clone(&stopped), not_draining, ForwardToLeader::empty);
         assert!(interceptor(tonic::Request::new(())).is_ok(), "a healthy node serves");
         stopped.set("No space left on device".into()).expect("set once");
         let status = interceptor(tonic::Request::new(())).expect_err("refused");
@@ -717,14 +754,14 @@ mod tests {
     fn a_draining_node_refuses_kv_requests_with_the_leader_hint() {
         // A node shutting down must send clients to the new leader at once,
         // saying the request was not applied.
-        let draining: Arc<AtomicBool> = Arc::default();
+        let (draining, draining_rx) = tokio::sync::watch::channel(false);
         let leader = || ForwardToLeader::new(2, MemberNode::new("127.0.0.1:7002"));
-        let mut interceptor = refuse_when_closed(Arc::default(), Arc::clone(&draining), leader);
+        let mut interceptor = refuse_when_closed(Arc::default(), draining_rx, leader);
         assert!(
             interceptor(tonic::Request::new(())).is_ok(),
             "serving before the shutdown"
         );
-        draining.store(true, Ordering::Release);
+        draining.send_replace(true);
         let status = interceptor(tonic::Request::new(())).expect_err("refused");
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("shutting down"), "{status:?}");
@@ -751,6 +788,17 @@ mod tests {
             misplaced_entry(&split, &one_port).is_some(),
             "entry names a port not served"
         );
+    }
+
+    #[test]
+    fn a_wildcard_listener_is_reached_at_the_advertised_host() {
+        // Status tells tools where to scrape; 0.0.0.0 is no address to dial.
+        let bound: std::net::SocketAddr = "0.0.0.0:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "10.0.0.5:7001"), "10.0.0.5:7101");
+        let bound: std::net::SocketAddr = "127.0.0.1:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "10.0.0.5:7001"), "127.0.0.1:7101");
+        let bound: std::net::SocketAddr = "[::]:7101".parse().expect("addr");
+        assert_eq!(reachable_addr(bound, "[fd00::5]:7001"), "[fd00::5]:7101");
     }
 
     #[test]

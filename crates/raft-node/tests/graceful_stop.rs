@@ -205,3 +205,80 @@ async fn a_follower_stopped_gracefully_leaves_the_leader_in_place() {
     retry_unavailable(|| put(&leader_addr, "still-writable")).await;
     cluster.shutdown().await;
 }
+
+/// Writes queued behind the proposals in flight in the drain test.
+const QUEUED_WRITES: usize = 6;
+/// How soon after a graceful stop begins a queued write must be refused.
+const QUEUED_REFUSAL_MS_MAX: u64 = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_at_the_proposer_are_refused_as_soon_as_the_drain_starts() {
+    // A write not yet proposed when the stop begins must never reach the
+    // log (it would lengthen it past the successor's and cost an election
+    // timeout): it is refused at once, as not applied, with the leader hint.
+    let _serial = SERIAL.lock().await;
+    let mut cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let leader_addr = cluster.addr(leader);
+    retry_unavailable(|| put(&leader_addr, "before")).await;
+    // Without its followers the leader cannot commit: the proposals it
+    // makes stay in flight, taking every batch slot, and later writes queue.
+    for follower in (1..=3).filter(|id| *id != leader) {
+        cluster.stop(follower).await;
+    }
+    let mut in_flight = Vec::new();
+    for key in ["slot-1", "slot-2"] {
+        let addr = leader_addr.clone();
+        in_flight.push(tokio::spawn(async move { put(&addr, key).await }));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Kept past the stop, to read the old leader's log.
+    let raft = cluster.raft(leader).clone();
+    let last_log_before = raft.metrics().borrow().last_log_index;
+    let queued: Vec<_> = (0..QUEUED_WRITES)
+        .map(|i| {
+            let addr = leader_addr.clone();
+            tokio::spawn(async move {
+                let answer = put(&addr, &format!("queued-{i}")).await;
+                (answer, Instant::now())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        queued.iter().all(|write| !write.is_finished()),
+        "the queued writes wait behind the slots in flight"
+    );
+
+    let stop_started = Instant::now();
+    let stopping = cluster.begin_stop(leader);
+    for write in queued {
+        let (answer, answered_at) = write.await.expect("writer task");
+        let refused = answer.expect_err("a queued write must not be applied during the drain");
+        let waited = answered_at.duration_since(stop_started);
+        assert!(
+            waited < Duration::from_millis(QUEUED_REFUSAL_MS_MAX),
+            "refused {waited:?} after the stop began: {refused:?}"
+        );
+        assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+        assert!(refused.message().contains("shutting down"), "{refused:?}");
+        assert_eq!(
+            refused
+                .metadata()
+                .get(raft_node::service::status::NOT_APPLIED_HEADER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1"),
+            "certainly not applied: {refused:?}"
+        );
+    }
+    assert_eq!(
+        raft.metrics().borrow().last_log_index,
+        last_log_before,
+        "nothing queued reached the log"
+    );
+    stopping.await.expect("the old leader stops");
+    for write in in_flight {
+        // Proposed before the stop: their outcome is unknown, not refused.
+        let _ = write.await.expect("writer task");
+    }
+}

@@ -17,7 +17,7 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Metrics every node reports whatever its role.
-const EXPECTED: [&str; 18] = [
+const EXPECTED: [&str; 20] = [
     "kv_raft_term",
     "kv_raft_role",
     "kv_raft_is_leader",
@@ -33,6 +33,8 @@ const EXPECTED: [&str; 18] = [
     "kv_engine_level_files",
     "kv_engine_level_bytes",
     "kv_engine_write_stall_seconds_total",
+    "kv_engine_pending_compaction_bytes",
+    "kv_raft_proposals_in_flight",
     "kv_engine_block_cache_hits_total",
     "kv_process_resident_memory_bytes",
     "kv_process_open_fds",
@@ -150,6 +152,23 @@ async fn every_node_serves_parseable_metrics_and_put_counters_move() {
         scraped_histogram_has_buckets(&after, "kv_log_fsync_duration_seconds"),
         "the fsync histogram parses as one"
     );
+    // The proposer: one lone batch per sequential put, each answer timed,
+    // nothing left in flight once every put is answered.
+    let count = |scrape: &prometheus_parse::Scrape, name: &str| value(scrape, name, &[]).unwrap_or(0.0);
+    for histogram in ["kv_raft_proposal_batch_commands", "kv_raft_proposal_duration_seconds"] {
+        let name = format!("{histogram}_count");
+        assert!(
+            count(&after, &name) >= count(&before, &name) + f64::from(puts),
+            "{name}: {} -> {}",
+            count(&before, &name),
+            count(&after, &name)
+        );
+        assert!(
+            scraped_histogram_has_buckets(&after, histogram),
+            "{histogram} parses as a histogram"
+        );
+    }
+    assert_eq!(value(&after, "kv_raft_proposals_in_flight", &[]), Some(0.0));
     let applied_after = value(&after, "kv_raft_applied_index", &[]).expect("applied index");
     assert!(
         applied_after >= applied_before + f64::from(puts),

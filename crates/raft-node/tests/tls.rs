@@ -43,6 +43,19 @@ fn put_request(key: &str, value: &str) -> api::PutRequest {
 
 /// A vote for a long-past term: harmless, and answered by any node whose
 /// peer port lets the caller in.
+/// `message` as a Raft call from node `id`'s cluster: with its cluster id.
+fn from_cluster<T>(cluster: &TestCluster, id: u64, message: T) -> tonic::Request<T> {
+    let cluster_id = raft_node::cluster_id::read_from_data_dir(&cluster.data_dir(id))
+        .expect("identity file")
+        .expect("node has a cluster id");
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        raft_node::cluster_id::CLUSTER_ID_HEADER,
+        cluster_id.to_string().parse().expect("hex is valid metadata"),
+    );
+    request
+}
+
 fn stale_vote() -> pb::VoteRequest {
     pb::VoteRequest {
         vote: Some(pb::Vote {
@@ -132,7 +145,7 @@ async fn the_peer_port_requires_a_certificate_from_the_cluster_ca() {
 
     let member = ca.leaf("admin");
     let answered = RaftClient::new(tls_channel(&peer_addr, &ca, Some(&member)))
-        .vote(stale_vote())
+        .vote(from_cluster(&cluster, leader, stale_vote()))
         .await
         .expect("a certificate from the cluster CA is let in")
         .into_inner();

@@ -7,9 +7,12 @@
 //! - `sampled`: everything else (Raft, log store, engine, process), read
 //!   at scrape time from the structures that already keep it, so the hot
 //!   paths carry nothing extra.
+//! - `proposals`: the write proposer's writes in flight, batch sizes and
+//!   latency, kept by the proposer as it works.
 //! - `http`: the HTTP/1 server for `/metrics`.
 
 mod http;
+mod proposals;
 mod rpc;
 mod sampled;
 
@@ -24,6 +27,7 @@ use crate::state_machine::Engine;
 use crate::types::Raft;
 
 pub(crate) use http::serve;
+pub(crate) use proposals::{InFlight, ProposalMetrics};
 pub(crate) use rpc::{Metered, RpcMetrics};
 
 /// How long a scrape waits for Raft to report its commit index at most;
@@ -35,6 +39,7 @@ const COMMIT_INDEX_WAIT_MS_MAX: u64 = 1000;
 pub(crate) struct NodeMetrics {
     registry: Arc<Registry>,
     rpc: RpcMetrics,
+    proposals: ProposalMetrics,
     raft: Raft,
     /// Read from Raft's own state at each scrape: openraft's metrics do
     /// not carry it, and the collector cannot wait for Raft.
@@ -54,6 +59,7 @@ impl NodeMetrics {
     pub(crate) fn new(raft: Raft, engine: Engine, log: LogReader) -> NodeMetrics {
         let mut registry = Registry::default();
         let rpc = RpcMetrics::register(&mut registry);
+        let proposals = ProposalMetrics::register(&mut registry);
         let commit_index = Gauge::default();
         registry.register(
             "kv_raft_commit_index",
@@ -70,6 +76,7 @@ impl NodeMetrics {
         NodeMetrics {
             registry: Arc::new(registry),
             rpc,
+            proposals,
             raft,
             commit_index,
         }
@@ -92,5 +99,10 @@ impl NodeMetrics {
     /// The KV request metrics, for [`Metered`].
     pub(crate) fn rpc(&self) -> RpcMetrics {
         self.rpc.clone()
+    }
+
+    /// The write proposer's metrics.
+    pub(crate) fn proposals(&self) -> ProposalMetrics {
+        self.proposals.clone()
     }
 }

@@ -243,6 +243,11 @@ impl Sampled {
             "kv_engine_table_memory_bytes",
             "Bytes of index and filter blocks held in memory by open tables",
             stats.table_memory_bytes,
+        )?;
+        out.gauge(
+            "kv_engine_pending_compaction_bytes",
+            "Bytes compaction must rewrite to bring every level under its target size",
+            stats.pending_compaction_bytes,
         )
     }
 

@@ -16,6 +16,7 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::status::{self, LeaderHint};
+use crate::cluster_id::ClusterIdentity;
 use crate::state_machine::backup::BackupSource;
 use crate::state_machine::Engine;
 use crate::types::{Membership, Node, NodeId, Raft};
@@ -42,6 +43,11 @@ pub struct AdminService {
     /// This node's advertised client and peer addresses.
     node: Node,
     port: Port,
+    /// The cluster id `Initialize` gives a new cluster; `None`: a new
+    /// cluster gets no id (tests that build the service alone).
+    identity: Option<ClusterIdentity>,
+    /// Where this node serves metrics, for Status; `None`: it serves none.
+    metrics_addr: Option<String>,
 }
 
 impl AdminService {
@@ -52,7 +58,22 @@ impl AdminService {
             engine,
             node,
             port,
+            identity: None,
+            metrics_addr: None,
         }
+    }
+
+    /// With Status naming `addr` as where this node serves metrics.
+    pub fn with_metrics_addr(mut self, addr: Option<String>) -> Self {
+        self.metrics_addr = addr;
+        self
+    }
+
+    /// With `identity`: `Initialize` gives the new cluster an id (see
+    /// [`crate::cluster_id`]).
+    pub fn with_cluster_identity(mut self, identity: ClusterIdentity) -> Self {
+        self.identity = Some(identity);
+        self
     }
 
     /// Refuses `call` unless this port serves membership changes.
@@ -224,6 +245,13 @@ impl api::cluster_server::Cluster for AdminService {
             members: members_of(membership),
             snapshot_index: metrics.snapshot.map_or(0, |l| l.index),
             purged_index: metrics.purged.map_or(0, |l| l.index),
+            metrics_addr: self.metrics_addr.clone().unwrap_or_default(),
+            cluster_id: self
+                .identity
+                .as_ref()
+                .and_then(ClusterIdentity::get)
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }))
     }
 
@@ -239,6 +267,19 @@ impl api::cluster_server::Cluster for AdminService {
         let mut members = BTreeMap::new();
         for member in &request.members {
             members.insert(member.id, node_of(member.id, &member.addr, &member.peer_addr)?);
+        }
+        // The new cluster's id is durable before Raft sends its first
+        // message; a node that already has Raft state keeps its own (and
+        // Raft refuses to initialize it below).
+        let initialized = self
+            .raft
+            .is_initialized()
+            .await
+            .map_err(|e| Status::unavailable(format!("raft stopped: {e}")))?;
+        if let (Some(identity), false) = (&self.identity, initialized) {
+            identity
+                .ensure_for_new_cluster()
+                .map_err(|e| Status::internal(e.to_string()))?;
         }
         self.raft.initialize(members).await.map_err(|e| match e {
             openraft::error::RaftError::APIError(api_error) => Status::failed_precondition(api_error.to_string()),

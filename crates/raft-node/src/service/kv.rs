@@ -8,7 +8,7 @@ use proto::raft as pb;
 use tokio::sync::Semaphore;
 use tonic::{Request, Response, Status};
 
-use super::proposer::{Proposer, ProposerOptions};
+use super::proposer::{Proposer, ProposerHooks, ProposerOptions};
 use super::read_barrier::ReadBarrier;
 use super::status;
 use crate::config::Limits;
@@ -67,6 +67,12 @@ impl KvService {
     /// A service proposing through `raft` and reading from `engine`. Must
     /// be created inside a tokio runtime (it starts the write batcher).
     pub fn new(raft: Raft, engine: Engine, limits: Limits) -> Self {
+        KvService::with_hooks(raft, engine, limits, ProposerHooks::default())
+    }
+
+    /// [`KvService::new`], its write proposer closed by and counting into
+    /// `hooks`.
+    pub(crate) fn with_hooks(raft: Raft, engine: Engine, limits: Limits, hooks: ProposerHooks) -> Self {
         let proposer_options = ProposerOptions {
             proposals_max: limits.proposals_in_flight_max,
             proposal_bytes_max: limits.proposal_bytes_in_flight_max,
@@ -74,7 +80,7 @@ impl KvService {
         };
         KvService {
             read_barrier: ReadBarrier::new(raft.clone()),
-            proposer: Proposer::start(raft.clone(), proposer_options),
+            proposer: Proposer::start_with(raft.clone(), proposer_options, hooks),
             reads: Arc::new(Semaphore::new(limits.reads_in_flight_max.max(1))),
             raft,
             engine,

@@ -20,16 +20,25 @@
 //! A proposal whose caller has gone (deadline, cancel) before its batch is
 //! formed is dropped unproposed: nobody would learn its outcome, and under
 //! overload with retries it would only add load.
+//!
+//! Closed at once when the node starts a graceful stop (see
+//! [`ProposerHooks::draining`]): from then on every write not yet proposed,
+//! queued or new, is refused with `UNAVAILABLE`, `x-kv-not-applied` and
+//! the leader hint, as the service refuses new requests. A write proposed
+//! after the leader started handing over would lengthen its log past the
+//! successor's, make the successor lose the election and cost the cluster
+//! an election timeout.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
 use proto::raft as pb;
-use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use super::status;
+use crate::metrics::{InFlight, ProposalMetrics};
 use crate::types::{LogCommand, Raft};
 
 /// How writes are batched.
@@ -62,12 +71,31 @@ impl Default for ProposerOptions {
     }
 }
 
+/// What the proposer learns from the node around it. Default: never
+/// closed, nothing counted.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ProposerHooks {
+    /// Turns `true` when the node starts a graceful stop; the proposer then
+    /// refuses every write it has not proposed yet.
+    pub draining: Option<watch::Receiver<bool>>,
+    /// Where to count writes in flight, batch sizes and latency.
+    pub metrics: Option<ProposalMetrics>,
+}
+
 /// One write waiting to be proposed.
 struct Proposal {
     command: pb::Command,
     reply: oneshot::Sender<Result<pb::CommandResult, Status>>,
-    /// Its share of the bounds, released when the proposal is dropped.
-    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+    /// Its share of the bounds (and its place in the in-flight count),
+    /// released when the proposal is dropped.
+    _permits: (OwnedSemaphorePermit, OwnedSemaphorePermit, Option<InFlight>),
+}
+
+impl Proposal {
+    /// Answers this unproposed write: the node is shutting down.
+    fn refuse_draining(self, raft: &Raft) {
+        let _ = self.reply.send(Err(status::shutting_down(&status::leader_hint(raft))));
+    }
 }
 
 /// The handle the service proposes through. Cheap to clone.
@@ -78,27 +106,45 @@ pub struct Proposer {
     proposals: Arc<Semaphore>,
     proposal_bytes: Arc<Semaphore>,
     options: Arc<ProposerOptions>,
+    hooks: ProposerHooks,
+    /// For the leader hint of a refusal during a graceful stop.
+    raft: Raft,
 }
 
 impl Proposer {
     /// Starts the batcher task proposing through `raft`. The task ends when
     /// every handle is dropped. Must run inside a tokio runtime.
     pub fn start(raft: Raft, options: ProposerOptions) -> Proposer {
+        Proposer::start_with(raft, options, ProposerHooks::default())
+    }
+
+    /// [`Proposer::start`], closed by and counting into `hooks`.
+    pub(crate) fn start_with(raft: Raft, options: ProposerOptions, hooks: ProposerHooks) -> Proposer {
         let (queue, queued) = mpsc::unbounded_channel();
         let proposer = Proposer {
             queue,
             proposals: Arc::new(Semaphore::new(options.proposals_max.max(1))),
             proposal_bytes: Arc::new(Semaphore::new(options.proposal_bytes_max.clamp(1, u32::MAX as usize))),
             options: Arc::new(options.clone()),
+            hooks: hooks.clone(),
+            raft: raft.clone(),
         };
-        tokio::spawn(batch_and_propose(raft, options, queued));
+        tokio::spawn(batch_and_propose(raft, options, hooks, queued));
         proposer
+    }
+
+    /// Whether the node has started a graceful stop.
+    fn draining(&self) -> bool {
+        self.hooks.draining.as_ref().is_some_and(|draining| *draining.borrow())
     }
 
     /// Proposes `command` and waits until it is applied, returning its
     /// result, or refuses it at once with `RESOURCE_EXHAUSTED` when the
     /// writes in flight are at their bounds.
     pub async fn propose(&self, command: pb::Command) -> Result<pb::CommandResult, Status> {
+        if self.draining() {
+            return Err(status::shutting_down(&status::leader_hint(&self.raft)));
+        }
         let options = &self.options;
         let Ok(count) = Arc::clone(&self.proposals).try_acquire_owned() else {
             return Err(status::overloaded(
@@ -120,24 +166,40 @@ impl Proposer {
             ));
         };
         let (reply, result) = oneshot::channel();
+        let arrived = Instant::now();
         let proposal = Proposal {
             command,
             reply,
-            _permits: (count, bytes),
+            _permits: (
+                count,
+                bytes,
+                self.hooks.metrics.as_ref().map(ProposalMetrics::in_flight),
+            ),
         };
         self.queue
             .send(proposal)
             .map_err(|_| status::not_applied(Status::unavailable("the node is shutting down")))?;
-        result
+        let answer = result
             .await
-            .unwrap_or_else(|_| Err(Status::unavailable("the node stopped before the write was applied")))
+            .unwrap_or_else(|_| Err(Status::unavailable("the node stopped before the write was applied")));
+        if let Some(metrics) = &self.hooks.metrics {
+            metrics.observe_answer(arrived);
+        }
+        answer
     }
 }
 
 /// The batcher: takes a slot, then everything queued (up to the batch
 /// limits), and proposes it on a task of its own.
-async fn batch_and_propose(raft: Raft, options: ProposerOptions, mut proposals: mpsc::UnboundedReceiver<Proposal>) {
+async fn batch_and_propose(
+    raft: Raft,
+    options: ProposerOptions,
+    hooks: ProposerHooks,
+    mut proposals: mpsc::UnboundedReceiver<Proposal>,
+) {
     let slots = Arc::new(Semaphore::new(options.batches_in_flight.max(1)));
+    let mut draining = hooks.draining.clone();
+    let is_draining = |draining: &Option<watch::Receiver<bool>>| draining.as_ref().is_some_and(|d| *d.borrow());
     // A proposal that did not fit the previous batch starts the next one.
     let mut carried: Option<Proposal> = None;
     loop {
@@ -148,9 +210,26 @@ async fn batch_and_propose(raft: Raft, options: ProposerOptions, mut proposals: 
                 None => return,
             },
         };
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+        if is_draining(&draining) {
+            first.refuse_draining(&raft);
+            continue;
+        }
+        // Waiting for a slot ends early when the drain starts: the write is
+        // refused at once rather than proposed when a slot frees.
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            () = drain_started(&mut draining) => {
+                first.refuse_draining(&raft);
+                continue;
+            }
+        };
+        let Ok(slot) = slot else {
             return; // never closed
         };
+        if is_draining(&draining) {
+            first.refuse_draining(&raft);
+            continue; // the drain started as the slot came free
+        }
         if first.reply.is_closed() {
             continue; // its caller left while it waited for the slot
         }
@@ -170,12 +249,26 @@ async fn batch_and_propose(raft: Raft, options: ProposerOptions, mut proposals: 
             bytes += next_bytes;
             batch.push(next);
         }
+        if let Some(metrics) = &hooks.metrics {
+            metrics.observe_batch(batch.len());
+        }
         let raft = raft.clone();
         tokio::spawn(async move {
             propose_batch(&raft, batch).await;
             drop(slot);
         });
     }
+}
+
+/// Resolves once `draining` turns `true`; never without a drain signal (or
+/// once its sender is gone: a node that is dropped does not drain).
+async fn drain_started(draining: &mut Option<watch::Receiver<bool>>) {
+    if let Some(draining) = draining {
+        if draining.wait_for(|draining| *draining).await.is_ok() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await
 }
 
 /// The leader's wall clock in ms, stamped on each proposed entry: the

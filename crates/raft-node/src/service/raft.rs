@@ -6,18 +6,36 @@ use proto::raft as pb;
 use tokio::io::AsyncWriteExt;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::cluster_id::ClusterIdentity;
 use crate::codec;
 use crate::types::Raft;
 
 /// Serves `raft.v1.Raft` for one node.
 pub struct RaftService {
     raft: Raft,
+    /// Checks each call's cluster id (see [`crate::cluster_id`]).
+    identity: ClusterIdentity,
 }
 
 impl RaftService {
-    /// Serves RPCs for `raft`.
-    pub fn new(raft: Raft) -> Self {
-        RaftService { raft }
+    /// Serves RPCs for `raft`, accepting only calls from the cluster of
+    /// `identity` (or adopting the first cluster's id, see
+    /// [`crate::cluster_id`]).
+    pub fn new(raft: Raft, identity: ClusterIdentity) -> Self {
+        RaftService { raft, identity }
+    }
+
+    /// Refuses a call from another cluster; adopts the caller's cluster
+    /// id on a node that has neither an id nor Raft state.
+    async fn check_cluster<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let raft = &self.raft;
+        self.identity
+            .check(request.metadata(), || {
+                let metrics = raft.metrics();
+                let m = metrics.borrow();
+                m.current_term == 0 && m.last_log_index.is_none() && m.snapshot.is_none()
+            })
+            .await
     }
 }
 
@@ -36,6 +54,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        self.check_cluster(&request).await?;
         let message = request.into_inner();
         let rpc = AppendEntriesRequest {
             vote: codec::vote_from_pb(message.vote.as_ref()).map_err(bad_message)?,
@@ -61,6 +80,7 @@ impl pb::raft_server::Raft for RaftService {
     }
 
     async fn vote(&self, request: Request<pb::VoteRequest>) -> Result<Response<pb::VoteResponse>, Status> {
+        self.check_cluster(&request).await?;
         let message = request.into_inner();
         let rpc = VoteRequest {
             vote: codec::vote_from_pb(message.vote.as_ref()).map_err(bad_message)?,
@@ -78,6 +98,7 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<Streaming<pb::SnapshotChunk>>,
     ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        self.check_cluster(&request).await?;
         let mut stream = request.into_inner();
         let first = stream
             .message()
@@ -110,6 +131,9 @@ impl pb::raft_server::Raft for RaftService {
         &self,
         request: Request<pb::TimeoutNowRequest>,
     ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        // Not checked for a cluster id (see `crate::cluster_id`): it
+        // changes no state but the follower's own term, and only when sent
+        // by the leader this node follows, in its current term.
         let message = request.into_inner();
         // Only the leader this node follows, in this term, may make it
         // campaign: a stale or foreign request must not depose a leader.

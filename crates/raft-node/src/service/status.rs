@@ -30,7 +30,7 @@ use tonic::Status;
 use proto::raft::Refusal;
 
 use crate::state_machine::sessions::SESSION_WRITES_UNANSWERED_MAX;
-use crate::types::{Node, NodeId};
+use crate::types::{Node, NodeId, Raft};
 
 /// Metadata key carrying the leader's node id.
 pub const LEADER_ID_HEADER: &str = "x-kv-leader-id";
@@ -160,6 +160,20 @@ pub fn node_stopped(reason: &str) -> Status {
     not_applied(Status::unavailable(format!(
         "this node stopped on a fatal storage error and is exiting: {reason}"
     )))
+}
+
+/// The leader as a refusal's hint: another node that leads, or none (this
+/// node leads, or no leader is known).
+pub fn leader_hint(raft: &Raft) -> ForwardToLeader<NodeId, Node> {
+    let metrics = raft.metrics();
+    let m = metrics.borrow();
+    match m.current_leader.filter(|id| *id != m.id) {
+        Some(id) => ForwardToLeader {
+            leader_id: Some(id),
+            leader_node: m.membership_config.membership().get_node(&id).cloned(),
+        },
+        None => ForwardToLeader::empty(),
+    }
 }
 
 /// The refusal of a KV request by a node that is shutting down
