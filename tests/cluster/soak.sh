@@ -20,7 +20,11 @@ per=${2:-60}
 commit=$(git -C "$root" rev-parse --short HEAD)
 log=${3:-$root/tests/cluster/soak-logs/$(date -u +%Y-%m-%dT%H%MZ)-$commit.log}
 out_dir="$root/target/chaos-soak"
-scenarios=(kill_leader kill_random kill_two_of_five full_crash freeze_leader partition_leader flapping_link snapshot_catchup)
+# Every scenario: one test file each under tests/.
+scenarios=()
+for file in "$root"/tests/cluster/tests/*.rs; do
+    scenarios+=("$(basename "$file" .rs)")
+done
 cd "$root"
 bin=${KV_NODE_BIN:-$root/target/release/kv-node}
 if [ ! -x "$bin" ]; then

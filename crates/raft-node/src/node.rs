@@ -184,13 +184,14 @@ impl KvNode {
         if let (true, Some(backup)) = (config.initialize, &config.restore_from) {
             restore::restore(&config, backup)?;
         }
-        let log_store = LogStore::open_on(
+        let mut log_store = LogStore::open_on(
             Arc::clone(&config.fs),
             &config.data_dir.join(restore::LOG_DIR),
             log_options,
         )?;
         let log_reader = log_store.reader();
         let state_machine = StateMachine::open(&config.data_dir.join("sm"), config.engine_options())?;
+        log_store.purge_after_applied(state_machine.applied_index());
         let engine = state_machine.engine();
         let timing = &config.timing;
         let raft_config = Config {

@@ -8,14 +8,15 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use cluster_client::Client;
 
-use crate::proxy::{Links, NodeId, Proxy};
+use crate::proxy::{LinkMode, Links, NodeId, Proxy};
+use crate::tmpfs::Tmpfs;
 
 /// How long a cluster may take to elect a leader with every voter in it.
 pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +24,19 @@ pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// Deadline of one admin request of the harness.
 const ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+/// Deadline of one health check, connecting included.
+const HEALTH_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// What a node's gRPC health service says about the node as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// `SERVING`.
+    Serving,
+    /// Any other status (`NOT_SERVING` after a fatal storage error).
+    NotServing,
+    /// No answer: the node is down, frozen or not listening.
+    NoAnswer,
+}
 
 /// Cluster size and Raft timing.
 #[derive(Debug, Clone)]
@@ -39,6 +53,16 @@ pub struct ClusterOptions {
     pub snapshot_logs: u64,
     /// `--logs-kept-after-snapshot`.
     pub logs_kept_after_snapshot: u64,
+    /// Node slots made ready (ports, proxy) but neither started nor in the
+    /// membership: they join later through [`Cluster::add_member`]. Their
+    /// client ports are among [`Cluster::endpoints`] from the start, so the
+    /// workload's clients reach them once they run.
+    pub spares: u64,
+    /// A tmpfs of this many MiB mounted as the data directory of node
+    /// `.0` before it first starts (unmounted when the cluster is dropped):
+    /// a disk that can fill. Mounting needs root; without it
+    /// [`Cluster::start`] fails rather than running without the fault.
+    pub tmpfs: Option<(NodeId, u64)>,
 }
 
 impl ClusterOptions {
@@ -57,6 +81,8 @@ impl ClusterOptions {
             election_timeout_ms_max: 400,
             snapshot_logs: 50_000,
             logs_kept_after_snapshot: 1000,
+            spares: 0,
+            tmpfs: None,
         }
     }
 }
@@ -90,6 +116,10 @@ pub struct NodeProcess {
     pub data_dir: PathBuf,
     /// The log file (appended across restarts).
     pub log_path: PathBuf,
+    /// Whether the node is in the intended membership (a voter, or about
+    /// to become one). Spares and removed nodes are not, and are neither
+    /// restarted by [`Cluster::heal_and_restart_all`] nor checked.
+    pub member: bool,
     child: Option<Child>,
     frozen: bool,
     _proxy: Proxy,
@@ -121,6 +151,8 @@ pub struct Cluster {
     binary: PathBuf,
     admin: Client,
     succeeded: bool,
+    /// Mounted data directories; unmounted after every node was killed.
+    mounts: Vec<Tmpfs>,
 }
 
 impl Cluster {
@@ -136,7 +168,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let links = Arc::new(Links::default());
         let mut nodes = Vec::new();
-        for id in 1..=options.nodes {
+        for id in 1..=options.nodes + options.spares {
             let proxy_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let client_addr = free_port()?;
             let proxy = Proxy::start(id, proxy_listener, client_addr, links.clone())?;
@@ -146,6 +178,7 @@ impl Cluster {
                 peer_addr: proxy.listen,
                 data_dir: dir.join(format!("node{id}")),
                 log_path: dir.join(format!("node{id}.log")),
+                member: id <= options.nodes,
                 child: None,
                 frozen: false,
                 _proxy: proxy,
@@ -164,17 +197,45 @@ impl Cluster {
             binary,
             admin,
             succeeded: false,
+            mounts: Vec::new(),
         };
+        if let Some((id, size_mib)) = cluster.options.tmpfs {
+            let index = cluster.index_of(id);
+            let data_dir = cluster.nodes[index].data_dir.clone();
+            std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+            cluster.mounts.push(Tmpfs::mount(&data_dir, size_mib)?);
+        }
         for index in 0..cluster.nodes.len() {
-            cluster.spawn(index, index == 0)?;
+            if cluster.nodes[index].member {
+                cluster.spawn(index, index == 0)?;
+            }
         }
         cluster.wait_ready(CLUSTER_READY_TIMEOUT).await?;
         Ok(cluster)
     }
 
-    /// Client endpoints (real ports) of every node.
+    /// Client endpoints (real ports) of every node slot, spares included.
     pub fn endpoints(&self) -> Vec<String> {
         self.nodes.iter().map(|n| n.client_addr.to_string()).collect()
+    }
+
+    /// Ids of the nodes in the intended membership.
+    pub fn members(&self) -> Vec<NodeId> {
+        self.nodes.iter().filter(|n| n.member).map(|n| n.id).collect()
+    }
+
+    /// Client endpoints of the nodes in the intended membership.
+    pub fn member_endpoints(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .filter(|n| n.member)
+            .map(|n| n.client_addr.to_string())
+            .collect()
+    }
+
+    /// The client endpoint of node `id`.
+    pub fn endpoint(&self, id: NodeId) -> String {
+        self.nodes[self.index_of(id)].client_addr.to_string()
     }
 
     /// The index of node `id`.
@@ -191,7 +252,13 @@ impl Cluster {
 
     /// Starts node `index` on its data directory (it must not be running).
     fn spawn(&mut self, index: usize, init: bool) -> Result<()> {
-        let peers: Vec<String> = self.nodes.iter().map(|n| format!("{}={}", n.id, n.peer_addr)).collect();
+        // Only `--init` reads the peers: the initial members.
+        let peers: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| n.member)
+            .map(|n| format!("{}={}", n.id, n.peer_addr))
+            .collect();
         let options = self.options.clone();
         let node = &mut self.nodes[index];
         assert!(node.child.is_none(), "node {} is already running", node.id);
@@ -257,6 +324,37 @@ impl Cluster {
         self.links.set_pid(node.id, None);
     }
 
+    /// Waits up to `timeout` for node `index` to exit on its own (as a node
+    /// does after a fatal storage error); returns its exit status, or
+    /// `None` if it still runs. An exited node counts as down.
+    pub async fn wait_exit(&mut self, index: usize, timeout: Duration) -> Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let node = &mut self.nodes[index];
+            let Some(child) = node.child.as_mut() else {
+                bail!("node {} is not running", node.id);
+            };
+            if let Some(status) = child.try_wait()? {
+                node.child = None;
+                node.frozen = false;
+                self.links.set_pid(node.id, None);
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+
+    /// Cuts node `id` off from every other node: every link to and from
+    /// it drops. Clients still reach it.
+    pub fn isolate(&self, id: NodeId) {
+        for other in self.nodes.iter().map(|n| n.id).filter(|other| *other != id) {
+            self.links.set_both(id, other, LinkMode::Drop);
+        }
+    }
+
     /// SIGSTOPs node `index`.
     pub fn freeze(&mut self, index: usize) -> Result<()> {
         self.signal(index, "-STOP")?;
@@ -289,7 +387,7 @@ impl Cluster {
             if self.nodes[index].frozen {
                 self.thaw(index)?;
             }
-            if !self.nodes[index].is_up() {
+            if self.nodes[index].member && !self.nodes[index].is_up() {
                 self.restart(index)?;
             }
         }
@@ -299,14 +397,38 @@ impl Cluster {
     /// Node `index`: SIGKILL, removal from the membership, wiped data, a
     /// fresh start, then back as a learner and a voter.
     pub async fn wipe_and_readd(&mut self, index: usize) -> Result<()> {
+        self.remove_member(index).await?;
+        self.add_member(index).await
+    }
+
+    /// Removes node `index` from the membership (it may be down, frozen or
+    /// cut off), then SIGKILLs it and deletes its data: it is a spare again.
+    pub async fn remove_member(&mut self, index: usize) -> Result<()> {
         let id = self.nodes[index].id;
-        self.kill(index);
         retry_admin("remove_node", || self.admin.remove_node(id)).await?;
-        std::fs::remove_dir_all(&self.nodes[index].data_dir).ok();
+        self.nodes[index].member = false;
+        self.kill(index);
+        let data_dir = &self.nodes[index].data_dir;
+        if data_dir.exists() {
+            std::fs::remove_dir_all(data_dir).with_context(|| format!("wiping {}", data_dir.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Starts node `index` (a spare: not running, not a member) on an
+    /// empty data directory, adds it as a learner (which returns once it
+    /// caught up) and makes every member and it the voters.
+    pub async fn add_member(&mut self, index: usize) -> Result<()> {
+        let node = &self.nodes[index];
+        assert!(!node.member && !node.is_up(), "node {} is not a spare", node.id);
+        let (id, addr) = (node.id, node.peer_addr.to_string());
+        if node.data_dir.exists() {
+            std::fs::remove_dir_all(&node.data_dir).with_context(|| format!("wiping {}", node.data_dir.display()))?;
+        }
         self.spawn(index, false)?;
-        let addr = self.nodes[index].peer_addr.to_string();
         retry_admin("add_learner", || self.admin.add_learner(id, addr.clone())).await?;
-        let voters: Vec<NodeId> = self.nodes.iter().map(|n| n.id).collect();
+        self.nodes[index].member = true;
+        let voters = self.members();
         retry_admin("change_membership", || self.admin.change_membership(voters.clone())).await?;
         Ok(())
     }
@@ -337,15 +459,15 @@ impl Cluster {
         bail!("no leader within {} ms", timeout.as_millis())
     }
 
-    /// Waits until a leader exists whose membership holds every node as a
-    /// voter and every running node answers status.
+    /// Waits until a leader exists whose voters are exactly the intended
+    /// members, with no other member, and every running node answers status.
     pub async fn wait_ready(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         let mut last = String::from("nothing asked yet");
         while Instant::now() < deadline {
             self.check_alive()?;
             match self.admin.leader_status().await {
-                Ok(status) if status.members.iter().filter(|m| m.voter).count() == self.nodes.len() => {
+                Ok(status) if is_membership(&status.members, &self.members()) => {
                     let mut all = true;
                     for node in self.nodes.iter().filter(|n| n.is_up()) {
                         all &= self.admin.status(&node.client_addr.to_string()).await.is_ok();
@@ -367,6 +489,56 @@ impl Cluster {
         )
     }
 
+    /// Waits until node `id` has applied every entry the leader had
+    /// committed when this was called.
+    pub async fn wait_caught_up(&self, id: NodeId, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let target = loop {
+            match self.admin.leader_status().await {
+                Ok(status) => break status.commit_index,
+                Err(error) if Instant::now() >= deadline => bail!("no leader to catch up with: {error}"),
+                Err(_) => tokio::time::sleep(POLL_INTERVAL).await,
+            }
+        };
+        let endpoint = self.endpoint(id);
+        let mut applied = None;
+        while Instant::now() < deadline {
+            if let Ok(status) = self.admin.status(&endpoint).await {
+                if status.applied_index >= target {
+                    return Ok(());
+                }
+                applied = Some(status.applied_index);
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+        bail!(
+            "node {id} applied {applied:?}, not the leader's commit index {target}, within {} ms",
+            timeout.as_millis()
+        )
+    }
+
+    /// Asks node `id`'s gRPC health service about the whole node.
+    pub async fn health(&self, id: NodeId) -> Health {
+        use tonic_health::pb::health_check_response::ServingStatus;
+        use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+        let ask = async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", self.endpoint(id)))
+                .ok()?
+                .connect_timeout(HEALTH_CHECK_TIMEOUT)
+                .connect()
+                .await
+                .ok()?;
+            let request = HealthCheckRequest { service: String::new() };
+            let reply = HealthClient::new(channel).check(request).await.ok()?;
+            Some(reply.into_inner().status)
+        };
+        match tokio::time::timeout(HEALTH_CHECK_TIMEOUT, ask).await {
+            Ok(Some(status)) if status == ServingStatus::Serving as i32 => Health::Serving,
+            Ok(Some(_)) => Health::NotServing,
+            Ok(None) | Err(_) => Health::NoAnswer,
+        }
+    }
+
     /// Fails when a node that should run has exited.
     pub fn check_alive(&self) -> Result<()> {
         for node in &self.nodes {
@@ -384,6 +556,15 @@ impl Cluster {
     pub fn admin(&self) -> &Client {
         &self.admin
     }
+}
+
+/// Whether `members` are exactly `voters`, every one a voter.
+fn is_membership(members: &[cluster_client::Member], voters: &[NodeId]) -> bool {
+    let mut have: Vec<NodeId> = members.iter().filter(|m| m.voter).map(|m| m.id).collect();
+    have.sort_unstable();
+    let mut want = voters.to_vec();
+    want.sort_unstable();
+    have.len() == members.len() && have == want
 }
 
 fn is_zombie(pid: u32) -> bool {
@@ -436,6 +617,8 @@ impl Drop for Cluster {
         for index in 0..self.nodes.len() {
             self.kill(index);
         }
+        // Every process on a mount is gone: unmount before removing the dir.
+        self.mounts.clear();
         if self.succeeded && !std::thread::panicking() && std::env::var_os("CHAOS_KEEP").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
         } else {

@@ -15,6 +15,7 @@
 //!   Range over a few keys, with unique values.
 //! - [`check`]: one invariant per module: linearizability, batch atomicity,
 //!   range snapshots, durability, convergence, availability.
+//! - [`tmpfs`]: a tmpfs as a node's data directory, a disk that fills.
 //! - [`scenario`]: a run: seed and sizes from the environment, the final
 //!   heal, the checks, the failure report.
 //!
@@ -28,4 +29,5 @@ pub mod harness;
 pub mod history;
 pub mod proxy;
 pub mod scenario;
+pub mod tmpfs;
 pub mod workload;

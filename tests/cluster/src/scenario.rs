@@ -30,6 +30,10 @@ use crate::workload::{Workload, WorkloadOptions};
 pub const ROUNDS_MAX: u32 = 10_000;
 /// How long replicas may take to converge once every fault healed.
 pub const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to catch up with the leader after a fault.
+pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the leader may take to purge its log past a stopped follower.
+pub const PURGE_WAIT_MAX: Duration = Duration::from_secs(30);
 
 /// Seed and sizes of a run.
 #[derive(Debug, Clone)]
@@ -191,6 +195,66 @@ impl Run {
             .expect("no leader")
     }
 
+    /// A member other than `leader`, drawn at random.
+    pub fn random_follower(&mut self, leader: NodeId) -> NodeId {
+        let followers: Vec<NodeId> = self.cluster.members().into_iter().filter(|id| *id != leader).collect();
+        assert!(!followers.is_empty(), "no member besides leader {leader}");
+        followers[self.rng.usize(..followers.len())]
+    }
+
+    /// Injects a pause: SIGSTOPs node `id` (`role` names it in the log).
+    /// Thaw it with [`Run::resume`].
+    pub fn pause(&mut self, id: NodeId, role: &str, frozen: Duration) {
+        self.fault(format!("SIGSTOP {role} {id} for {} ms", frozen.as_millis()));
+        let index = self.cluster.index_of(id);
+        self.cluster.freeze(index).expect("SIGSTOP");
+    }
+
+    /// SIGCONTs node `id` paused by [`Run::pause`]; `why` adds to the log.
+    pub fn resume(&mut self, id: NodeId, why: &str) {
+        self.note(format!("SIGCONT node {id}{why}"));
+        let index = self.cluster.index_of(id);
+        self.cluster.thaw(index).expect("SIGCONT");
+    }
+
+    /// Waits until node `id` applied everything the leader had committed
+    /// when asked; panics after [`CATCH_UP_TIMEOUT`].
+    pub async fn wait_caught_up(&mut self, id: NodeId) {
+        let started = Instant::now();
+        self.cluster
+            .wait_caught_up(id, CATCH_UP_TIMEOUT)
+            .await
+            .unwrap_or_else(|error| panic!("node {id} did not catch up: {error:#}"));
+        self.note(format!("node {id} caught up in {} ms", started.elapsed().as_millis()));
+    }
+
+    /// SIGKILLs follower `id` (an injected fault) and waits until the
+    /// leader purged its log past the follower's last entry, so that,
+    /// restarted, the follower can only catch up by a snapshot. Returns
+    /// that last log index. Needs a small `snapshot_logs` and a workload
+    /// that writes.
+    pub async fn kill_behind_purge(&mut self, id: NodeId) -> u64 {
+        let endpoint = self.cluster.endpoint(id);
+        let behind = self
+            .cluster
+            .admin()
+            .status(&endpoint)
+            .await
+            .expect("status")
+            .last_log_index;
+        self.fault(format!("SIGKILL follower {id} at log index {behind}"));
+        self.cluster.kill(self.cluster.index_of(id));
+        let deadline = Instant::now() + PURGE_WAIT_MAX;
+        loop {
+            let leader = self.cluster.admin().leader_status().await;
+            if leader.is_ok_and(|s| s.purged_index > behind + 1) {
+                return behind;
+            }
+            assert!(Instant::now() < deadline, "the leader never purged past {behind}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// A random duration in `[min_ms, max_ms]`.
     pub fn random_ms(&mut self, min_ms: u64, max_ms: u64) -> Duration {
         Duration::from_millis(self.rng.u64(min_ms..=max_ms))
@@ -213,8 +277,12 @@ impl Run {
             .wait_ready(CLUSTER_READY_TIMEOUT)
             .await
             .expect("cluster ready after healing");
-        let convergence =
-            check::convergence::wait(self.cluster.admin(), &self.cluster.endpoints(), CONVERGENCE_TIMEOUT).await;
+        let convergence = check::convergence::wait(
+            self.cluster.admin(),
+            &self.cluster.member_endpoints(),
+            CONVERGENCE_TIMEOUT,
+        )
+        .await;
         let final_state = self.final_state().await;
         let ops = self.recorder.ops();
         self.write_history();

@@ -374,3 +374,57 @@ mod tests {
         assert!(matches!(verdict(1, &failures), Verdict::Pass(_)));
     }
 }
+
+/// Pairs per batch a [`BulkWriter`] writes.
+pub const BULK_PAIRS_PER_BATCH: u64 = 4;
+/// Bytes of each bulk value (under the node's 1 MiB value limit).
+pub const BULK_VALUE_BYTES: usize = 512 << 10;
+/// Deadline of one bulk batch, retries included.
+const BULK_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The prefix of bulk keys: sorts before the workload's `k*` keys, so the
+/// workload's ranges and the final read never see them.
+pub const BULK_KEY_PREFIX: &str = "bulk-";
+
+/// Writes large values under keys of their own, outside the workload's, to
+/// give snapshots and disks weight. The checkers never read these keys;
+/// the convergence check's digests cover them.
+#[derive(Debug)]
+pub struct BulkWriter {
+    client: Client,
+    next_key: u64,
+    keys_max: u64,
+}
+
+impl BulkWriter {
+    /// A writer over `endpoints` that cycles over `keys_max` keys, so the
+    /// live data stays bounded by `keys_max * BULK_VALUE_BYTES`.
+    pub fn new(endpoints: &[String], keys_max: u64) -> anyhow::Result<BulkWriter> {
+        assert!(keys_max >= BULK_PAIRS_PER_BATCH, "fewer bulk keys than a batch");
+        let client = Client::builder(endpoints.to_vec())
+            .request_timeout(BULK_REQUEST_TIMEOUT)
+            .attempt_timeout(BULK_REQUEST_TIMEOUT / 2)
+            .connect_timeout(Duration::from_millis(300))
+            .backoff_max(Duration::from_millis(200))
+            .build()?;
+        Ok(BulkWriter {
+            client,
+            next_key: 0,
+            keys_max,
+        })
+    }
+
+    /// Writes one batch of [`BULK_PAIRS_PER_BATCH`] values; returns the
+    /// value bytes written.
+    pub async fn write_batch(&mut self) -> cluster_client::Result<u64> {
+        let pairs: Vec<(Bytes, Bytes)> = (0..BULK_PAIRS_PER_BATCH)
+            .map(|pair| {
+                let n = (self.next_key + pair) % self.keys_max;
+                let key = Bytes::from(format!("{BULK_KEY_PREFIX}{n:05}"));
+                (key, Bytes::from(vec![(n % 251) as u8; BULK_VALUE_BYTES]))
+            })
+            .collect();
+        self.client.batch_put(pairs).await?;
+        self.next_key = (self.next_key + BULK_PAIRS_PER_BATCH) % self.keys_max;
+        Ok(BULK_PAIRS_PER_BATCH * BULK_VALUE_BYTES as u64)
+    }
+}

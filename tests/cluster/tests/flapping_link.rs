@@ -18,10 +18,7 @@ async fn a_flapping_link_breaks_nothing() {
     run.start_workload(WorkloadOptions::default());
     while run.next_round() {
         let leader = run.leader().await;
-        let mut peer = run.rng.u64(1..=3);
-        while peer == leader {
-            peer = run.rng.u64(1..=3);
-        }
+        let peer = run.random_follower(leader);
         run.fault(format!(
             "flap the links between {leader} and {peer} {FLAPS_PER_ROUND} times"
         ));

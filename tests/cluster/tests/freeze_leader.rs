@@ -18,14 +18,12 @@ async fn a_thawed_old_leader_serves_nothing_stale() {
     while run.next_round() {
         tokio::time::sleep(run.random_ms(300, 1000)).await;
         let leader = run.leader().await;
-        let index = run.cluster.index_of(leader);
-        run.fault(format!("SIGSTOP leader {leader} for {frozen_ms} ms"));
-        run.cluster.freeze(index).expect("freeze");
-        tokio::time::sleep(std::time::Duration::from_millis(frozen_ms)).await;
+        let frozen = std::time::Duration::from_millis(frozen_ms);
+        run.pause(leader, "leader", frozen);
+        tokio::time::sleep(frozen).await;
         let successor = run.leader().await;
         assert_ne!(successor, leader, "no new leader while the old one was frozen");
-        run.note(format!("SIGCONT node {leader} (leader now {successor})"));
-        run.cluster.thaw(index).expect("thaw");
+        run.resume(leader, &format!(" (leader now {successor})"));
         tokio::time::sleep(run.random_ms(500, 1500)).await;
     }
     run.finish().await;

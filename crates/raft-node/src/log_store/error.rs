@@ -68,6 +68,17 @@ pub enum LogStoreError {
         /// [`RECORD_BYTES_MAX`](super::RECORD_BYTES_MAX).
         max: usize,
     },
+    /// A purge waited in vain for the state machine to apply what it
+    /// would remove ([`super::LogStore::purge_after_applied`]).
+    #[error("cannot purge up to index {index}: the state machine applied only {applied} after {waited_ms} ms")]
+    PurgeAheadOfApplied {
+        /// The last index to purge.
+        index: u64,
+        /// The state machine's applied index when the wait ended.
+        applied: u64,
+        /// How long the purge waited.
+        waited_ms: u64,
+    },
     /// An earlier write or fsync failed; the store refuses further writes
     /// until it is reopened, since what reached the disk is unknown.
     #[error("log store is failed after an earlier I/O error: {reason}")]

@@ -89,6 +89,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use storage::io::{File, FileSystem, RealFs};
@@ -107,6 +108,10 @@ use crate::types::{Entry, LogId, Vote};
 
 /// Default size after which appends go to a new segment, in bytes.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
+/// How long a purge waits for the state machine to apply (or install) up
+/// to the purged index ([`LogStore::purge_after_applied`]); past it the
+/// purge fails, which stops Raft.
+pub const PURGE_WAIT_FOR_APPLY_MS_MAX: u64 = 120_000;
 /// Default bound of the entries held in memory, in bytes.
 pub const MEMORY_WINDOW_BYTES_MAX: u64 = 32 << 20;
 
@@ -268,6 +273,8 @@ pub struct LogStore {
     spare: Option<Spare>,
     syncer: Syncer,
     metrics: LogStoreMetrics,
+    /// The state machine's applied index, when purges wait for it.
+    purge_gate: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 impl LogStore {
@@ -322,6 +329,39 @@ impl LogStore {
             spare,
             syncer,
             metrics: LogStoreMetrics::default(),
+            purge_gate: None,
+        })
+    }
+
+    /// Makes every purge wait until `applied` (the state machine's applied
+    /// index) reaches the purged index, for at most
+    /// [`PURGE_WAIT_FOR_APPLY_MS_MAX`].
+    ///
+    /// openraft 0.9 purges the log a follower's new snapshot covers while
+    /// the state machine is still installing it. A crash in between left
+    /// the node unable to start: its old state machine needed entries the
+    /// purge had removed. With the gate the purge waits for the install.
+    pub fn purge_after_applied(&mut self, applied: tokio::sync::watch::Receiver<u64>) {
+        self.purge_gate = Some(applied);
+    }
+
+    /// Waits until the purge gate, if any, reaches `index`.
+    pub(crate) async fn wait_purgeable(&mut self, index: u64) -> Result<(), LogStoreError> {
+        let Some(applied) = self.purge_gate.as_mut() else {
+            return Ok(());
+        };
+        let wait = Duration::from_millis(PURGE_WAIT_FOR_APPLY_MS_MAX);
+        let reached = matches!(
+            tokio::time::timeout(wait, applied.wait_for(|applied| *applied >= index)).await,
+            Ok(Ok(_))
+        );
+        if reached {
+            return Ok(());
+        }
+        Err(LogStoreError::PurgeAheadOfApplied {
+            index,
+            applied: *applied.borrow(),
+            waited_ms: PURGE_WAIT_FOR_APPLY_MS_MAX,
         })
     }
 

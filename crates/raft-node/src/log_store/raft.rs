@@ -64,6 +64,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.wait_purgeable(log_id.index).await.map_err(|e| e.write_logs())?;
         self.purge_upto(log_id).map_err(|e| e.write_logs())
     }
 }

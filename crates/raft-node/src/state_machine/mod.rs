@@ -73,6 +73,10 @@ pub struct StateMachine {
     last_applied: Option<LogId>,
     membership: StoredMembership,
     sessions: Sessions,
+    /// The index of `last_applied` (0 for none), published for the log
+    /// store, which purges no entry this state machine has not applied
+    /// ([`crate::log_store::LogStore::purge_after_applied`]).
+    applied_index: tokio::sync::watch::Sender<u64>,
 }
 
 impl StateMachine {
@@ -94,7 +98,20 @@ impl StateMachine {
             last_applied,
             membership,
             sessions,
+            applied_index: tokio::sync::watch::Sender::new(last_applied.map_or(0, |l| l.index)),
         })
+    }
+
+    /// The index of the last entry applied (0 for none), updated as
+    /// entries are applied and snapshots installed.
+    pub fn applied_index(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
+    /// Publishes `last_applied` to [`StateMachine::applied_index`].
+    fn publish_applied(&self) {
+        self.applied_index
+            .send_replace(self.last_applied.map_or(0, |l| l.index));
     }
 
     /// The engine handle, shared with the read path.
@@ -276,6 +293,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             }
         }
         self.commit(batch).await?;
+        self.publish_applied();
         Ok(results)
     }
 
@@ -321,6 +339,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.sessions = sessions;
         self.last_applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // Only now may the log store purge what the snapshot covers: were
+        // it purged before the switch above, a crash in between would leave
+        // this node with an old state machine and no log to replay onto it.
+        self.publish_applied();
         tracing::info!(last_log_id = ?meta.last_log_id, id = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
