@@ -10,7 +10,7 @@ use proto::kv as api;
 use proto::kv::cluster_client::ClusterClient;
 use proto::kv::kv_client::KvClient;
 use raft_node::state_machine::backup;
-use raft_node::testing::TestCluster;
+use raft_node::testing::{retry_unavailable, TestCluster};
 use tokio_stream::StreamExt;
 use tonic::transport::Channel;
 
@@ -29,12 +29,16 @@ async fn kv_client(addr: &str) -> KvClient<Channel> {
 /// Streams a backup from `addr` into `path`; returns the first message's
 /// header fields (total bytes, index).
 async fn save_backup(addr: &str, path: &Path) -> (u64, u64) {
-    let mut stream = cluster_client(addr)
-        .await
-        .backup(api::BackupRequest {})
-        .await
-        .expect("backup starts")
-        .into_inner();
+    // The backup starts with a read barrier, which a leader whose followers
+    // answer late (a loaded machine) refuses as UNAVAILABLE: retry, as a
+    // client would.
+    let client = cluster_client(addr).await;
+    let mut stream = retry_unavailable(|| {
+        let mut client = client.clone();
+        async move { client.backup(api::BackupRequest {}).await }
+    })
+    .await
+    .into_inner();
     let mut bytes = Vec::new();
     let mut header = None;
     while let Some(chunk) = stream.next().await {
