@@ -32,7 +32,7 @@ use crate::types::{Node as MemberNode, NodeId, Raft};
 use crate::{restore, snapshot_trigger};
 
 /// The file that ties a data directory to one node id and format.
-const IDENTITY_FILE: &str = "NODE";
+pub(crate) const IDENTITY_FILE: &str = "NODE";
 /// The file at the top of a data directory that a running node holds an
 /// exclusive lock on (flock), so that no second process opens the same
 /// directory.
@@ -649,7 +649,7 @@ fn lock_data_dir(data_dir: &Path) -> Result<std::fs::File, NodeError> {
 
 /// Creates or checks the identity file, so a data directory is never
 /// served by another node id or read by an incompatible build.
-fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
+pub(crate) fn check_identity(data_dir: &Path, id: NodeId) -> Result<(), NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,
