@@ -248,3 +248,28 @@ fn write_seed_corpus() {
         std::fs::write(dir.join(format!("seed-{name}")), input).expect("write a seed");
     }
 }
+
+#[test]
+fn entries_at_the_largest_indexes_are_refused_or_served_never_a_panic() {
+    // Index arithmetic (`index + 1`) on a damaged log must not overflow: a checksummed record can hold any index.
+    use prost::Message;
+    for (first, count) in [(u64::MAX, 1u64), (u64::MAX - 1, 2), (u64::MAX - 2, 2)] {
+        let payloads: Vec<Vec<u8>> = (0..count)
+            .map(|i| {
+                let entry = Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), first + i),
+                    payload: EntryPayload::Blank,
+                };
+                let mut payload = vec![1u8];
+                payload.extend_from_slice(&raft_node::codec::entry_to_pb(&entry).encode_to_vec());
+                payload
+            })
+            .collect();
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let mut input = vec![1u8];
+        input.extend_from_slice(&join_payloads(&payloads));
+        if let Ok(log) = fuzzing::read_log_segment(&input) {
+            assert_eq!(log.entries.len() as u64, count, "first index {first}");
+        }
+    }
+}
