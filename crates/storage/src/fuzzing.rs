@@ -402,12 +402,36 @@ pub fn corpus_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, Vec<u8>)>> {
         .collect()
 }
 
-/// Runs `decode` over each input, catching a panic; returns the names of
-/// the inputs it panicked on (an error return is not a failure).
+/// Panics seen in any thread of this process since [`panicking_inputs`]
+/// first ran: the engine's background threads (flush, compaction) decode
+/// too, and their panics do not reach the caller.
+static PANICS_SEEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Counts every panic in [`PANICS_SEEN`], then reports it as before.
+fn count_panics() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            PANICS_SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            previous(info);
+        }));
+    });
+}
+
+/// Runs `decode` over each input, catching a panic in it or in a thread it
+/// started (and joined) meanwhile; returns the names of the inputs that
+/// panicked (an error return is not a failure). A panic elsewhere in the
+/// process at the same time is blamed on the input too.
 pub fn panicking_inputs(inputs: &[(String, Vec<u8>)], decode: impl Fn(&[u8])) -> Vec<String> {
+    count_panics();
     inputs
         .iter()
-        .filter(|(_, bytes)| std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes))).is_err())
+        .filter(|(_, bytes)| {
+            let before = PANICS_SEEN.load(std::sync::atomic::Ordering::SeqCst);
+            let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes))).is_err();
+            caught || PANICS_SEEN.load(std::sync::atomic::Ordering::SeqCst) != before
+        })
         .map(|(name, _)| name.clone())
         .collect()
 }
