@@ -19,11 +19,15 @@
 //! - `config`: node configuration and request limits.
 //! - `node`: everything wired together.
 //! - `testing` (feature `testing`): an in-process cluster for tests.
+//! - `fuzzing` (feature `fuzzing`): the decoders' entry points for fuzz
+//!   targets and corpus tests.
 
 pub mod cluster_id;
 pub mod codec;
 pub mod command;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod handoff;
 pub mod log_store;
 mod metrics;

@@ -693,7 +693,7 @@ fn lock_data_dir(fs: &dyn FileSystem, data_dir: &Path) -> Result<FileLock, NodeE
 /// Creates or checks the identity file, so a data directory is never
 /// served by another node id or read by an incompatible build; returns the
 /// cluster id it names, if any.
-fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<Option<ClusterId>, NodeError> {
+pub(crate) fn check_identity(fs: &dyn FileSystem, data_dir: &Path, id: NodeId) -> Result<Option<ClusterId>, NodeError> {
     let fail = |reason: String| NodeError::DataDir {
         path: data_dir.display().to_string(),
         reason,

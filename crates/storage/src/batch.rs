@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::coding::{put_length_prefixed, Decoder};
 use crate::error::{Error, Result};
-use crate::key::{SequenceNumber, ValueKind};
+use crate::key::{SequenceNumber, ValueKind, SEQUENCE_MAX};
 use crate::options::{KEY_BYTES_MAX, METADATA_BYTES_MAX, VALUE_BYTES_MAX};
 
 /// Bytes of the fixed batch header: sequence, count, flags.
@@ -222,6 +222,13 @@ impl<'a> DecodedBatch<'a> {
         let mut decoder = Decoder::new(record);
         let first_sequence = decoder.u64_le()?;
         let count = decoder.u32_le()?;
+        // Every entry's sequence must fit an internal key: the engine never
+        // writes one past SEQUENCE_MAX, so such a record is damage (and
+        // would otherwise trip the memtable's key assertion on replay).
+        let last_sequence = first_sequence.checked_add(u64::from(count.saturating_sub(1)))?;
+        if last_sequence > SEQUENCE_MAX {
+            return None;
+        }
         let flags = decoder.u8()?;
         let metadata = if flags & FLAG_HAS_METADATA != 0 {
             Some(decoder.length_prefixed()?)
@@ -276,6 +283,23 @@ mod tests {
         assert_eq!(entries, batch.entries().collect::<Vec<_>>());
         assert_eq!(entries[1].kind, ValueKind::Delete);
         assert!(DecodedBatch::decode(&encoded[..encoded.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn a_record_with_sequences_past_sequence_max_is_malformed() {
+        // Found by fuzzing the WAL: such a record panicked in the memtable's key encoding on replay.
+        let mut batch = WriteBatch::new();
+        batch.put(b"a", b"1").put(b"b", b"2");
+        let mut encoded = Vec::new();
+        batch.encode_into(&mut encoded, SEQUENCE_MAX - 1);
+        assert!(
+            DecodedBatch::decode(&encoded).is_some(),
+            "the last sequence is SEQUENCE_MAX"
+        );
+        for first in [SEQUENCE_MAX, u64::MAX] {
+            encoded[..8].copy_from_slice(&first.to_le_bytes());
+            assert!(DecodedBatch::decode(&encoded).is_none(), "first sequence {first}");
+        }
     }
 
     #[test]

@@ -33,6 +33,8 @@
 //! - `compaction`: the pure picker and the table writer.
 //! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.
 //! - [`key`]: internal keys (user key, sequence, kind) and their order.
+//! - `fuzzing` (feature `fuzzing`): the decoders' entry points for fuzz
+//!   targets and corpus tests.
 //! - [`io`]: the one seam through which every file is touched: the
 //!   [`FileSystem`](io::FileSystem) trait and its `std::fs` implementation.
 //!
@@ -56,6 +58,8 @@ mod db;
 mod db_iter;
 mod error;
 pub mod framing;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod io;
 mod iterator;
 pub mod key;

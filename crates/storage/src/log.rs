@@ -40,7 +40,7 @@ pub enum LogKind {
 }
 
 impl LogKind {
-    fn magic(self) -> u64 {
+    pub(crate) fn magic(self) -> u64 {
         match self {
             LogKind::Wal => 0x4c53_4d57_414c_0001,      // "LSMWAL" + 1
             LogKind::Manifest => 0x4c53_4d4d_4e46_0001, // "LSMMNF" + 1

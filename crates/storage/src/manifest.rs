@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem};
-use crate::key::SequenceNumber;
+use crate::key::{SequenceNumber, SEQUENCE_MAX};
 use crate::log::{read_log, LogKind, LogWriter};
 use crate::options::LEVELS;
 use crate::table_cache::TableCache;
@@ -24,6 +24,11 @@ use crate::version::{table_path, FileMeta, TableFile, Version, VersionEdit};
 pub(crate) const CURRENT_FILE: &str = "CURRENT";
 /// A manifest larger than this is replaced by a fresh one at the next edit.
 const MANIFEST_BYTES_MAX: u64 = 64 << 20;
+/// The largest file number a manifest or a file name may hold. File numbers
+/// count the files an engine ever created, one at a time, so no engine
+/// comes near it: a larger one is damage, and the bound leaves the counter
+/// room to grow without overflowing.
+const FILE_NUMBER_MAX: u64 = u64::MAX / 2;
 
 /// The name of manifest `number`.
 pub(crate) fn manifest_name(number: u64) -> String {
@@ -94,6 +99,9 @@ impl VersionSet {
         // WALs and tables being written take numbers the manifest has not
         // recorded yet; a crash leaves them behind. Never reuse one.
         let highest_on_disk = highest_file_number(&*fs, dir)?;
+        if highest_on_disk >= FILE_NUMBER_MAX {
+            return Err(Error::corruption(dir, 0, "a file number exceeds FILE_NUMBER_MAX"));
+        }
         replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
 
         // Tables are opened only when first read, but a missing one is
@@ -295,6 +303,14 @@ fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
     for (level, files) in live.into_iter().enumerate() {
         state.files[level] = files.into_values().collect();
     }
+    // Counters past their bounds would overflow (or trip the key encoding's
+    // assertion) once the engine counts on from them: damage, refused here.
+    if state.next_file_number > FILE_NUMBER_MAX {
+        return Err(Error::corruption(path, 0, "next file number exceeds FILE_NUMBER_MAX"));
+    }
+    if state.last_sequence > SEQUENCE_MAX {
+        return Err(Error::corruption(path, 0, "last sequence exceeds SEQUENCE_MAX"));
+    }
     let max_file = state.files.iter().flatten().map(|f| f.number).max().unwrap_or(0);
     if state.next_file_number <= max_file {
         return Err(Error::corruption(
@@ -399,5 +415,41 @@ mod tests {
         let after = fs.crash(CrashMode::DropUnsynced);
         let recovered = VersionSet::recover(after, dir, cache).expect("recover");
         assert_eq!(recovered.log_number, 5);
+    }
+
+    #[test]
+    fn counters_past_their_bounds_are_corruption_not_an_overflow_later() {
+        // Found by fuzzing the manifest: a next file number near u64::MAX overflowed in the flush thread.
+        let fs = SimFs::new(1);
+        let path = Path::new("/MANIFEST-000001");
+        let write = |edit: VersionEdit| {
+            let _ = fs.remove_file(path);
+            let mut writer = LogWriter::create(&*fs, path, LogKind::Manifest).expect("create");
+            writer.add_record(&edit.encode()).expect("append");
+            writer.sync().expect("sync");
+        };
+        let fine = VersionEdit {
+            next_file_number: Some(FILE_NUMBER_MAX),
+            last_sequence: Some(SEQUENCE_MAX),
+            ..VersionEdit::default()
+        };
+        write(fine.clone());
+        replay(&*fs, path).expect("counters at their bounds replay");
+        for edit in [
+            VersionEdit {
+                next_file_number: Some(u64::MAX),
+                ..fine.clone()
+            },
+            VersionEdit {
+                last_sequence: Some(SEQUENCE_MAX + 1),
+                ..fine
+            },
+        ] {
+            write(edit);
+            let Err(err) = replay(&*fs, path) else {
+                panic!("a counter past its bound replayed");
+            };
+            assert!(err.to_string().contains("exceeds"), "{err}");
+        }
     }
 }

@@ -102,6 +102,8 @@ pub use self::segment::RECORD_BYTES_MAX;
 use self::segment::{
     create_segment, frame, install_spare, is_spare_name, prepare_spare, segment_path, spare_path, sync_dir,
 };
+#[cfg(feature = "fuzzing")]
+pub(crate) use self::segment::{file_header as segment_header, frame as frame_record, segment_path as segment_file};
 use self::sync::Syncer;
 pub use self::sync::{SyncTimes, FSYNC_BUCKET_BOUNDS_SECONDS};
 use crate::types::{Entry, LogId, Vote};

@@ -19,6 +19,22 @@ const TYPE_COMMITTED: u8 = 3;
 /// Record type byte of the last purged log id (`raft.v1.LogId`).
 const TYPE_PURGED: u8 = 4;
 
+/// The largest log index a record may hold: the log computes the index
+/// after its last entry (`index + 1`), so an entry at `u64::MAX`, which
+/// no log ever reaches, can only be damage.
+pub(crate) const LOG_INDEX_MAX: u64 = u64::MAX - 1;
+
+/// Refuses a log id past [`LOG_INDEX_MAX`].
+fn within_index_max(log_id: LogId) -> Result<LogId, String> {
+    if log_id.index > LOG_INDEX_MAX {
+        return Err(format!(
+            "log index {} exceeds the largest index {LOG_INDEX_MAX}",
+            log_id.index
+        ));
+    }
+    Ok(log_id)
+}
+
 /// One record of the log's stream.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Record {
@@ -49,12 +65,16 @@ impl Record {
         let (&kind, body) = payload.split_first().ok_or("empty record")?;
         let log_id = |body: &[u8]| -> Result<LogId, String> {
             let pb = pb::LogId::decode(body).map_err(|e| e.to_string())?;
-            codec::log_id_from_pb(&pb).map_err(|e| e.to_string())
+            codec::log_id_from_pb(&pb)
+                .map_err(|e| e.to_string())
+                .and_then(within_index_max)
         };
         match kind {
             TYPE_ENTRY => {
                 let pb = pb::EncodedEntry::decode(body).map_err(|e| e.to_string())?;
-                codec::entry_from_pb(pb).map(Record::Entry).map_err(|e| e.to_string())
+                let entry = codec::entry_from_pb(pb).map_err(|e| e.to_string())?;
+                within_index_max(entry.log_id)?;
+                Ok(Record::Entry(entry))
             }
             TYPE_VOTE => {
                 let pb = pb::Vote::decode(body).map_err(|e| e.to_string())?;
@@ -108,6 +128,27 @@ mod tests {
         }
         assert!(Record::decode(&[]).is_err());
         assert!(Record::decode(&[9, 1, 2]).is_err());
+    }
+
+    #[test]
+    fn a_record_at_an_index_no_log_reaches_is_refused() {
+        // Found by the decoder tests: an entry at u64::MAX overflowed the reader's `index + 1` after recovery.
+        let at = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+        let entry = |index| {
+            Record::Entry(Entry {
+                log_id: at(index),
+                payload: EntryPayload::Blank,
+            })
+        };
+        for record in [
+            entry(u64::MAX),
+            Record::Committed(at(u64::MAX)),
+            Record::Purged(at(u64::MAX)),
+        ] {
+            let err = Record::decode(&record.encode()).expect_err("index u64::MAX");
+            assert!(err.contains("largest index"), "{err}");
+        }
+        assert_eq!(Record::decode(&entry(LOG_INDEX_MAX).encode()), Ok(entry(LOG_INDEX_MAX)));
     }
 
     #[test]

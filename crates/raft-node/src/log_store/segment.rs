@@ -60,7 +60,7 @@ pub(crate) fn parse_segment_name(name: &str) -> Option<u64> {
 }
 
 /// The file header every segment starts with.
-fn file_header() -> [u8; FILE_HEADER_BYTES] {
+pub(crate) fn file_header() -> [u8; FILE_HEADER_BYTES] {
     framing::file_header(MAGIC, FORMAT_VERSION)
 }
 

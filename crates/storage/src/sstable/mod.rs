@@ -20,6 +20,8 @@ mod reader;
 mod index_tests;
 
 pub(crate) use block::Block;
+#[cfg(feature = "fuzzing")]
+pub(crate) use block::{BlockBuilder, BlockIter};
 pub(crate) use bloom::{Filter, FilterLayout};
 pub(crate) use builder::TableBuilder;
 pub(crate) use reader::{Table, TableHit, TableIter, TableSource};
@@ -319,6 +321,53 @@ fn footer_crc(bytes: &[u8; FOOTER_BYTES]) -> u32 {
     hasher.update(&bytes[..FOOTER_CRC_AT]);
     hasher.update(&bytes[FOOTER_VERSION_AT..]);
     hasher.finalize()
+}
+
+/// Rewrites the checksums of a table's footer, index, filter and data
+/// blocks in place so that they match the bytes they cover, as far as the
+/// table's structure can be followed: fuzzing uses it to reach the decoders
+/// behind the checksums. Damaged structure is left as it is.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn reseal(table: &mut [u8]) {
+    let Some(footer_at) = table.len().checked_sub(FOOTER_BYTES) else {
+        return;
+    };
+    let footer: &mut [u8; FOOTER_BYTES] = (&mut table[footer_at..])
+        .try_into()
+        .expect("the footer slice has FOOTER_BYTES bytes");
+    let crc = footer_crc(footer);
+    footer[FOOTER_CRC_AT..FOOTER_VERSION_AT].copy_from_slice(&crc.to_le_bytes());
+    let Ok((footer, _)) = Footer::decode(footer) else {
+        return;
+    };
+    let within = |handle: BlockHandle| {
+        let end = usize::try_from(handle.offset.checked_add(handle.size)?).ok()?;
+        let start = usize::try_from(handle.offset).ok()?;
+        (end.checked_add(BLOCK_TRAILER_BYTES as usize)? <= footer_at).then_some(start..end)
+    };
+    let reseal_block = |table: &mut [u8], handle: BlockHandle| -> Option<std::ops::Range<usize>> {
+        let contents = within(handle)?;
+        let crc = block_crc(&table[contents.clone()], table[contents.end]);
+        table[contents.end + 1..contents.end + BLOCK_TRAILER_BYTES as usize].copy_from_slice(&crc.to_le_bytes());
+        Some(contents)
+    };
+    if footer.filter.size > 0 {
+        reseal_block(table, footer.filter);
+    }
+    let Some(index) = reseal_block(table, footer.index) else {
+        return;
+    };
+    let Ok(index) = Block::parse(bytes::Bytes::copy_from_slice(&table[index])) else {
+        return;
+    };
+    let mut entries = block::BlockIter::new(index);
+    entries.seek_to_first();
+    while entries.valid() {
+        if let Some(handle) = BlockHandle::decode(entries.value()) {
+            reseal_block(table, handle);
+        }
+        entries.next();
+    }
 }
 
 /// Helpers for tests in this module and elsewhere in the crate.

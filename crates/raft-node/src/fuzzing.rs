@@ -1,0 +1,252 @@
+//! Entry points that run the node's decoders over untrusted bytes: for the
+//! fuzz targets in the repository's `fuzz/` directory and for the tests
+//! that replay their corpora on stable Rust (`tests/decoders.rs`).
+//!
+//! Each entry point takes one fuzz input, decodes it the way the node reads
+//! it from disk or from a peer, and returns what the node returns. An error
+//! is a fine answer; a panic, a hang or an allocation the input's size does
+//! not bound is a bug. The Raft log lives on the simulated disk
+//! (`storage::sim::SimFs`); the snapshot archive, the identity file and the
+//! state machine's directories, which the node reads with `std::fs`, live
+//! in a temporary directory that is removed afterwards.
+//!
+//! [`read_log_segment`] reads the input's first byte as a mode: bit 0 set,
+//! the rest is a list of record payloads ([`storage::fuzzing::split_payloads`])
+//! framed with valid checksums, so that fuzzing reaches the record decoder
+//! behind them; clear, the rest is the segment file as is. Bit 1 set, an
+//! empty newer segment follows, so the input is not the last segment (where
+//! a torn tail is damage, not a crash's leftover).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::{CommittedLeaderId, EntryPayload};
+use storage::fuzzing::split_payloads;
+use storage::io::FileSystem;
+use storage::sim::SimFs;
+
+use crate::command::LogCommand;
+use crate::log_store::{LogStore, LogStoreError, LogStoreOptions};
+use crate::state_machine::archive::{self, ArchiveError};
+use crate::state_machine::StateMachine;
+use crate::types::{Entry, LogId};
+
+/// Commands one input may hold (each becomes an entry applied in order).
+pub const COMMANDS_PER_INPUT_MAX: usize = 64;
+/// Where the log's segments lie on the simulated disk.
+const LOG_DIR: &str = "/raft-log";
+/// Seed of the simulated disk (no crash is ever drawn from it).
+const SIM_SEED: u64 = 1;
+
+/// Options for a log store that never preallocates (a spare would write
+/// a whole segment of zeros per input).
+fn log_options() -> LogStoreOptions {
+    LogStoreOptions {
+        preallocate: false,
+        ..LogStoreOptions::default()
+    }
+}
+
+/// What a log store recovered from a fuzzed segment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecoveredLog {
+    /// Every entry the store serves, in index order.
+    pub entries: Vec<Entry>,
+    /// The last purged and the last log id.
+    pub log_state: (Option<LogId>, Option<LogId>),
+    /// Whether a vote was recovered.
+    pub has_vote: bool,
+}
+
+/// Opens a log store whose only segment (or first of two, see the module
+/// doc) holds `input`, and reads every entry it then serves.
+pub fn read_log_segment(input: &[u8]) -> Result<RecoveredLog, LogStoreError> {
+    let mode = input.first().copied().unwrap_or(0);
+    let rest = input.get(1..).unwrap_or_default();
+    let file = if mode & 1 == 1 {
+        let mut file = crate::log_store::segment_header().to_vec();
+        for payload in split_payloads(rest) {
+            crate::log_store::frame_record(&mut file, payload);
+        }
+        file
+    } else {
+        rest.to_vec()
+    };
+    let fs = SimFs::new(SIM_SEED);
+    let dir = Path::new(LOG_DIR);
+    let write = |seq: u64, bytes: &[u8]| -> Result<(), LogStoreError> {
+        let path = crate::log_store::segment_file(dir, seq);
+        fs.create_dir_all(dir)
+            .and_then(|()| fs.create_new(&path))
+            .and_then(|f| f.append(bytes))
+            .map_err(|e| LogStoreError::io("write", &path, e))
+    };
+    write(1, &file)?;
+    if mode & 2 == 2 {
+        write(2, &crate::log_store::segment_header())?;
+    }
+    let store = LogStore::open_on(fs as Arc<dyn FileSystem>, dir, log_options())?;
+    let log_state = store.log_state();
+    let entries = match log_state.1 {
+        Some(last) => store.reader().entries(..=last.index)?,
+        None => Vec::new(),
+    };
+    Ok(RecoveredLog {
+        entries,
+        log_state,
+        has_vote: store.vote().is_some(),
+    })
+}
+
+/// Encoded segment contents written by the log store itself for `entries`
+/// and a vote (seed inputs): the bytes of every segment it left, in order.
+pub fn segments_of(entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, LogStoreError> {
+    let fs = SimFs::new(SIM_SEED);
+    let dir = Path::new(LOG_DIR);
+    let runtime = current_thread_runtime().map_err(|e| LogStoreError::io("start a runtime in", dir, e))?;
+    {
+        let mut store = LogStore::open_on(Arc::clone(&fs) as Arc<dyn FileSystem>, dir, log_options())?;
+        runtime.block_on(async {
+            use openraft::storage::RaftLogStorageExt;
+            store
+                .save_vote(&crate::types::Vote::new(1, 1))
+                .await
+                .map_err(|e| LogStoreError::io("save the vote in", dir, std::io::Error::other(e.to_string())))?;
+            store
+                .blocking_append(entries)
+                .await
+                .map_err(|e| LogStoreError::io("append to", dir, std::io::Error::other(e.to_string())))
+        })?;
+    }
+    let mut names = fs.list_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))?;
+    names.sort();
+    Ok(names
+        .iter()
+        .filter_map(|name| fs.contents(&dir.join(name)))
+        .filter(|bytes| !bytes.is_empty())
+        .collect())
+}
+
+/// A current-thread runtime for the async storage traits.
+fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
+}
+
+/// Why [`apply_commands`] stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    /// The temporary directory or the runtime could not be set up.
+    #[error("fuzzing setup: {0}")]
+    Setup(#[from] std::io::Error),
+    /// The state machine did not open.
+    #[error("state machine: {0}")]
+    Open(#[from] crate::state_machine::StateMachineError),
+    /// Applying failed (a storage error, never a bad command: those are
+    /// refused before they enter the log).
+    #[error("apply: {0}")]
+    Apply(String),
+}
+
+/// Decodes each payload of `input` ([`storage::fuzzing::split_payloads`],
+/// at most [`COMMANDS_PER_INPUT_MAX`]) as a command the way a follower
+/// takes one from a peer, and applies those that decode, in order, to a
+/// fresh state machine. Returns how many were applied.
+pub fn apply_commands(input: &[u8]) -> Result<usize, ApplyError> {
+    let commands: Vec<LogCommand> = split_payloads(input)
+        .into_iter()
+        .take(COMMANDS_PER_INPUT_MAX)
+        .filter_map(|payload| LogCommand::from_encoded(Bytes::copy_from_slice(payload)).ok())
+        .collect();
+    for command in &commands {
+        // The log prints commands it refuses or applies.
+        let _ = format!("{command:?}");
+    }
+    if commands.is_empty() {
+        return Ok(0);
+    }
+    let applied = commands.len();
+    let entries: Vec<Entry> = commands
+        .into_iter()
+        .zip(1u64..)
+        .map(|(command, index)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(command),
+        })
+        .collect();
+    let dir = tempfile::Builder::new().prefix("fuzz-apply-").tempdir()?;
+    let engine = storage::Options {
+        fs: SimFs::new(SIM_SEED) as Arc<dyn FileSystem>,
+        compaction_threads: 1,
+        ..storage::Options::default()
+    };
+    let mut machine = StateMachine::open(dir.path(), engine)?;
+    current_thread_runtime()?
+        .block_on(machine.apply(entries))
+        .map_err(|e| ApplyError::Apply(e.to_string()))?;
+    Ok(applied)
+}
+
+/// Unpacks `input` as a snapshot archive into a temporary directory, the
+/// way a follower installs a snapshot a leader streamed to it.
+pub fn unpack_archive(input: &[u8]) -> Result<crate::types::SnapshotMeta, ArchiveError> {
+    let io = |source| ArchiveError::Io {
+        path: std::env::temp_dir(),
+        source,
+    };
+    let dir = tempfile::Builder::new().prefix("fuzz-archive-").tempdir().map_err(io)?;
+    let meta = archive::unpack(input, &storage::io::RealFs, &dir.path().join("unpacked"))?;
+    crate::codec::snapshot_meta_from_pb(&meta).map_err(|e| ArchiveError::Corrupt(e.to_string()))
+}
+
+/// An archive of `files` (name, contents) with `meta`, written by the
+/// node's packer (seed inputs).
+pub fn pack_archive(files: &[(&str, &[u8])], meta: &crate::types::SnapshotMeta) -> Result<Vec<u8>, ArchiveError> {
+    let io = |source| ArchiveError::Io {
+        path: std::env::temp_dir(),
+        source,
+    };
+    let dir = tempfile::Builder::new().prefix("fuzz-pack-").tempdir().map_err(io)?;
+    for (name, contents) in files {
+        std::fs::write(dir.path().join(name), contents).map_err(io)?;
+    }
+    let mut out = Vec::new();
+    archive::pack_to(
+        &storage::io::RealFs,
+        dir.path(),
+        &crate::codec::snapshot_meta_to_pb(meta),
+        &mut out,
+    )?;
+    Ok(out)
+}
+
+/// Checks `input` as the identity file of a data directory opened as node
+/// 1, the way a node starting on an existing directory does.
+pub fn check_identity(input: &[u8]) -> Result<(), crate::NodeError> {
+    let io = |e: std::io::Error| crate::NodeError::DataDir {
+        path: std::env::temp_dir().display().to_string(),
+        reason: e.to_string(),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("fuzz-identity-")
+        .tempdir()
+        .map_err(io)?;
+    std::fs::write(dir.path().join(crate::cluster_id::IDENTITY_FILE), input).map_err(io)?;
+    crate::node::check_identity(&storage::io::RealFs, dir.path(), 1).map(|_| ())
+}
+
+/// The identity file a node writes for node `id` (seed inputs).
+pub fn identity_file(id: crate::types::NodeId) -> Result<Vec<u8>, crate::NodeError> {
+    let io = |e: std::io::Error| crate::NodeError::DataDir {
+        path: std::env::temp_dir().display().to_string(),
+        reason: e.to_string(),
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("fuzz-identity-")
+        .tempdir()
+        .map_err(io)?;
+    crate::node::check_identity(&storage::io::RealFs, dir.path(), id)?;
+    std::fs::read(dir.path().join(crate::cluster_id::IDENTITY_FILE)).map_err(io)
+}

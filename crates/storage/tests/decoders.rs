@@ -1,0 +1,169 @@
+//! The engine's decoders over every input of their fuzz corpora
+//! (`fuzz/corpus/<target>`) and over seeded mutations of valid encodings
+//! written by the engine's own encoders: an error is a fine answer, a panic
+//! fails the test. This is the stable-Rust guard of the fuzz targets in
+//! `fuzz/` (see `fuzz/README.md`); it needs no nightly toolchain.
+//!
+//! `DECODER_MUTATIONS` sets the mutations per input (default
+//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed).
+//! `FUZZ_WRITE_SEEDS=1 cargo test -p storage --test decoders -- --ignored`
+//! writes the valid encodings into the corpus directories.
+
+use std::path::PathBuf;
+
+use storage::fuzzing::{self, MUTATIONS_PER_INPUT_DEFAULT};
+use storage::key::{internal_key, ValueKind};
+
+fn corpus_dir(target: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn entries(count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+    (0..count)
+        .map(|i| (format!("key{i:05}").into_bytes(), vec![b'v'; i % 40]))
+        .collect()
+}
+
+/// Valid encodings of each storage target's input, made by the engine's
+/// encoders: `(target, name, input)`.
+fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+    let mut seeds = Vec::new();
+    let block_entries: Vec<(Vec<u8>, Vec<u8>)> = entries(40)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, v))| (internal_key(&k, 100 - i as u64, ValueKind::Put), v))
+        .collect();
+    for restart in [1, 16] {
+        seeds.push((
+            "sst_block",
+            format!("restart-{restart}"),
+            fuzzing::build_block(&block_entries, restart),
+        ));
+    }
+    for (version, block_bytes) in [(1, 256), (2, 256), (2, 4096)] {
+        let table = fuzzing::build_table(&entries(60), version, block_bytes).expect("build a table");
+        for mode in [0u8, 1] {
+            let mut input = vec![mode];
+            input.extend_from_slice(&table);
+            seeds.push(("sst_table", format!("v{version}-block{block_bytes}-mode{mode}"), input));
+        }
+    }
+    let (wal, manifest) = fuzzing::template_files().expect("write the template database");
+    for (target, file) in [("wal", wal), ("manifest", manifest)] {
+        let mut raw = vec![0u8];
+        raw.extend_from_slice(&file);
+        seeds.push((target, "raw".into(), raw));
+        let mut framed = vec![1u8];
+        framed.extend_from_slice(&fuzzing::join_payloads(&fuzzing::log_payloads(&file)));
+        seeds.push((target, "framed".into(), framed));
+    }
+    seeds
+}
+
+/// Runs the storage decoder `target` over `input`.
+fn decode(target: &str, input: &[u8]) {
+    match target {
+        "sst_block" => drop(fuzzing::decode_block(input)),
+        "sst_table" => drop(fuzzing::read_table(input)),
+        "wal" => drop(fuzzing::replay_wal(input)),
+        "manifest" => drop(fuzzing::recover_manifest(input)),
+        other => panic!("no storage decoder is named {other}"),
+    }
+}
+
+const TARGETS: [&str; 4] = ["sst_block", "sst_table", "wal", "manifest"];
+
+#[test]
+fn valid_encodings_decode_without_error() {
+    // The seeds are what the engine writes: each must decode, or the decoders reject good data.
+    for (target, name, input) in seeds() {
+        let result = match target {
+            "sst_block" => fuzzing::decode_block(&input),
+            "sst_table" => fuzzing::read_table(&input),
+            "wal" => fuzzing::replay_wal(&input),
+            "manifest" => fuzzing::recover_manifest(&input),
+            other => panic!("no storage decoder is named {other}"),
+        };
+        let count = result.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
+        assert!(count > 0, "{target}/{name} decoded no entry");
+    }
+}
+
+#[test]
+fn no_corpus_input_makes_a_decoder_panic() {
+    // Every input the fuzzers kept (crashes they found included, once fixed) still decodes without a panic.
+    for target in TARGETS {
+        let inputs: Vec<(String, Vec<u8>)> = fuzzing::corpus_files(&corpus_dir(target))
+            .expect("read the corpus")
+            .into_iter()
+            .map(|(path, bytes)| (path.display().to_string(), bytes))
+            .collect();
+        assert!(!inputs.is_empty(), "the corpus of {target} is empty");
+        let panicked = fuzzing::panicking_inputs(&inputs, |input| decode(target, input));
+        assert!(panicked.is_empty(), "{target} panicked on {panicked:?}");
+    }
+}
+
+#[test]
+fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
+    // Random damage to what the engine writes is an error or a valid decode, never a panic.
+    let seed = env_or("DECODER_SEED", fastrand::u64(..));
+    let count = env_or("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
+    println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
+    for (index, (target, name, input)) in seeds().into_iter().enumerate() {
+        let mutated: Vec<(String, Vec<u8>)> = fuzzing::mutations(seed.wrapping_add(index as u64), &input, count)
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| (format!("{target}/{name} mutation {i}"), bytes))
+            .collect();
+        let panicked = fuzzing::panicking_inputs(&mutated, |input| decode(target, input));
+        assert!(
+            panicked.is_empty(),
+            "DECODER_SEED={seed}: {target} panicked on {panicked:?}"
+        );
+    }
+}
+
+#[test]
+fn random_tables_read_back_what_was_written() {
+    // The round trip of the `sst_roundtrip` target on stable: any entries, either format, any block size.
+    let seed = env_or("DECODER_SEED", fastrand::u64(..));
+    println!("DECODER_SEED={seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for _ in 0..32 {
+        let written: Vec<(Vec<u8>, Vec<u8>)> = (0..rng.usize(1..200))
+            .map(|_| {
+                let key: Vec<u8> = (0..rng.usize(0..12)).map(|_| rng.u8(..4)).collect();
+                let value: Vec<u8> = (0..rng.usize(0..50)).map(|_| rng.u8(..)).collect();
+                (key, value)
+            })
+            .collect();
+        let version = rng.u32(1..=2);
+        let table = fuzzing::build_table(&written, version, rng.usize(1..2048)).expect("build");
+        let mut expected = written.clone();
+        expected.sort_by(|a, b| a.0.cmp(&b.0));
+        expected.dedup_by(|a, b| a.0 == b.0);
+        let read = fuzzing::table_entries(&table).expect("read back");
+        assert_eq!(read, expected, "DECODER_SEED={seed}");
+    }
+}
+
+#[test]
+#[ignore = "writes the seed corpus; run by hand with FUZZ_WRITE_SEEDS=1"]
+fn write_seed_corpus() {
+    // Not a check: refreshes fuzz/corpus/<target>/seed-* from the engine's encoders.
+    if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
+        return;
+    }
+    for (target, name, input) in seeds() {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir).expect("create the corpus directory");
+        std::fs::write(dir.join(format!("seed-{name}")), input).expect("write a seed");
+    }
+}
