@@ -102,7 +102,12 @@ impl VersionSet {
         if highest_on_disk >= FILE_NUMBER_MAX {
             return Err(Error::corruption(dir, 0, "a file number exceeds FILE_NUMBER_MAX"));
         }
-        replayed.next_file_number = replayed.next_file_number.max(highest_on_disk + 1);
+        // The oldest WAL still needed may be gone from disk (nothing was
+        // written to it), but its number stays taken too.
+        replayed.next_file_number = replayed
+            .next_file_number
+            .max(highest_on_disk + 1)
+            .max(replayed.log_number + 1);
 
         // Tables are opened only when first read, but a missing one is
         // found now, from one directory listing, rather than by a read later.
@@ -310,6 +315,9 @@ fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
     }
     if state.last_sequence > SEQUENCE_MAX {
         return Err(Error::corruption(path, 0, "last sequence exceeds SEQUENCE_MAX"));
+    }
+    if state.log_number > FILE_NUMBER_MAX {
+        return Err(Error::corruption(path, 0, "the WAL number exceeds FILE_NUMBER_MAX"));
     }
     let max_file = state.files.iter().flatten().map(|f| f.number).max().unwrap_or(0);
     if state.next_file_number <= max_file {
