@@ -225,28 +225,30 @@ pub fn pack_archive(files: &[(&str, &[u8])], meta: &crate::types::SnapshotMeta) 
 /// Checks `input` as the identity file of a data directory opened as node
 /// 1, the way a node starting on an existing directory does.
 pub fn check_identity(input: &[u8]) -> Result<(), crate::NodeError> {
-    let io = |e: std::io::Error| crate::NodeError::DataDir {
-        path: std::env::temp_dir().display().to_string(),
-        reason: e.to_string(),
-    };
-    let dir = tempfile::Builder::new()
-        .prefix("fuzz-identity-")
-        .tempdir()
-        .map_err(io)?;
-    std::fs::write(dir.path().join(crate::cluster_id::IDENTITY_FILE), input).map_err(io)?;
+    let dir = identity_dir()?;
+    std::fs::write(dir.path().join(crate::cluster_id::IDENTITY_FILE), input).map_err(identity_io)?;
     crate::node::check_identity(&storage::io::RealFs, dir.path(), 1).map(|_| ())
 }
 
 /// The identity file a node writes for node `id` (seed inputs).
 pub fn identity_file(id: crate::types::NodeId) -> Result<Vec<u8>, crate::NodeError> {
-    let io = |e: std::io::Error| crate::NodeError::DataDir {
-        path: std::env::temp_dir().display().to_string(),
-        reason: e.to_string(),
-    };
-    let dir = tempfile::Builder::new()
+    let dir = identity_dir()?;
+    crate::node::check_identity(&storage::io::RealFs, dir.path(), id)?;
+    std::fs::read(dir.path().join(crate::cluster_id::IDENTITY_FILE)).map_err(identity_io)
+}
+
+/// A temporary data directory for the identity targets.
+fn identity_dir() -> Result<tempfile::TempDir, crate::NodeError> {
+    tempfile::Builder::new()
         .prefix("fuzz-identity-")
         .tempdir()
-        .map_err(io)?;
-    crate::node::check_identity(&storage::io::RealFs, dir.path(), id)?;
-    std::fs::read(dir.path().join(crate::cluster_id::IDENTITY_FILE)).map_err(io)
+        .map_err(identity_io)
+}
+
+/// An I/O error of the identity targets' scratch directory.
+fn identity_io(e: std::io::Error) -> crate::NodeError {
+    crate::NodeError::DataDir {
+        path: std::env::temp_dir().display().to_string(),
+        reason: e.to_string(),
+    }
 }

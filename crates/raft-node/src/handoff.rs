@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 
 use openraft::{LogId, ServerState};
 use proto::raft as pb;
-use proto::raft::raft_client::RaftClient;
 
+use crate::network::Network;
 use crate::types::{NodeId, Raft};
 
 /// How long in-flight requests may take to finish once a node stops
@@ -89,8 +89,10 @@ pub fn pick_successor(
 
 /// If this node leads, hands leadership to its most up-to-date follower
 /// and waits (bounded) until another node leads. Call it after the node
-/// stopped accepting writes, so the log stops growing.
-pub async fn hand_off(raft: &Raft) -> Handoff {
+/// stopped accepting writes, so the log stops growing. `network` is the
+/// node's own transport, so the call to the successor goes the way Raft's
+/// do (mutual TLS on a TLS cluster).
+pub async fn hand_off(raft: &Raft, network: &Network) -> Handoff {
     let started = Instant::now();
     let deadline = tokio::time::Instant::now() + Duration::from_millis(HANDOFF_MS_MAX);
     if raft.metrics().borrow().state != ServerState::Leader {
@@ -110,7 +112,7 @@ pub async fn hand_off(raft: &Raft) -> Handoff {
         };
         let attempt = async {
             wait_caught_up(raft, target.id).await?;
-            send_timeout_now(&target.peer_addr, target.leader_id, target.term).await?;
+            send_timeout_now(network, &target).await?;
             Ok::<_, String>(wait_election(raft, target.leader_id, target.term).await)
         };
         let outcome = match tokio::time::timeout_at(deadline, attempt).await {
@@ -239,14 +241,16 @@ async fn wait_election(raft: &Raft, me: NodeId, term: u64) -> Election {
     }
 }
 
-/// Asks the node at `addr` to campaign now.
-async fn send_timeout_now(addr: &str, leader_id: NodeId, term: u64) -> Result<(), String> {
+/// Asks `target` to campaign now.
+async fn send_timeout_now(network: &Network, target: &Target) -> Result<(), String> {
+    let addr = &target.peer_addr;
     let call = async {
-        let mut client = RaftClient::connect(format!("http://{addr}"))
-            .await
-            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let mut client = network.raft_client(target.id, addr)?;
         client
-            .timeout_now(pb::TimeoutNowRequest { leader_id, term })
+            .timeout_now(pb::TimeoutNowRequest {
+                leader_id: target.leader_id,
+                term: target.term,
+            })
             .await
             .map_err(|status| format!("{addr} refused TimeoutNow: {status}"))?;
         Ok(())

@@ -144,15 +144,24 @@ impl Network {
     }
 }
 
+impl Network {
+    /// A client of the peer service of `target` at `addr`, over the shared
+    /// channel (TLS when configured). Calls made through it other than the
+    /// Raft ones carry no cluster id.
+    pub fn raft_client(&self, target: NodeId, addr: &str) -> Result<RaftClient<Channel>, String> {
+        self.channel(target, addr).map(|channel| {
+            RaftClient::new(channel)
+                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        })
+    }
+}
+
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
-        let client = self.channel(target, node.peer_addr()).map(|channel| {
-            RaftClient::new(channel)
-                .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
-        });
+        let client = self.raft_client(target, node.peer_addr());
         PeerClient {
             target,
             client,

@@ -130,6 +130,9 @@ pub struct KvNode {
     config: NodeConfig,
     /// The cluster id this node's Raft calls carry and accept.
     identity: ClusterIdentity,
+    /// The transport to the peers (TLS and cluster id included), shared
+    /// with Raft; a graceful stop's handoff calls the successor through it.
+    network: Network,
     /// The data directory's lock, released when the last clone is dropped.
     _lock: Arc<FileLock>,
 }
@@ -208,10 +211,12 @@ impl KvNode {
         }
         .validate()
         .map_err(|e| NodeError::Config(e.to_string()))?;
+        let network =
+            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)).with_cluster_identity(identity.clone());
         let raft = Raft::new(
             config.id,
             Arc::new(raft_config),
-            Network::new(config.tls.as_ref().and_then(TlsConfig::raft_client)).with_cluster_identity(identity.clone()),
+            network.clone(),
             log_store,
             state_machine,
         )
@@ -226,6 +231,7 @@ impl KvNode {
             log_reader,
             config,
             identity,
+            network,
             _lock: Arc::new(lock),
         })
     }
@@ -233,6 +239,13 @@ impl KvNode {
     /// The Raft handle.
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// If this node leads, hands leadership to its most up-to-date follower
+    /// now, as a graceful stop does first (see [`crate::handoff`]); this
+    /// node stops standing for election. For a node about to stop.
+    pub async fn hand_off(&self) -> Handoff {
+        crate::handoff::hand_off(&self.raft, &self.network).await
     }
 
     /// This node's id.
@@ -405,9 +418,10 @@ impl KvNode {
         let check = tokio::spawn(warn_on_misplaced_entry(self.raft.clone(), advertised));
         let (stopping, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let raft = self.raft.clone();
+        let network = self.network.clone();
         let shutdown = async move {
             tokio::select! {
-                () = shutdown => close_gracefully(&raft, &health_reporter, &draining).await,
+                () = shutdown => close_gracefully(&raft, &network, &health_reporter, &draining).await,
                 _ = drained_rx => {}
             }
             let _ = stopping.send(());
@@ -496,14 +510,19 @@ fn leader_elsewhere(raft: Raft) -> impl Fn() -> ForwardToLeader<NodeId, MemberNo
 /// The first steps of a graceful shutdown, before the servers stop and
 /// drain: refuse new KV requests, turn health `NOT_SERVING`, and, on a
 /// leader, hand leadership over (see [`crate::handoff`]).
-async fn close_gracefully(raft: &Raft, health: &HealthReporter, draining: &tokio::sync::watch::Sender<bool>) {
+async fn close_gracefully(
+    raft: &Raft,
+    network: &Network,
+    health: &HealthReporter,
+    draining: &tokio::sync::watch::Sender<bool>,
+) {
     // Refuse first, then tell health checkers: a checker that sees
     // NOT_SERVING finds requests refused too. Writes refused from here on
     // also stop the log from growing, so the successor can catch up.
     draining.send_replace(true);
     health.set_not_serving::<KvServer<KvService>>().await;
     health.set_service_status("", ServingStatus::NotServing).await;
-    match crate::handoff::hand_off(raft).await {
+    match crate::handoff::hand_off(raft, network).await {
         Handoff::NotLeader => tracing::info!("shutting down: health is NOT_SERVING; draining"),
         Handoff::NoSuccessor => tracing::info!("shutting down the only voter; draining"),
         Handoff::Moved { to, elapsed_ms } => {

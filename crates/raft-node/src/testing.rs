@@ -289,6 +289,20 @@ impl TestCluster {
         self.dir.path().join(format!("node{id}"))
     }
 
+    /// `message` as a Raft call from node `id`'s cluster: it carries the
+    /// cluster id from that node's identity file.
+    pub fn raft_request<T>(&self, id: u64, message: T) -> tonic::Request<T> {
+        let cluster_id = crate::cluster_id::read_from_data_dir(&self.data_dir(id))
+            .expect("identity file")
+            .expect("node has a cluster id");
+        let mut request = tonic::Request::new(message);
+        request.metadata_mut().insert(
+            crate::cluster_id::CLUSTER_ID_HEADER,
+            cluster_id.to_string().parse().expect("hex is valid metadata"),
+        );
+        request
+    }
+
     /// The disk node `id` runs on.
     pub fn disk(&self, id: u64) -> Arc<dyn FileSystem> {
         self.disks.get(&id).map_or_else(RealFs::shared, Arc::clone)
@@ -347,6 +361,11 @@ impl TestCluster {
     /// The Raft handle of running node `id`.
     pub fn raft(&self, id: u64) -> &crate::types::Raft {
         self.running[&id].node.raft()
+    }
+
+    /// Running node `id`.
+    pub fn node(&self, id: u64) -> &KvNode {
+        &self.running[&id].node
     }
 
     /// Restarts stopped node `id` on its data directory and address.

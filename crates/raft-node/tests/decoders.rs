@@ -11,24 +11,14 @@
 //! writes the valid encodings into the corpus directories.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 
 use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta, StoredMembership};
 use proto::raft as pb;
 use raft_node::fuzzing;
 use raft_node::types::{Entry, LogCommand, LogId, Membership, Node};
-use storage::fuzzing::MUTATIONS_PER_INPUT_DEFAULT;
-use storage::fuzzing::{corpus_files, join_payloads, log_payloads, mutations, panicking_inputs};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use storage::fuzzing::{
+    corpus_panics, env_u64, join_payloads, log_payloads, mutation_panics, Seed, MUTATIONS_PER_INPUT_DEFAULT,
+};
 
 fn put(key: &str, value: &str, client_id: u64, sequence: u64) -> pb::Command {
     pb::Command {
@@ -116,7 +106,7 @@ fn log_entries() -> Vec<Entry> {
 
 /// Valid encodings of each node target's input, made by the node's
 /// encoders: `(target, name, input)`.
-fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+fn seeds() -> Vec<Seed> {
     let mut seeds = Vec::new();
     let segments = fuzzing::segments_of(log_entries()).expect("write a log");
     for (i, segment) in segments.iter().enumerate() {
@@ -204,13 +194,7 @@ fn the_whole_log_is_recovered_from_its_segments() {
 fn no_corpus_input_makes_a_decoder_panic() {
     // Every input the fuzzers kept (crashes they found included, once fixed) still decodes without a panic.
     for target in TARGETS {
-        let inputs: Vec<(String, Vec<u8>)> = corpus_files(&corpus_dir(target))
-            .expect("read the corpus")
-            .into_iter()
-            .map(|(path, bytes)| (path.display().to_string(), bytes))
-            .collect();
-        assert!(!inputs.is_empty(), "the corpus of {target} is empty");
-        let panicked = panicking_inputs(&inputs, |input| decode(target, input));
+        let panicked = corpus_panics(target, |input| decode(target, input)).expect("read the corpus");
         assert!(panicked.is_empty(), "{target} panicked on {panicked:?}");
     }
 }
@@ -218,21 +202,11 @@ fn no_corpus_input_makes_a_decoder_panic() {
 #[test]
 fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     // Random damage to what the node writes or a peer sends is an error or a valid decode, never a panic.
-    let seed = env_or("DECODER_SEED", fastrand::u64(..));
-    let count = env_or("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
+    let seed = env_u64("DECODER_SEED", fastrand::u64(..));
+    let count = env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    for (index, (target, name, input)) in seeds().into_iter().enumerate() {
-        let mutated: Vec<(String, Vec<u8>)> = mutations(seed.wrapping_add(index as u64), &input, count)
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| (format!("{target}/{name} mutation {i}"), bytes))
-            .collect();
-        let panicked = panicking_inputs(&mutated, |input| decode(target, input));
-        assert!(
-            panicked.is_empty(),
-            "DECODER_SEED={seed}: {target} panicked on {panicked:?}"
-        );
-    }
+    let panicked = mutation_panics(seed, count, &seeds(), decode);
+    assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 
 #[test]
@@ -242,11 +216,7 @@ fn write_seed_corpus() {
     if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
         return;
     }
-    for (target, name, input) in seeds() {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).expect("create the corpus directory");
-        std::fs::write(dir.join(format!("seed-{name}")), input).expect("write a seed");
-    }
+    storage::fuzzing::write_seed_corpus(&seeds()).expect("write the seed corpus");
 }
 
 #[test]

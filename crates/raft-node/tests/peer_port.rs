@@ -21,19 +21,6 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// How far above the cluster's term a forged message claims to be.
 const FORGED_TERM_AHEAD: u64 = 1000;
 
-/// `message` as a Raft call from node `id`'s cluster: with its cluster id.
-fn from_cluster<T>(cluster: &TestCluster, id: u64, message: T) -> tonic::Request<T> {
-    let cluster_id = raft_node::cluster_id::read_from_data_dir(&cluster.data_dir(id))
-        .expect("identity file")
-        .expect("node has a cluster id");
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        raft_node::cluster_id::CLUSTER_ID_HEADER,
-        cluster_id.to_string().parse().expect("hex is valid metadata"),
-    );
-    request
-}
-
 async fn channel(addr: &str) -> Channel {
     Channel::from_shared(format!("http://{addr}"))
         .expect("endpoint")
@@ -174,7 +161,7 @@ async fn forged_raft_messages_on_a_client_port_are_unimplemented_and_change_noth
         last_log_id: None,
     };
     let stale = RaftClient::new(channel(&cluster.peer_addr(leader)).await)
-        .vote(from_cluster(&cluster, leader, stale_vote))
+        .vote(cluster.raft_request(leader, stale_vote))
         .await
         .expect("the peer port serves Raft")
         .into_inner();

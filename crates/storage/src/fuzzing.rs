@@ -435,3 +435,62 @@ pub fn panicking_inputs(inputs: &[(String, Vec<u8>)], decode: impl Fn(&[u8])) ->
         .map(|(name, _)| name.clone())
         .collect()
 }
+
+/// A valid encoding for a decoder test: `(fuzz target, name, bytes)`.
+pub type Seed = (&'static str, String, Vec<u8>);
+
+/// The corpus directory of fuzz target `target`: `fuzz/corpus/<target>` in
+/// this repository.
+pub fn corpus_dir(target: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../fuzz/corpus")
+        .join(target)
+}
+
+/// The number in environment variable `name`, or `default` when it is unset
+/// or not a number (test knobs such as `DECODER_SEED`).
+pub fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// The files of `target`'s corpus on which `decode` panics, by path. An
+/// unreadable or empty corpus is an error: a test over it would check nothing.
+pub fn corpus_panics(target: &str, decode: impl Fn(&[u8])) -> std::io::Result<Vec<String>> {
+    let inputs: Vec<(String, Vec<u8>)> = corpus_files(&corpus_dir(target))?
+        .into_iter()
+        .map(|(path, bytes)| (path.display().to_string(), bytes))
+        .collect();
+    if inputs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("the corpus of {target} is empty"),
+        ));
+    }
+    Ok(panicking_inputs(&inputs, decode))
+}
+
+/// The mutations ([`mutations`], `count` per seed, drawn from `seed`) of
+/// the valid encodings `seeds` on which `decode(target, input)` panics, by
+/// `target/name mutation i`.
+pub fn mutation_panics(seed: u64, count: usize, seeds: &[Seed], decode: impl Fn(&str, &[u8])) -> Vec<String> {
+    let mut panicked = Vec::new();
+    for (index, (target, name, input)) in seeds.iter().enumerate() {
+        let mutated: Vec<(String, Vec<u8>)> = mutations(seed.wrapping_add(index as u64), input, count)
+            .into_iter()
+            .enumerate()
+            .map(|(i, bytes)| (format!("{target}/{name} mutation {i}"), bytes))
+            .collect();
+        panicked.extend(panicking_inputs(&mutated, |input| decode(target, input)));
+    }
+    panicked
+}
+
+/// Writes each of `seeds` into its target's corpus as `seed-<name>`.
+pub fn write_seed_corpus(seeds: &[Seed]) -> std::io::Result<()> {
+    for (target, name, input) in seeds {
+        let dir = corpus_dir(target);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("seed-{name}")), input)?;
+    }
+    Ok(())
+}

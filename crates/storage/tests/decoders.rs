@@ -9,20 +9,8 @@
 //! `FUZZ_WRITE_SEEDS=1 cargo test -p storage --test decoders -- --ignored`
 //! writes the valid encodings into the corpus directories.
 
-use std::path::PathBuf;
-
 use storage::fuzzing::{self, MUTATIONS_PER_INPUT_DEFAULT};
 use storage::key::{internal_key, ValueKind};
-
-fn corpus_dir(target: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/corpus")
-        .join(target)
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn entries(count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
     (0..count)
@@ -32,7 +20,7 @@ fn entries(count: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
 
 /// Valid encodings of each storage target's input, made by the engine's
 /// encoders: `(target, name, input)`.
-fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
+fn seeds() -> Vec<fuzzing::Seed> {
     let mut seeds = Vec::new();
     let block_entries: Vec<(Vec<u8>, Vec<u8>)> = entries(40)
         .into_iter()
@@ -99,13 +87,7 @@ fn valid_encodings_decode_without_error() {
 fn no_corpus_input_makes_a_decoder_panic() {
     // Every input the fuzzers kept (crashes they found included, once fixed) still decodes without a panic.
     for target in TARGETS {
-        let inputs: Vec<(String, Vec<u8>)> = fuzzing::corpus_files(&corpus_dir(target))
-            .expect("read the corpus")
-            .into_iter()
-            .map(|(path, bytes)| (path.display().to_string(), bytes))
-            .collect();
-        assert!(!inputs.is_empty(), "the corpus of {target} is empty");
-        let panicked = fuzzing::panicking_inputs(&inputs, |input| decode(target, input));
+        let panicked = fuzzing::corpus_panics(target, |input| decode(target, input)).expect("read the corpus");
         assert!(panicked.is_empty(), "{target} panicked on {panicked:?}");
     }
 }
@@ -113,27 +95,17 @@ fn no_corpus_input_makes_a_decoder_panic() {
 #[test]
 fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     // Random damage to what the engine writes is an error or a valid decode, never a panic.
-    let seed = env_or("DECODER_SEED", fastrand::u64(..));
-    let count = env_or("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
+    let seed = fuzzing::env_u64("DECODER_SEED", fastrand::u64(..));
+    let count = fuzzing::env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    for (index, (target, name, input)) in seeds().into_iter().enumerate() {
-        let mutated: Vec<(String, Vec<u8>)> = fuzzing::mutations(seed.wrapping_add(index as u64), &input, count)
-            .into_iter()
-            .enumerate()
-            .map(|(i, bytes)| (format!("{target}/{name} mutation {i}"), bytes))
-            .collect();
-        let panicked = fuzzing::panicking_inputs(&mutated, |input| decode(target, input));
-        assert!(
-            panicked.is_empty(),
-            "DECODER_SEED={seed}: {target} panicked on {panicked:?}"
-        );
-    }
+    let panicked = fuzzing::mutation_panics(seed, count, &seeds(), decode);
+    assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 
 #[test]
 fn random_tables_read_back_what_was_written() {
     // The round trip of the `sst_roundtrip` target on stable: any entries, either format, any block size.
-    let seed = env_or("DECODER_SEED", fastrand::u64(..));
+    let seed = fuzzing::env_u64("DECODER_SEED", fastrand::u64(..));
     println!("DECODER_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
     for _ in 0..32 {
@@ -161,9 +133,5 @@ fn write_seed_corpus() {
     if std::env::var_os("FUZZ_WRITE_SEEDS").is_none() {
         return;
     }
-    for (target, name, input) in seeds() {
-        let dir = corpus_dir(target);
-        std::fs::create_dir_all(&dir).expect("create the corpus directory");
-        std::fs::write(dir.join(format!("seed-{name}")), input).expect("write a seed");
-    }
+    fuzzing::write_seed_corpus(&seeds()).expect("write the seed corpus");
 }
