@@ -169,13 +169,13 @@ impl Db {
         // list, and the replayed WALs are deleted once it is flushed. It is
         // numbered by the oldest WAL it may hold writes of; only its order
         // before the new memtable's WAL matters (flush and `Db::flush`).
-        let recovered = Arc::new(Memtable::new(versions.log_number));
+        let recovered = Arc::new(Memtable::new(versions.log_number, options.memtable_bytes_max));
         let replayed = replay_wals(&*fs, &dir, versions.log_number, &recovered)?;
         assert!(
             versions.log_number < wal_number,
             "the new WAL is numbered after every WAL replayed"
         );
-        let mem = Arc::new(Memtable::new(wal_number));
+        let mem = Arc::new(Memtable::new(wal_number, options.memtable_bytes_max));
         let imms = if recovered.is_empty() {
             Vec::new()
         } else {

@@ -37,7 +37,9 @@ pub const TABLE_FILES_OPEN_MIN: usize = 8;
 /// The engine's memory is bounded by configuration, not by the size of the
 /// data:
 ///
-/// - memtables: at most `memtable_bytes_max * (1 + immutable_memtables_max)`;
+/// - memtables: at most `memtable_bytes_max * (1 + immutable_memtables_max)`,
+///   plus 1/64 of that for their key filters (which let point lookups of
+///   keys a memtable does not hold skip its skip list);
 /// - the block cache: about `block_cache_bytes`, which holds data blocks
 ///   *and* every table's index block and bloom filter (a table whose index
 ///   or filter was evicted reads it again, one read of a few KiB to a few

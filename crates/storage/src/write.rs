@@ -426,7 +426,7 @@ fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<
     imms.push(Arc::clone(&state.mem));
     imms.extend(state.imms.iter().cloned());
     *state = Arc::new(SuperVersion {
-        mem: Arc::new(Memtable::new(number)),
+        mem: Arc::new(Memtable::new(number, inner.options.memtable_bytes_max)),
         imms,
         version: Arc::clone(&state.version),
     });

@@ -32,7 +32,7 @@ const _: () = assert!(PROBES_MIN <= PROBES_MAX);
 /// Bytes of one line of a cache-local filter: a cache line.
 pub(crate) const FILTER_LINE_BYTES: usize = 64;
 /// Bits of one line of a cache-local filter.
-const FILTER_LINE_BITS: u64 = (FILTER_LINE_BYTES * 8) as u64;
+pub(crate) const FILTER_LINE_BITS: u64 = (FILTER_LINE_BYTES * 8) as u64;
 /// Most lines a cache-local filter may have: the line is chosen by a
 /// 32-bit multiply-shift.
 const FILTER_LINES_MAX: u64 = u32::MAX as u64;
@@ -112,7 +112,7 @@ fn probe_positions(hash: u64, bits: u64, probes: usize) -> impl Iterator<Item = 
 /// `g = avalanche(hash + HASH_MULTIPLIER)`, `h1 = g mod 512` and
 /// `h2 = (g >> 9) mod 512 | 1` (odd, so the `k <= 30` probes of one key
 /// never repeat a bit).
-fn line_probe_positions(hash: u64, lines: u64, probes: usize) -> impl Iterator<Item = u64> {
+pub(crate) fn line_probe_positions(hash: u64, lines: u64, probes: usize) -> impl Iterator<Item = u64> {
     assert!(
         (1..=FILTER_LINES_MAX).contains(&lines),
         "a cache-local filter has 1 to FILTER_LINES_MAX lines"

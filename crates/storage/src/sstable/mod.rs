@@ -22,7 +22,7 @@ mod index_tests;
 pub(crate) use block::Block;
 #[cfg(feature = "fuzzing")]
 pub(crate) use block::{BlockBuilder, BlockIter};
-pub(crate) use bloom::{Filter, FilterLayout};
+pub(crate) use bloom::{bloom_hash, line_probe_positions, Filter, FilterLayout, FILTER_LINE_BITS};
 pub(crate) use builder::TableBuilder;
 pub(crate) use reader::{Table, TableHit, TableIter, TableSource};
 
