@@ -257,6 +257,19 @@ impl Db {
         crate::write::write(&self.inner, batch, *options)
     }
 
+    /// Whether a write of about `bytes` would wait if made now: another
+    /// writer holds the write path, the active memtable has no room for it
+    /// (freezing it syncs the WAL and may stall), or compaction is far
+    /// enough behind that writers are slowed or stopped. A caller that must
+    /// not block (an async task) writes at once when this is `false` — a
+    /// WAL-less write is then a memtable insert and nothing else — and hands
+    /// the write to a thread that may block otherwise. A hint: the state can
+    /// change before the write, so a write after `false` can still wait
+    /// briefly (another writer arriving in between).
+    pub fn write_may_wait(&self, bytes: usize) -> bool {
+        crate::write::may_wait(&self.inner, bytes)
+    }
+
     /// The pairs with keys in `range`, in key order, as of now.
     pub fn scan<'k>(&self, range: impl RangeBounds<&'k [u8]>) -> Result<DbIter> {
         self.inner.scan(range, None)

@@ -129,6 +129,17 @@ pub(crate) fn write(inner: &Inner, batch: WriteBatch, options: WriteOptions) -> 
     lead(inner, &slot)
 }
 
+/// See [`crate::Db::write_may_wait`].
+pub(crate) fn may_wait(inner: &Inner, bytes: usize) -> bool {
+    if inner.queue.lock().leader_active {
+        return true;
+    }
+    let options = &inner.options;
+    let sv = inner.super_version();
+    let mem_has_room = sv.mem.approximate_bytes().saturating_add(bytes) < options.memtable_bytes_max;
+    !mem_has_room || write_controller::throttle(debt(inner, &sv), &limits(options)) != Throttle::None
+}
+
 /// Commits groups until `own` is done, then passes leadership on.
 fn lead(inner: &Inner, own: &Arc<Slot>) -> Result<()> {
     let mut writer = inner.writer.lock();
@@ -519,5 +530,25 @@ mod tests {
             !wal_files(dir.path()).contains(&leftover),
             "the leftover spare WAL stays"
         );
+    }
+
+    #[test]
+    fn a_write_that_would_freeze_the_memtable_or_follow_another_writer_may_wait() {
+        // Callers that must not block rely on `false` meaning a plain memtable insert.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = Options {
+            memtable_bytes_max: 4096,
+            ..Options::default()
+        };
+        let db = Db::open(dir.path(), options).expect("open");
+        assert!(!db.write_may_wait(100), "an empty memtable has room");
+        assert!(db.write_may_wait(5000), "a write larger than the memtable freezes it");
+        while db.inner.super_version().mem.approximate_bytes() < 4096 - 200 {
+            db.put(b"k", [b'v'; 100]).expect("put");
+        }
+        assert!(db.write_may_wait(400), "the memtable has no room left for it");
+        db.inner.queue.lock().leader_active = true;
+        assert!(db.write_may_wait(1), "another writer holds the write path");
+        db.inner.queue.lock().leader_active = false;
     }
 }
