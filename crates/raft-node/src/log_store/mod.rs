@@ -203,14 +203,16 @@ pub(crate) struct DurableState {
 }
 
 impl DurableState {
-    /// The state as framed records, to open segment `seq` with.
-    fn framed(&self, seq: u64) -> Vec<u8> {
+    /// The opening record and the state as framed records, to open
+    /// segment `seq` with (made from a `recycled` file or a new one).
+    fn framed(&self, seq: u64, recycled: bool) -> Vec<u8> {
         // Nothing of the segment is synced before its opening is.
         let name = RecordName {
             file_number: seq,
             synced_bytes: 0,
         };
         let mut framed = Vec::new();
+        frame(&mut framed, &Record::Opening { recycled }.encode(), name);
         let records = [
             self.vote.map(Record::Vote),
             self.committed.map(Record::Committed),
@@ -671,7 +673,7 @@ impl LogStore {
 
     /// Deletes every entry at or before `log_id.index`, durably, and the
     /// segment files that held only such entries.
-    fn purge_upto(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+    pub(crate) fn purge_upto(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
         self.check_usable()?;
         if self.state.purged.is_some_and(|p| p.index >= log_id.index) {
             return Ok(());
@@ -890,7 +892,7 @@ impl LogStore {
                 spare.abandon(self.fs.as_ref());
             }
             let path = segment_path(&self.dir, seq);
-            let framed = state.framed(seq);
+            let framed = state.framed(seq, true);
             // Its earlier records stay after the opening: format 2's
             // records name their segment, so recovery never reads them as
             // this one's (docs/log-store-format.md, "Recycled segments").
@@ -934,7 +936,7 @@ impl LogStore {
             }
         };
         let path = segment_path(&self.dir, seq);
-        let framed = state.framed(seq);
+        let framed = state.framed(seq, false);
         let file = install_spare(self.fs.as_ref(), &self.dir, prepared, &spare.path, &path, &framed)?;
         self.metrics.preallocated_segments += 1;
         Ok(Current {
@@ -971,7 +973,7 @@ fn remove_spares(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
 /// Creates segment `seq` opening with `state`, durably.
 fn start_segment(fs: &dyn FileSystem, dir: &Path, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
     let path = segment_path(dir, seq);
-    let framed = state.framed(seq);
+    let framed = state.framed(seq, false);
     let file = create_segment(fs, dir, &path, &framed)?;
     let len_bytes = (segment::FILE_HEADER_BYTES + framed.len()) as u64;
     Ok(Current {

@@ -149,6 +149,8 @@ pub(crate) fn recover(
                 Record::Vote(vote) => state.vote = Some(vote),
                 Record::Committed(log_id) => state.committed = Some(log_id),
                 Record::Purged(log_id) => state.purged = Some(log_id),
+                // The scan read it already (how the segment ends).
+                Record::Opening { .. } => {}
             }
         }
     }

@@ -23,6 +23,7 @@ use storage::framing::{self, all_zero, FileHeader, ScanEnd, RECORD_HEADER_BYTES}
 use storage::io::{File, FileSystem};
 
 use super::error::LogStoreError;
+use super::record::{TYPE_OPENING_FRESH, TYPE_OPENING_RECYCLED};
 
 /// Largest record payload, in bytes (one entry, its type byte included).
 pub const RECORD_BYTES_MAX: usize = 64 << 20;
@@ -330,13 +331,11 @@ pub(crate) fn scan(
     numbers: Numbers,
 ) -> Result<Scan, LogStoreError> {
     let buf = read_whole(fs, path)?;
-    if buf.len() < FILE_HEADER_BYTES || all_zero(&buf[..FILE_HEADER_BYTES]) {
-        // The header is synced at creation, so it is missing only if the
-        // crash came before the segment was ever used.
+    let torn_header = |buf: Vec<u8>| {
         if !is_last {
             return Err(LogStoreError::corrupt(path, 0, "short or zeroed file header"));
         }
-        return Ok(Scan {
+        Ok(Scan {
             buf,
             header_bytes: NAMED_RECORD_HEADER_BYTES,
             version: FORMAT_VERSION,
@@ -344,13 +343,24 @@ pub(crate) fn scan(
             valid_bytes: 0,
             end: Ending::Torn,
             torn_header: true,
-        });
+        })
+    };
+    if buf.len() < FILE_HEADER_BYTES || all_zero(&buf[..FILE_HEADER_BYTES]) {
+        // The header is synced at creation, so it is missing only if the
+        // crash came before the segment was ever used.
+        return torn_header(buf);
     }
     let version = check_header(path, &buf)?;
-    let (header_bytes, payloads, valid_bytes, end) = if version == FORMAT_VERSION_V1 {
-        scan_v1(path, &buf)?
+    let scanned = if version == FORMAT_VERSION_V1 {
+        Some(scan_v1(path, &buf)?)
     } else {
         scan_v2(path, &buf, seq, numbers)?
+    };
+    let Some((header_bytes, payloads, valid_bytes, end)) = scanned else {
+        // Format 2: no opening record. It is synced with the header before
+        // the segment's name exists, so this too is a creation a crash
+        // interrupted: the segment never held anything.
+        return torn_header(buf);
     };
     if !is_last && !matches!(end, Ending::Complete | Ending::Sealed | Ending::Zeros) {
         return Err(LogStoreError::corrupt(
@@ -407,10 +417,40 @@ fn scan_v1(path: &Path, buf: &[u8]) -> Result<Scanned, LogStoreError> {
     Ok((RECORD_HEADER_BYTES, scan.payloads, offset, end))
 }
 
-/// The records of a format-2 segment numbered `seq`.
-fn scan_v2(path: &Path, buf: &[u8], seq: u64, numbers: Numbers) -> Result<Scanned, LogStoreError> {
+/// The records of a format-2 segment numbered `seq`; `None` if it lacks
+/// its opening record.
+///
+/// Where the records stop short of a seal or the end of the file, the
+/// opening record decides: in a recycled file, bytes that are not this
+/// segment's records are its earlier life (or a torn write over it) unless
+/// a later record proves them synced; in a new file they are zeros, so a
+/// stop that is not a torn write over zeros (the format-1 rule) is damage.
+fn scan_v2(path: &Path, buf: &[u8], seq: u64, numbers: Numbers) -> Result<Option<Scanned>, LogStoreError> {
     let mut scan = named::scan(buf, FILE_HEADER_BYTES, RECORD_BYTES_MAX, seq);
     let mut payloads = std::mem::take(&mut scan.payloads);
+    let recycled = match payloads.first().map(|range| &buf[range.clone()]) {
+        Some([TYPE_OPENING_FRESH]) => false,
+        Some([TYPE_OPENING_RECYCLED]) => true,
+        Some(_) => {
+            return Err(LogStoreError::corrupt(
+                path,
+                FILE_HEADER_BYTES as u64,
+                "the first record of a format-2 segment is not its opening",
+            ))
+        }
+        None if matches!(
+            scan.end,
+            NamedEnd::Sealed | NamedEnd::Invalid { .. } | NamedEnd::Damaged { .. }
+        ) =>
+        {
+            return Err(LogStoreError::corrupt(
+                path,
+                FILE_HEADER_BYTES as u64,
+                format!("no opening record: {:?}", scan.end),
+            ))
+        }
+        None => return Ok(None),
+    };
     while let (Numbers::IgnoredForTests, NamedEnd::Older { file_number }) = (numbers, &scan.end) {
         // The broken reader: go on through the earlier life's records.
         scan = named::scan(buf, scan.valid_bytes, RECORD_BYTES_MAX, *file_number);
@@ -421,7 +461,17 @@ fn scan_v2(path: &Path, buf: &[u8], seq: u64, numbers: Numbers) -> Result<Scanne
         NamedEnd::Complete => Ending::Complete,
         NamedEnd::Sealed => Ending::Sealed,
         NamedEnd::Cut { .. } => Ending::Torn,
-        NamedEnd::ZeroTail | NamedEnd::Older { .. } | NamedEnd::Leftover { .. } => Ending::Leftover,
+        NamedEnd::ZeroTail => Ending::Leftover,
+        NamedEnd::Older { .. } | NamedEnd::Leftover { .. } if recycled => Ending::Leftover,
+        NamedEnd::Leftover { .. } if named::torn_over_zeros(buf, offset, RECORD_BYTES_MAX) => Ending::Torn,
+        NamedEnd::Older { file_number } => {
+            return Err(LogStoreError::corrupt(
+                path,
+                offset as u64,
+                format!("a record of segment {file_number} in a segment that was never recycled"),
+            ))
+        }
+        NamedEnd::Leftover { reason } => return Err(LogStoreError::corrupt(path, offset as u64, reason)),
         NamedEnd::Damaged { reason, witness } => {
             return Err(LogStoreError::corrupt(
                 path,
@@ -431,7 +481,7 @@ fn scan_v2(path: &Path, buf: &[u8], seq: u64, numbers: Numbers) -> Result<Scanne
         }
         NamedEnd::Invalid { reason } => return Err(LogStoreError::corrupt(path, offset as u64, reason)),
     };
-    Ok((NAMED_RECORD_HEADER_BYTES, payloads, offset, end))
+    Ok(Some((NAMED_RECORD_HEADER_BYTES, payloads, offset, end)))
 }
 
 impl Scan {
@@ -512,11 +562,17 @@ mod tests {
         scan(&RealFs, path, 1, is_last, Numbers::Checked)
     }
 
-    /// A format-2 segment's bytes: numbered `seq`, holding `payloads`,
-    /// each claiming `synced_bytes` durable (capped at its own offset).
+    /// A format-2 segment's bytes: numbered `seq`, made from a recycled
+    /// file, holding `payloads`, each claiming `synced_bytes` durable
+    /// (capped at its own offset).
     fn segment_v2(seq: u64, payloads: &[&[u8]], synced_bytes: u64) -> Vec<u8> {
+        opened_v2(seq, TYPE_OPENING_RECYCLED, payloads, synced_bytes)
+    }
+
+    /// [`segment_v2`] opening with `opening` (fresh or recycled).
+    fn opened_v2(seq: u64, opening: u8, payloads: &[&[u8]], synced_bytes: u64) -> Vec<u8> {
         let mut bytes = file_header().to_vec();
-        for p in payloads {
+        for p in std::iter::once(&[opening][..]).chain(payloads.iter().copied()) {
             let name = RecordName {
                 file_number: seq,
                 synced_bytes: synced_bytes.min(bytes.len() as u64),
@@ -526,10 +582,13 @@ mod tests {
         bytes
     }
 
-    /// The payloads a scan found.
+    /// The payloads a scan found after the opening record.
     fn found(scan: &Scan) -> Vec<Vec<u8>> {
-        scan.records.iter().map(|r| scan.payload(r).to_vec()).collect()
+        scan.records.iter().skip(1).map(|r| scan.payload(r).to_vec()).collect()
     }
+
+    /// Bytes of a format-2 opening record.
+    const OPENING_BYTES: usize = NAMED_RECORD_HEADER_BYTES + 1;
 
     #[test]
     fn segment_names_round_trip() {
@@ -649,7 +708,7 @@ mod tests {
             // The deliberately broken reader, which ignores the numbers,
             // reads the old records too: the fixture does test the check.
             let broken = scan_bytes(dir.path(), 9, &recycled, true, Numbers::IgnoredForTests).expect("scans");
-            assert_eq!(broken.records.len(), old_refs.len(), "the broken reader reads old records");
+            assert_eq!(broken.records.len(), 1 + old_refs.len(), "the broken reader reads old records");
         }
         // Other lengths: the new records end mid-way through an old one.
         let new = segment_v2(9, &[b"short", &[5u8; 1000], b"x"], u64::MAX);
@@ -674,7 +733,7 @@ mod tests {
         // Nothing of the new segment synced yet but its opening (16 bytes).
         let new_payloads: [&[u8]; 3] = [b"first", &[6u8; 1800], b"third"];
         let new = segment_v2(5, &new_payloads, FILE_HEADER_BYTES as u64);
-        let second = FILE_HEADER_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
+        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
         // Every prefix of the new bytes over the old file, then, per cut,
         // one sector of the second record lost (old bytes) with the third
         // landed: always the whole records before the tear, no error.
@@ -682,15 +741,21 @@ mod tests {
             let mut recycled = old.clone();
             recycled[..cut].copy_from_slice(&new[..cut]);
             let scanned = scan_bytes(dir.path(), 5, &recycled, true, Numbers::Checked).expect("torn, not corrupt");
-            let whole = if cut == new.len() { 3 } else if cut >= second + NAMED_RECORD_HEADER_BYTES + 1800 { 2 } else { 1 };
-            assert_eq!(scanned.records.len(), whole, "cut at {cut}");
+            let whole = if cut == new.len() {
+                3
+            } else if cut >= second + NAMED_RECORD_HEADER_BYTES + 1800 {
+                2
+            } else {
+                1
+            };
+            assert_eq!(found(&scanned).len(), whole, "cut at {cut}");
             assert!(scanned.needs_cut(), "cut at {cut}: old bytes follow, recovery cuts them");
         }
         let mut torn = old.clone();
         torn[..new.len()].copy_from_slice(&new);
         torn[2 * SECTOR_BYTES..3 * SECTOR_BYTES].copy_from_slice(&old[2 * SECTOR_BYTES..3 * SECTOR_BYTES]);
         let scanned = scan_bytes(dir.path(), 5, &torn, true, Numbers::Checked).expect("torn, not corrupt");
-        assert_eq!((scanned.records.len(), scanned.valid_bytes), (1, second as u64));
+        assert_eq!((found(&scanned).len(), scanned.valid_bytes), (1, second as u64));
     }
 
     #[test]
@@ -707,7 +772,7 @@ mod tests {
                 synced_bytes: synced,
             },
         );
-        let second = FILE_HEADER_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
+        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
         bytes[second + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
         let err = scan_bytes(dir.path(), 4, &bytes, true, Numbers::Checked).expect_err("damage");
         assert!(
@@ -717,7 +782,39 @@ mod tests {
         // Without the vouching record, the same bytes may be a torn write.
         let unvouched = &bytes[..synced as usize];
         let scanned = scan_bytes(dir.path(), 4, unvouched, true, Numbers::Checked).expect("torn");
-        assert_eq!((scanned.records.len(), scanned.end), (1, Ending::Leftover));
+        assert_eq!((found(&scanned).len(), scanned.end), (1, Ending::Leftover));
+    }
+
+    #[test]
+    fn in_a_segment_never_recycled_damage_before_data_is_corruption_as_in_format_1() {
+        // Without an earlier life, what follows the records is zeros: data after a bad record is damage.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut bytes = opened_v2(4, TYPE_OPENING_FRESH, &[b"first", b"second", b"third"], 0);
+        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
+        bytes[second + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
+        let err = scan_bytes(dir.path(), 4, &bytes, true, Numbers::Checked).expect_err("damage");
+        assert!(
+            matches!(&err, LogStoreError::Corrupt { offset, .. } if *offset == second as u64),
+            "{err}"
+        );
+        // The same record torn over zeros (a sector never written) is a torn tail.
+        let mut torn = opened_v2(4, TYPE_OPENING_FRESH, &[b"first", &[3u8; 1500], b"third"], 0);
+        torn[SECTOR_BYTES..2 * SECTOR_BYTES].fill(0);
+        let scanned = scan_bytes(dir.path(), 4, &torn, true, Numbers::Checked).expect("torn");
+        assert_eq!((found(&scanned).len(), scanned.end), (1, Ending::Torn));
+        // A recycled segment with the same bytes: what follows may be its earlier life.
+        let mut refreshed = Vec::new();
+        frame(
+            &mut refreshed,
+            &[TYPE_OPENING_RECYCLED],
+            RecordName {
+                file_number: 4,
+                synced_bytes: 0,
+            },
+        );
+        bytes[FILE_HEADER_BYTES..FILE_HEADER_BYTES + OPENING_BYTES].copy_from_slice(&refreshed);
+        let scanned = scan_bytes(dir.path(), 4, &bytes, true, Numbers::Checked).expect("leftover");
+        assert_eq!((found(&scanned).len(), scanned.end), (1, Ending::Leftover));
     }
 
     #[test]
@@ -738,7 +835,7 @@ mod tests {
         recycled[..bytes.len()].copy_from_slice(&bytes);
         for is_last in [true, false] {
             let scanned = scan_bytes(dir.path(), 6, &recycled, is_last, Numbers::Checked).expect("sealed");
-            assert_eq!((scanned.records.len(), scanned.end), (1, Ending::Sealed));
+            assert_eq!((found(&scanned).len(), scanned.end), (1, Ending::Sealed));
             assert_eq!(scanned.valid_bytes, seal_at as u64);
         }
         let complete = segment_v2(6, &[b"one"], u64::MAX);

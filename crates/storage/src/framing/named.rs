@@ -287,6 +287,29 @@ fn witnessed(buf: &[u8], stop: usize, record_bytes_max: usize, file_number: u64,
     None
 }
 
+/// Whether the bytes at `stop`, where the records of a file that had no
+/// earlier life (zero-filled or grown by appends) end, look like a write a
+/// crash tore: as for [`crate::framing::scan_records`], a record header of
+/// zeros, or a record whose declared end lies within the file and after
+/// which only zeros follow, or one of whose 512-byte sectors holds only
+/// zeros (that part of the write never reached the disk).
+pub fn torn_over_zeros(buf: &[u8], stop: usize, record_bytes_max: usize) -> bool {
+    let Some(header) = header_at(buf, stop) else {
+        return true; // cut short by the end of the file
+    };
+    if all_zero(&buf[stop..stop + 8]) {
+        return true;
+    }
+    if header.len > record_bytes_max {
+        return false;
+    }
+    let end = stop + NAMED_RECORD_HEADER_BYTES + header.len;
+    if end > buf.len() {
+        return true;
+    }
+    all_zero(&buf[end..]) || super::has_zeroed_sector(buf, stop, end)
+}
+
 /// The first offset of `needle` in `haystack`.
 fn find(haystack: &[u8], needle: &[u8; 8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|window| window == needle)
