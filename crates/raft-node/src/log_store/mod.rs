@@ -79,6 +79,8 @@
 //! openraft's single core task, which waits for each of them anyway.
 
 mod error;
+#[cfg(test)]
+mod format_tests;
 mod raft;
 mod reader;
 mod record;
