@@ -6,14 +6,16 @@
 //!
 //! - `segment`: file naming, the file header, the recovery scan (torn
 //!   tail versus corruption), over the engine's record framing
-//!   (`storage::framing`). Every file operation goes through the engine's
+//!   (`storage::framing`; format 2's records name their segment, so
+//!   purged segment files are recycled without zeroing them). Every file operation goes through the engine's
 //!   disk seam (`storage::io::FileSystem`; [`LogStore::open_on`]), so the
 //!   crash tests run the store on the simulated disk.
-//! - `record`: the record types (entry, vote, committed, purged).
+//! - `record`: the record types (entry, vote, committed, purged, opening).
 //! - `sync`: the group-commit thread.
 //! - `reader`: the index of live entries, the memory window, and
 //!   [`LogReader`], which reads older entries from disk.
 //! - `recovery`: rebuilding the log on open.
+//! - `format_tests` (tests only): logs written by older formats.
 //! - `raft`: the openraft trait implementations.
 //!
 //! The byte format is in `docs/log-store-format.md`.
