@@ -165,7 +165,13 @@ pub fn recycled_segment() -> Result<(u64, Vec<u8>), LogStoreError> {
         memory_window_bytes_max: 0,
     };
     let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
-    let stuck = || LogStoreError::io("recycle a segment in", dir, std::io::Error::other("no segment was recycled"));
+    let stuck = || {
+        LogStoreError::io(
+            "recycle a segment in",
+            dir,
+            std::io::Error::other("no segment was recycled"),
+        )
+    };
     {
         let mut store = LogStore::open_on(Arc::clone(&fs) as Arc<dyn FileSystem>, dir, options)?;
         let mut index = 0;

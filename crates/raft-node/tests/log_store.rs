@@ -578,7 +578,11 @@ async fn purged_segments_are_recycled_and_the_log_reopens_to_exactly_its_entries
             next += 1;
         }
         store.purge(log_id(5, next - 10)).await.expect("purge");
-        assert_eq!(all_entries(&mut store).await, entries(5, next - 9..=next - 1), "round {round}");
+        assert_eq!(
+            all_entries(&mut store).await,
+            entries(5, next - 9..=next - 1),
+            "round {round}"
+        );
     }
     let recycled = store.metrics().recycled_segments;
     assert!(recycled >= 4, "purged segments were recycled: {:?}", store.metrics());
@@ -594,7 +598,10 @@ async fn purged_segments_are_recycled_and_the_log_reopens_to_exactly_its_entries
 
     let mut store = LogStore::open_with(dir.path(), small_segments()).expect("reopen");
     assert_eq!(all_entries(&mut store).await, entries(5, next - 9..=next - 1));
-    store.blocking_append(entries(5, next..=next + 20)).await.expect("append after reopen");
+    store
+        .blocking_append(entries(5, next..=next + 20))
+        .await
+        .expect("append after reopen");
     drop(store);
     let mut store = LogStore::open_with(dir.path(), small_segments()).expect("reopen again");
     assert_eq!(all_entries(&mut store).await, entries(5, next - 9..=next + 20));

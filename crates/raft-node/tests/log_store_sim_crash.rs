@@ -553,7 +553,10 @@ fn a_recovery_that_ignores_segment_numbers_reads_stale_entries() {
         ..Plan::honest(seed)
     });
     eprintln!("recovery ignoring segment numbers: {failed} of {ran} seeds failed; first: {first:?}");
-    assert!(failed >= 1, "none of {ran} seeds noticed a recovery that ignores segment numbers");
+    assert!(
+        failed >= 1,
+        "none of {ran} seeds noticed a recovery that ignores segment numbers"
+    );
 }
 
 /// The entries a recycled segment holds after [`recycled_after_power_cut`]
@@ -630,7 +633,11 @@ fn a_recycled_segment_reopens_to_its_own_entries_after_a_power_cut() {
     // Negative control: the broken recovery reads the earlier records.
     let (synced, broken) = recycled_after_power_cut(true);
     eprintln!("recovery ignoring segment numbers: {:?}", broken.as_ref().map(Vec::len));
-    assert_ne!(broken, Ok(synced), "a recovery ignoring segment numbers must not recover the same log");
+    assert_ne!(
+        broken,
+        Ok(synced),
+        "a recovery ignoring segment numbers must not recover the same log"
+    );
 }
 
 #[test]

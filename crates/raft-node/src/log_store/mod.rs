@@ -889,7 +889,10 @@ impl LogStore {
     fn next_segment(&mut self, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
         // A spare already filled for this segment is used first (its zeros
         // are written); a recycled file otherwise, rather than waiting.
-        let spare_ready = self.spare.as_ref().is_some_and(|s| s.seq == seq && s.thread.is_finished());
+        let spare_ready = self
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.seq == seq && s.thread.is_finished());
         let recycled = if spare_ready { None } else { self.recycled.pop() };
         if let Some(recycled) = recycled {
             if let Some(spare) = self.spare.take() {

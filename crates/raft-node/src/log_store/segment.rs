@@ -208,9 +208,7 @@ pub(crate) fn install_spare(
     // Synced before the rename: a segment name that survives a crash must
     // never point at a file whose header is still zeros (or, recycled, an
     // older segment's header and records).
-    spare
-        .sync_data()
-        .map_err(|e| LogStoreError::io("fsync", from, e))?;
+    spare.sync_data().map_err(|e| LogStoreError::io("fsync", from, e))?;
     fs.rename(from, path)
         .map_err(|e| LogStoreError::io("rename", from, e))?;
     // The rename is durable before appends land in the segment: otherwise
@@ -686,6 +684,35 @@ mod tests {
         assert!(scan1(&path, false).is_err());
     }
 
+    /// An older segment `seq` of `count` records of `len` bytes (record `i`
+    /// filled with `i + 1`): its payloads and its bytes.
+    fn old_segment(seq: u64, count: u8, len: usize) -> (Vec<Vec<u8>>, Vec<u8>) {
+        let payloads: Vec<Vec<u8>> = (0..count).map(|i| vec![i + 1; len]).collect();
+        let refs: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+        let bytes = segment_v2(seq, &refs, u64::MAX);
+        (payloads, bytes)
+    }
+
+    /// `old` with `new` written over its start: a recycled file.
+    fn overlay(old: &[u8], new: &[u8]) -> Vec<u8> {
+        let mut recycled = old.to_vec();
+        recycled[..new.len()].copy_from_slice(new);
+        recycled
+    }
+
+    /// Offset of the second record of a format-2 segment whose first
+    /// (after the opening) has a 5-byte payload.
+    const SECOND: usize = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
+
+    /// Asserts that `bytes`, as the newest segment `seq`, are corrupt at `offset`.
+    fn assert_corrupt_at(dir: &Path, seq: u64, bytes: &[u8], offset: usize) {
+        let err = scan_bytes(dir, seq, bytes, true, Numbers::Checked).expect_err("damage");
+        assert!(
+            matches!(&err, LogStoreError::Corrupt { offset: at, .. } if *at == offset as u64),
+            "{err}"
+        );
+    }
+
     /// Writes `bytes` as segment `seq` in `dir` and scans it.
     fn scan_bytes(dir: &Path, seq: u64, bytes: &[u8], is_last: bool, numbers: Numbers) -> Result<Scan, LogStoreError> {
         let path = segment_path(dir, seq);
@@ -697,27 +724,32 @@ mod tests {
     fn a_recycled_segment_reads_exactly_its_new_records() {
         // The goal of the format: an older segment's records after the new ones are never read.
         let dir = tempfile::tempdir().expect("tempdir");
-        let old_payloads: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i + 1; 300]).collect();
+        let (old_payloads, old) = old_segment(3, 6, 300);
         let old_refs: Vec<&[u8]> = old_payloads.iter().map(Vec::as_slice).collect();
-        let old = segment_v2(3, &old_refs, u64::MAX);
         // Same length and layout as the old records, even the same bytes:
         // only the segment number tells them apart.
         for new_count in 0..old_refs.len() {
             let new = segment_v2(9, &old_refs[..new_count], u64::MAX);
-            let mut recycled = old.clone();
-            recycled[..new.len()].copy_from_slice(&new);
+            let recycled = overlay(&old, &new);
             let scanned = scan_bytes(dir.path(), 9, &recycled, true, Numbers::Checked).expect("opens");
-            assert_eq!(found(&scanned), old_payloads[..new_count].to_vec(), "{new_count} new records");
+            assert_eq!(
+                found(&scanned),
+                old_payloads[..new_count].to_vec(),
+                "{new_count} new records"
+            );
             assert_eq!((scanned.valid_bytes, scanned.end), (new.len() as u64, Ending::Leftover));
             // The deliberately broken reader, which ignores the numbers,
             // reads the old records too: the fixture does test the check.
             let broken = scan_bytes(dir.path(), 9, &recycled, true, Numbers::IgnoredForTests).expect("scans");
-            assert_eq!(broken.records.len(), 1 + old_refs.len(), "the broken reader reads old records");
+            assert_eq!(
+                broken.records.len(),
+                1 + old_refs.len(),
+                "the broken reader reads old records"
+            );
         }
         // Other lengths: the new records end mid-way through an old one.
         let new = segment_v2(9, &[b"short", &[5u8; 1000], b"x"], u64::MAX);
-        let mut recycled = old.clone();
-        recycled[..new.len()].copy_from_slice(&new);
+        let recycled = overlay(&old, &new);
         let scanned = scan_bytes(dir.path(), 9, &recycled, true, Numbers::Checked).expect("opens");
         assert_eq!(found(&scanned), vec![b"short".to_vec(), vec![5u8; 1000], b"x".to_vec()]);
         assert_eq!(scanned.end, Ending::Leftover);
@@ -731,19 +763,16 @@ mod tests {
     fn a_recycled_segment_torn_mid_record_keeps_the_records_before_the_tear() {
         // A power cut mid-write leaves old bytes, not zeros, in the sectors that never landed.
         let dir = tempfile::tempdir().expect("tempdir");
-        let old_payloads: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i + 1; 700]).collect();
-        let old_refs: Vec<&[u8]> = old_payloads.iter().map(Vec::as_slice).collect();
-        let old = segment_v2(2, &old_refs, u64::MAX);
+        let (_, old) = old_segment(2, 8, 700);
         // Nothing of the new segment synced yet but its opening (16 bytes).
         let new_payloads: [&[u8]; 3] = [b"first", &[6u8; 1800], b"third"];
         let new = segment_v2(5, &new_payloads, FILE_HEADER_BYTES as u64);
-        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
+        let second = SECOND;
         // Every prefix of the new bytes over the old file, then, per cut,
         // one sector of the second record lost (old bytes) with the third
         // landed: always the whole records before the tear, no error.
         for cut in (second..=new.len()).step_by(37) {
-            let mut recycled = old.clone();
-            recycled[..cut].copy_from_slice(&new[..cut]);
+            let recycled = overlay(&old, &new[..cut]);
             let scanned = scan_bytes(dir.path(), 5, &recycled, true, Numbers::Checked).expect("torn, not corrupt");
             let whole = if cut == new.len() {
                 3
@@ -753,10 +782,12 @@ mod tests {
                 1
             };
             assert_eq!(found(&scanned).len(), whole, "cut at {cut}");
-            assert!(scanned.needs_cut(), "cut at {cut}: old bytes follow, recovery cuts them");
+            assert!(
+                scanned.needs_cut(),
+                "cut at {cut}: old bytes follow, recovery cuts them"
+            );
         }
-        let mut torn = old.clone();
-        torn[..new.len()].copy_from_slice(&new);
+        let mut torn = overlay(&old, &new);
         torn[2 * SECTOR_BYTES..3 * SECTOR_BYTES].copy_from_slice(&old[2 * SECTOR_BYTES..3 * SECTOR_BYTES]);
         let scanned = scan_bytes(dir.path(), 5, &torn, true, Numbers::Checked).expect("torn, not corrupt");
         assert_eq!((found(&scanned).len(), scanned.valid_bytes), (1, second as u64));
@@ -776,13 +807,8 @@ mod tests {
                 synced_bytes: synced,
             },
         );
-        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
-        bytes[second + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
-        let err = scan_bytes(dir.path(), 4, &bytes, true, Numbers::Checked).expect_err("damage");
-        assert!(
-            matches!(&err, LogStoreError::Corrupt { offset, .. } if *offset == second as u64),
-            "{err}"
-        );
+        bytes[SECOND + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
+        assert_corrupt_at(dir.path(), 4, &bytes, SECOND);
         // Without the vouching record, the same bytes may be a torn write.
         let unvouched = &bytes[..synced as usize];
         let scanned = scan_bytes(dir.path(), 4, unvouched, true, Numbers::Checked).expect("torn");
@@ -794,13 +820,8 @@ mod tests {
         // Without an earlier life, what follows the records is zeros: data after a bad record is damage.
         let dir = tempfile::tempdir().expect("tempdir");
         let mut bytes = opened_v2(4, TYPE_OPENING_FRESH, &[b"first", b"second", b"third"], 0);
-        let second = FILE_HEADER_BYTES + OPENING_BYTES + NAMED_RECORD_HEADER_BYTES + 5;
-        bytes[second + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
-        let err = scan_bytes(dir.path(), 4, &bytes, true, Numbers::Checked).expect_err("damage");
-        assert!(
-            matches!(&err, LogStoreError::Corrupt { offset, .. } if *offset == second as u64),
-            "{err}"
-        );
+        bytes[SECOND + NAMED_RECORD_HEADER_BYTES + 2] ^= 0x40;
+        assert_corrupt_at(dir.path(), 4, &bytes, SECOND);
         // The same record torn over zeros (a sector never written) is a torn tail.
         let mut torn = opened_v2(4, TYPE_OPENING_FRESH, &[b"first", &[3u8; 1500], b"third"], 0);
         torn[SECTOR_BYTES..2 * SECTOR_BYTES].fill(0);
@@ -835,8 +856,7 @@ mod tests {
                 synced_bytes: seal_at as u64,
             },
         );
-        let mut recycled = old.clone();
-        recycled[..bytes.len()].copy_from_slice(&bytes);
+        let recycled = overlay(&old, &bytes);
         for is_last in [true, false] {
             let scanned = scan_bytes(dir.path(), 6, &recycled, is_last, Numbers::Checked).expect("sealed");
             assert_eq!((found(&scanned).len(), scanned.end), (1, Ending::Sealed));
@@ -848,10 +868,15 @@ mod tests {
         let mut zeros = complete.clone();
         zeros.resize(complete.len() + 1024, 0);
         assert_eq!(
-            scan_bytes(dir.path(), 6, &zeros, true, Numbers::Checked).expect("newest").end,
+            scan_bytes(dir.path(), 6, &zeros, true, Numbers::Checked)
+                .expect("newest")
+                .end,
             Ending::Leftover
         );
-        assert!(scan_bytes(dir.path(), 6, &zeros, false, Numbers::Checked).is_err(), "older segments are sealed");
+        assert!(
+            scan_bytes(dir.path(), 6, &zeros, false, Numbers::Checked).is_err(),
+            "older segments are sealed"
+        );
         let later = segment_v2(7, &[b"one"], u64::MAX);
         assert!(
             scan_bytes(dir.path(), 6, &later, true, Numbers::Checked).is_err(),

@@ -259,7 +259,12 @@ fn run(shared: &Shared) {
             }
             state.in_flight = true;
             let end_bytes = mem::take(&mut state.pending_end_bytes);
-            (mem::take(&mut state.pending), Arc::clone(&state.file), state.file_epoch, end_bytes)
+            (
+                mem::take(&mut state.pending),
+                Arc::clone(&state.file),
+                state.file_epoch,
+                end_bytes,
+            )
         };
         let result = sync_serialized(shared, file.as_ref());
         if result.is_ok() {

@@ -232,8 +232,9 @@ pub fn scan(buf: &[u8], start: usize, record_bytes_max: usize, file_number: u64)
         offset += NAMED_RECORD_HEADER_BYTES + header.len;
     };
     let end = match end {
-        NamedEnd::Cut { reason } => witnessed(buf, offset, record_bytes_max, file_number, reason.to_owned())
-            .unwrap_or(NamedEnd::Cut { reason }),
+        NamedEnd::Cut { reason } => {
+            witnessed(buf, offset, record_bytes_max, file_number, reason.to_owned()).unwrap_or(NamedEnd::Cut { reason })
+        }
         NamedEnd::Leftover { reason } => witnessed(buf, offset, record_bytes_max, file_number, reason.clone())
             .unwrap_or(NamedEnd::Leftover { reason }),
         NamedEnd::Older { file_number: older } => witnessed(
@@ -267,17 +268,18 @@ fn witnessed(buf: &[u8], stop: usize, record_bytes_max: usize, file_number: u64,
     let mut at = stop + 1;
     while at <= last_start {
         // The file number sits 8 bytes into a header: look for it first.
-        let Some(found) = find(&buf[at + 8..last_start + 16], &number) else {
-            return None;
-        };
-        let candidate = at + found;
+        let candidate = at + find(&buf[at + 8..last_start + 16], &number)?;
         at = candidate + 1;
         let Some(header) = header_at(buf, candidate) else {
             continue;
         };
         let synced = header.name.synced_bytes;
         let fits = header.len <= record_bytes_max && candidate + NAMED_RECORD_HEADER_BYTES + header.len <= buf.len();
-        if synced > stop as u64 && synced <= candidate as u64 && fits && crc_of(buf, candidate, header.len) == header.stored_crc {
+        if synced > stop as u64
+            && synced <= candidate as u64
+            && fits
+            && crc_of(buf, candidate, header.len) == header.stored_crc
+        {
             return Some(NamedEnd::Damaged {
                 reason,
                 witness: candidate,
@@ -400,7 +402,10 @@ mod tests {
         assert_eq!((scan.valid_bytes, scan.end), (sealed_at, NamedEnd::Sealed));
         let start = scan.payloads[1].start - NAMED_RECORD_HEADER_BYTES;
         assert_eq!(check_record(&buf[start..sealed_at], 3), Ok(&b"two"[..]));
-        assert!(check_record(&buf[start..sealed_at], 4).is_err(), "another file's record");
+        assert!(
+            check_record(&buf[start..sealed_at], 4).is_err(),
+            "another file's record"
+        );
     }
 
     #[test]
@@ -413,7 +418,10 @@ mod tests {
         assert_eq!(reused.len(), old.len());
         let scan = scan(&reused, FILE_HEADER_BYTES, MAX, 5);
         assert_eq!(payloads(&reused, &scan), vec![&b"aaaa"[..]]);
-        assert_eq!((scan.valid_bytes, scan.end), (new_end, NamedEnd::Older { file_number: 2 }));
+        assert_eq!(
+            (scan.valid_bytes, scan.end),
+            (new_end, NamedEnd::Older { file_number: 2 })
+        );
     }
 
     #[test]
@@ -455,7 +463,11 @@ mod tests {
         torn_only[third..new.len()].copy_from_slice(&old[third..new.len()]);
         let scan_torn = scan(&torn_only, FILE_HEADER_BYTES, MAX, 4);
         assert_eq!((scan_torn.payloads.len(), scan_torn.valid_bytes), (1, second));
-        assert!(matches!(scan_torn.end, NamedEnd::Leftover { .. }), "{:?}", scan_torn.end);
+        assert!(
+            matches!(scan_torn.end, NamedEnd::Leftover { .. }),
+            "{:?}",
+            scan_torn.end
+        );
         // The same bytes with the third record present: it proves the
         // second was synced, so the old sector there is damage.
         let scan_damaged = scan(&torn, FILE_HEADER_BYTES, MAX, 4);
@@ -485,7 +497,10 @@ mod tests {
     fn impossible_records_are_invalid_and_zeros_and_cuts_end_the_file() {
         // A later file's record, or one claiming its own bytes synced, is damage; zeros and a cut are ends.
         let later = file(9, &[b"x"], 0);
-        assert!(matches!(scan(&later, FILE_HEADER_BYTES, MAX, 8).end, NamedEnd::Invalid { .. }));
+        assert!(matches!(
+            scan(&later, FILE_HEADER_BYTES, MAX, 8).end,
+            NamedEnd::Invalid { .. }
+        ));
         let mut claims = vec![0xAB; FILE_HEADER_BYTES];
         frame(
             &mut claims,
@@ -496,7 +511,10 @@ mod tests {
                 synced_bytes: 1000,
             },
         );
-        assert!(matches!(scan(&claims, FILE_HEADER_BYTES, MAX, 8).end, NamedEnd::Invalid { .. }));
+        assert!(matches!(
+            scan(&claims, FILE_HEADER_BYTES, MAX, 8).end,
+            NamedEnd::Invalid { .. }
+        ));
         let mut zeros = file(8, &[b"x"], 0);
         let written = zeros.len();
         zeros.resize(written + 4096, 0);
