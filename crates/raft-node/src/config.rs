@@ -115,9 +115,11 @@ pub struct RaftTiming {
     pub log_memory_window_bytes_max: u64,
     /// Bytes per Raft log segment file. Default 64 MiB
     /// ([`crate::log_store::SEGMENT_BYTES_MAX`]). The log is purged whole
-    /// segments at a time, and the next segment is preallocated (written
-    /// with zeros) ahead: smaller segments free disk sooner after a
-    /// snapshot, for more files and more frequent rolls.
+    /// segments at a time, and the next segment is preallocated ahead (a
+    /// purged segment recycled, or else a file written with zeros; up to
+    /// [`crate::log_store::RECYCLED_SEGMENTS_MAX`] purged segments are kept
+    /// for recycling): smaller segments free disk sooner after a snapshot,
+    /// for more files and more frequent rolls.
     pub log_segment_bytes_max: u64,
 }
 

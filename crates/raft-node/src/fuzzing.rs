@@ -13,9 +13,12 @@
 //! [`read_log_segment`] reads the input's first byte as a mode: bit 0 set,
 //! the rest is a list of record payloads ([`storage::fuzzing::split_payloads`])
 //! framed with valid checksums, so that fuzzing reaches the record decoder
-//! behind them; clear, the rest is the segment file as is. Bit 1 set, an
-//! empty newer segment follows, so the input is not the last segment (where
-//! a torn tail is damage, not a crash's leftover).
+//! behind them (format 1, which the store still reads); clear, the rest is
+//! the segment file as is. Bit 1 set, an empty newer segment follows, so
+//! the input is not the last segment (where a torn tail is damage, not a
+//! crash's leftover). Bits 2 to 7 are the segment's number minus one
+//! (format 2's records name their segment: a recycled segment is read
+//! under its own number).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -83,9 +86,10 @@ pub fn read_log_segment(input: &[u8]) -> Result<RecoveredLog, LogStoreError> {
             .and_then(|f| f.append(bytes))
             .map_err(|e| LogStoreError::io("write", &path, e))
     };
-    write(1, &file)?;
+    let seq = 1 + u64::from(mode >> 2);
+    write(seq, &file)?;
     if mode & 2 == 2 {
-        write(2, &crate::log_store::segment_header())?;
+        write(seq + 1, &crate::log_store::segment_header())?;
     }
     let store = LogStore::open_on(fs as Arc<dyn FileSystem>, dir, log_options())?;
     let log_state = store.log_state();
@@ -127,6 +131,85 @@ pub fn segments_of(entries: Vec<Entry>) -> Result<Vec<Vec<u8>>, LogStoreError> {
         .filter_map(|name| fs.contents(&dir.join(name)))
         .filter(|bytes| !bytes.is_empty())
         .collect())
+}
+
+/// The record payloads of a segment this build wrote (format 2), for
+/// seeds of [`read_log_segment`]'s framed mode: the segment number is taken
+/// from its first record.
+pub fn segment_payloads(segment: &[u8]) -> Vec<Vec<u8>> {
+    use storage::framing::{named, FILE_HEADER_BYTES};
+    let number = segment
+        .get(FILE_HEADER_BYTES + 8..FILE_HEADER_BYTES + 16)
+        .and_then(|bytes| bytes.try_into().ok())
+        .map_or(0, u64::from_le_bytes);
+    let scan = named::scan(segment, FILE_HEADER_BYTES, crate::log_store::RECORD_BYTES_MAX, number);
+    scan.payloads.into_iter().map(|range| segment[range].to_vec()).collect()
+}
+
+/// Bytes of each segment of the log [`recycled_segment`] writes: small, so
+/// that it rolls through many.
+const RECYCLED_SEED_SEGMENT_BYTES: u64 = 2048;
+/// Entries [`recycled_segment`] appends at most while it waits for a
+/// recycled segment.
+const RECYCLED_SEED_ENTRIES_MAX: u64 = 10_000;
+
+/// A recycled segment as the log store leaves it (a seed input): the
+/// number and bytes of a segment that was a purged one, holding the
+/// opening and a few entries of its new life, then its earlier records.
+pub fn recycled_segment() -> Result<(u64, Vec<u8>), LogStoreError> {
+    let fs = SimFs::new(SIM_SEED);
+    let dir = Path::new(LOG_DIR);
+    let options = LogStoreOptions {
+        segment_bytes_max: RECYCLED_SEED_SEGMENT_BYTES,
+        preallocate: true,
+        memory_window_bytes_max: 0,
+    };
+    let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
+    let stuck = || {
+        LogStoreError::io(
+            "recycle a segment in",
+            dir,
+            std::io::Error::other("no segment was recycled"),
+        )
+    };
+    {
+        let mut store = LogStore::open_on(Arc::clone(&fs) as Arc<dyn FileSystem>, dir, options)?;
+        let mut index = 0;
+        let mut append = |store: &mut LogStore| {
+            index += 1;
+            let entry = Entry {
+                log_id: log_id(index),
+                payload: EntryPayload::Blank,
+            };
+            store.append_with_callback([entry], |_| {}).map(|()| index)
+        };
+        let mut last = 0;
+        while store.metrics().segments < 4 && last < RECYCLED_SEED_ENTRIES_MAX {
+            last = append(&mut store)?;
+        }
+        store.purge_upto(log_id(last))?;
+        while store.metrics().recycled_segments == 0 && last < RECYCLED_SEED_ENTRIES_MAX {
+            last = append(&mut store)?;
+        }
+        if store.metrics().recycled_segments == 0 {
+            return Err(stuck());
+        }
+        // The segment's entries so far are purged; a few live ones follow.
+        store.purge_upto(log_id(last))?;
+        for _ in 0..3 {
+            append(&mut store)?;
+        }
+    }
+    let names = fs.list_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))?;
+    let newest = names
+        .iter()
+        .filter_map(|name| name.strip_prefix("log-")?.strip_suffix(".seg")?.parse::<u64>().ok())
+        .max()
+        .ok_or_else(stuck)?;
+    let bytes = fs
+        .contents(&crate::log_store::segment_file(dir, newest))
+        .ok_or_else(stuck)?;
+    Ok((newest, bytes))
 }
 
 /// A current-thread runtime for the async storage traits.

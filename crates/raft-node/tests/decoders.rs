@@ -16,9 +16,7 @@ use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta, StoredMembership};
 use proto::raft as pb;
 use raft_node::fuzzing;
 use raft_node::types::{Entry, LogCommand, LogId, Membership, Node};
-use storage::fuzzing::{
-    corpus_panics, env_u64, join_payloads, log_payloads, mutation_panics, Seed, MUTATIONS_PER_INPUT_DEFAULT,
-};
+use storage::fuzzing::{corpus_panics, env_u64, join_payloads, mutation_panics, Seed, MUTATIONS_PER_INPUT_DEFAULT};
 
 fn put(key: &str, value: &str, client_id: u64, sequence: u64) -> pb::Command {
     pb::Command {
@@ -115,10 +113,18 @@ fn seeds() -> Vec<Seed> {
             raw.extend_from_slice(segment);
             seeds.push(("raft_log", format!("segment{i}-mode{mode}"), raw));
         }
+        let payloads = fuzzing::segment_payloads(segment);
+        let payloads: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
         let mut framed = vec![1u8];
-        framed.extend_from_slice(&join_payloads(&log_payloads(segment)));
+        framed.extend_from_slice(&join_payloads(&payloads));
         seeds.push(("raft_log", format!("segment{i}-mode1"), framed));
     }
+    // A recycled segment: its earlier records follow its new ones, and it
+    // is read under its own number (the mode's upper bits).
+    let (seq, recycled) = fuzzing::recycled_segment().expect("recycle a segment");
+    let mut raw = vec![u8::try_from((seq - 1) << 2).expect("a segment number below 65")];
+    raw.extend_from_slice(&recycled);
+    seeds.push(("raft_log", "recycled".into(), raw));
     let encoded: Vec<Vec<u8>> = commands()
         .iter()
         .map(|c| LogCommand::encode(c).encoded().to_vec())

@@ -564,3 +564,46 @@ async fn a_damaged_record_read_from_disk_is_an_error_not_data() {
         big_entries(1, 6..=7, 500)
     );
 }
+
+#[tokio::test]
+async fn purged_segments_are_recycled_and_the_log_reopens_to_exactly_its_entries() {
+    // Recycling reuses a purged segment's file, earlier records and all; none of them may come back as entries.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut store = LogStore::open_with(dir.path(), small_segments()).expect("open");
+    store.save_vote(&Vote::new_committed(5, 3)).await.expect("vote");
+    let mut next = 0;
+    for round in 0..5 {
+        for _ in 0..60 {
+            store.blocking_append([entry(5, next)]).await.expect("append");
+            next += 1;
+        }
+        store.purge(log_id(5, next - 10)).await.expect("purge");
+        assert_eq!(
+            all_entries(&mut store).await,
+            entries(5, next - 9..=next - 1),
+            "round {round}"
+        );
+    }
+    let recycled = store.metrics().recycled_segments;
+    assert!(recycled >= 4, "purged segments were recycled: {:?}", store.metrics());
+    let kept = std::fs::read_dir(dir.path())
+        .expect("list")
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "recycle"))
+        })
+        .count();
+    assert!(kept <= raft_node::log_store::RECYCLED_SEGMENTS_MAX, "{kept} kept");
+    drop(store);
+
+    let mut store = LogStore::open_with(dir.path(), small_segments()).expect("reopen");
+    assert_eq!(all_entries(&mut store).await, entries(5, next - 9..=next - 1));
+    store
+        .blocking_append(entries(5, next..=next + 20))
+        .await
+        .expect("append after reopen");
+    drop(store);
+    let mut store = LogStore::open_with(dir.path(), small_segments()).expect("reopen again");
+    assert_eq!(all_entries(&mut store).await, entries(5, next - 9..=next + 20));
+    assert_eq!(store.vote(), Some(Vote::new_committed(5, 3)));
+}

@@ -24,6 +24,13 @@
 //!   last attempted one (purged entries never come back);
 //! - the vote is at least the last acknowledged one and one that was saved.
 //!
+//! Segments are small and mostly preallocated, so purges free whole
+//! segments that the store recycles as later ones (their earlier records
+//! left after the new ones): the run counts the recycled segments and
+//! requires some. The last negative control reopens with a recovery that
+//! ignores the segment numbers in the records and so reads a recycled
+//! segment's earlier records as its own; the check must catch it.
+//!
 //! Knobs: `LOG_SIM_SEEDS` (seeds to run, default 1000), `LOG_SIM_SEED` (run
 //! just this one). The store's sync and preallocation threads make the
 //! interleaving of I/O steps vary slightly between runs, so a seed replays
@@ -62,6 +69,8 @@ static ACKED_ENTRIES_CHECKED: AtomicU64 = AtomicU64::new(0);
 /// Rounds in which the crash lost written but unacknowledged entries, or
 /// the store refused writes after the fault (the crash bit).
 static ROUNDS_WITH_LOSS: AtomicU64 = AtomicU64::new(0);
+/// Segments started from a recycled (purged) segment file, across seeds.
+static RECYCLED_SEGMENTS: AtomicU64 = AtomicU64::new(0);
 
 /// How long the test waits for outstanding callbacks before it gives up
 /// waiting (they are then simply not acknowledged).
@@ -153,13 +162,42 @@ enum Cut {
 struct Plan {
     seed: u64,
     lying: LyingSyncs,
+    /// Reopen with the deliberately broken recovery that ignores segment
+    /// numbers (a negative control).
+    ignore_numbers: bool,
+    /// Every value this long, rather than of a random length: a recycled
+    /// segment's new records then often line up with its earlier ones.
+    value_bytes: Option<usize>,
+}
+
+impl Plan {
+    fn honest(seed: u64) -> Plan {
+        Plan {
+            seed,
+            lying: LyingSyncs::None,
+            ignore_numbers: false,
+            value_bytes: None,
+        }
+    }
+
+    /// Opens the store on `fs` as this plan says.
+    fn open(&self, fs: Arc<dyn FileSystem>, options: LogStoreOptions) -> Result<LogStore, String> {
+        let dir = Path::new(LOG_DIR);
+        let opened = if self.ignore_numbers {
+            LogStore::open_on_ignoring_record_numbers(fs, dir, options)
+        } else {
+            LogStore::open_on(fs, dir, options)
+        };
+        opened.map_err(|e| e.to_string())
+    }
 }
 
 fn options(rng: &mut fastrand::Rng) -> LogStoreOptions {
     LogStoreOptions {
-        // Small segments: rolls, spares and purges that delete files.
+        // Small segments: rolls, spares, and purges that delete or
+        // recycle files (recycling needs preallocation: mostly on).
         segment_bytes_max: rng.u64(2..=12) * 1024,
-        preallocate: rng.bool(),
+        preallocate: rng.u8(0..4) != 0,
         memory_window_bytes_max: rng.u64(0..=8) * 1024,
     }
 }
@@ -196,7 +234,8 @@ fn run_seed(plan: &Plan) -> Result<(), String> {
     for round in 0..ROUNDS {
         let options = options(&mut rng);
         let fs: Arc<dyn FileSystem> = Arc::clone(&disk) as Arc<dyn FileSystem>;
-        let mut store = LogStore::open_on(fs, dir, options.clone())
+        let mut store = plan
+            .open(fs, options.clone())
             .map_err(|e| format!("round {round}: open before the run failed: {e}"))?;
         disk.lie_about_syncs(plan.lying.clone());
         let ops = rng.u64(5..=OPS_PER_ROUND_MAX);
@@ -217,7 +256,7 @@ fn run_seed(plan: &Plan) -> Result<(), String> {
                 } if before_op == op => disk.fail_at_step(disk.steps() + steps_later, fault),
                 _ => {}
             }
-            runtime.block_on(random_op(&mut rng, &mut store, &mut model));
+            runtime.block_on(random_op(&mut rng, &mut store, &mut model, plan.value_bytes));
         }
         if plan.lying != LyingSyncs::None {
             // Let the acknowledgements the lie produced arrive.
@@ -228,12 +267,14 @@ fn run_seed(plan: &Plan) -> Result<(), String> {
         } else {
             CrashMode::DropUnsynced
         };
+        RECYCLED_SEGMENTS.fetch_add(store.metrics().recycled_segments, Ordering::Relaxed);
         // Cut the power, then let the old store go: callbacks that run
         // after the cut report syncs that completed before it.
         let after = disk.crash(mode);
         drop(store);
         let fs: Arc<dyn FileSystem> = Arc::clone(&after) as Arc<dyn FileSystem>;
-        let store = LogStore::open_on(fs, dir, options)
+        let store = plan
+            .open(fs, options)
             .map_err(|e| format!("round {round}: reopen after the crash ({cut:?}, {mode:?}) failed: {e}"))?;
         check(&store, &model).map_err(|e| format!("round {round}, after {cut:?} and a {mode:?} crash: {e}"))?;
         model = model_of(&store, &model);
@@ -244,14 +285,17 @@ fn run_seed(plan: &Plan) -> Result<(), String> {
 }
 
 /// One random operation against the store, recorded in the model.
-async fn random_op(rng: &mut fastrand::Rng, store: &mut LogStore, model: &mut Model) {
+async fn random_op(rng: &mut fastrand::Rng, store: &mut LogStore, model: &mut Model, value_bytes: Option<usize>) {
     let next = model.next_index();
     let first_live = model.attempted_purge.map_or(1, |p| p + 1);
     match rng.u8(0..100) {
         0..=54 => {
             let count = rng.u64(1..=4);
             let batch: Vec<Entry> = (next..next + count)
-                .map(|i| entry(model.term, i, rng.usize(0..=VALUE_BYTES_MAX)))
+                .map(|i| {
+                    let value_bytes = value_bytes.unwrap_or_else(|| rng.usize(0..=VALUE_BYTES_MAX));
+                    entry(model.term, i, value_bytes)
+                })
                 .collect();
             for e in &batch {
                 model.written.insert(e.log_id.index, e.clone());
@@ -431,10 +475,7 @@ fn acknowledged_log_state_survives_power_cuts_and_disk_faults() {
     // The log store's durability promise, on a disk that loses what was not fsynced.
     let seeds = seeds();
     for &seed in &seeds {
-        let plan = Plan {
-            seed,
-            lying: LyingSyncs::None,
-        };
+        let plan = Plan::honest(seed);
         if let Err(e) = run_seed(&plan) {
             panic!(
                 "seed {seed}: {e}\nrerun: LOG_SIM_SEED={seed} cargo test -p raft-node --test log_store_sim_crash \
@@ -442,25 +483,37 @@ fn acknowledged_log_state_survives_power_cuts_and_disk_faults() {
             );
         }
     }
+    let recycled = RECYCLED_SEGMENTS.load(Ordering::Relaxed);
     eprintln!(
-        "log store sim crash: {} seeds passed; {} acknowledged entries checked present; {} of {} rounds lost unacknowledged entries in the crash",
+        "log store sim crash: {} seeds passed; {} acknowledged entries checked present; {} of {} rounds lost unacknowledged entries in the crash; {recycled} segments recycled",
         seeds.len(),
         ACKED_ENTRIES_CHECKED.load(Ordering::Relaxed),
         ROUNDS_WITH_LOSS.load(Ordering::Relaxed),
         seeds.len() as u64 * ROUNDS
     );
+    assert!(
+        recycled * 2 >= seeds.len() as u64,
+        "only {recycled} segments recycled in {} seeds: the run does not exercise recycling",
+        seeds.len()
+    );
 }
 
 /// Runs the negative-control seeds with `lying` and returns how many found a violation.
 fn failures_with(lying: &LyingSyncs) -> (usize, usize, Option<String>) {
-    let seeds: Vec<u64> = seeds().into_iter().take(40).collect();
+    failures_of(40, |seed| Plan {
+        lying: lying.clone(),
+        ..Plan::honest(seed)
+    })
+}
+
+/// Runs up to `count` seeds planned by `plan` and returns how many found a
+/// violation, how many ran, and the first violation.
+fn failures_of(count: usize, plan: impl Fn(u64) -> Plan) -> (usize, usize, Option<String>) {
+    let seeds: Vec<u64> = seeds().into_iter().take(count).collect();
     let mut first = None;
     let mut failed = 0;
     for &seed in &seeds {
-        if let Err(e) = run_seed(&Plan {
-            seed,
-            lying: lying.clone(),
-        }) {
+        if let Err(e) = run_seed(&plan(seed)) {
             failed += 1;
             first.get_or_insert(format!("seed {seed}: {e}"));
         }
@@ -487,6 +540,103 @@ fn skipping_the_directory_sync_loses_acknowledged_state() {
     assert!(
         failed * 2 >= ran,
         "only {failed} of {ran} seeds noticed lying directory syncs"
+    );
+}
+
+#[test]
+fn a_recovery_that_ignores_segment_numbers_reads_stale_entries() {
+    // Negative control: a reader taking a recycled segment's earlier records as its own must fail the check.
+    // Values of one length, so that the new records line up with the earlier life's (the hard case).
+    let (failed, ran, first) = failures_of(200, |seed| Plan {
+        ignore_numbers: true,
+        value_bytes: Some(VALUE_BYTES_MAX / 2),
+        ..Plan::honest(seed)
+    });
+    eprintln!("recovery ignoring segment numbers: {failed} of {ran} seeds failed; first: {first:?}");
+    assert!(
+        failed >= 1,
+        "none of {ran} seeds noticed a recovery that ignores segment numbers"
+    );
+}
+
+/// The entries a recycled segment holds after [`recycled_after_power_cut`]
+/// reopened it, or why it did not open.
+fn recycled_after_power_cut(ignore_numbers: bool) -> (Vec<Entry>, Result<Vec<Entry>, String>) {
+    use openraft::storage::RaftLogStorageExt;
+    let dir = Path::new(LOG_DIR);
+    let disk = SimFs::new(11);
+    let options = LogStoreOptions {
+        segment_bytes_max: 4096,
+        preallocate: true,
+        memory_window_bytes_max: 0,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let mut store = LogStore::open_on(Arc::clone(&disk) as Arc<dyn FileSystem>, dir, options.clone()).expect("open");
+    // Records of one length throughout (two-digit indexes, one value
+    // length), and every segment opening with a vote and a purge point:
+    // the recycled segment's new records line up with its earlier ones.
+    let mut synced = Vec::new();
+    runtime.block_on(async {
+        store.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
+        let mut index = 10;
+        let mut append = |synced: &mut Vec<Entry>| {
+            let e = entry(1, index, 300);
+            index += 1;
+            synced.push(e.clone());
+            e
+        };
+        let first = append(&mut synced);
+        store.blocking_append([first.clone()]).await.expect("append");
+        store.purge(first.log_id).await.expect("purge");
+        synced.clear();
+        while store.metrics().segments < 5 {
+            let e = append(&mut synced);
+            store.blocking_append([e]).await.expect("append");
+        }
+        let last = synced.last().map(|e| e.log_id).expect("entries");
+        store.purge(last).await.expect("purge all: frees segments to recycle");
+        synced.clear();
+        while store.metrics().recycled_segments == 0 {
+            let e = append(&mut synced);
+            store.blocking_append([e]).await.expect("append");
+        }
+        for _ in 0..3 {
+            let e = append(&mut synced);
+            store.blocking_append([e]).await.expect("append");
+        }
+        assert!(index < 100, "indexes stay two digits long");
+    });
+    // One more append that never reaches the disk.
+    disk.lie_about_syncs(LyingSyncs::FilesContaining("log-".to_owned()));
+    let lost = entry(1, synced.last().map_or(0, |e| e.log_id.index) + 1, 300);
+    store.append_with_callback([lost], |_| {}).expect("append");
+    let after = disk.crash(CrashMode::DropUnsynced);
+    drop(store);
+    let plan = Plan {
+        ignore_numbers,
+        ..Plan::honest(11)
+    };
+    let found = plan
+        .open(after as Arc<dyn FileSystem>, options)
+        .and_then(|store| store.reader().entries(..).map_err(|e| e.to_string()));
+    (synced, found)
+}
+
+#[test]
+fn a_recycled_segment_reopens_to_its_own_entries_after_a_power_cut() {
+    // Its earlier records, lined up with the new ones, are never read back as entries.
+    let (synced, found) = recycled_after_power_cut(false);
+    let found = found.expect("reopen");
+    let live: Vec<&Entry> = found.iter().collect();
+    let expected: Vec<&Entry> = synced.iter().collect();
+    assert_eq!(live, expected, "exactly the synced entries after the purge point");
+    // Negative control: the broken recovery reads the earlier records.
+    let (synced, broken) = recycled_after_power_cut(true);
+    eprintln!("recovery ignoring segment numbers: {:?}", broken.as_ref().map(Vec::len));
+    assert_ne!(
+        broken,
+        Ok(synced),
+        "a recovery ignoring segment numbers must not recover the same log"
     );
 }
 

@@ -19,8 +19,13 @@
 //! written ones); or its header is eight zero bytes with data after it (no
 //! record starts so: the crc of a zero length is not zero). Zeros alone
 //! after the records are the unused end of a preallocated file.
+//!
+//! Files that are reused without being zeroed (the Raft log's recycled
+//! segments) use [`named`] records instead, which name their file.
 
 use std::ops::Range;
+
+pub mod named;
 
 /// Bytes of a file's header.
 pub const FILE_HEADER_BYTES: usize = 16;

@@ -6,14 +6,16 @@
 //!
 //! - `segment`: file naming, the file header, the recovery scan (torn
 //!   tail versus corruption), over the engine's record framing
-//!   (`storage::framing`). Every file operation goes through the engine's
+//!   (`storage::framing`; format 2's records name their segment, so
+//!   purged segment files are recycled without zeroing them). Every file operation goes through the engine's
 //!   disk seam (`storage::io::FileSystem`; [`LogStore::open_on`]), so the
 //!   crash tests run the store on the simulated disk.
-//! - `record`: the record types (entry, vote, committed, purged).
+//! - `record`: the record types (entry, vote, committed, purged, opening).
 //! - `sync`: the group-commit thread.
 //! - `reader`: the index of live entries, the memory window, and
 //!   [`LogReader`], which reads older entries from disk.
 //! - `recovery`: rebuilding the log on open.
+//! - `format_tests` (tests only): logs written by older formats.
 //! - `raft`: the openraft trait implementations.
 //!
 //! The byte format is in `docs/log-store-format.md`.
@@ -37,9 +39,12 @@
 //! - `append` writes all its entries with one `write`, makes them readable,
 //!   and hands the callback to the sync thread, which runs one `fsync` for
 //!   every append that arrived meanwhile (group commit).
-//! - Segments are preallocated: the next one is filled with zeros and synced
-//!   in the background, so appends overwrite zeros and each fsync writes
-//!   data only, not the file size and the journal commit it costs.
+//! - Segments are preallocated, so appends overwrite blocks the file
+//!   already has and each fsync writes data only, not the file size and
+//!   the journal commit it costs. The next segment is a purged one,
+//!   recycled (format 2's records name their segment, so its old records
+//!   are never read as the new ones), or, while the log is young and no
+//!   purge has freed one, a file filled with zeros in the background.
 //! - `save_vote` and `purge` fsync before returning.
 //! - `save_committed` is not synced on its own: the next fsync covers it,
 //!   and losing it is safe (openraft re-learns the committed index).
@@ -76,6 +81,8 @@
 //! openraft's single core task, which waits for each of them anyway.
 
 mod error;
+#[cfg(test)]
+mod format_tests;
 mod raft;
 mod reader;
 mod record;
@@ -100,10 +107,13 @@ use self::reader::{Location, Log};
 use self::record::{encode_entry, Record};
 pub use self::segment::RECORD_BYTES_MAX;
 use self::segment::{
-    create_segment, frame, install_spare, is_spare_name, prepare_spare, segment_path, spare_path, sync_dir,
+    create_segment, frame, frame_seal, install_spare, is_spare_name, prepare_spare, recycle_path, segment_path,
+    spare_path, sync_dir, Numbers, RecordName, FORMAT_VERSION,
 };
 #[cfg(feature = "fuzzing")]
-pub(crate) use self::segment::{file_header as segment_header, frame as frame_record, segment_path as segment_file};
+pub(crate) use self::segment::{
+    file_header_v1 as segment_header, frame_v1 as frame_record, segment_path as segment_file,
+};
 use self::sync::Syncer;
 pub use self::sync::{SyncTimes, FSYNC_BUCKET_BOUNDS_SECONDS};
 use crate::types::{Entry, LogId, Vote};
@@ -116,6 +126,11 @@ pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
 pub const PURGE_WAIT_FOR_APPLY_MS_MAX: u64 = 120_000;
 /// Default bound of the entries held in memory, in bytes.
 pub const MEMORY_WINDOW_BYTES_MAX: u64 = 32 << 20;
+/// Purged segments kept, at most, to be recycled as later segments
+/// instead of zero-filling new files: each costs a segment's disk space
+/// until it is used. Two cover a purge that frees two segments at once
+/// (more are deleted).
+pub const RECYCLED_SEGMENTS_MAX: usize = 2;
 
 /// Tuning of a [`LogStore`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,11 +141,14 @@ pub struct LogStoreOptions {
     /// segments free space sooner but cost more files and an fsync per roll.
     /// Default: [`SEGMENT_BYTES_MAX`] (64 MiB).
     pub segment_bytes_max: u64,
-    /// Whether segments are preallocated: a background thread fills the
-    /// next segment with `segment_bytes_max` zeros (synced) before it is
-    /// needed, so appends overwrite zeros and their fdatasync writes no
-    /// file metadata. Costs the disk space of one segment ahead and that
-    /// much background writing per segment. Default: true.
+    /// Whether segments are preallocated, so appends overwrite blocks the
+    /// file already has and their fdatasync writes no file metadata: the
+    /// next segment is a purged one kept for recycling (up to
+    /// [`RECYCLED_SEGMENTS_MAX`] are kept), or else a file a background
+    /// thread fills with `segment_bytes_max` zeros (synced) before it is
+    /// needed. Costs the disk space of one segment ahead (plus those kept
+    /// for recycling), and, when none can be recycled, that much
+    /// background writing per segment. Default: true.
     pub preallocate: bool,
     /// Bytes of recent entries (counted as their encoded records) held in
     /// memory; older entries are read back from the segment files when
@@ -162,8 +180,10 @@ pub struct LogStoreMetrics {
     pub segment_syncs: u64,
     /// Segment files in the directory.
     pub segments: usize,
-    /// Segments started from a preallocated (zero-filled) file.
+    /// Segments started from a preallocated file (zero-filled or recycled).
     pub preallocated_segments: u64,
+    /// Of those, segments started from a recycled (purged) segment file.
+    pub recycled_segments: u64,
     /// Bytes of the entries held in memory (their encoded records); at
     /// most [`LogStoreOptions::memory_window_bytes_max`].
     pub window_bytes: u64,
@@ -187,16 +207,23 @@ pub(crate) struct DurableState {
 }
 
 impl DurableState {
-    /// The state as framed records, to open a new segment with.
-    fn framed(&self) -> Vec<u8> {
+    /// The opening record and the state as framed records, to open
+    /// segment `seq` with (made from a `recycled` file or a new one).
+    fn framed(&self, seq: u64, recycled: bool) -> Vec<u8> {
+        // Nothing of the segment is synced before its opening is.
+        let name = RecordName {
+            file_number: seq,
+            synced_bytes: 0,
+        };
         let mut framed = Vec::new();
+        frame(&mut framed, &Record::Opening { recycled }.encode(), name);
         let records = [
             self.vote.map(Record::Vote),
             self.committed.map(Record::Committed),
             self.purged.map(Record::Purged),
         ];
         for record in records.into_iter().flatten() {
-            frame(&mut framed, &record.encode());
+            frame(&mut framed, &record.encode(), name);
         }
         framed
     }
@@ -207,6 +234,18 @@ impl DurableState {
 pub(crate) struct SegmentInfo {
     /// The index of its last live entry, `None` if it holds none.
     pub(crate) last_index: Option<u64>,
+    /// Its format version.
+    pub(crate) version: u32,
+}
+
+impl SegmentInfo {
+    /// A segment this build just created.
+    fn new_current() -> SegmentInfo {
+        SegmentInfo {
+            last_index: None,
+            version: FORMAT_VERSION,
+        }
+    }
 }
 
 /// The segment being appended to.
@@ -219,6 +258,14 @@ struct Current {
     len_bytes: u64,
     /// Whether the file was preallocated (made from a spare).
     preallocated: bool,
+}
+
+/// A purged segment file kept, under its recycle name, to become a later
+/// segment.
+#[derive(Debug)]
+struct Recycled {
+    path: PathBuf,
+    file: Box<dyn File>,
 }
 
 /// A zero-filled file being prepared, on its own thread, to become the
@@ -273,6 +320,9 @@ pub struct LogStore {
     segments: BTreeMap<u64, SegmentInfo>,
     current: Current,
     spare: Option<Spare>,
+    /// Purged segment files kept to be recycled, at most
+    /// [`RECYCLED_SEGMENTS_MAX`].
+    recycled: Vec<Recycled>,
     syncer: Syncer,
     metrics: LogStoreMetrics,
     /// The state machine's applied index, when purges wait for it.
@@ -299,10 +349,32 @@ impl LogStore {
     /// (every file operation goes through it; tests pass the simulated
     /// disk, `storage::sim::SimFs`).
     pub fn open_on(fs: Arc<dyn FileSystem>, dir: &Path, options: LogStoreOptions) -> Result<LogStore, LogStoreError> {
+        LogStore::open_checking(fs, dir, options, Numbers::Checked)
+    }
+
+    /// [`open_on`](Self::open_on) with a deliberately broken recovery that
+    /// reads a recycled segment's earlier records as its own: the negative
+    /// control of the crash tests, which must notice. Never use otherwise.
+    #[cfg(feature = "testing")]
+    #[doc(hidden)]
+    pub fn open_on_ignoring_record_numbers(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: LogStoreOptions,
+    ) -> Result<LogStore, LogStoreError> {
+        LogStore::open_checking(fs, dir, options, Numbers::IgnoredForTests)
+    }
+
+    fn open_checking(
+        fs: Arc<dyn FileSystem>,
+        dir: &Path,
+        options: LogStoreOptions,
+        numbers: Numbers,
+    ) -> Result<LogStore, LogStoreError> {
         // Durably: a log directory a crash forgets takes every segment in it along.
         storage::io::create_dir_all(fs.as_ref(), dir)?;
         remove_spares(fs.as_ref(), dir)?;
-        let recovered = recovery::recover(fs.as_ref(), dir, options.memory_window_bytes_max)?;
+        let recovered = recovery::recover(fs.as_ref(), dir, options.memory_window_bytes_max, numbers)?;
         let mut segments = recovered.segments;
         // Appends always start in a fresh segment, never after a recovered
         // tail: a segment whose creation a crash interrupted may lack the
@@ -315,9 +387,9 @@ impl LogStore {
         } else {
             None
         };
-        segments.insert(current.seq, SegmentInfo { last_index: None });
+        segments.insert(current.seq, SegmentInfo::new_current());
         let mut log = recovered.log;
-        log.add_file(current.seq, Arc::clone(&current.file));
+        log.add_file(current.seq, Arc::clone(&current.file), FORMAT_VERSION);
         let syncer = Syncer::start(Arc::clone(&current.file))
             .map_err(|e| LogStoreError::io("start the sync thread for", dir, e))?;
         Ok(LogStore {
@@ -329,6 +401,7 @@ impl LogStore {
             segments,
             current,
             spare,
+            recycled: Vec::new(),
             syncer,
             metrics: LogStoreMetrics::default(),
             purge_gate: None,
@@ -424,6 +497,8 @@ impl LogStore {
         I: IntoIterator<Item = Entry>,
     {
         self.check_usable()?;
+        // Roll first, if due: the records name the segment they go to.
+        let name = self.begin_write()?;
         let mut expected = self.next_index();
         let purged_index = self.state.purged.map(|p| p.index);
         let mut framed = Vec::new();
@@ -451,13 +526,13 @@ impl LogStore {
                 });
             }
             let at = framed.len() as u64;
-            frame(&mut framed, &payload);
+            frame(&mut framed, &payload, name);
             let record_bytes = framed.len() as u64 - at;
             batch.push((entry, at, record_bytes));
         }
         let Some(last_index) = batch.last().map(|(entry, _, _)| entry.log_id.index) else {
             // Nothing to write, but the callback still runs in order.
-            self.syncer.submit(Box::new(on_durable));
+            self.syncer.submit(Box::new(on_durable), 0);
             return Ok(());
         };
         let base = self.write_framed(&framed)?;
@@ -480,15 +555,16 @@ impl LogStore {
         self.segment_info(segment).last_index = Some(last_index);
         // Queued only after the write returned: the sync thread's next
         // fsync starts after it and so covers these records.
-        self.syncer.submit(Box::new(on_durable));
+        self.syncer.submit(Box::new(on_durable), self.current.len_bytes);
         Ok(())
     }
 
     /// Saves `vote`, durably, before returning.
     fn write_vote(&mut self, vote: &Vote) -> Result<(), LogStoreError> {
         self.check_usable()?;
+        let name = self.begin_write()?;
         let mut framed = Vec::new();
-        frame(&mut framed, &Record::Vote(*vote).encode());
+        frame(&mut framed, &Record::Vote(*vote).encode(), name);
         self.write_framed(&framed)?;
         // The vote must be on disk before openraft answers with it: a vote
         // forgotten in a crash would let this node vote twice in one term.
@@ -522,8 +598,9 @@ impl LogStore {
     fn write_committed(&mut self, committed: Option<LogId>) -> Result<(), LogStoreError> {
         self.check_usable()?;
         let Some(committed) = committed else { return Ok(()) };
+        let name = self.begin_write()?;
         let mut framed = Vec::new();
-        frame(&mut framed, &Record::Committed(committed).encode());
+        frame(&mut framed, &Record::Committed(committed).encode(), name);
         self.write_framed(&framed)?;
         self.state.committed = Some(committed);
         Ok(())
@@ -600,13 +677,14 @@ impl LogStore {
 
     /// Deletes every entry at or before `log_id.index`, durably, and the
     /// segment files that held only such entries.
-    fn purge_upto(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
+    pub(crate) fn purge_upto(&mut self, log_id: LogId) -> Result<(), LogStoreError> {
         self.check_usable()?;
         if self.state.purged.is_some_and(|p| p.index >= log_id.index) {
             return Ok(());
         }
+        let name = self.begin_write()?;
         let mut framed = Vec::new();
-        frame(&mut framed, &Record::Purged(log_id).encode());
+        frame(&mut framed, &Record::Purged(log_id).encode(), name);
         self.write_framed(&framed)?;
         // The purge point is durable before any segment is deleted: without
         // it, recovery would find the log starting after a hole.
@@ -619,7 +697,14 @@ impl LogStore {
             .filter(|&(&seq, info)| seq != self.current.seq && info.last_index.is_none_or(|l| l <= log_id.index))
             .map(|(&seq, _)| seq)
             .collect();
+        let mut kept = false;
         for seq in doomed {
+            if self.keep_for_recycling(seq) {
+                self.segments.remove(&seq);
+                self.log.write().remove_file(seq);
+                kept = true;
+                continue;
+            }
             // No directory fsync: a deleted segment that a crash brings back
             // holds only entries at or below the durable purge point, which
             // recovery skips. A failed deletion is retried by the next purge.
@@ -631,7 +716,54 @@ impl LogStore {
                 Err(e) => tracing::warn!(error = %e, "could not delete a purged log segment"),
             }
         }
+        if kept {
+            // The renames to recycle names are durable before any of those
+            // files is written to: otherwise a crash could bring a purged
+            // segment's name back over a file that holds a later segment's
+            // opening, which recovery would (rightly) call damage.
+            if let Err(e) = sync_dir(self.fs.as_ref(), &self.dir) {
+                self.syncer.fail(e.to_string());
+                return Err(e);
+            }
+            if self.spare.as_ref().is_some_and(|s| !s.thread.is_finished()) {
+                // A recycled file replaces the zeros: stop writing them.
+                if let Some(spare) = self.spare.take() {
+                    spare.abandon(self.fs.as_ref());
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Renames purged segment `seq` to its recycle name and keeps it, if
+    /// the store preallocates, fewer than [`RECYCLED_SEGMENTS_MAX`] are
+    /// kept, and the file is a whole segment's size (appends into it then
+    /// never grow it). Whether it was kept; a failure only means it is
+    /// deleted instead.
+    fn keep_for_recycling(&mut self, seq: u64) -> bool {
+        if !self.options.preallocate || self.recycled.len() >= RECYCLED_SEGMENTS_MAX {
+            return false;
+        }
+        let from = segment_path(&self.dir, seq);
+        let to = recycle_path(&self.dir, seq);
+        let kept = self.fs.open_writable(&from).and_then(|file| {
+            if file.len_bytes()? < self.options.segment_bytes_max {
+                return Ok(None);
+            }
+            self.fs.rename(&from, &to)?;
+            Ok(Some(file))
+        });
+        match kept {
+            Ok(Some(file)) => {
+                self.recycled.push(Recycled { path: to, file });
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not keep a purged log segment for recycling");
+                false
+            }
+        }
     }
 
     /// The index the next entry must have, if the log has any history.
@@ -655,15 +787,39 @@ impl LogStore {
             .unwrap_or_else(|| panic!("segment {seq} holds live entries, so the store must track it"))
     }
 
-    /// Writes framed records at the end of the current segment (rolling
-    /// first if it is full, or if it is a growing one and a preallocated
-    /// one is ready) and returns the offset they start at.
-    fn write_framed(&mut self, framed: &[u8]) -> Result<u64, LogStoreError> {
-        let spare_ready = self.spare.as_ref().is_some_and(|s| s.thread.is_finished());
+    /// Rolls to a new segment if the current one is full, or if it is a
+    /// growing one and a preallocated one is ready; returns what records
+    /// written next must say of themselves: the segment they go to, and
+    /// how much of it is known durable.
+    fn begin_write(&mut self) -> Result<RecordName, LogStoreError> {
+        let spare_ready = !self.recycled.is_empty() || self.spare.as_ref().is_some_and(|s| s.thread.is_finished());
         if self.current.len_bytes >= self.options.segment_bytes_max || (!self.current.preallocated && spare_ready) {
             let state = self.state.clone();
             self.roll(&state)?;
         }
+        Ok(self.current_name())
+    }
+
+    /// What a record written now at the end of the current segment says
+    /// of itself.
+    fn current_name(&self) -> RecordName {
+        let synced_bytes = self.syncer.synced_bytes();
+        assert!(
+            synced_bytes <= self.current.len_bytes,
+            "more of segment {} synced ({synced_bytes}) than written ({})",
+            self.current.seq,
+            self.current.len_bytes
+        );
+        RecordName {
+            file_number: self.current.seq,
+            synced_bytes,
+        }
+    }
+
+    /// Writes framed records (named after the current segment, by
+    /// [`begin_write`](Self::begin_write) with no roll since) at the end of
+    /// the current segment and returns the offset they start at.
+    fn write_framed(&mut self, framed: &[u8]) -> Result<u64, LogStoreError> {
         let offset = self.current.len_bytes;
         if let Err(e) = self.current.file.write_at(offset, framed) {
             // Part of a record may be in the file now; anything appended
@@ -682,7 +838,7 @@ impl LogStore {
         // Through the syncer, in turn with its fsyncs: a failure here must
         // be recorded before the sync thread's next fsync can succeed.
         self.syncer
-            .sync(self.current.file.as_ref())
+            .sync(self.current.file.as_ref(), self.current.len_bytes)
             .map_err(|reason| LogStoreError::io("fsync", &self.current.path, io::Error::other(reason)))
     }
 
@@ -693,13 +849,21 @@ impl LogStore {
         // treats damage anywhere else as corruption), and the callbacks
         // still queued for records in the old segment are durable now,
         // whichever segment the sync thread fsyncs before running them.
+        // The seal goes first, under the same fsync: in format 2 an older
+        // segment's records must end in a seal (or at the end of the
+        // file), so that bytes after them, a recycled file's earlier
+        // records, are never taken for damage, and damage never for them.
+        let mut seal = Vec::new();
+        frame_seal(&mut seal, self.current_name());
+        self.write_framed(&seal)?;
         self.sync_current()?;
         let seq = self.current.seq + 1;
         let next = self.next_segment(seq, state).inspect_err(|e| {
             // A half-created segment would be picked as the next one again.
             self.syncer.fail(e.to_string());
         })?;
-        if self.options.preallocate {
+        if self.options.preallocate && self.recycled.is_empty() {
+            // No purged file to recycle next time: zero-fill one.
             self.spare = Some(Spare::start(
                 &self.fs,
                 &self.dir,
@@ -707,19 +871,56 @@ impl LogStore {
                 self.options.segment_bytes_max,
             )?);
         }
-        self.syncer.set_file(Arc::clone(&next.file));
-        self.segments.insert(next.seq, SegmentInfo { last_index: None });
-        self.log.write().add_file(next.seq, Arc::clone(&next.file));
+        // The new segment's opening was synced when it was created.
+        self.syncer.set_file(Arc::clone(&next.file), next.len_bytes);
+        self.segments.insert(next.seq, SegmentInfo::new_current());
+        self.log
+            .write()
+            .add_file(next.seq, Arc::clone(&next.file), FORMAT_VERSION);
         self.current = next;
         Ok(())
     }
 }
 
 impl LogStore {
-    /// Creates segment `seq` opening with `state`, durably: from the spare
-    /// if one was prepared for it (waiting for it if need be), else as a
-    /// growing file.
+    /// Creates segment `seq` opening with `state`, durably: from a
+    /// recycled segment file if one is kept, else from the spare if one was
+    /// prepared for it (waiting for it if need be), else as a growing file.
     fn next_segment(&mut self, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
+        // A spare already filled for this segment is used first (its zeros
+        // are written); a recycled file otherwise, rather than waiting.
+        let spare_ready = self
+            .spare
+            .as_ref()
+            .is_some_and(|s| s.seq == seq && s.thread.is_finished());
+        let recycled = if spare_ready { None } else { self.recycled.pop() };
+        if let Some(recycled) = recycled {
+            if let Some(spare) = self.spare.take() {
+                spare.abandon(self.fs.as_ref());
+            }
+            let path = segment_path(&self.dir, seq);
+            let framed = state.framed(seq, true);
+            // Its earlier records stay after the opening: format 2's
+            // records name their segment, so recovery never reads them as
+            // this one's (docs/log-store-format.md, "Recycled segments").
+            let file = install_spare(
+                self.fs.as_ref(),
+                &self.dir,
+                recycled.file,
+                &recycled.path,
+                &path,
+                &framed,
+            )?;
+            self.metrics.preallocated_segments += 1;
+            self.metrics.recycled_segments += 1;
+            return Ok(Current {
+                seq,
+                path,
+                file,
+                len_bytes: (segment::FILE_HEADER_BYTES + framed.len()) as u64,
+                preallocated: true,
+            });
+        }
         let Some(spare) = self.spare.take() else {
             return start_segment(self.fs.as_ref(), &self.dir, seq, state);
         };
@@ -742,7 +943,7 @@ impl LogStore {
             }
         };
         let path = segment_path(&self.dir, seq);
-        let framed = state.framed();
+        let framed = state.framed(seq, false);
         let file = install_spare(self.fs.as_ref(), &self.dir, prepared, &spare.path, &path, &framed)?;
         self.metrics.preallocated_segments += 1;
         Ok(Current {
@@ -763,7 +964,8 @@ impl Drop for LogStore {
     }
 }
 
-/// Deletes spares a crash left behind (they hold no records).
+/// Deletes spares and segments kept for recycling that a crash (or a
+/// stop) left behind: they hold no live records.
 fn remove_spares(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
     for name in fs.list_dir(dir).map_err(|e| LogStoreError::io("list", dir, e))? {
         if is_spare_name(&name) {
@@ -778,7 +980,7 @@ fn remove_spares(fs: &dyn FileSystem, dir: &Path) -> Result<(), LogStoreError> {
 /// Creates segment `seq` opening with `state`, durably.
 fn start_segment(fs: &dyn FileSystem, dir: &Path, seq: u64, state: &DurableState) -> Result<Current, LogStoreError> {
     let path = segment_path(dir, seq);
-    let framed = state.framed();
+    let framed = state.framed(seq, false);
     let file = create_segment(fs, dir, &path, &framed)?;
     let len_bytes = (segment::FILE_HEADER_BYTES + framed.len()) as u64;
     Ok(Current {

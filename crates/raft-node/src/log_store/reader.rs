@@ -64,9 +64,11 @@ pub(crate) struct Log {
     window: VecDeque<Entry>,
     window_bytes: u64,
     window_bytes_max: u64,
-    /// Open handles on the segments that hold live entries: a reader
-    /// keeps reading a segment that a purge deletes under it.
-    files: BTreeMap<u64, Arc<dyn File>>,
+    /// Open handles on the segments that hold live entries, with their
+    /// format version: a reader keeps reading a segment that a purge
+    /// deletes under it (and, if the purge recycles it, finds the records
+    /// there no longer name it, and plans again).
+    files: BTreeMap<u64, (Arc<dyn File>, u32)>,
     /// Bumped by every truncation and purge, so a reader whose disk read
     /// failed can tell whether the log changed under it.
     generation: u64,
@@ -141,9 +143,9 @@ impl Log {
         self.index.push_back(location);
     }
 
-    /// Registers the open handle of segment `seq`.
-    pub(crate) fn add_file(&mut self, seq: u64, file: Arc<dyn File>) {
-        self.files.insert(seq, file);
+    /// Registers the open handle of segment `seq`, of format `version`.
+    pub(crate) fn add_file(&mut self, seq: u64, file: Arc<dyn File>, version: u32) {
+        self.files.insert(seq, (file, version));
     }
 
     /// Forgets segment `seq` (deleted): readers that hold its handle still
@@ -275,13 +277,13 @@ impl Log {
         let (lo, hi) = (lo as usize, hi as usize);
         let window_start = self.index.len() - self.window.len();
         for location in self.index.range(lo..hi.min(window_start.max(lo))) {
-            let file = self.files.get(&location.segment).unwrap_or_else(|| {
+            let (file, version) = self.files.get(&location.segment).unwrap_or_else(|| {
                 panic!(
                     "segment {} holds live entry {}, so the log must hold its handle",
                     location.segment, location.log_id.index
                 )
             });
-            plan.disk.push((Arc::clone(file), *location));
+            plan.disk.push((Arc::clone(file), *version, *location));
         }
         let from = lo.max(window_start) - window_start;
         let to = hi - window_start.min(hi);
@@ -296,8 +298,9 @@ impl Log {
 struct ReadPlan {
     dir: PathBuf,
     generation: u64,
-    /// Entries older than the window, in index order, with their segment.
-    disk: Vec<(Arc<dyn File>, Location)>,
+    /// Entries older than the window, in index order, with their segment
+    /// and its format version.
+    disk: Vec<(Arc<dyn File>, u32, Location)>,
     /// The entries from the window, which follow those on disk.
     memory: Vec<Entry>,
 }
@@ -308,20 +311,20 @@ impl ReadPlan {
     fn execute(self) -> Result<Vec<Entry>, LogStoreError> {
         let mut entries = Vec::with_capacity(self.disk.len() + self.memory.len());
         let mut rest = &self.disk[..];
-        while let Some(((file, head), _)) = rest.split_first() {
+        while let Some(((file, version, head), _)) = rest.split_first() {
             // One pread covers a run of records in the same segment, up to
             // READ_SPAN_BYTES_MAX (the records of one append are adjacent;
             // a vote or committed record may sit between two appends).
             let run = rest
                 .iter()
-                .take_while(|(_, l)| {
+                .take_while(|(_, _, l)| {
                     l.segment == head.segment
                         && l.offset >= head.offset
                         && l.offset + l.record_bytes - head.offset <= READ_SPAN_BYTES_MAX.max(head.record_bytes)
                 })
                 .count();
             let (this, next) = rest.split_at(run);
-            let last = this[run - 1].1;
+            let last = this[run - 1].2;
             let span_bytes = last.offset + last.record_bytes - head.offset;
             let path = segment_path(&self.dir, head.segment);
             let span_len = usize::try_from(span_bytes)
@@ -329,10 +332,10 @@ impl ReadPlan {
             let mut buf = vec![0u8; span_len];
             file.read_at(head.offset, &mut buf)
                 .map_err(|e| LogStoreError::io("read", &path, e))?;
-            for (_, location) in this {
+            for (_, _, location) in this {
                 let at = (location.offset - head.offset) as usize; // within span_len
                 let frame = &buf[at..at + location.record_bytes as usize];
-                entries.push(decode_entry(&path, location, frame)?);
+                entries.push(decode_entry(&path, *version, location, frame)?);
             }
             rest = next;
         }
@@ -344,8 +347,8 @@ impl ReadPlan {
 /// The entry in `frame`, a record read back from where `location` says,
 /// checked: its crc, its length and its log id must all agree with what
 /// was indexed when it was written.
-fn decode_entry(path: &Path, location: &Location, frame: &[u8]) -> Result<Entry, LogStoreError> {
-    let payload = check_record(path, location.offset, frame)?;
+fn decode_entry(path: &Path, version: u32, location: &Location, frame: &[u8]) -> Result<Entry, LogStoreError> {
+    let payload = check_record(path, location.segment, version, location.offset, frame)?;
     match Record::decode(payload) {
         Ok(Record::Entry(entry)) if entry.log_id == location.log_id => Ok(entry),
         Ok(Record::Entry(entry)) => Err(LogStoreError::corrupt(

@@ -18,6 +18,12 @@ const TYPE_VOTE: u8 = 2;
 const TYPE_COMMITTED: u8 = 3;
 /// Record type byte of the last purged log id (`raft.v1.LogId`).
 const TYPE_PURGED: u8 = 4;
+/// Record type byte of the opening of a format-2 segment made from a new
+/// (zero-filled or growing) file; no body.
+pub(crate) const TYPE_OPENING_FRESH: u8 = 5;
+/// Record type byte of the opening of a format-2 segment made from a
+/// recycled file (an older segment's records may follow its own); no body.
+pub(crate) const TYPE_OPENING_RECYCLED: u8 = 6;
 
 /// The largest log index a record may hold: the log computes the index
 /// after its last entry (`index + 1`), so an entry at `u64::MAX`, which
@@ -46,6 +52,12 @@ pub(crate) enum Record {
     Committed(LogId),
     /// Entries up to and including this log id are purged.
     Purged(LogId),
+    /// The first record of a format-2 segment: whether its file was
+    /// recycled, which decides how recovery reads what follows its records.
+    Opening {
+        /// Whether the file held an older segment before.
+        recycled: bool,
+    },
 }
 
 impl Record {
@@ -56,6 +68,8 @@ impl Record {
             Record::Vote(vote) => with_type(TYPE_VOTE, &codec::vote_to_pb(vote)),
             Record::Committed(log_id) => with_type(TYPE_COMMITTED, &codec::log_id_to_pb(log_id)),
             Record::Purged(log_id) => with_type(TYPE_PURGED, &codec::log_id_to_pb(log_id)),
+            Record::Opening { recycled: false } => vec![TYPE_OPENING_FRESH],
+            Record::Opening { recycled: true } => vec![TYPE_OPENING_RECYCLED],
         }
     }
 
@@ -84,6 +98,11 @@ impl Record {
             }
             TYPE_COMMITTED => log_id(body).map(Record::Committed),
             TYPE_PURGED => log_id(body).map(Record::Purged),
+            TYPE_OPENING_FRESH | TYPE_OPENING_RECYCLED if !body.is_empty() => {
+                Err(format!("an opening record with a body of {} bytes", body.len()))
+            }
+            TYPE_OPENING_FRESH => Ok(Record::Opening { recycled: false }),
+            TYPE_OPENING_RECYCLED => Ok(Record::Opening { recycled: true }),
             other => Err(format!("unknown record type {other}")),
         }
     }
@@ -122,6 +141,8 @@ mod tests {
             Record::Vote(Vote::new_committed(3, 1)),
             Record::Committed(log_id),
             Record::Purged(log_id),
+            Record::Opening { recycled: false },
+            Record::Opening { recycled: true },
         ];
         for record in records {
             assert_eq!(Record::decode(&record.encode()), Ok(record));

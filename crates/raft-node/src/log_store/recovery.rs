@@ -9,7 +9,7 @@ use storage::io::{File, FileSystem};
 use super::error::LogStoreError;
 use super::reader::{Location, Log};
 use super::record::{Record, ENTRY_TYPE};
-use super::segment::{parse_segment_name, scan, segment_path, sync_dir};
+use super::segment::{parse_segment_name, scan, segment_path, sync_dir, Ending, Numbers};
 use super::{DurableState, SegmentInfo};
 use crate::types::{Entry, LogId};
 
@@ -41,7 +41,12 @@ struct Found {
 /// and the decoded entries of the newest `window_bytes_max` bytes of
 /// records (older ones are dropped as the scan moves on, and read back
 /// from disk when asked for).
-pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) -> Result<Recovered, LogStoreError> {
+pub(crate) fn recover(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    window_bytes_max: u64,
+    numbers: Numbers,
+) -> Result<Recovered, LogStoreError> {
     let seqs = list_segments(fs, dir)?;
     let next_seq = seqs.last().map_or(1, |s| s + 1);
     let mut segments = BTreeMap::new();
@@ -67,7 +72,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) ->
         // (`tests/log_store_sim_crash.rs`, a torn crash during a
         // truncation); before, recovery called it corruption and the node
         // could not restart.
-        let scanned = scan(fs, &path, true)?;
+        let scanned = scan(fs, &path, seq, true, numbers)?;
         if scanned.torn_header && !is_last {
             // Headers are synced at creation and never cut.
             return Err(LogStoreError::corrupt(&path, 0, "short or zeroed file header"));
@@ -81,17 +86,36 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) ->
             sync_dir(fs, dir)?;
             continue;
         }
-        if is_last && (scanned.torn_tail || scanned.zero_tail) {
+        if scanned.end == Ending::Leftover && !is_last {
+            // Format 2: an older segment was sealed (or cut) before a newer
+            // one was created, so bytes after its records that are not a
+            // seal are damage, not a recycled file's leftover.
+            return Err(LogStoreError::corrupt(
+                &path,
+                scanned.valid_bytes,
+                "an older segment's records end in neither a seal nor the end of the file",
+            ));
+        }
+        if is_last && scanned.needs_cut() {
             // Cut the torn tail now and make the cut durable: a new segment
             // is about to follow this one, and only the last segment may end
-            // in a torn record. (An unused preallocated end is cut too, to
-            // give its disk space back: appends go to a new segment.)
+            // in a torn record, or in bytes that are not its records (a
+            // recycled file's earlier records would otherwise sit after
+            // them, unsealed, in a segment that is no longer the newest).
+            // (An unused preallocated end is cut too, to give its disk
+            // space back: appends go to a new segment.)
             cut_durably(fs, &path, scanned.valid_bytes)?;
-            if scanned.torn_tail {
+            if scanned.end == Ending::Torn {
                 tracing::warn!(file = %path.display(), valid_bytes = scanned.valid_bytes, "cut a torn tail off the log");
             }
         }
-        segments.insert(seq, SegmentInfo { last_index: None });
+        segments.insert(
+            seq,
+            SegmentInfo {
+                last_index: None,
+                version: scanned.version,
+            },
+        );
         let has_entry = scanned
             .records
             .iter()
@@ -106,7 +130,7 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) ->
                 "damaged record in a segment followed by entries in a later one",
             ));
         }
-        if scanned.torn_tail && !is_last {
+        if scanned.end == Ending::Torn && !is_last {
             torn_before = Some((seq, scanned.valid_bytes));
         }
         for record in &scanned.records {
@@ -125,6 +149,8 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) ->
                 Record::Vote(vote) => state.vote = Some(vote),
                 Record::Committed(log_id) => state.committed = Some(log_id),
                 Record::Purged(log_id) => state.purged = Some(log_id),
+                // The scan read it already (how the segment ends).
+                Record::Opening { .. } => {}
             }
         }
     }
@@ -178,12 +204,12 @@ pub(crate) fn recover(fs: &dyn FileSystem, dir: &Path, window_bytes_max: u64) ->
             None => log.push_location(location),
         }
     }
-    for &seq in segments.keys() {
+    for (&seq, info) in &segments {
         // Handles on every surviving segment, for reads of entries older
         // than the window.
         let path = segment_path(dir, seq);
         let file: Arc<dyn File> = fs.open(&path).map_err(|e| LogStoreError::io("open", &path, e))?.into();
-        log.add_file(seq, file);
+        log.add_file(seq, file, info.version);
     }
 
     // Committed is a hint openraft can re-learn from the leader; one that

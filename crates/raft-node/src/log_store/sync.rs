@@ -23,6 +23,14 @@ struct State {
     file: Arc<dyn File>,
     /// Whether the sync thread is running an fsync for a batch it took.
     in_flight: bool,
+    /// The greatest end offset (in `file`) of the records the pending
+    /// callbacks cover.
+    pending_end_bytes: u64,
+    /// Bytes of `file` known durable: covered by an fsync that completed.
+    synced_bytes: u64,
+    /// Bumped whenever `file` changes, so that an fsync of the previous
+    /// file completing late does not count toward the new one.
+    file_epoch: u64,
     /// The first write or fsync failure, after which nothing is durable
     /// for sure (a failed fsync may have dropped dirty pages): every later
     /// callback gets an error.
@@ -122,6 +130,9 @@ impl Syncer {
                 pending: Vec::new(),
                 file,
                 in_flight: false,
+                pending_end_bytes: 0,
+                synced_bytes: 0,
+                file_epoch: 0,
                 failed: None,
                 shutdown: false,
             }),
@@ -142,8 +153,9 @@ impl Syncer {
     }
 
     /// Queues `on_durable` to run after the next fsync of the current
-    /// segment. The caller has already written the records it covers.
-    pub(crate) fn submit(&self, on_durable: OnDurable) {
+    /// segment. The caller has already written the records it covers,
+    /// which end at `end_bytes` in the current segment.
+    pub(crate) fn submit(&self, on_durable: OnDurable, end_bytes: u64) {
         let mut state = self.shared.state.lock();
         if let Some(reason) = state.failed.clone() {
             drop(state);
@@ -151,16 +163,30 @@ impl Syncer {
             return;
         }
         state.pending.push(on_durable);
+        state.pending_end_bytes = state.pending_end_bytes.max(end_bytes);
         self.shared.work.notify_one();
     }
 
-    /// Points the thread at a new current segment.
+    /// Points the thread at a new current segment, of which `synced_bytes`
+    /// (its opening) are durable.
     ///
     /// The caller must have synced the previous segment in full first: the
     /// callbacks still pending for records there are then already durable,
     /// whichever file the thread syncs before running them.
-    pub(crate) fn set_file(&self, file: Arc<dyn File>) {
-        self.shared.state.lock().file = file;
+    pub(crate) fn set_file(&self, file: Arc<dyn File>, synced_bytes: u64) {
+        let mut state = self.shared.state.lock();
+        state.file = file;
+        state.file_epoch += 1;
+        state.synced_bytes = synced_bytes;
+        state.pending_end_bytes = 0;
+    }
+
+    /// Bytes of the current segment known durable: every record before
+    /// this offset was covered by an fsync that completed. Never more than
+    /// what is durable, so a record may state it as a fact (format 2's
+    /// `synced_bytes`, which recovery trusts to call damage damage).
+    pub(crate) fn synced_bytes(&self) -> u64 {
+        self.shared.state.lock().synced_bytes
     }
 
     /// Blocks until every submitted callback has run.
@@ -188,11 +214,14 @@ impl Syncer {
         self.shared.syncs.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// fsyncs `file`, the current segment, on the calling thread, in turn
-    /// with the sync thread's fsyncs; fails without syncing if an earlier
-    /// write or fsync failed.
-    pub(crate) fn sync(&self, file: &dyn File) -> Result<(), String> {
-        sync_serialized(&self.shared, file)
+    /// fsyncs `file`, the current segment, whose records end at
+    /// `end_bytes`, on the calling thread, in turn with the sync thread's
+    /// fsyncs; fails without syncing if an earlier write or fsync failed.
+    pub(crate) fn sync(&self, file: &dyn File, end_bytes: u64) -> Result<(), String> {
+        let epoch = self.shared.state.lock().file_epoch;
+        sync_serialized(&self.shared, file)?;
+        note_synced(&self.shared, epoch, end_bytes);
+        Ok(())
     }
 
     /// Number of fsyncs of segment files so far.
@@ -220,7 +249,7 @@ impl Drop for Syncer {
 /// The sync thread: take every pending callback, fsync once, run them all.
 fn run(shared: &Shared) {
     loop {
-        let (batch, file) = {
+        let (batch, file, epoch, end_bytes) = {
             let mut state = shared.state.lock();
             while state.pending.is_empty() && !state.shutdown {
                 shared.work.wait(&mut state);
@@ -229,9 +258,20 @@ fn run(shared: &Shared) {
                 return; // shutdown, and everything submitted has run
             }
             state.in_flight = true;
-            (mem::take(&mut state.pending), Arc::clone(&state.file))
+            let end_bytes = mem::take(&mut state.pending_end_bytes);
+            (
+                mem::take(&mut state.pending),
+                Arc::clone(&state.file),
+                state.file_epoch,
+                end_bytes,
+            )
         };
         let result = sync_serialized(shared, file.as_ref());
+        if result.is_ok() {
+            // The batch's records were written before they were submitted,
+            // so before this fsync started: they are durable now.
+            note_synced(shared, epoch, end_bytes);
+        }
         for on_durable in batch {
             on_durable(result.clone().map_err(|reason| failed_error(&reason)));
         }
@@ -261,6 +301,15 @@ fn sync_serialized(shared: &Shared, file: &dyn File) -> Result<(), String> {
         shared.state.lock().failed.get_or_insert_with(|| reason.clone());
         reason
     })
+}
+
+/// Records that the current segment is durable up to `end_bytes`, if it
+/// is still the file (`epoch`) that was synced.
+fn note_synced(shared: &Shared, epoch: u64, end_bytes: u64) {
+    let mut state = shared.state.lock();
+    if state.file_epoch == epoch {
+        state.synced_bytes = state.synced_bytes.max(end_bytes);
+    }
 }
 
 /// The error handed to a callback whose records may not be durable.
