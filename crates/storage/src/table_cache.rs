@@ -206,6 +206,7 @@ mod tests {
     use crate::iterator::InternalIterator;
     use crate::key::{self, internal_key, seek_key, ValueKind, SEQUENCE_MAX};
     use crate::sstable::tests_support::{default_options, hit, write_table, Entry};
+    use crate::sstable::{TableOptions, FORMAT_VERSION_SINGLE_INDEX};
     use crate::version::{FileMeta, TableFile};
 
     /// Tables in the test directory.
@@ -228,9 +229,14 @@ mod tests {
 
     /// Writes tables 1..=TABLES into `dir`, returning their ids.
     fn write_tables(dir: &Path) -> Vec<TableId> {
+        write_tables_with(dir, default_options())
+    }
+
+    /// Writes tables 1..=TABLES into `dir` with `options`, returning their ids.
+    fn write_tables_with(dir: &Path, options: TableOptions) -> Vec<TableId> {
         (1..=TABLES)
             .map(|number| {
-                let summary = write_table(&table_path(dir, number), &entries_of(number), default_options());
+                let summary = write_table(&table_path(dir, number), &entries_of(number), options.clone());
                 TableId {
                     number,
                     size_bytes: summary.file_bytes,
@@ -363,11 +369,39 @@ mod tests {
         assert!(cached.is_none(), "a deleted table must not stay in the cache");
     }
 
+    /// Places `file` alone in a version at `level`, looks up its entry 3
+    /// there, and returns the bytes the table cache reports it pins.
+    fn pinned_after_lookup_at(cache: &TableCache, file: &Arc<TableFile>, level: usize) -> usize {
+        let (k, v) = &entries_of(file.meta.number)[3];
+        let mut version = crate::version::Version::default();
+        version.levels[level].push(Arc::clone(file));
+        file.table.place_at_level(level);
+        let expected = Some(crate::memtable::Lookup::Found(bytes::Bytes::copy_from_slice(v)));
+        assert_eq!(version.get(key::user_key(k), SEQUENCE_MAX).expect("get"), expected);
+        cache.pinned_bytes(file.meta.number)
+    }
+
     #[test]
-    fn level0_tables_pin_their_index_and_filter_and_others_do_not() {
-        // L0 lookups skip two cache lookups; a table leaving L0 gives the pinned memory back.
+    fn format3_tables_hold_only_their_top_level_index_at_every_level() {
+        // Format 3 pins no partition or page in L0: memory is the same small top-level index anywhere.
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let file = table_file(dir.path(), &cache, ids[0]);
+        let at_level0 = pinned_after_lookup_at(&cache, &file, 0);
+        assert!(at_level0 > 0, "the top-level index is counted");
+        assert_eq!(pinned_after_lookup_at(&cache, &file, 1), at_level0);
+    }
+
+    #[test]
+    fn level0_tables_pin_their_index_and_filter_and_others_do_not() {
+        // Format 2: L0 lookups skip two cache lookups; a table leaving L0 gives the pinned memory back.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let format2 = TableOptions {
+            format_version: FORMAT_VERSION_SINGLE_INDEX,
+            ..default_options()
+        };
+        let ids = write_tables_with(dir.path(), format2);
         let cache = cache_over(dir.path());
         let id = ids[0];
         let file = table_file(dir.path(), &cache, id);
