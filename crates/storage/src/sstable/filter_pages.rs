@@ -168,7 +168,7 @@ impl FilterGeometry {
         let base = line_in_page * FILTER_LINE_BITS;
         in_line_positions(hash, self.probes).all(|bit| {
             let bit = base + bit;
-            page.get((bit / 8) as usize).is_some_and(|byte| byte & (1 << (bit % 8)) != 0)
+            page.get((bit / 8) as usize).is_some_and(|&byte| byte & (1 << (bit % 8)) != 0)
         })
     }
 }

@@ -413,9 +413,10 @@ fn reseal_index(table: &mut [u8], handle: BlockHandle, depth: usize) {
     entries.seek_to_first();
     while entries.valid() {
         if let Some(handle) = BlockHandle::decode(entries.value()) {
-            match depth {
-                0 | 1 => drop(reseal_block(table, handle)),
-                _ => reseal_index(table, handle, depth - 1),
+            if depth > 1 {
+                reseal_index(table, handle, depth - 1);
+            } else {
+                reseal_block(table, handle);
             }
         }
         entries.next();
