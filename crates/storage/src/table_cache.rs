@@ -3,8 +3,11 @@
 //! A live table file ([`crate::version::TableFile`]) holds only what the
 //! manifest says about it; it opens its [`Table`] here when a read needs it.
 //! Opening reads and verifies the footer (and checks the size and entry count
-//! against the manifest); the index and filter then come through the block
-//! cache, so an open table costs one file handle and a few words.
+//! against the manifest) and, in format 3, the filter header and the
+//! top-level index, which the table keeps; the index partitions and filter
+//! pages (formats 1 and 2: the whole index and filter) then come through
+//! the block cache, so an open table costs one file handle, a few words and
+//! a few KiB of top-level index.
 //!
 //! At most [`Options::table_files_open_max`](crate::Options) tables stay open
 //! in the cache; the least recently useful ones are closed first
