@@ -245,7 +245,10 @@ impl TableBuilder {
             );
             written += 1;
         }
-        assert_eq!(written, geometry.pages, "a filter has as many pages as its geometry says");
+        assert_eq!(
+            written, geometry.pages,
+            "a filter has as many pages as its geometry says"
+        );
         assert_eq!(
             geometry.check_placement(self.file.len_bytes()),
             Ok(()),

@@ -11,8 +11,9 @@
 //! its own trailer) records the probe count, the line count and the
 //! geometry. The byte layout is in `docs/storage-format.md`, "Paged filter".
 
-use super::bloom::{filter_line, in_line_positions, FILTER_LINES_MAX, FILTER_LINE_BITS, FILTER_LINE_BYTES, PROBES_MAX,
-    PROBES_MIN};
+use super::bloom::{
+    filter_line, in_line_positions, FILTER_LINES_MAX, FILTER_LINE_BITS, FILTER_LINE_BYTES, PROBES_MAX, PROBES_MIN,
+};
 use super::{BlockHandle, BLOCK_TRAILER_BYTES};
 use crate::coding::{u32_le_at, u64_le_at};
 
@@ -129,7 +130,9 @@ impl FilterGeometry {
     /// Checks that the pages end exactly where the header block, at
     /// `header_offset`, begins (the writer puts the header right after them).
     pub(crate) fn check_placement(&self, header_offset: u64) -> Result<(), &'static str> {
-        let end = self.pages_bytes().and_then(|bytes| self.pages_offset.checked_add(bytes));
+        let end = self
+            .pages_bytes()
+            .and_then(|bytes| self.pages_offset.checked_add(bytes));
         if end == Some(header_offset) {
             Ok(())
         } else {
@@ -168,7 +171,8 @@ impl FilterGeometry {
         let base = line_in_page * FILTER_LINE_BITS;
         in_line_positions(hash, self.probes).all(|bit| {
             let bit = base + bit;
-            page.get((bit / 8) as usize).is_some_and(|&byte| byte & (1 << (bit % 8)) != 0)
+            page.get((bit / 8) as usize)
+                .is_some_and(|&byte| byte & (1 << (bit % 8)) != 0)
         })
     }
 }
@@ -178,13 +182,20 @@ impl FilterGeometry {
 /// lines: the probe count, the line count and the pages' contents in order.
 /// `None` if `filter` is not a whole number of lines followed by a probe
 /// byte (the builder's own output always is).
-pub(crate) fn split_into_pages(filter: &[u8], lines_per_page: usize) -> Option<(usize, u64, std::slice::Chunks<'_, u8>)> {
+pub(crate) fn split_into_pages(
+    filter: &[u8],
+    lines_per_page: usize,
+) -> Option<(usize, u64, std::slice::Chunks<'_, u8>)> {
     let (&probes, bits) = filter.split_last()?;
     if bits.is_empty() || !bits.len().is_multiple_of(FILTER_LINE_BYTES) || lines_per_page == 0 {
         return None;
     }
     let lines = (bits.len() / FILTER_LINE_BYTES) as u64;
-    Some((usize::from(probes), lines, bits.chunks(lines_per_page * FILTER_LINE_BYTES)))
+    Some((
+        usize::from(probes),
+        lines,
+        bits.chunks(lines_per_page * FILTER_LINE_BYTES),
+    ))
 }
 
 #[cfg(test)]
@@ -237,7 +248,10 @@ mod tests {
             assert_eq!(geometry.check_placement(file.len() as u64), Ok(()));
             for i in 0..keys {
                 let key = format!("present-{i}");
-                assert!(paged_may_contain(&geometry, &file, key.as_bytes()), "false negative {key}");
+                assert!(
+                    paged_may_contain(&geometry, &file, key.as_bytes()),
+                    "false negative {key}"
+                );
             }
             let mut false_positives = 0u32;
             for i in 0..20_000 {
@@ -246,7 +260,10 @@ mod tests {
                 assert_eq!(answer, whole.may_contain(key.as_bytes()), "{key} answered differently");
                 false_positives += u32::from(answer);
             }
-            println!("{keys} keys, {} pages: {false_positives} of 20000 absent keys pass", geometry.pages);
+            println!(
+                "{keys} keys, {} pages: {false_positives} of 20000 absent keys pass",
+                geometry.pages
+            );
             if keys >= 1_000 {
                 assert!(false_positives < 400, "false-positive rate above 2%");
             }
@@ -270,7 +287,10 @@ mod tests {
         assert!(damaged(8, 0).is_err(), "line count that disagrees with the page count");
         assert!(damaged(20, 17).is_err(), "page count");
         assert!(damaged(16, 0).is_err(), "lines per page of 0");
-        assert!(FilterGeometry::decode(&geometry.encode()[..31]).is_err(), "short header");
+        assert!(
+            FilterGeometry::decode(&geometry.encode()[..31]).is_err(),
+            "short header"
+        );
         let end = 4096 + 1_000 * 64 + 16 * BLOCK_TRAILER_BYTES;
         assert_eq!(geometry.check_placement(end), Ok(()));
         assert!(geometry.check_placement(end + 1).is_err());
@@ -289,9 +309,27 @@ mod tests {
         let handles: Vec<BlockHandle> = (0..3).filter_map(|page| geometry.page_handle(page)).collect();
         assert_eq!(handles.len(), 3);
         assert_eq!(geometry.page_handle(3), None, "past the last page");
-        assert_eq!(handles[0], BlockHandle { offset: 100, size: 4096 });
-        assert_eq!(handles[1], BlockHandle { offset: 100 + 4101, size: 4096 });
-        assert_eq!(handles[2], BlockHandle { offset: 100 + 2 * 4101, size: 128 });
+        assert_eq!(
+            handles[0],
+            BlockHandle {
+                offset: 100,
+                size: 4096
+            }
+        );
+        assert_eq!(
+            handles[1],
+            BlockHandle {
+                offset: 100 + 4101,
+                size: 4096
+            }
+        );
+        assert_eq!(
+            handles[2],
+            BlockHandle {
+                offset: 100 + 2 * 4101,
+                size: 128
+            }
+        );
         assert_eq!(handles[2].end_with_trailer(), Some(100 + 2 * 4101 + 133));
         assert_eq!(geometry.check_placement(100 + 2 * 4101 + 133), Ok(()));
         assert!(split_into_pages(&[0u8; 65], 0).is_none());

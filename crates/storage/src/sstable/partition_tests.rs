@@ -92,7 +92,11 @@ fn format3_tables_answer_every_get_seek_and_scan_like_format2() {
         let mut probes: Vec<Vec<u8>> = entries.iter().map(|(k, _)| key::user_key(k).to_vec()).collect();
         probes.extend((0..5_000).map(|_| (0..rng.usize(0..20)).map(|_| rng.u8(..)).collect::<Vec<u8>>()));
         for (i, user) in probes.iter().enumerate() {
-            let snapshot = if i % 3 == 0 { rng.u64(1..1_000_000) } else { SEQUENCE_MAX };
+            let snapshot = if i % 3 == 0 {
+                rng.u64(1..1_000_000)
+            } else {
+                SEQUENCE_MAX
+            };
             let target = seek_key(user, snapshot);
             let expected = old.get(user, &target, false).expect("get format 2");
             for pin in [false, true] {
@@ -174,13 +178,19 @@ fn a_point_lookup_reads_one_filter_page_one_partition_and_one_block_at_most() {
             passed_filter += 1;
         }
     }
-    assert!(passed_filter < 10, "{passed_filter} of 200 absent keys passed the filter");
+    assert!(
+        passed_filter < 10,
+        "{passed_filter} of 200 absent keys passed the filter"
+    );
     for (k, v) in entries.iter().step_by(499) {
         let user = key::user_key(k);
         let (misses, bytes, found) = cold_lookup(&path, user);
         assert_eq!(found, Some(hit(k, v)));
         assert_eq!(misses, 3, "a present key reads a page, a partition and a block");
-        assert!(bytes <= 2 * block_bytes_max + page_bytes, "a present key cached {bytes} bytes");
+        assert!(
+            bytes <= 2 * block_bytes_max + page_bytes,
+            "a present key cached {bytes} bytes"
+        );
     }
     // Format 2 reads the whole filter and index for the same lookup.
     let format2 = TableOptions {

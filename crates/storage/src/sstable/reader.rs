@@ -304,7 +304,11 @@ impl Table {
         let (page, line) = geometry.locate(hash);
         let handle = geometry.page_handle(page).ok_or_else(|| {
             // `open` checked the geometry; only a bug gets here.
-            Error::corruption(self.file.path(), geometry.pages_offset, "filter page outside the filter")
+            Error::corruption(
+                self.file.path(),
+                geometry.pages_offset,
+                "filter page outside the filter",
+            )
         })?;
         let contents = match self.cache.get_filter_page(self.file_number, handle.offset) {
             Some(contents) => contents,
@@ -459,8 +463,8 @@ fn read_top_level_index(
     entries.seek_to_first();
     let mut next_offset = partitions_offset;
     while entries.valid() {
-        let partition =
-            BlockHandle::decode(entries.value()).ok_or_else(|| corrupt("malformed partition handle in the top-level index"))?;
+        let partition = BlockHandle::decode(entries.value())
+            .ok_or_else(|| corrupt("malformed partition handle in the top-level index"))?;
         if partition.size == 0 || next_offset.is_some_and(|offset| offset != partition.offset) {
             return Err(corrupt("index partitions do not lie back to back in key order"));
         }
@@ -678,7 +682,10 @@ mod tests {
                         let lookups = get_all(&table, &entries);
                         let scanned = scan(&table);
                         if let Ok(scanned) = &scanned {
-                            assert_eq!(scanned, &entries, "format {version}: flip at {pos} changed scanned data");
+                            assert_eq!(
+                                scanned, &entries,
+                                "format {version}: flip at {pos} changed scanned data"
+                            );
                         }
                         lookups.is_err() || scanned.is_err()
                     }
