@@ -258,7 +258,6 @@ impl Table {
                 };
                 let partition_handle = self.decode_handle(value)?;
                 let partition = self.block_at(partition_handle)?;
-                let mut no_buffer = Vec::new();
                 let Some((_, value)) = partition.seek_entry(seek_key, &mut no_buffer) else {
                     // The top-level key is the partition's last key, `>=
                     // seek_key`: a partition without such a key is damaged.
