@@ -6,10 +6,24 @@
 
 use std::sync::Arc;
 
-use super::block::BlockIter;
+use super::block::{Block, BlockIter};
 use super::reader::{Table, TableSource};
 use crate::error::Result;
 use crate::iterator::InternalIterator;
+
+/// Points `cursor` at the `loaded` block (reusing the cursor's key buffer),
+/// or clears it if loading failed, passing the error on.
+fn point_at(cursor: &mut Option<BlockIter>, loaded: Result<Block>) -> Result<()> {
+    match (loaded, cursor.as_mut()) {
+        (Ok(block), Some(current)) => current.reset(block),
+        (Ok(block), None) => *cursor = Some(BlockIter::new(block)),
+        (Err(error), _) => {
+            *cursor = None;
+            return Err(error);
+        }
+    }
+    Ok(())
+}
 
 /// A cursor over every index entry of a table (separator key -> data block
 /// handle), through one index level (formats 1 and 2) or two (format 3).
@@ -122,18 +136,7 @@ impl IndexIter {
             .table
             .decode_handle(self.top.value())
             .and_then(|handle| self.table.index_partition(handle, self.fill_cache));
-        let block = match loaded {
-            Ok(block) => block,
-            Err(error) => {
-                self.partition = None;
-                return Err(error);
-            }
-        };
-        match &mut self.partition {
-            Some(partition) => partition.reset(block),
-            None => self.partition = Some(BlockIter::new(block)),
-        }
-        Ok(())
+        point_at(&mut self.partition, loaded)
     }
 }
 
@@ -218,18 +221,7 @@ impl TableIter {
                 true => table.data_block(handle),
                 false => table.data_block_without_cache_fill(handle),
             });
-        let block = match loaded {
-            Ok(block) => block,
-            Err(error) => {
-                self.data = None;
-                return Err(error);
-            }
-        };
-        match &mut self.data {
-            Some(data) => data.reset(block),
-            None => self.data = Some(BlockIter::new(block)),
-        }
-        Ok(())
+        point_at(&mut self.data, loaded)
     }
 
     /// While the data cursor is exhausted, moves to the next block's first
