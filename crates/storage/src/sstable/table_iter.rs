@@ -14,13 +14,16 @@ use crate::iterator::InternalIterator;
 /// Points `cursor` at the `loaded` block (reusing the cursor's key buffer),
 /// or clears it if loading failed, passing the error on.
 fn point_at(cursor: &mut Option<BlockIter>, loaded: Result<Block>) -> Result<()> {
-    match (loaded, cursor.as_mut()) {
-        (Ok(block), Some(current)) => current.reset(block),
-        (Ok(block), None) => *cursor = Some(BlockIter::new(block)),
-        (Err(error), _) => {
+    let block = match loaded {
+        Ok(block) => block,
+        Err(error) => {
             *cursor = None;
             return Err(error);
         }
+    };
+    match cursor {
+        Some(current) => current.reset(block),
+        None => *cursor = Some(BlockIter::new(block)),
     }
     Ok(())
 }
