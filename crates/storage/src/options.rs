@@ -53,8 +53,9 @@ pub const TABLE_FILES_OPEN_MIN: usize = 8;
 ///   100-byte entries;
 /// - open tables: at most `table_files_open_max` in the table cache, each a
 ///   file handle, about 100 bytes (the footer's fields) and, in format 3,
-///   its top-level index (about 40 bytes per 4 KiB index partition: under
-///   4 KiB for a 64 MiB table), plus the ones running reads hold;
+///   its top-level index (one entry per 4 KiB index partition: about
+///   5 KiB for a 64 MiB table of 116-byte entries), plus the ones running
+///   reads hold;
 /// - a small fixed overhead: threads, the manifest's view of the live files
 ///   (per table: its number, size and smallest and largest keys), and what
 ///   readers hold while they read (a cursor pins the blocks it is on and
