@@ -206,21 +206,43 @@ fn a_point_lookup_reads_one_filter_page_one_partition_and_one_block_at_most() {
 }
 
 #[test]
-fn an_open_format3_table_holds_its_small_top_level_index_and_nothing_more() {
-    // Memory accounting: the top-level index is counted, and pinned lookups add nothing to it.
+fn an_open_format3_table_holds_its_top_level_index_and_what_pinned_lookups_read() {
+    // Memory accounting: the top-level index is counted, and pins hold only the pages and partitions read.
     let dir = tempfile::tempdir().expect("temp dir");
     let (path, entries) = large_table(dir.path(), "000001.sst", 100_000, default_options());
-    let table = open_table(&path, &Arc::new(BlockCache::new(64 << 20))).expect("open table");
+    let cache = Arc::new(BlockCache::new(64 << 20));
+    let table = open_table(&path, &cache).expect("open table");
     let held = table.pinned_bytes();
     let file_bytes = std::fs::metadata(&path).expect("stat").len() as usize;
     println!("a {file_bytes}-byte table holds {held} bytes of top-level index");
     assert!(held > 0, "the top-level index is counted");
     assert!(held < file_bytes / 1_000, "the top-level index is small");
-    for (k, _) in entries.iter().step_by(1_000) {
+    let lookup = |(k, v): &Entry, pin: bool| {
         let user = key::user_key(k);
-        table.get(user, &seek_key(user, SEQUENCE_MAX), true).expect("get");
-    }
-    assert_eq!(table.pinned_bytes(), held, "format 3 pins no partition or page");
+        let found = table.get(user, &seek_key(user, SEQUENCE_MAX), pin).expect("get");
+        assert_eq!(found, Some(hit(k, v)));
+    };
+    entries.iter().step_by(1_000).for_each(|entry| lookup(entry, false));
+    assert_eq!(table.pinned_bytes(), held, "unpinned lookups pin nothing");
+    // One key: one page and one partition pinned, and the slots for the rest.
+    lookup(&entries[0], true);
+    let one = table.pinned_bytes() - held;
+    assert!(one > 4096, "a pinned lookup keeps its page and partition");
+    assert!(one < 3 * 4096 + 400 * 64, "a pinned lookup keeps {one} bytes");
+    let misses = cache.misses();
+    lookup(&entries[0], true);
+    assert_eq!(
+        cache.misses(),
+        misses,
+        "a pinned page and partition are not looked up again"
+    );
+    entries.iter().step_by(1_000).for_each(|entry| lookup(entry, true));
+    let all = table.pinned_bytes() - held;
+    println!("pinned: {one} bytes after one lookup, {all} after 101");
+    assert!(
+        all > one && all < file_bytes / 50,
+        "pins stay within the filter and index"
+    );
 }
 
 /// The table at `path` with the contents of the block at `handle`

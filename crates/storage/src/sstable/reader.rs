@@ -90,6 +90,11 @@ pub(crate) struct Table {
     /// Formats 1 and 2: the filter, once a lookup asked for it pinned (L0
     /// tables).
     pinned_filter: OnceLock<Filter>,
+    /// Format 3: one slot per filter page, each filled by the first lookup
+    /// that asks for that page pinned (L0 tables); allocated on first use.
+    pinned_pages: OnceLock<Box<[OnceLock<Bytes>]>>,
+    /// Format 3: one slot per index partition, filled like `pinned_pages`.
+    pinned_partitions: OnceLock<Box<[OnceLock<Block>]>>,
 }
 
 /// Adds one to a count of open table files for as long as it lives.
@@ -169,6 +174,8 @@ impl Table {
             _open_file: None,
             pinned_index: OnceLock::new(),
             pinned_filter: OnceLock::new(),
+            pinned_pages: OnceLock::new(),
+            pinned_partitions: OnceLock::new(),
         })
     }
 
@@ -188,11 +195,11 @@ impl Table {
     /// In format 3 a lookup reads one filter page, then (if the filter lets
     /// it through) one index partition, chosen by the top-level index the
     /// table holds, and one data block, each from the block cache or else
-    /// from disk. With `pin` (formats 1 and 2), the whole index and filter
-    /// are kept in the table once read (for as long as it stays open),
-    /// sparing two block-cache lookups per call; the engine pins them for
-    /// L0 tables, which every lookup consults. Format 3 pins nothing more
-    /// than its top-level index: its pages and partitions stay in the cache.
+    /// from disk. With `pin`, what the lookup reads of the index and filter
+    /// is kept in the table (for as long as it stays open), sparing
+    /// block-cache lookups on later calls: the whole index and filter in
+    /// formats 1 and 2, the page and the partition read in format 3. The
+    /// engine pins them for L0 tables, which every lookup consults.
     pub(crate) fn get(&self, user_key: &[u8], seek_key: &[u8], pin: bool) -> Result<Option<TableHit>> {
         debug_assert_eq!(key::user_key(seek_key), user_key, "seek key must be for the user key");
         if !self.filter_may_contain(user_key, pin)? {
@@ -253,11 +260,18 @@ impl Table {
                 self.decode_handle(value).map(Some)
             }
             TableIndex::Partitioned(top) => {
-                let Some((_, value)) = top.seek_entry(seek_key, &mut no_buffer) else {
+                // `open` checked that every top-level entry is a restart point.
+                let Some((position, value)) = top.seek_restart(seek_key) else {
                     return Ok(None);
                 };
                 let partition_handle = self.decode_handle(value)?;
-                let partition = self.block_at(partition_handle)?;
+                let unpinned;
+                let partition = if pin {
+                    self.pinned_partition(top.restart_count(), position, partition_handle)?
+                } else {
+                    unpinned = self.block_at(partition_handle)?;
+                    &unpinned
+                };
                 let Some((_, value)) = partition.seek_entry(seek_key, &mut no_buffer) else {
                     // The top-level key is the partition's last key, `>=
                     // seek_key`: a partition without such a key is damaged.
@@ -292,15 +306,23 @@ impl Table {
             TableFilter::Absent => Ok(true),
             TableFilter::Whole(handle) if pin => Ok(self.pinned_filter(handle)?.may_contain(user_key)),
             TableFilter::Whole(handle) => Ok(self.whole_filter(handle)?.may_contain(user_key)),
-            TableFilter::Paged(geometry) => self.filter_page_may_contain(&geometry, user_key),
+            TableFilter::Paged(geometry) => self.filter_page_may_contain(&geometry, user_key, pin),
         }
     }
 
-    /// Asks the one filter page that `user_key`'s line lies in, from the
-    /// cache or else read, verified and cached.
-    fn filter_page_may_contain(&self, geometry: &FilterGeometry, user_key: &[u8]) -> Result<bool> {
+    /// Asks the one filter page that `user_key`'s line lies in: pinned in
+    /// the table (with `pin`), or from the cache, or else read, verified and
+    /// cached (and then pinned, with `pin`).
+    fn filter_page_may_contain(&self, geometry: &FilterGeometry, user_key: &[u8], pin: bool) -> Result<bool> {
         let hash = bloom_hash(user_key);
         let (page, line) = geometry.locate(hash);
+        let slot = match pin {
+            true => pinned_slot(&self.pinned_pages, geometry.pages as usize, page as usize),
+            false => None,
+        };
+        if let Some(contents) = slot.and_then(OnceLock::get) {
+            return Ok(geometry.page_may_contain(contents, line, hash));
+        }
         let handle = geometry.page_handle(page).ok_or_else(|| {
             // `open` checked the geometry; only a bug gets here.
             Error::corruption(
@@ -318,7 +340,29 @@ impl Table {
                 contents
             }
         };
-        Ok(geometry.page_may_contain(&contents, line, hash))
+        let may_contain = geometry.page_may_contain(&contents, line, hash);
+        if let Some(slot) = slot {
+            // A racing caller may have pinned it first; both read the same bytes.
+            slot.get_or_init(|| contents);
+        }
+        Ok(may_contain)
+    }
+
+    /// Index partition number `position` of `partitions` (at `handle`),
+    /// pinned in the table from its first use on.
+    fn pinned_partition(&self, partitions: usize, position: usize, handle: BlockHandle) -> Result<&Block> {
+        let Some(slot) = pinned_slot(&self.pinned_partitions, partitions, position) else {
+            return Err(Error::corruption(
+                self.file.path(),
+                handle.offset,
+                "index partition outside the top-level index",
+            ));
+        };
+        if let Some(partition) = slot.get() {
+            return Ok(partition);
+        }
+        let partition = self.block_at(handle)?;
+        Ok(slot.get_or_init(|| partition))
     }
 
     /// The whole filter block (formats 1 and 2), from the cache or else
@@ -355,8 +399,9 @@ impl Table {
     }
 
     /// Bytes of index and filter the table holds outside the block cache:
-    /// the top-level index (format 3, always), and the index and filter a
-    /// lookup asked for pinned (formats 1 and 2).
+    /// the top-level index (format 3, always), and what lookups asked for
+    /// pinned (the whole index and filter in formats 1 and 2; the pages and
+    /// partitions read, and their slots, in format 3).
     pub(crate) fn pinned_bytes(&self) -> usize {
         let top = match &self.index {
             TableIndex::Partitioned(top) => top.size_bytes(),
@@ -364,7 +409,9 @@ impl Table {
         };
         let index = self.pinned_index.get().map_or(0, Block::size_bytes);
         let filter = self.pinned_filter.get().map_or(0, Filter::memory_bytes);
-        top + index + filter
+        let pages = slots_bytes(&self.pinned_pages, Bytes::len);
+        let partitions = slots_bytes(&self.pinned_partitions, Block::size_bytes);
+        top + index + filter + pages + partitions
     }
 
     /// The table's file number.
@@ -435,6 +482,23 @@ impl Table {
     }
 }
 
+/// Slot `position` of `slots`, allocating `count` empty slots on first
+/// use; `None` if `position` is out of range.
+fn pinned_slot<T>(slots: &OnceLock<Box<[OnceLock<T>]>>, count: usize, position: usize) -> Option<&OnceLock<T>> {
+    slots
+        .get_or_init(|| (0..count).map(|_| OnceLock::new()).collect())
+        .get(position)
+}
+
+/// Bytes held in pinned slots: the values filled (each `bytes` long) and
+/// the slots themselves.
+fn slots_bytes<T>(slots: &OnceLock<Box<[OnceLock<T>]>>, bytes: impl Fn(&T) -> usize) -> usize {
+    slots.get().map_or(0, |slots| {
+        let held: usize = slots.iter().filter_map(OnceLock::get).map(bytes).sum();
+        held + slots.len() * std::mem::size_of::<OnceLock<T>>()
+    })
+}
+
 /// Reads and checks the filter header of a format 3 table at `handle`: its
 /// fields agree with each other, and its pages end where it begins.
 fn read_filter_geometry(file: &ReadFile, footer_offset: u64, handle: BlockHandle) -> Result<FilterGeometry> {
@@ -461,7 +525,9 @@ fn read_top_level_index(
     let mut entries = BlockIter::new(top.clone());
     entries.seek_to_first();
     let mut next_offset = partitions_offset;
+    let mut count = 0;
     while entries.valid() {
+        count += 1;
         let partition = BlockHandle::decode(entries.value())
             .ok_or_else(|| corrupt("malformed partition handle in the top-level index"))?;
         if partition.size == 0 || next_offset.is_some_and(|offset| offset != partition.offset) {
@@ -476,6 +542,10 @@ fn read_top_level_index(
     }
     if next_offset != Some(handle.offset) {
         return Err(corrupt("index partitions do not end where the top-level index begins"));
+    }
+    // Lookups find a partition's position by its restart point.
+    if count != top.restart_count() {
+        return Err(corrupt("top-level index entry without a restart point"));
     }
     Ok(top)
 }
