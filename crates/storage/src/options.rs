@@ -46,11 +46,11 @@ pub const TABLE_FILES_OPEN_MIN: usize = 8;
 ///   its next lookup that needs it); tables written before format 3 have a
 ///   single index block and filter instead, read whole, a few KiB to a few
 ///   hundred KiB;
-/// - for tables of formats 1 and 2 only, the index and filter of L0
-///   tables, pinned while the table is open (every point lookup consults
-///   every overlapping L0 table): at most `l0_stop_trigger` tables, each
-///   about 1-2% of `memtable_bytes_max` at 10 bloom bits per key and
-///   100-byte entries;
+/// - the index and filter of L0 tables, pinned while the table is open
+///   (every point lookup consults every overlapping L0 table; format 3
+///   pins only the pages and partitions lookups have read, up to the
+///   whole): at most `l0_stop_trigger` tables, each about 1-2% of
+///   `memtable_bytes_max` at 10 bloom bits per key and 100-byte entries;
 /// - open tables: at most `table_files_open_max` in the table cache, each a
 ///   file handle, about 100 bytes (the footer's fields) and, in format 3,
 ///   its top-level index (one entry per 4 KiB index partition: about

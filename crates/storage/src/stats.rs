@@ -56,8 +56,9 @@ pub struct Stats {
     pub block_cache_bytes: u64,
     /// Bytes of index and filter blocks held in memory outside the block
     /// cache by open tables: the top-level index of every open format 3
-    /// table, and the whole index and filter that L0 tables of formats 1
-    /// and 2 pin (the rest is read through the cache and charged to it).
+    /// table, and what L0 tables pin (formats 1 and 2: the whole index and
+    /// filter; format 3: the pages and partitions their lookups read). The
+    /// rest is read through the cache and charged to it.
     pub table_memory_bytes: u64,
     /// Tables the table cache holds open.
     pub table_cache_tables: u64,
