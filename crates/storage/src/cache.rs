@@ -114,35 +114,34 @@ impl BlockCache {
 
     /// The block at `block_offset` of table `file_number`, if cached.
     pub(crate) fn get(&self, file_number: u64, block_offset: u64) -> Option<Block> {
-        let found = match self.lookup(file_number, block_offset) {
-            Some(Cached::Block(block)) => Some(block),
-            // Only a damaged table can name its filter's offset as a block
-            // (offsets within a table are distinct): treat it as a miss, and
-            // the read from disk reports the damage.
-            Some(Cached::Filter(_) | Cached::FilterPage(_)) | None => None,
-        };
-        self.count(found.is_some());
-        found
+        self.get_kind(file_number, block_offset, |cached| match cached {
+            Cached::Block(block) => Some(block),
+            Cached::Filter(_) | Cached::FilterPage(_) => None,
+        })
     }
 
     /// The filter at `block_offset` of table `file_number`, if cached.
     pub(crate) fn get_filter(&self, file_number: u64, block_offset: u64) -> Option<Filter> {
-        let found = match self.lookup(file_number, block_offset) {
-            Some(Cached::Filter(filter)) => Some(filter),
-            // As in `get`: only a damaged table gets here.
-            Some(Cached::Block(_) | Cached::FilterPage(_)) | None => None,
-        };
-        self.count(found.is_some());
-        found
+        self.get_kind(file_number, block_offset, |cached| match cached {
+            Cached::Filter(filter) => Some(filter),
+            Cached::Block(_) | Cached::FilterPage(_) => None,
+        })
     }
 
     /// The filter page at `page_offset` of table `file_number`, if cached.
     pub(crate) fn get_filter_page(&self, file_number: u64, page_offset: u64) -> Option<Bytes> {
-        let found = match self.lookup(file_number, page_offset) {
-            Some(Cached::FilterPage(page)) => Some(page),
-            // As in `get`: only a damaged table gets here.
-            Some(Cached::Block(_) | Cached::Filter(_)) | None => None,
-        };
+        self.get_kind(file_number, page_offset, |cached| match cached {
+            Cached::FilterPage(page) => Some(page),
+            Cached::Block(_) | Cached::Filter(_) => None,
+        })
+    }
+
+    /// The entry at a key if `pick` accepts its kind, counted as a hit or a
+    /// miss. An entry of another kind counts as a miss: only a damaged table
+    /// names one block's offset as another kind (offsets within a table are
+    /// distinct), and the read from disk then reports the damage.
+    fn get_kind<T>(&self, file_number: u64, offset: u64, pick: impl FnOnce(Cached) -> Option<T>) -> Option<T> {
+        let found = self.lookup(file_number, offset).and_then(pick);
         self.count(found.is_some());
         found
     }
