@@ -149,7 +149,7 @@ fn main() -> Result<()> {
         stats.block_cache_misses
     );
     println!(
-        "table files open {} (cached {}), table opens {}, block cache {} MiB, L0 index+filter pinned {} KiB, memtables {} MiB, rss {}",
+        "table files open {} (cached {}), table opens {}, block cache {} MiB, index+filter held by tables {} KiB, memtables {} MiB, rss {}",
         stats.table_files_open,
         stats.table_cache_tables,
         stats.table_opens,

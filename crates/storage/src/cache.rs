@@ -1,9 +1,10 @@
 //! The block cache: parsed, checksum-verified blocks shared by all tables,
 //! bounded by bytes.
 //!
-//! It holds data blocks and also every table's index block and bloom
-//! filter, so the memory those take is charged to the same byte budget
-//! instead of being pinned per table (see [`crate::Options`], "Memory").
+//! It holds data blocks and also the tables' index blocks (format 3: index
+//! partitions) and bloom filters (format 3: filter pages), so the memory
+//! those take is charged to the same byte budget instead of being pinned
+//! per table (see [`crate::Options`], "Memory").
 //!
 //! Keyed by `(file number, block offset)`; file numbers are never reused, so
 //! a key never names two different blocks. Eviction is `quick_cache`'s
@@ -12,6 +13,7 @@
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use quick_cache::sync::Cache;
 use quick_cache::{DefaultHashBuilder, OptionsBuilder, Weighter};
 
@@ -50,13 +52,16 @@ fn shard_count(capacity_bytes: usize) -> usize {
 /// Identifies a block: the table's file number and the block's offset.
 type BlockKey = (u64, u64);
 
-/// What the cache holds at one key: a data or index block, or a filter.
+/// What the cache holds at one key: a data or index block, a filter, or
+/// one page of a paged filter.
 #[derive(Debug, Clone)]
 enum Cached {
     /// A parsed data or index block.
     Block(Block),
     /// A parsed bloom filter.
     Filter(Filter),
+    /// The verified contents of one filter page (table format 3).
+    FilterPage(Bytes),
 }
 
 /// Charges each entry its size in bytes.
@@ -68,6 +73,7 @@ impl Weighter<BlockKey, Cached> for BlockWeighter {
         let bytes = match cached {
             Cached::Block(block) => block.size_bytes(),
             Cached::Filter(filter) => filter.memory_bytes(),
+            Cached::FilterPage(page) => page.len(),
         };
         // Never zero: zero-weight entries would never be evicted.
         bytes as u64 + ENTRY_OVERHEAD_BYTES
@@ -108,24 +114,34 @@ impl BlockCache {
 
     /// The block at `block_offset` of table `file_number`, if cached.
     pub(crate) fn get(&self, file_number: u64, block_offset: u64) -> Option<Block> {
-        let found = match self.lookup(file_number, block_offset) {
-            Some(Cached::Block(block)) => Some(block),
-            // Only a damaged table can name its filter's offset as a block
-            // (offsets within a table are distinct): treat it as a miss, and
-            // the read from disk reports the damage.
-            Some(Cached::Filter(_)) | None => None,
-        };
-        self.count(found.is_some());
-        found
+        self.get_kind(file_number, block_offset, |cached| match cached {
+            Cached::Block(block) => Some(block),
+            Cached::Filter(_) | Cached::FilterPage(_) => None,
+        })
     }
 
     /// The filter at `block_offset` of table `file_number`, if cached.
     pub(crate) fn get_filter(&self, file_number: u64, block_offset: u64) -> Option<Filter> {
-        let found = match self.lookup(file_number, block_offset) {
-            Some(Cached::Filter(filter)) => Some(filter),
-            // As in `get`: only a damaged table gets here.
-            Some(Cached::Block(_)) | None => None,
-        };
+        self.get_kind(file_number, block_offset, |cached| match cached {
+            Cached::Filter(filter) => Some(filter),
+            Cached::Block(_) | Cached::FilterPage(_) => None,
+        })
+    }
+
+    /// The filter page at `page_offset` of table `file_number`, if cached.
+    pub(crate) fn get_filter_page(&self, file_number: u64, page_offset: u64) -> Option<Bytes> {
+        self.get_kind(file_number, page_offset, |cached| match cached {
+            Cached::FilterPage(page) => Some(page),
+            Cached::Block(_) | Cached::Filter(_) => None,
+        })
+    }
+
+    /// The entry at a key if `pick` accepts its kind, counted as a hit or a
+    /// miss. An entry of another kind counts as a miss: only a damaged table
+    /// names one block's offset as another kind (offsets within a table are
+    /// distinct), and the read from disk then reports the damage.
+    fn get_kind<T>(&self, file_number: u64, offset: u64, pick: impl FnOnce(Cached) -> Option<T>) -> Option<T> {
+        let found = self.lookup(file_number, offset).and_then(pick);
         self.count(found.is_some());
         found
     }
@@ -139,6 +155,11 @@ impl BlockCache {
     /// Caches `filter`, like [`Self::insert`].
     pub(crate) fn insert_filter(&self, file_number: u64, block_offset: u64, filter: Filter) {
         self.cache.insert((file_number, block_offset), Cached::Filter(filter));
+    }
+
+    /// Caches the verified contents of a filter page, like [`Self::insert`].
+    pub(crate) fn insert_filter_page(&self, file_number: u64, page_offset: u64, page: Bytes) {
+        self.cache.insert((file_number, page_offset), Cached::FilterPage(page));
     }
 
     /// The entry at a key, without counting.

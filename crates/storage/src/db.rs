@@ -522,8 +522,11 @@ impl Inner {
             block_cache_hits: self.cache.hits(),
             block_cache_misses: self.cache.misses(),
             block_cache_bytes: self.cache.used_bytes(),
-            table_memory_bytes: sv.version.levels[0]
+            table_memory_bytes: sv
+                .version
+                .levels
                 .iter()
+                .flatten()
                 .map(|f| self.table_cache.pinned_bytes(f.meta.number) as u64)
                 .sum(),
             table_cache_tables: table_cache.cached_tables,

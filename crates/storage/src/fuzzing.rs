@@ -37,6 +37,9 @@ const BLOCK_CACHE_BYTES: usize = 1 << 20;
 const DB_DIR: &str = "/db";
 /// Seed of the simulated disk (no crash is ever drawn from it).
 const SIM_SEED: u64 = 1;
+/// Target bytes of an index partition in the format 3 tables built here:
+/// a few entries each, so that small tables have several partitions.
+const FUZZ_INDEX_PARTITION_BYTES: usize = 64;
 
 /// Whether an input's first byte asks for checksums to be made valid.
 fn wants_valid_checksums(input: &[u8]) -> bool {
@@ -248,10 +251,12 @@ pub fn read_table(input: &[u8]) -> Result<usize> {
     Ok(entries)
 }
 
-/// A table file of format `format_version` (1 or 2) holding `entries`,
+/// A table file of format `format_version` (1, 2 or 3) holding `entries`,
 /// written by the engine's table builder: `(user key, value)` pairs, sorted
 /// and deduplicated here, each put at sequence 1. For seed inputs and
-/// round trips.
+/// round trips. Format 3 tables get small index partitions and one-line
+/// filter pages, so that small inputs reach both index levels and several
+/// pages.
 pub fn build_table(entries: &[(Vec<u8>, Vec<u8>)], format_version: u32, block_bytes_target: usize) -> Result<Vec<u8>> {
     let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = entries.iter().collect();
     sorted.sort_by(|a, b| a.0.cmp(&b.0));
@@ -261,6 +266,8 @@ pub fn build_table(entries: &[(Vec<u8>, Vec<u8>)], format_version: u32, block_by
     let mut options = TableOptions::from(&Options::default());
     options.format_version = format_version;
     options.block_bytes_target = block_bytes_target.max(1);
+    options.index_partition_bytes_target = FUZZ_INDEX_PARTITION_BYTES;
+    options.filter_page_lines = 1;
     let mut builder = TableBuilder::new(crate::io::AppendFile::create_new(&*fs, path)?, options);
     for (user_key, value) in sorted {
         builder.add(&key::internal_key(user_key, 1, ValueKind::Put), value)?;

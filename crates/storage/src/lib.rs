@@ -26,9 +26,10 @@
 //!   Raft log store's segments.
 //! - `batch`: [`WriteBatch`] and its WAL encoding.
 //! - `manifest`, `version`: which table files are live, changed atomically.
-//! - `sstable`: immutable sorted tables (blocks, bloom filter, index, footer).
-//! - `cache`: the byte-bounded block cache shared by all tables (data,
-//!   index and filter blocks).
+//! - `sstable`: immutable sorted tables (blocks, a paged bloom filter, a
+//!   partitioned index under a top-level index, footer).
+//! - `cache`: the byte-bounded block cache shared by all tables (data
+//!   blocks, index partitions, filter pages).
 //! - `table_cache`: open tables, bounded by a count of open files.
 //! - `compaction`: the pure picker and the table writer.
 //! - `iterator`, `merge`, `db_iter`: cursors, their merge, the user's view.

@@ -41,16 +41,21 @@ pub const TABLE_FILES_OPEN_MIN: usize = 8;
 ///   plus 1/64 of that for their key filters (which let point lookups of
 ///   keys a memtable does not hold skip its skip list);
 /// - the block cache: about `block_cache_bytes`, which holds data blocks
-///   *and* every table's index block and bloom filter (a table whose index
-///   or filter was evicted reads it again, one read of a few KiB to a few
-///   hundred KiB, on its next lookup);
+///   *and* the tables' index partitions and bloom filter pages, 4 KiB each
+///   (a table whose partition or page was evicted reads that one again on
+///   its next lookup that needs it); tables written before format 3 have a
+///   single index block and filter instead, read whole, a few KiB to a few
+///   hundred KiB;
 /// - the index and filter of L0 tables, pinned while the table is open
-///   (every point lookup consults every overlapping L0 table): at most
-///   `l0_stop_trigger` tables, each about 1-2% of `memtable_bytes_max` at
-///   10 bloom bits per key and 100-byte entries;
+///   (every point lookup consults every overlapping L0 table; format 3
+///   pins only the pages and partitions lookups have read, up to the
+///   whole): at most `l0_stop_trigger` tables, each about 1-2% of
+///   `memtable_bytes_max` at 10 bloom bits per key and 100-byte entries;
 /// - open tables: at most `table_files_open_max` in the table cache, each a
-///   file handle and about 100 bytes (the footer's fields), plus the ones
-///   running reads hold;
+///   file handle, about 100 bytes (the footer's fields) and, in format 3,
+///   its top-level index (one entry per 4 KiB index partition: about
+///   5 KiB for a 64 MiB table of 116-byte entries), plus the ones running
+///   reads hold;
 /// - a small fixed overhead: threads, the manifest's view of the live files
 ///   (per table: its number, size and smallest and largest keys), and what
 ///   readers hold while they read (a cursor pins the blocks it is on and

@@ -55,8 +55,10 @@ pub struct Stats {
     /// Bytes held by the block cache.
     pub block_cache_bytes: u64,
     /// Bytes of index and filter blocks held in memory outside the block
-    /// cache: those L0 tables pin (every other table's are read through the
-    /// cache and charged to it).
+    /// cache by open tables: the top-level index of every open format 3
+    /// table, and what L0 tables pin (formats 1 and 2: the whole index and
+    /// filter; format 3: the pages and partitions their lookups read). The
+    /// rest is read through the cache and charged to it.
     pub table_memory_bytes: u64,
     /// Tables the table cache holds open.
     pub table_cache_tables: u64,

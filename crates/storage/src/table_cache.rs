@@ -3,8 +3,11 @@
 //! A live table file ([`crate::version::TableFile`]) holds only what the
 //! manifest says about it; it opens its [`Table`] here when a read needs it.
 //! Opening reads and verifies the footer (and checks the size and entry count
-//! against the manifest); the index and filter then come through the block
-//! cache, so an open table costs one file handle and a few words.
+//! against the manifest) and, in format 3, the filter header and the
+//! top-level index, which the table keeps; the index partitions and filter
+//! pages (formats 1 and 2: the whole index and filter) then come through
+//! the block cache, so an open table costs one file handle, a few words and
+//! a few KiB of top-level index.
 //!
 //! At most [`Options::table_files_open_max`](crate::Options) tables stay open
 //! in the cache; the least recently useful ones are closed first
@@ -206,6 +209,7 @@ mod tests {
     use crate::iterator::InternalIterator;
     use crate::key::{self, internal_key, seek_key, ValueKind, SEQUENCE_MAX};
     use crate::sstable::tests_support::{default_options, hit, write_table, Entry};
+    use crate::sstable::{TableOptions, FORMAT_VERSION_SINGLE_INDEX};
     use crate::version::{FileMeta, TableFile};
 
     /// Tables in the test directory.
@@ -228,9 +232,14 @@ mod tests {
 
     /// Writes tables 1..=TABLES into `dir`, returning their ids.
     fn write_tables(dir: &Path) -> Vec<TableId> {
+        write_tables_with(dir, default_options())
+    }
+
+    /// Writes tables 1..=TABLES into `dir` with `options`, returning their ids.
+    fn write_tables_with(dir: &Path, options: TableOptions) -> Vec<TableId> {
         (1..=TABLES)
             .map(|number| {
-                let summary = write_table(&table_path(dir, number), &entries_of(number), default_options());
+                let summary = write_table(&table_path(dir, number), &entries_of(number), options.clone());
                 TableId {
                     number,
                     size_bytes: summary.file_bytes,
@@ -363,11 +372,40 @@ mod tests {
         assert!(cached.is_none(), "a deleted table must not stay in the cache");
     }
 
+    /// Places `file` alone in a version at `level`, looks up its entry 3
+    /// there, and returns the bytes the table cache reports it pins.
+    fn pinned_after_lookup_at(cache: &TableCache, file: &Arc<TableFile>, level: usize) -> usize {
+        let (k, v) = &entries_of(file.meta.number)[3];
+        let mut version = crate::version::Version::default();
+        version.levels[level].push(Arc::clone(file));
+        file.table.place_at_level(level);
+        let expected = Some(crate::memtable::Lookup::Found(bytes::Bytes::copy_from_slice(v)));
+        assert_eq!(version.get(key::user_key(k), SEQUENCE_MAX).expect("get"), expected);
+        cache.pinned_bytes(file.meta.number)
+    }
+
     #[test]
-    fn level0_tables_pin_their_index_and_filter_and_others_do_not() {
-        // L0 lookups skip two cache lookups; a table leaving L0 gives the pinned memory back.
+    fn format3_tables_pin_what_l0_lookups_read_and_keep_their_top_level_index() {
+        // Format 3 in L0 pins the page and partition a lookup reads; deeper, only the top-level index stays.
         let dir = tempfile::tempdir().expect("temp dir");
         let ids = write_tables(dir.path());
+        let cache = cache_over(dir.path());
+        let file = table_file(dir.path(), &cache, ids[0]);
+        let at_level0 = pinned_after_lookup_at(&cache, &file, 0);
+        let at_level1 = pinned_after_lookup_at(&cache, &file, 1);
+        assert!(at_level1 > 0, "the top-level index is counted");
+        assert!(at_level0 > at_level1, "an L0 lookup pins its page and partition");
+    }
+
+    #[test]
+    fn level0_tables_pin_their_index_and_filter_and_others_do_not() {
+        // Format 2: L0 lookups skip two cache lookups; a table leaving L0 gives the pinned memory back.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let format2 = TableOptions {
+            format_version: FORMAT_VERSION_SINGLE_INDEX,
+            ..default_options()
+        };
+        let ids = write_tables_with(dir.path(), format2);
         let cache = cache_over(dir.path());
         let id = ids[0];
         let file = table_file(dir.path(), &cache, id);

@@ -391,6 +391,24 @@ impl Block {
         Some((key, &self.data[value]))
     }
 
+    /// In a block with a restart point at every entry (index blocks), the
+    /// first entry whose key is `>= target`: its position and its value;
+    /// `None` if every key is smaller. (In other blocks: the first restart
+    /// entry `>=` target, which may skip entries.)
+    pub(crate) fn seek_restart(&self, target: &[u8]) -> Option<(usize, &[u8])> {
+        let restart = self.first_restart_at_or_after(target);
+        if restart == self.restart_count {
+            return None;
+        }
+        let entry = self.entry_at(self.restart_offset(restart));
+        Some((restart, &self.data[entry.value]))
+    }
+
+    /// Restart points in the block (at least one).
+    pub(crate) fn restart_count(&self) -> usize {
+        self.restart_count
+    }
+
     /// Bytes of the block contents (entries and restart array).
     pub(crate) fn size_bytes(&self) -> usize {
         self.data.len()

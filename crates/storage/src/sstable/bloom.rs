@@ -4,7 +4,7 @@
 //! `k`, the number of probes. Both layouts derive a key's `k` bit positions
 //! from one 64-bit [`bloom_hash`] of the key by double hashing:
 //!
-//! - [`FilterLayout::CacheLocal`] (table format 2): the hash picks one
+//! - [`FilterLayout::CacheLocal`] (table formats 2 and 3): the hash picks one
 //!   512-bit line (64 bytes, a cache line) and all `k` probes fall in it, so
 //!   a lookup touches one or two cache lines however large the filter is
 //!   (see `line_probe_positions`). The price is a slightly higher
@@ -18,7 +18,7 @@
 use bytes::Bytes;
 
 /// Fewest probes per key.
-const PROBES_MIN: usize = 1;
+pub(crate) const PROBES_MIN: usize = 1;
 /// Most probes per key (more costs lookup time for no real gain).
 pub(crate) const PROBES_MAX: usize = 30;
 /// Smallest bit array, so that tiny tables do not get useless filters.
@@ -35,7 +35,7 @@ pub(crate) const FILTER_LINE_BYTES: usize = 64;
 pub(crate) const FILTER_LINE_BITS: u64 = (FILTER_LINE_BYTES * 8) as u64;
 /// Most lines a cache-local filter may have: the line is chosen by a
 /// 32-bit multiply-shift.
-const FILTER_LINES_MAX: u64 = u32::MAX as u64;
+pub(crate) const FILTER_LINES_MAX: u64 = u32::MAX as u64;
 
 const _: () = assert!(FILTER_LINE_BITS.is_power_of_two());
 const _: () = assert!(FILTER_BITS_MIN <= FILTER_LINE_BITS as usize);
@@ -45,7 +45,8 @@ const _: () = assert!(FILTER_BITS_MIN <= FILTER_LINE_BITS as usize);
 pub(crate) enum FilterLayout {
     /// Format 1: probes anywhere in the bit array.
     Spread,
-    /// Format 2: all probes of a key within one 64-byte line.
+    /// Formats 2 and 3: all probes of a key within one 64-byte line (format
+    /// 3 stores the lines in pages, see `filter_pages`).
     CacheLocal,
 }
 
@@ -113,17 +114,30 @@ fn probe_positions(hash: u64, bits: u64, probes: usize) -> impl Iterator<Item = 
 /// `h2 = (g >> 9) mod 512 | 1` (odd, so the `k <= 30` probes of one key
 /// never repeat a bit).
 pub(crate) fn line_probe_positions(hash: u64, lines: u64, probes: usize) -> impl Iterator<Item = u64> {
+    let base = filter_line(hash, lines) * FILTER_LINE_BITS;
+    in_line_positions(hash, probes).map(move |bit| base + bit)
+}
+
+/// The line a key with `hash` maps to in a cache-local filter of `lines`
+/// lines: `(hash >> 32) * lines >> 32`, a multiply-shift fair for any line
+/// count. A paged filter (table format 3) finds the key's page from it.
+pub(crate) fn filter_line(hash: u64, lines: u64) -> u64 {
     assert!(
         (1..=FILTER_LINES_MAX).contains(&lines),
         "a cache-local filter has 1 to FILTER_LINES_MAX lines"
     );
-    let line = ((hash >> 32) * lines) >> 32;
+    // Both factors are below 2^32, so the product fits in 64 bits.
+    ((hash >> 32) * lines) >> 32
+}
+
+/// The bits within its line (each below [`FILTER_LINE_BITS`]) that a key
+/// with `hash` sets: `(h1 + i * h2) mod 512`, see [`line_probe_positions`].
+pub(crate) fn in_line_positions(hash: u64, probes: usize) -> impl Iterator<Item = u64> {
     let mixed = avalanche(hash.wrapping_add(HASH_MULTIPLIER));
     let mut position = mixed % FILTER_LINE_BITS;
     let step = ((mixed >> 9) % FILTER_LINE_BITS) | 1;
-    let base = line * FILTER_LINE_BITS;
     (0..probes).map(move |_| {
-        let current = base + position;
+        let current = position;
         position = (position + step) % FILTER_LINE_BITS;
         current
     })

@@ -1,13 +1,16 @@
 //! Writes a table: data blocks as entries arrive, then the filter, the
-//! index and the footer.
+//! index and the footer. In format 3 the filter goes out as pages and a
+//! header, and the index as partitions (held in memory until the data
+//! blocks are written) and a top-level index.
 
 use std::cmp::Ordering;
 
 use super::block::BlockBuilder;
 use super::bloom::FilterBuilder;
+use super::filter_pages::{split_into_pages, FilterGeometry, FILTER_PAGE_LINES_MAX};
 use super::{
-    block_crc, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED, FORMAT_VERSION,
-    FORMAT_VERSION_LAST_KEY_INDEX, INDEX_RESTART_INTERVAL,
+    block_crc, is_partitioned, BlockHandle, Footer, TableOptions, TableSummary, BLOCK_TYPE_UNCOMPRESSED,
+    FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX, INDEX_RESTART_INTERVAL,
 };
 use crate::error::Result;
 use crate::io::AppendFile;
@@ -22,8 +25,12 @@ pub(crate) struct TableBuilder {
     options: TableOptions,
     /// The data block being filled.
     data_block: BlockBuilder,
-    /// One entry per finished data block: a separator key and its handle.
+    /// One entry per finished data block: a separator key and its handle
+    /// (format 3: the index partition being filled).
     index_block: BlockBuilder,
+    /// Format 3: the finished index partitions, each with its last key,
+    /// written after the filter (the data blocks come first in the file).
+    index_partitions: Vec<(Vec<u8>, Vec<u8>)>,
     /// User keys of the whole table.
     filter: FilterBuilder,
     /// The first key added.
@@ -47,13 +54,22 @@ impl TableBuilder {
         assert_eq!(file.len_bytes(), 0, "a table must be written into an empty file");
         assert!(options.block_bytes_target > 0, "block_bytes_target must be positive");
         assert!(
-            options.format_version == FORMAT_VERSION || options.format_version == FORMAT_VERSION_LAST_KEY_INDEX,
+            (FORMAT_VERSION_LAST_KEY_INDEX..=FORMAT_VERSION).contains(&options.format_version),
             "tables are written in a format this build reads"
+        );
+        assert!(
+            options.index_partition_bytes_target > 0,
+            "index_partition_bytes_target must be positive"
+        );
+        assert!(
+            (1..=FILTER_PAGE_LINES_MAX).contains(&options.filter_page_lines),
+            "filter_page_lines must be within 1..=FILTER_PAGE_LINES_MAX"
         );
         TableBuilder {
             file,
             data_block: BlockBuilder::new(options.block_restart_interval),
             index_block: BlockBuilder::new(INDEX_RESTART_INTERVAL),
+            index_partitions: Vec::new(),
             filter: FilterBuilder::new(options.bloom_bits_per_key, options.filter_layout()),
             options,
             smallest: Vec::new(),
@@ -147,6 +163,23 @@ impl TableBuilder {
         self.handle_buf.clear();
         handle.encode_to(&mut self.handle_buf);
         self.index_block.add(&self.index_key_buf, &self.handle_buf);
+        if is_partitioned(self.options.format_version)
+            && self.index_block.estimated_bytes() >= self.options.index_partition_bytes_target
+        {
+            self.cut_index_partition();
+        }
+    }
+
+    /// Finishes the index partition being filled, if it holds an entry,
+    /// and keeps it with its last key (`index_key_buf`, the key just added)
+    /// for `finish` to write.
+    fn cut_index_partition(&mut self) {
+        if self.index_block.is_empty() {
+            return;
+        }
+        let contents = self.index_block.finish().to_vec();
+        self.index_partitions.push((self.index_key_buf.clone(), contents));
+        self.index_block.reset();
     }
 
     /// Writes the last data block, the filter, the index and the footer, and
@@ -161,16 +194,19 @@ impl TableBuilder {
         self.flush_data_block()?;
         self.add_pending_index_entry(None);
         let filter_contents = self.filter.finish();
-        let filter = if filter_contents.is_empty() {
+        let (filter, index) = if filter_contents.is_empty() {
             // No filter: a zero-size handle, and no block (or trailer) on disk.
-            BlockHandle {
+            let none = BlockHandle {
                 offset: self.file.len_bytes(),
                 size: 0,
-            }
+            };
+            (none, self.write_index()?)
+        } else if is_partitioned(self.options.format_version) {
+            (self.write_paged_filter(&filter_contents)?, self.write_index()?)
         } else {
-            write_block(&mut self.file, &filter_contents, BLOCK_TYPE_UNCOMPRESSED)?
+            let filter = write_block(&mut self.file, &filter_contents, BLOCK_TYPE_UNCOMPRESSED)?;
+            (filter, self.write_index()?)
         };
-        let index = write_block(&mut self.file, self.index_block.finish(), BLOCK_TYPE_UNCOMPRESSED)?;
         let footer = Footer {
             filter,
             index,
@@ -186,6 +222,60 @@ impl TableBuilder {
             largest: self.last_key,
             entries: self.entries,
         })
+    }
+}
+
+impl TableBuilder {
+    /// Writes the filter `contents` (bit array and probe byte) as pages of
+    /// `filter_page_lines` lines back to back, then the filter header
+    /// (format 3). Returns the header's handle, which the footer names.
+    fn write_paged_filter(&mut self, contents: &[u8]) -> Result<BlockHandle> {
+        let lines_per_page = self.options.filter_page_lines;
+        let (probes, lines, pages) =
+            split_into_pages(contents, lines_per_page).expect("the filter builder writes whole lines and a probe byte");
+        let geometry = FilterGeometry::new(probes, lines, lines_per_page, self.file.len_bytes());
+        let mut written = 0u32;
+        for page in pages {
+            let handle = write_block(&mut self.file, page, BLOCK_TYPE_UNCOMPRESSED)?;
+            // Readers compute where a page lies: it must be where it went.
+            assert_eq!(
+                geometry.page_handle(written),
+                Some(handle),
+                "a filter page is written where its geometry places it"
+            );
+            written += 1;
+        }
+        assert_eq!(
+            written, geometry.pages,
+            "a filter has as many pages as its geometry says"
+        );
+        assert_eq!(
+            geometry.check_placement(self.file.len_bytes()),
+            Ok(()),
+            "the filter header follows the last page"
+        );
+        write_block(&mut self.file, &geometry.encode(), BLOCK_TYPE_UNCOMPRESSED)
+    }
+
+    /// Writes the index: one block (formats 1 and 2), or the partitions and
+    /// then the top-level index of their last keys (format 3). Returns the
+    /// handle the footer names.
+    fn write_index(&mut self) -> Result<BlockHandle> {
+        if !is_partitioned(self.options.format_version) {
+            return write_block(&mut self.file, self.index_block.finish(), BLOCK_TYPE_UNCOMPRESSED);
+        }
+        self.cut_index_partition();
+        let partitions = std::mem::take(&mut self.index_partitions);
+        assert!(!partitions.is_empty(), "a finished table has an index entry");
+        let mut top = BlockBuilder::new(INDEX_RESTART_INTERVAL);
+        for (last_key, contents) in &partitions {
+            let handle = write_block(&mut self.file, contents, BLOCK_TYPE_UNCOMPRESSED)?;
+            self.handle_buf.clear();
+            handle.encode_to(&mut self.handle_buf);
+            // `add` asserts that the last keys, so the partitions, ascend.
+            top.add(last_key, &self.handle_buf);
+        }
+        write_block(&mut self.file, top.finish(), BLOCK_TYPE_UNCOMPRESSED)
     }
 }
 
@@ -370,7 +460,7 @@ mod tests {
             block_bytes_target: 1,
             block_restart_interval: 1,
             bloom_bits_per_key: 0,
-            format_version: FORMAT_VERSION,
+            ..default_options()
         };
         write_table(&path, &entries, options);
         let cache = Arc::new(BlockCache::new(1 << 20));

@@ -5,8 +5,8 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 use super::separator;
-use super::tests_support::{hit, open_table, write_table, Entry};
-use super::{TableOptions, FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX};
+use super::tests_support::{default_options, hit, open_table, write_table, Entry};
+use super::{TableOptions, FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX, FORMAT_VERSION_SINGLE_INDEX};
 use crate::cache::BlockCache;
 use crate::iterator::InternalIterator;
 use crate::key::{self, internal_key, seek_key, ValueKind, SEQUENCE_MAX};
@@ -94,13 +94,16 @@ fn random_separators_always_lie_between_their_keys() {
     }
 }
 
-/// Small blocks, so that a table of a few hundred entries has many boundaries.
-fn small_blocks() -> TableOptions {
+/// Small blocks, partitions and filter pages, so that a table of a few
+/// hundred entries has many boundaries of each.
+pub(super) fn small_blocks() -> TableOptions {
     TableOptions {
         block_bytes_target: 256,
         block_restart_interval: 4,
         bloom_bits_per_key: 10,
         format_version: FORMAT_VERSION,
+        index_partition_bytes_target: 128,
+        filter_page_lines: 2,
     }
 }
 
@@ -118,7 +121,7 @@ fn model_get(entries: &[Entry], user: &[u8], snapshot: u64) -> Option<crate::sst
 }
 
 /// Checks gets and seeks of `probes` (user keys) at several snapshots against the model.
-fn check_against_model(entries: &[Entry], options: TableOptions, probes: &[Vec<u8>]) {
+pub(super) fn check_against_model(entries: &[Entry], options: TableOptions, probes: &[Vec<u8>]) {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("000001.sst");
     write_table(&path, entries, options);
@@ -186,15 +189,19 @@ fn gets_and_seeks_across_block_boundaries_with_long_shared_prefixes_match_the_mo
         block_bytes_target: 1,
         block_restart_interval: 1,
         bloom_bits_per_key: 0,
-        format_version: FORMAT_VERSION,
-    };
-    check_against_model(&entries, one_per_block, &probes);
-    // Tables of the first format (last-key index, spread filter) still read the same.
-    let first_format = TableOptions {
-        format_version: FORMAT_VERSION_LAST_KEY_INDEX,
+        index_partition_bytes_target: 1,
         ..small_blocks()
     };
-    check_against_model(&entries, first_format, &probes);
+    check_against_model(&entries, one_per_block, &probes);
+    // Tables of the older formats (single index; and last-key index, spread filter) still read the same.
+    for format_version in [FORMAT_VERSION_SINGLE_INDEX, FORMAT_VERSION_LAST_KEY_INDEX] {
+        let older = TableOptions {
+            format_version,
+            ..small_blocks()
+        };
+        check_against_model(&entries, older, &probes);
+    }
+    check_against_model(&entries, default_options(), &probes);
 }
 
 #[test]
@@ -213,13 +220,18 @@ fn separator_index_keys_are_shorter_than_last_keys() {
         .collect::<std::collections::BTreeMap<_, _>>()
         .into_iter()
         .collect();
-    let summary = write_table(&path, &entries, small_blocks());
+    // Format 2, whose single index block the footer sizes (format 3 splits it).
+    let single_index = TableOptions {
+        format_version: FORMAT_VERSION_SINGLE_INDEX,
+        ..small_blocks()
+    };
+    let summary = write_table(&path, &entries, single_index);
     let bytes = std::fs::read(&path).expect("read table");
     let raw: [u8; super::FOOTER_BYTES] = bytes[bytes.len() - super::FOOTER_BYTES..]
         .try_into()
         .expect("footer length");
     let (footer, version) = super::Footer::decode(&raw).expect("footer");
-    assert_eq!(version, super::FORMAT_VERSION);
+    assert_eq!(version, FORMAT_VERSION_SINGLE_INDEX);
     let blocks = entries.len() as u64 * 115 / 256;
     println!(
         "{} entries, file {} bytes, index {} bytes for about {blocks} blocks",
@@ -270,12 +282,14 @@ fn random_tables_answer_like_a_sorted_map() {
             block_bytes_target: rng.usize(1..512),
             block_restart_interval: rng.usize(1..8),
             bloom_bits_per_key: rng.usize(0..12),
-            // Now and then the first format, which this build still reads.
-            format_version: if rng.u8(..4) == 0 {
-                FORMAT_VERSION_LAST_KEY_INDEX
-            } else {
-                FORMAT_VERSION
+            // Now and then an older format, which this build still reads.
+            format_version: match rng.u8(..4) {
+                0 => FORMAT_VERSION_LAST_KEY_INDEX,
+                1 => FORMAT_VERSION_SINGLE_INDEX,
+                _ => FORMAT_VERSION,
             },
+            index_partition_bytes_target: rng.usize(1..256),
+            filter_page_lines: rng.usize(1..4),
         };
         let mut probes: Vec<Vec<u8>> = entries.iter().map(|(k, _)| key::user_key(k).to_vec()).collect();
         for _ in 0..200 {

@@ -1,39 +1,57 @@
 //! Sorted string tables: immutable files of sorted `(internal key, value)`
 //! entries, written once by [`TableBuilder`] and read by [`Table`].
 //!
-//! A table is data blocks, then a bloom filter block, then an index block,
-//! then a fixed-size footer. Every block is followed by a 5-byte trailer (a
-//! type byte and a CRC-32 of contents and type byte), checked on every read. The byte-level layout is in
+//! A table is data blocks, then a bloom filter, then an index, then a
+//! fixed-size footer. Every block is followed by a 5-byte trailer (a type
+//! byte and a CRC-32 of contents and type byte), checked on every read. In
+//! format 3 (written now) the filter is cut into 4 KiB pages and the index
+//! into 4 KiB partitions under a small top-level index, so a lookup reads
+//! a page and a partition, not a whole filter and index; formats 1 and 2
+//! have one filter block and one index block. The byte-level layout is in
 //! `docs/storage-format.md`, section "Tables".
 //!
 //! - `block`: the entry format shared by data and index blocks.
 //! - `bloom`: the filter over user keys.
+//! - `filter_pages`: the paged filter's geometry (format 3).
 //! - `builder`: writes a table.
-//! - `reader`: opens a table, answers point lookups, iterates.
+//! - `reader`: opens a table, answers point lookups.
+//! - `table_iter`: cursors over a table, through one or two index levels.
 
 mod block;
 mod bloom;
 mod builder;
+mod filter_pages;
 mod reader;
+mod table_iter;
 
 #[cfg(test)]
 mod index_tests;
+#[cfg(test)]
+mod partition_tests;
 
 pub(crate) use block::Block;
 #[cfg(feature = "fuzzing")]
 pub(crate) use block::{BlockBuilder, BlockIter};
 pub(crate) use bloom::{bloom_hash, line_probe_positions, Filter, FilterLayout, FILTER_LINE_BITS};
 pub(crate) use builder::TableBuilder;
-pub(crate) use reader::{Table, TableHit, TableIter, TableSource};
+pub(crate) use reader::{Table, TableHit, TableSource};
+pub(crate) use table_iter::TableIter;
 
 use crate::coding::{put_varint, u32_le_at, u64_le_at, Decoder};
 use crate::key::{self, ValueKind};
 
-/// The table format version this build writes. Version 2 index keys are
-/// shortest separators (see [`separator`]) and its bloom filters place each
-/// key's probes in one cache line; version 1 index keys were each block's
-/// last key and its probes spread over the whole filter. This build reads both.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+/// The table format version this build writes. Version 3 cuts the index
+/// into partitions under a top-level index and the filter into pages (see
+/// `filter_pages`); version 2 index keys are shortest separators (see
+/// [`separator`], kept in version 3) and its bloom filter places each key's
+/// probes in one cache line (kept too); version 1 index keys were each
+/// block's last key and its probes spread over the whole filter. This build
+/// reads all three.
+pub(crate) const FORMAT_VERSION: u32 = 3;
+
+/// The second format version: one index block of separator keys and one
+/// cache-local filter block. Still read (and written when asked, by tests).
+pub(crate) const FORMAT_VERSION_SINGLE_INDEX: u32 = 2;
 
 /// The first format version, whose index key for a block is the block's
 /// last key (so a lookup that the index sends to a block must find an
@@ -52,9 +70,20 @@ pub(crate) const BLOCK_TYPE_UNCOMPRESSED: u8 = 0;
 /// Bytes of the footer at the end of every table.
 pub(crate) const FOOTER_BYTES: usize = 56;
 
-/// Keys between restart points in the index block: one, so an index seek is
-/// a pure binary search.
+/// Keys between restart points in index blocks (partitions and top level
+/// alike): one, so an index seek is a pure binary search.
 const INDEX_RESTART_INTERVAL: usize = 1;
+
+/// Target bytes of an index partition in format 3 (a partition is cut once
+/// it reaches this size, so it may exceed it by one entry): a data block's
+/// size, so a lookup reads about as much index as data.
+pub(crate) const INDEX_PARTITION_BYTES_TARGET: usize = 4096;
+
+/// Whether tables of `format_version` have a partitioned index and a paged
+/// filter.
+pub(crate) fn is_partitioned(format_version: u32) -> bool {
+    format_version > FORMAT_VERSION_SINGLE_INDEX
+}
 
 /// How tables are laid out; taken from [`crate::options::Options`].
 #[derive(Debug, Clone)]
@@ -67,8 +96,15 @@ pub(crate) struct TableOptions {
     /// Bloom filter bits per user key; 0 writes no filter.
     pub bloom_bits_per_key: usize,
     /// The format version to write: [`FORMAT_VERSION`], or
-    /// [`FORMAT_VERSION_LAST_KEY_INDEX`] (tests write it to check it is read).
+    /// [`FORMAT_VERSION_SINGLE_INDEX`] or [`FORMAT_VERSION_LAST_KEY_INDEX`]
+    /// (tests write them to check they are read).
     pub format_version: u32,
+    /// Target bytes of an index partition (format 3):
+    /// [`INDEX_PARTITION_BYTES_TARGET`]; tests use small ones.
+    pub index_partition_bytes_target: usize,
+    /// Lines of 64 bytes per filter page (format 3):
+    /// `FILTER_PAGE_LINES_DEFAULT` (4 KiB pages); tests use small ones.
+    pub filter_page_lines: usize,
 }
 
 impl TableOptions {
@@ -94,6 +130,8 @@ impl From<&crate::options::Options> for TableOptions {
             block_restart_interval: options.block_restart_interval,
             bloom_bits_per_key: options.bloom_bits_per_key,
             format_version: FORMAT_VERSION,
+            index_partition_bytes_target: INDEX_PARTITION_BYTES_TARGET,
+            filter_page_lines: filter_pages::FILTER_PAGE_LINES_DEFAULT,
         }
     }
 }
@@ -220,13 +258,16 @@ pub(crate) fn block_crc(contents: &[u8], block_type: u8) -> u32 {
 ///
 /// Layout (little-endian): filter offset u64, filter size u64, index offset
 /// u64, index size u64, entry count u64, crc32 u32, version u32, magic u64.
+/// In format 3 the filter handle names the filter header block and the
+/// index handle the top-level index block.
 /// Version and magic sit last so a future format can change everything
 /// before them; the CRC covers every other byte of the footer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Footer {
-    /// The filter block; size 0 when the table has no filter.
+    /// The filter block (format 3: the filter header); size 0 when the
+    /// table has no filter.
     pub filter: BlockHandle,
-    /// The index block.
+    /// The index block (format 3: the top-level index).
     pub index: BlockHandle,
     /// Entries in the table.
     pub entries: u64,
@@ -291,7 +332,7 @@ impl Footer {
             return Err(FooterError::BadMagic);
         }
         let version = u32_le_at(bytes, FOOTER_VERSION_AT);
-        if version != FORMAT_VERSION && version != FORMAT_VERSION_LAST_KEY_INDEX {
+        if !(FORMAT_VERSION_LAST_KEY_INDEX..=FORMAT_VERSION).contains(&version) {
             return Err(FooterError::Version(version));
         }
         let expected = u32_le_at(bytes, FOOTER_CRC_AT);
@@ -337,24 +378,32 @@ pub(crate) fn reseal(table: &mut [u8]) {
         .expect("the footer slice has FOOTER_BYTES bytes");
     let crc = footer_crc(footer);
     footer[FOOTER_CRC_AT..FOOTER_VERSION_AT].copy_from_slice(&crc.to_le_bytes());
-    let Ok((footer, _)) = Footer::decode(footer) else {
+    let Ok((footer, version)) = Footer::decode(footer) else {
         return;
     };
-    let within = |handle: BlockHandle| {
-        let end = usize::try_from(handle.offset.checked_add(handle.size)?).ok()?;
-        let start = usize::try_from(handle.offset).ok()?;
-        (end.checked_add(BLOCK_TRAILER_BYTES as usize)? <= footer_at).then_some(start..end)
-    };
-    let reseal_block = |table: &mut [u8], handle: BlockHandle| -> Option<std::ops::Range<usize>> {
-        let contents = within(handle)?;
-        let crc = block_crc(&table[contents.clone()], table[contents.end]);
-        table[contents.end + 1..contents.end + BLOCK_TRAILER_BYTES as usize].copy_from_slice(&crc.to_le_bytes());
-        Some(contents)
-    };
+    let table = &mut table[..footer_at];
     if footer.filter.size > 0 {
-        reseal_block(table, footer.filter);
+        let header = reseal_block(table, footer.filter);
+        let geometry = header.and_then(|header| filter_pages::FilterGeometry::decode(&table[header]).ok());
+        if let Some(geometry) = geometry.filter(|_| is_partitioned(version)) {
+            // A page takes at least a line and a trailer: no more fit.
+            let pages_fitting = table.len() / (bloom::FILTER_LINE_BYTES + BLOCK_TRAILER_BYTES as usize);
+            let pages = geometry.pages.min(u32::try_from(pages_fitting).unwrap_or(u32::MAX));
+            for handle in (0..pages).filter_map(|page| geometry.page_handle(page)) {
+                reseal_block(table, handle);
+            }
+        }
     }
-    let Some(index) = reseal_block(table, footer.index) else {
+    // Format 3 has two index levels: the top-level index, then partitions.
+    let depth = if is_partitioned(version) { 2 } else { 1 };
+    reseal_index(table, footer.index, depth);
+}
+
+/// Reseals the index block at `handle` and, below it, `depth - 1` more
+/// index levels and then the data blocks its entries name.
+#[cfg(feature = "fuzzing")]
+fn reseal_index(table: &mut [u8], handle: BlockHandle, depth: usize) {
+    let Some(index) = reseal_block(table, handle) else {
         return;
     };
     let Ok(index) = Block::parse(bytes::Bytes::copy_from_slice(&table[index])) else {
@@ -364,10 +413,28 @@ pub(crate) fn reseal(table: &mut [u8]) {
     entries.seek_to_first();
     while entries.valid() {
         if let Some(handle) = BlockHandle::decode(entries.value()) {
-            reseal_block(table, handle);
+            if depth > 1 {
+                reseal_index(table, handle, depth - 1);
+            } else {
+                reseal_block(table, handle);
+            }
         }
         entries.next();
     }
+}
+
+/// Rewrites the trailer CRC of the block at `handle` if it lies inside
+/// `table` (the bytes before the footer); returns where its contents lie.
+#[cfg(feature = "fuzzing")]
+fn reseal_block(table: &mut [u8], handle: BlockHandle) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(handle.offset).ok()?;
+    let end = usize::try_from(handle.offset.checked_add(handle.size)?).ok()?;
+    if end.checked_add(BLOCK_TRAILER_BYTES as usize)? > table.len() {
+        return None;
+    }
+    let crc = block_crc(&table[start..end], table[end]);
+    table[end + 1..end + BLOCK_TRAILER_BYTES as usize].copy_from_slice(&crc.to_le_bytes());
+    Some(start..end)
 }
 
 /// Helpers for tests in this module and elsewhere in the crate.

@@ -1,7 +1,10 @@
-//! Reads a table: opening reads and verifies only the footer; the index,
-//! the filter and the data blocks are read on demand through the block
-//! cache, their CRC checked on every read from disk. An open table holds a
-//! file handle and a few words, nothing that grows with its size.
+//! Reads a table: opening reads and verifies the footer (and, in format 3,
+//! the small top-level index and filter header, kept while the table is
+//! open); the index (format 3: its partitions), the filter (format 3: its
+//! pages) and the data blocks are read on demand through the block cache,
+//! their CRC checked on every read from disk. An open table holds a file
+//! handle and a few words, plus in format 3 a top-level index of one entry
+//! per ~4 KiB index partition (a few KiB for a 64 MiB table).
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,15 +13,15 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use super::block::{Block, BlockCorruption, BlockIter};
-use super::bloom::Filter;
+use super::bloom::{bloom_hash, Filter};
+use super::filter_pages::FilterGeometry;
 use super::{
-    block_crc, BlockHandle, Footer, FooterError, BLOCK_TRAILER_BYTES, BLOCK_TYPE_UNCOMPRESSED, FOOTER_BYTES,
-    FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX,
+    block_crc, is_partitioned, BlockHandle, Footer, FooterError, BLOCK_TRAILER_BYTES, BLOCK_TYPE_UNCOMPRESSED,
+    FOOTER_BYTES, FORMAT_VERSION, FORMAT_VERSION_LAST_KEY_INDEX,
 };
 use crate::cache::BlockCache;
 use crate::error::{Error, Result};
 use crate::io::ReadFile;
-use crate::iterator::InternalIterator;
 use crate::key::{self, ValueKind};
 
 thread_local! {
@@ -37,6 +40,29 @@ pub(crate) struct TableHit {
     pub value: Bytes,
 }
 
+/// A table's index.
+#[derive(Debug)]
+enum TableIndex {
+    /// Formats 1 and 2: one index block, read through the block cache.
+    Single(BlockHandle),
+    /// Format 3: the top-level index (each partition's last key -> the
+    /// partition's handle), read and checked at open and held while the
+    /// table is open; the partitions go through the block cache.
+    Partitioned(Block),
+}
+
+/// A table's bloom filter.
+#[derive(Debug, Clone, Copy)]
+enum TableFilter {
+    /// No filter (written with `bloom_bits_per_key = 0`).
+    Absent,
+    /// Formats 1 and 2: one filter block, read through the block cache.
+    Whole(BlockHandle),
+    /// Format 3: where the pages lie (from the filter header, read at open);
+    /// each page goes through the block cache.
+    Paged(FilterGeometry),
+}
+
 /// An open table file.
 #[derive(Debug)]
 pub(crate) struct Table {
@@ -46,10 +72,10 @@ pub(crate) struct Table {
     file_number: u64,
     /// The shared block cache, which also holds the index and filter.
     cache: Arc<BlockCache>,
-    /// Where the index block lies: one entry per data block.
-    index: BlockHandle,
-    /// Where the bloom filter over user keys lies, if the table has one.
-    filter: Option<BlockHandle>,
+    /// The index: one block, or a top-level index over partitions.
+    index: TableIndex,
+    /// The bloom filter over user keys, if the table has one.
+    filter: TableFilter,
     /// Entries in the table, from the footer.
     entries: u64,
     /// Offset of the footer: every block must end before it.
@@ -58,11 +84,17 @@ pub(crate) struct Table {
     format_version: u32,
     /// Counts this table among the open files while it lives, if counted.
     _open_file: Option<OpenFileGuard>,
-    /// The index block, once a lookup asked for it pinned (L0 tables).
+    /// Formats 1 and 2: the index block, once a lookup asked for it pinned
+    /// (L0 tables).
     pinned_index: OnceLock<Block>,
-    /// The filter (`None`: the table has none), once a lookup asked for it
-    /// pinned (L0 tables).
-    pinned_filter: OnceLock<Option<Filter>>,
+    /// Formats 1 and 2: the filter, once a lookup asked for it pinned (L0
+    /// tables).
+    pinned_filter: OnceLock<Filter>,
+    /// Format 3: one slot per filter page, each filled by the first lookup
+    /// that asks for that page pinned (L0 tables); allocated on first use.
+    pinned_pages: OnceLock<Box<[OnceLock<Bytes>]>>,
+    /// Format 3: one slot per index partition, filled like `pinned_pages`.
+    pinned_partitions: OnceLock<Box<[OnceLock<Block>]>>,
 }
 
 /// Adds one to a count of open table files for as long as it lives.
@@ -80,8 +112,10 @@ impl Drop for OpenFileGuard {
 }
 
 impl Table {
-    /// Opens a table: reads and verifies the footer. The index and filter
-    /// are read (and verified) when first needed.
+    /// Opens a table: reads and verifies the footer, and in format 3 the
+    /// filter header and the top-level index (checking that the pages and
+    /// the partitions lie back to back, in order, inside the file). The
+    /// rest is read (and verified) when first needed.
     pub(crate) fn open(file: ReadFile, file_number: u64, cache: Arc<BlockCache>) -> Result<Table> {
         let footer_offset = file
             .len_bytes()
@@ -107,18 +141,41 @@ impl Table {
                 "footer names an empty index",
             ));
         }
+        let partitioned = is_partitioned(format_version);
+        let filter = match (footer.filter.size > 0, partitioned) {
+            (false, _) => TableFilter::Absent,
+            (true, false) => TableFilter::Whole(footer.filter),
+            (true, true) => TableFilter::Paged(read_filter_geometry(&file, footer_offset, footer.filter)?),
+        };
+        let index = if partitioned {
+            // The partitions follow the filter header, if there is one.
+            let partitions_offset = match filter {
+                TableFilter::Paged(_) => footer.filter.end_with_trailer(),
+                TableFilter::Absent | TableFilter::Whole(_) => None,
+            };
+            TableIndex::Partitioned(read_top_level_index(
+                &file,
+                footer_offset,
+                footer.index,
+                partitions_offset,
+            )?)
+        } else {
+            TableIndex::Single(footer.index)
+        };
         Ok(Table {
             file,
             file_number,
             cache,
-            index: footer.index,
-            filter: (footer.filter.size > 0).then_some(footer.filter),
+            index,
+            filter,
             entries: footer.entries,
             footer_offset,
             format_version,
             _open_file: None,
             pinned_index: OnceLock::new(),
             pinned_filter: OnceLock::new(),
+            pinned_pages: OnceLock::new(),
+            pinned_partitions: OnceLock::new(),
         })
     }
 
@@ -135,36 +192,21 @@ impl Table {
     /// if it belongs to `user_key`. Consults the bloom filter first.
     /// Allocates only the returned value.
     ///
-    /// With `pin`, the index and filter are kept in the table once read (for
-    /// as long as it stays open), sparing two block-cache lookups per call;
-    /// the engine pins them for L0 tables, which every lookup consults.
+    /// In format 3 a lookup reads one filter page, then (if the filter lets
+    /// it through) one index partition, chosen by the top-level index the
+    /// table holds, and one data block, each from the block cache or else
+    /// from disk. With `pin`, what the lookup reads of the index and filter
+    /// is kept in the table (for as long as it stays open), sparing
+    /// block-cache lookups on later calls: the whole index and filter in
+    /// formats 1 and 2, the page and the partition read in format 3. The
+    /// engine pins them for L0 tables, which every lookup consults.
     pub(crate) fn get(&self, user_key: &[u8], seek_key: &[u8], pin: bool) -> Result<Option<TableHit>> {
         debug_assert_eq!(key::user_key(seek_key), user_key, "seek key must be for the user key");
-        let unpinned_index;
-        let index = if pin {
-            if !self
-                .pinned_filter()?
-                .as_ref()
-                .is_none_or(|filter| filter.may_contain(user_key))
-            {
-                return Ok(None);
-            }
-            self.pinned_index()?
-        } else {
-            if !self.may_contain(user_key)? {
-                return Ok(None);
-            }
-            unpinned_index = self.index_block()?;
-            &unpinned_index
-        };
-        let handle = {
-            let mut no_buffer = Vec::new();
-            // Index keys are stored whole (one restart per entry), so this
-            // never touches the buffer in tables this engine writes.
-            let Some((_, value)) = index.seek_entry(seek_key, &mut no_buffer) else {
-                return Ok(None);
-            };
-            self.decode_handle(value)?
+        if !self.filter_may_contain(user_key, pin)? {
+            return Ok(None);
+        }
+        let Some(handle) = self.data_block_for(seek_key, pin)? else {
+            return Ok(None);
         };
         let block = self.data_block(handle)?;
         LOOKUP_KEY_BUF.with_borrow_mut(|key_buf| {
@@ -196,64 +238,180 @@ impl Table {
         })
     }
 
+    /// The handle of the data block that holds the first entry `>=
+    /// seek_key`, if any, found through the index (and, in format 3, one
+    /// index partition).
+    fn data_block_for(&self, seek_key: &[u8], pin: bool) -> Result<Option<BlockHandle>> {
+        // Index keys are stored whole (one restart per entry), so this
+        // never touches the buffer in tables this engine writes.
+        let mut no_buffer = Vec::new();
+        match &self.index {
+            TableIndex::Single(handle) => {
+                let unpinned;
+                let index = if pin {
+                    self.pinned_index(*handle)?
+                } else {
+                    unpinned = self.block_at(*handle)?;
+                    &unpinned
+                };
+                let Some((_, value)) = index.seek_entry(seek_key, &mut no_buffer) else {
+                    return Ok(None);
+                };
+                self.decode_handle(value).map(Some)
+            }
+            TableIndex::Partitioned(top) => {
+                // `open` checked that every top-level entry is a restart point.
+                let Some((position, value)) = top.seek_restart(seek_key) else {
+                    return Ok(None);
+                };
+                let partition_handle = self.decode_handle(value)?;
+                let unpinned;
+                let partition = if pin {
+                    self.pinned_partition(top.restart_count(), position, partition_handle)?
+                } else {
+                    unpinned = self.block_at(partition_handle)?;
+                    &unpinned
+                };
+                let Some((_, value)) = partition.seek_entry(seek_key, &mut no_buffer) else {
+                    // The top-level key is the partition's last key, `>=
+                    // seek_key`: a partition without such a key is damaged.
+                    return Err(Error::corruption(
+                        self.file.path(),
+                        partition_handle.offset,
+                        "index partition ends before its top-level key",
+                    ));
+                };
+                self.decode_handle(value).map(Some)
+            }
+        }
+    }
+
     /// A cursor over the whole table. Data blocks are loaded lazily through
     /// the block cache.
     #[cfg(test)]
-    pub(crate) fn iter(self: &Arc<Self>) -> TableIter {
-        TableIter::deferred(Arc::new(Arc::clone(self)))
+    pub(crate) fn iter(self: &Arc<Self>) -> super::TableIter {
+        super::TableIter::deferred(Arc::new(Arc::clone(self)))
     }
 
     /// False only if the table certainly holds no entry for `user_key`.
+    #[cfg(test)]
     pub(crate) fn may_contain(&self, user_key: &[u8]) -> Result<bool> {
-        Ok(self.filter()?.is_none_or(|filter| filter.may_contain(user_key)))
+        self.filter_may_contain(user_key, false)
     }
 
-    /// The filter (`None` if the table has none), from the cache or else
-    /// read, verified, parsed and cached.
-    fn filter(&self) -> Result<Option<Filter>> {
-        let Some(handle) = self.filter else {
-            return Ok(None);
+    /// False only if the table certainly holds no entry for `user_key`: asks
+    /// the whole filter (pinned with `pin`) or the key's filter page.
+    fn filter_may_contain(&self, user_key: &[u8], pin: bool) -> Result<bool> {
+        match self.filter {
+            TableFilter::Absent => Ok(true),
+            TableFilter::Whole(handle) if pin => Ok(self.pinned_filter(handle)?.may_contain(user_key)),
+            TableFilter::Whole(handle) => Ok(self.whole_filter(handle)?.may_contain(user_key)),
+            TableFilter::Paged(geometry) => self.filter_page_may_contain(&geometry, user_key, pin),
+        }
+    }
+
+    /// Asks the one filter page that `user_key`'s line lies in: pinned in
+    /// the table (with `pin`), or from the cache, or else read, verified and
+    /// cached (and then pinned, with `pin`).
+    fn filter_page_may_contain(&self, geometry: &FilterGeometry, user_key: &[u8], pin: bool) -> Result<bool> {
+        let hash = bloom_hash(user_key);
+        let (page, line) = geometry.locate(hash);
+        let slot = match pin {
+            true => pinned_slot(&self.pinned_pages, geometry.pages as usize, page as usize),
+            false => None,
         };
+        if let Some(contents) = slot.and_then(OnceLock::get) {
+            return Ok(geometry.page_may_contain(contents, line, hash));
+        }
+        let handle = geometry.page_handle(page).ok_or_else(|| {
+            // `open` checked the geometry; only a bug gets here.
+            Error::corruption(
+                self.file.path(),
+                geometry.pages_offset,
+                "filter page outside the filter",
+            )
+        })?;
+        let contents = match self.cache.get_filter_page(self.file_number, handle.offset) {
+            Some(contents) => contents,
+            None => {
+                let contents = read_block(&self.file, self.footer_offset, handle)?;
+                self.cache
+                    .insert_filter_page(self.file_number, handle.offset, contents.clone());
+                contents
+            }
+        };
+        let may_contain = geometry.page_may_contain(&contents, line, hash);
+        if let Some(slot) = slot {
+            // A racing caller may have pinned it first; both read the same bytes.
+            slot.get_or_init(|| contents);
+        }
+        Ok(may_contain)
+    }
+
+    /// Index partition number `position` of `partitions` (at `handle`),
+    /// pinned in the table from its first use on.
+    fn pinned_partition(&self, partitions: usize, position: usize, handle: BlockHandle) -> Result<&Block> {
+        let Some(slot) = pinned_slot(&self.pinned_partitions, partitions, position) else {
+            return Err(Error::corruption(
+                self.file.path(),
+                handle.offset,
+                "index partition outside the top-level index",
+            ));
+        };
+        if let Some(partition) = slot.get() {
+            return Ok(partition);
+        }
+        let partition = self.block_at(handle)?;
+        Ok(slot.get_or_init(|| partition))
+    }
+
+    /// The whole filter block (formats 1 and 2), from the cache or else
+    /// read, verified, parsed and cached.
+    fn whole_filter(&self, handle: BlockHandle) -> Result<Filter> {
         if let Some(filter) = self.cache.get_filter(self.file_number, handle.offset) {
-            return Ok(Some(filter));
+            return Ok(filter);
         }
         let bytes = read_block(&self.file, self.footer_offset, handle)?;
         let filter = Filter::parse(bytes, super::filter_layout(self.format_version))
             .map_err(|reason| Error::corruption(self.file.path(), handle.offset, reason))?;
         self.cache
             .insert_filter(self.file_number, handle.offset, filter.clone());
-        Ok(Some(filter))
+        Ok(filter)
     }
 
-    /// The filter, pinned in the table from its first use on.
-    fn pinned_filter(&self) -> Result<&Option<Filter>> {
+    /// The whole filter, pinned in the table from its first use on.
+    fn pinned_filter(&self, handle: BlockHandle) -> Result<&Filter> {
         if let Some(filter) = self.pinned_filter.get() {
             return Ok(filter);
         }
-        let filter = self.filter()?;
+        let filter = self.whole_filter(handle)?;
         // A racing caller may have pinned it first; both read the same bytes.
         Ok(self.pinned_filter.get_or_init(|| filter))
     }
 
     /// The index block, pinned in the table from its first use on.
-    fn pinned_index(&self) -> Result<&Block> {
+    fn pinned_index(&self, handle: BlockHandle) -> Result<&Block> {
         if let Some(index) = self.pinned_index.get() {
             return Ok(index);
         }
-        let index = self.index_block()?;
+        let index = self.block_at(handle)?;
         Ok(self.pinned_index.get_or_init(|| index))
     }
 
-    /// Bytes of the index and filter pinned in the table (0 unless a
-    /// lookup asked for them pinned).
+    /// Bytes of index and filter the table holds outside the block cache:
+    /// the top-level index (format 3, always), and what lookups asked for
+    /// pinned (the whole index and filter in formats 1 and 2; the pages and
+    /// partitions read, and their slots, in format 3).
     pub(crate) fn pinned_bytes(&self) -> usize {
+        let top = match &self.index {
+            TableIndex::Partitioned(top) => top.size_bytes(),
+            TableIndex::Single(_) => 0,
+        };
         let index = self.pinned_index.get().map_or(0, Block::size_bytes);
-        let filter = self
-            .pinned_filter
-            .get()
-            .and_then(Option::as_ref)
-            .map_or(0, Filter::memory_bytes);
-        index + filter
+        let filter = self.pinned_filter.get().map_or(0, Filter::memory_bytes);
+        let pages = slots_bytes(&self.pinned_pages, Bytes::len);
+        let partitions = slots_bytes(&self.pinned_partitions, Block::size_bytes);
+        top + index + filter + pages + partitions
     }
 
     /// The table's file number.
@@ -266,13 +424,27 @@ impl Table {
         self.entries
     }
 
-    /// The index block, from the cache or else from disk.
-    fn index_block(&self) -> Result<Block> {
-        self.block_at(self.index)
+    /// The root of the index, for a cursor: the whole index block (formats
+    /// 1 and 2, from the cache or else from disk) or the top-level index
+    /// (format 3), and whether its entries name partitions.
+    pub(super) fn index_root(&self) -> Result<(Block, bool)> {
+        match &self.index {
+            TableIndex::Single(handle) => Ok((self.block_at(*handle)?, false)),
+            TableIndex::Partitioned(top) => Ok((top.clone(), true)),
+        }
+    }
+
+    /// The index partition at `handle`, from the cache or else from disk,
+    /// inserted into the cache only with `fill_cache`.
+    pub(super) fn index_partition(&self, handle: BlockHandle, fill_cache: bool) -> Result<Block> {
+        match fill_cache {
+            true => self.block_at(handle),
+            false => self.data_block_without_cache_fill(handle),
+        }
     }
 
     /// The data block at `handle`, from the cache or else from disk.
-    fn data_block(&self, handle: BlockHandle) -> Result<Block> {
+    pub(super) fn data_block(&self, handle: BlockHandle) -> Result<Block> {
         self.block_at(handle)
     }
 
@@ -290,7 +462,7 @@ impl Table {
 
     /// The data block at `handle`, from the cache or else from disk, not
     /// inserted into the cache.
-    fn data_block_without_cache_fill(&self, handle: BlockHandle) -> Result<Block> {
+    pub(super) fn data_block_without_cache_fill(&self, handle: BlockHandle) -> Result<Block> {
         if let Some(block) = self.cache.get(self.file_number, handle.offset) {
             return Ok(block);
         }
@@ -298,8 +470,8 @@ impl Table {
         Block::parse(bytes).map_err(|e| block_error(&self.file, handle, e))
     }
 
-    /// Decodes a data block handle from an index entry.
-    fn decode_handle(&self, value: &[u8]) -> Result<BlockHandle> {
+    /// Decodes a block handle from an index entry.
+    pub(super) fn decode_handle(&self, value: &[u8]) -> Result<BlockHandle> {
         BlockHandle::decode(value).ok_or_else(|| {
             Error::corruption(
                 self.file.path(),
@@ -308,6 +480,74 @@ impl Table {
             )
         })
     }
+}
+
+/// Slot `position` of `slots`, allocating `count` empty slots on first
+/// use; `None` if `position` is out of range.
+fn pinned_slot<T>(slots: &OnceLock<Box<[OnceLock<T>]>>, count: usize, position: usize) -> Option<&OnceLock<T>> {
+    slots
+        .get_or_init(|| (0..count).map(|_| OnceLock::new()).collect())
+        .get(position)
+}
+
+/// Bytes held in pinned slots: the values filled (each `bytes` long) and
+/// the slots themselves.
+fn slots_bytes<T>(slots: &OnceLock<Box<[OnceLock<T>]>>, bytes: impl Fn(&T) -> usize) -> usize {
+    slots.get().map_or(0, |slots| {
+        let held: usize = slots.iter().filter_map(OnceLock::get).map(bytes).sum();
+        held + slots.len() * std::mem::size_of::<OnceLock<T>>()
+    })
+}
+
+/// Reads and checks the filter header of a format 3 table at `handle`: its
+/// fields agree with each other, and its pages end where it begins.
+fn read_filter_geometry(file: &ReadFile, footer_offset: u64, handle: BlockHandle) -> Result<FilterGeometry> {
+    let bytes = read_block(file, footer_offset, handle)?;
+    FilterGeometry::decode(&bytes)
+        .and_then(|geometry| geometry.check_placement(handle.offset).map(|()| geometry))
+        .map_err(|reason| Error::corruption(file.path(), handle.offset, reason))
+}
+
+/// Reads and checks the top-level index of a format 3 table at `handle`:
+/// a valid block (so its keys ascend) whose handles name non-empty
+/// partitions lying back to back in key order, the first at
+/// `partitions_offset` (when known: right after the filter header) and the
+/// last ending where the top-level index begins.
+fn read_top_level_index(
+    file: &ReadFile,
+    footer_offset: u64,
+    handle: BlockHandle,
+    partitions_offset: Option<u64>,
+) -> Result<Block> {
+    let bytes = read_block(file, footer_offset, handle)?;
+    let top = Block::parse(bytes).map_err(|e| block_error(file, handle, e))?;
+    let corrupt = |reason: &'static str| Error::corruption(file.path(), handle.offset, reason);
+    let mut entries = BlockIter::new(top.clone());
+    entries.seek_to_first();
+    let mut next_offset = partitions_offset;
+    let mut count = 0;
+    while entries.valid() {
+        count += 1;
+        let partition = BlockHandle::decode(entries.value())
+            .ok_or_else(|| corrupt("malformed partition handle in the top-level index"))?;
+        if partition.size == 0 || next_offset.is_some_and(|offset| offset != partition.offset) {
+            return Err(corrupt("index partitions do not lie back to back in key order"));
+        }
+        next_offset = Some(
+            partition
+                .end_with_trailer()
+                .ok_or_else(|| corrupt("index partition handle overflows"))?,
+        );
+        entries.next();
+    }
+    if next_offset != Some(handle.offset) {
+        return Err(corrupt("index partitions do not end where the top-level index begins"));
+    }
+    // Lookups find a partition's position by its restart point.
+    if count != top.restart_count() {
+        return Err(corrupt("top-level index entry without a restart point"));
+    }
+    Ok(top)
 }
 
 /// Checks that the block at `handle` (with its trailer, if it has contents)
@@ -392,7 +632,7 @@ const _: () = {
     const fn assert_shareable<T: Send + Sync + 'static>() {}
     const fn assert_sendable<T: Send + 'static>() {}
     assert_shareable::<Table>();
-    assert_sendable::<TableIter>();
+    assert_sendable::<super::TableIter>();
 };
 
 /// Something that opens a table when a cursor first needs it (the engine's
@@ -409,163 +649,12 @@ impl TableSource for Arc<Table> {
     }
 }
 
-/// A cursor over a whole table: an index cursor choosing data blocks and a
-/// data cursor within the current one.
-#[derive(Debug)]
-pub(crate) struct TableIter {
-    /// Where the table comes from; held so that the file outlives the cursor.
-    source: Arc<dyn TableSource>,
-    /// Cursor over the index block, and the table it belongs to; `None`
-    /// until first positioned.
-    index: Option<(Arc<Table>, BlockIter)>,
-    /// Cursor over the data block the index cursor points at; `None` when
-    /// the cursor is not valid (exhausted, unpositioned, or after an error).
-    data: Option<BlockIter>,
-    /// Whether blocks read from disk go into the block cache.
-    fill_cache: bool,
-}
-
-impl TableIter {
-    /// A cursor that opens its table through `source` when first positioned,
-    /// so that building a cursor over many tables opens none of them.
-    pub(crate) fn deferred(source: Arc<dyn TableSource>) -> TableIter {
-        TableIter {
-            source,
-            index: None,
-            data: None,
-            fill_cache: true,
-        }
-    }
-
-    /// This cursor, reading blocks missing from the block cache from disk
-    /// without inserting them: for compaction, which reads each block once
-    /// and must not evict the blocks readers use.
-    pub(crate) fn without_cache_fill(mut self) -> TableIter {
-        self.fill_cache = false;
-        self
-    }
-
-    /// The index cursor, opening the table and loading its index first if
-    /// this is the first positioning call.
-    fn index_cursor(&mut self) -> Result<&mut BlockIter> {
-        if self.index.is_none() {
-            let table = self.source.open_table()?;
-            let index = table.index_block()?;
-            self.index = Some((table, BlockIter::new(index)));
-        }
-        let (_, index) = self.index.as_mut().expect("the index cursor was just loaded");
-        Ok(index)
-    }
-
-    /// Loads the data block the index cursor is on into the data cursor, or
-    /// clears it when the index is exhausted.
-    fn load_data_block(&mut self) -> Result<()> {
-        let Some((table, index)) = &self.index else {
-            self.data = None;
-            return Ok(());
-        };
-        if !index.valid() {
-            self.data = None;
-            return Ok(());
-        }
-        let loaded = table
-            .decode_handle(index.value())
-            .and_then(|handle| match self.fill_cache {
-                true => table.data_block(handle),
-                false => table.data_block_without_cache_fill(handle),
-            });
-        let block = match loaded {
-            Ok(block) => block,
-            Err(error) => {
-                self.data = None;
-                return Err(error);
-            }
-        };
-        match &mut self.data {
-            Some(data) => data.reset(block),
-            None => self.data = Some(BlockIter::new(block)),
-        }
-        Ok(())
-    }
-
-    /// While the data cursor is exhausted, moves to the next block's first
-    /// entry. (With separator index keys a seek can land on a block whose
-    /// entries all sort below the target; the next block then holds the answer.)
-    fn skip_exhausted_blocks(&mut self) -> Result<()> {
-        while self.data.as_ref().is_some_and(|data| !data.valid()) {
-            if let Some((_, index)) = &mut self.index {
-                index.next();
-            }
-            self.load_data_block()?;
-            if let Some(data) = &mut self.data {
-                data.seek_to_first();
-            }
-        }
-        Ok(())
-    }
-
-    /// The data cursor; only while valid.
-    fn current(&self) -> &BlockIter {
-        self.data.as_ref().expect("TableIter used while not valid")
-    }
-}
-
-impl InternalIterator for TableIter {
-    fn valid(&self) -> bool {
-        self.data.as_ref().is_some_and(BlockIter::valid)
-    }
-
-    fn seek_to_first(&mut self) -> Result<()> {
-        match self.index_cursor() {
-            Ok(index) => index.seek_to_first(),
-            Err(error) => {
-                self.data = None;
-                return Err(error);
-            }
-        }
-        self.load_data_block()?;
-        if let Some(data) = &mut self.data {
-            data.seek_to_first();
-        }
-        self.skip_exhausted_blocks()
-    }
-
-    fn seek(&mut self, target: &[u8]) -> Result<()> {
-        match self.index_cursor() {
-            Ok(index) => index.seek(target),
-            Err(error) => {
-                self.data = None;
-                return Err(error);
-            }
-        }
-        self.load_data_block()?;
-        if let Some(data) = &mut self.data {
-            data.seek(target);
-        }
-        self.skip_exhausted_blocks()
-    }
-
-    fn next(&mut self) -> Result<()> {
-        let data = self.data.as_mut().expect("TableIter::next called while not valid");
-        data.next();
-        self.skip_exhausted_blocks()
-    }
-
-    fn key(&self) -> &[u8] {
-        self.current().key()
-    }
-
-    fn value(&self) -> &[u8] {
-        self.current().value()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::super::tests_support::{default_options, hit, open_table, scan, write_table, Entry};
-    use super::super::FOOTER_BYTES;
+    use super::super::{TableOptions, FOOTER_BYTES};
     use super::*;
     use crate::key::{internal_key, seek_key, ValueKind, SEQUENCE_MAX};
 
@@ -629,31 +718,50 @@ mod tests {
     #[test]
     fn every_single_byte_flip_is_detected_and_never_returns_wrong_data() {
         // Every byte of a table is covered by a CRC: flipping any one must produce an error.
+        // Format 3 with tiny partitions and one-line pages has every kind of block several times.
+        let format3 = TableOptions {
+            block_bytes_target: 256,
+            index_partition_bytes_target: 48,
+            filter_page_lines: 1,
+            ..default_options()
+        };
+        let format2 = TableOptions {
+            format_version: super::super::FORMAT_VERSION_SINGLE_INDEX,
+            ..default_options()
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let entries = entries(150);
-        let path = table_file(dir.path(), &entries);
-        let good = std::fs::read(&path).expect("read table");
-        println!("checking {} byte positions", good.len());
-        for pos in 0..good.len() {
-            let mut bad = good.clone();
-            bad[pos] ^= 0x10;
-            std::fs::write(&path, &bad).expect("write table");
-            let cache = Arc::new(BlockCache::new(1 << 20));
-            let detected = match open_table(&path, &cache) {
-                Err(error) => {
-                    assert!(error.is_corruption(), "flip at {pos}: {error:?}");
-                    true
-                }
-                Ok(table) => {
-                    let lookups = get_all(&table, &entries);
-                    let scanned = scan(&table);
-                    if let Ok(scanned) = &scanned {
-                        assert_eq!(scanned, &entries, "flip at {pos} changed scanned data");
+        let path = dir.path().join("000001.sst");
+        for options in [format3, format2] {
+            let version = options.format_version;
+            write_table(&path, &entries, options);
+            let good = std::fs::read(&path).expect("read table");
+            println!("format {version}: checking {} byte positions", good.len());
+            for pos in 0..good.len() {
+                let mut bad = good.clone();
+                bad[pos] ^= 0x10;
+                std::fs::write(&path, &bad).expect("write table");
+                let cache = Arc::new(BlockCache::new(1 << 20));
+                let detected = match open_table(&path, &cache) {
+                    Err(error) => {
+                        assert!(error.is_corruption(), "format {version}, flip at {pos}: {error:?}");
+                        true
                     }
-                    lookups.is_err() || scanned.is_err()
-                }
-            };
-            assert!(detected, "flip at byte {pos} went unnoticed");
+                    Ok(table) => {
+                        let lookups = get_all(&table, &entries);
+                        let scanned = scan(&table);
+                        if let Ok(scanned) = &scanned {
+                            assert_eq!(
+                                scanned, &entries,
+                                "format {version}: flip at {pos} changed scanned data"
+                            );
+                        }
+                        lookups.is_err() || scanned.is_err()
+                    }
+                };
+                assert!(detected, "format {version}: flip at byte {pos} went unnoticed");
+            }
+            std::fs::remove_file(&path).expect("remove table");
         }
     }
 
@@ -709,8 +817,8 @@ mod tests {
             matches!(
                 error,
                 Error::UnsupportedVersion {
-                    found: 3,
-                    supported: 2,
+                    found: 4,
+                    supported: 3,
                     ..
                 }
             ),
