@@ -160,7 +160,7 @@ impl SkipList {
         let list_height = self.height.load(Ordering::Relaxed);
         let mut node = None;
         for level in (0..list_height).rev() {
-            node = self.walk_level(node, level, &target);
+            node = self.walk_level(node, level, &target).0;
             before[level] = node;
         }
 
@@ -202,10 +202,18 @@ impl SkipList {
     pub(crate) fn lower_bound(&self, target: &[u8]) -> Option<Node> {
         let target = SearchKey::of(target);
         let mut node = None;
+        let mut found = None;
         for level in (0..self.height.load(Ordering::Relaxed)).rev() {
-            node = self.walk_level(node, level, &target);
+            (node, found) = self.walk_level(node, level, &target);
         }
-        self.next(node)
+        // The answer is the node the bottom-level walk compared and stopped
+        // at, not a fresh load of the link after `node`: a node the writer
+        // links in between (a key between `node` and the target, not yet
+        // visible to this reader's snapshot) would otherwise be returned in
+        // place of the real lower bound, and a reader would miss an entry
+        // that was there all along. (The height is at least 1, so the
+        // bottom level was walked.)
+        found
     }
 
     /// The first entry of the list.
@@ -231,18 +239,20 @@ impl SkipList {
     }
 
     /// From `start` (`None`: the head), moves along `level` while the next
-    /// node's key is before `target`; returns the last such node.
-    fn walk_level(&self, start: Option<Node>, level: usize, target: &SearchKey<'_>) -> Option<Node> {
+    /// node's key is before `target`; returns the last such node and the
+    /// node after it that stopped the walk (`None`: the level's end), as
+    /// loaded and compared here.
+    fn walk_level(&self, start: Option<Node>, level: usize, target: &SearchKey<'_>) -> (Option<Node>, Option<Node>) {
         let mut node = start;
         loop {
             let Some(next) = NonNull::new(self.link(node, level).load(Ordering::Acquire)) else {
-                return node;
+                return (node, None);
             };
             // SAFETY: `next` was published by the writer with Release and
             // loaded here with Acquire: a complete node of this list.
             let next_key = unsafe { Node(next).entry().key };
             if target.compare_to(next_key) != KeyOrdering::Greater {
-                return node;
+                return (node, Some(Node(next)));
             }
             node = Some(Node(next));
         }
