@@ -24,7 +24,7 @@ use crate::io::{FileSystem, ReadFile};
 use crate::iterator::InternalIterator;
 use crate::key::{self, ValueKind, SEQUENCE_MAX};
 use crate::log::{LogKind, LOG_FORMAT_VERSION, RECORD_BYTES_MAX};
-use crate::sim::SimFs;
+use crate::sim::{Rng, SimFs};
 use crate::sstable::{self, Block, Table, TableBuilder, TableIter, TableOptions};
 use crate::{framing, Db, Options};
 
@@ -332,11 +332,11 @@ const MUTATION_INSERT_BYTES_MAX: usize = 64;
 /// damage a disk or a peer can do (and some it cannot), for tests on
 /// stable Rust that need no fuzzer. The same seed gives the same inputs.
 pub fn mutations(seed: u64, input: &[u8], count: usize) -> Vec<Vec<u8>> {
-    let mut rng = SplitMix(seed);
+    let mut rng = Rng(seed);
     (0..count)
         .map(|_| {
             let mut out = input.to_vec();
-            for _ in 0..=rng.below(4) {
+            for _ in 0..=below(&mut rng, 4) {
                 mutate_once(&mut rng, &mut out);
             }
             out
@@ -345,49 +345,36 @@ pub fn mutations(seed: u64, input: &[u8], count: usize) -> Vec<Vec<u8>> {
 }
 
 /// Applies one random change to `bytes`.
-fn mutate_once(rng: &mut SplitMix, bytes: &mut Vec<u8>) {
-    let at = rng.below(bytes.len() + 1);
-    match rng.below(6) {
-        0 if at < bytes.len() => bytes[at] ^= 1 << rng.below(8),
+fn mutate_once(rng: &mut Rng, bytes: &mut Vec<u8>) {
+    let at = below(rng, bytes.len() + 1);
+    match below(rng, 6) {
+        0 if at < bytes.len() => bytes[at] ^= 1 << below(rng, 8),
         1 if at < bytes.len() => bytes[at] = rng.next() as u8,
         2 => bytes.truncate(at),
         3 => {
-            let end = (at + rng.below(MUTATION_INSERT_BYTES_MAX)).min(bytes.len());
+            let end = (at + below(rng, MUTATION_INSERT_BYTES_MAX)).min(bytes.len());
             bytes[at..end].fill(0);
         }
         4 => {
-            let fresh: Vec<u8> = (0..rng.below(MUTATION_INSERT_BYTES_MAX))
+            let fresh: Vec<u8> = (0..below(rng, MUTATION_INSERT_BYTES_MAX))
                 .map(|_| rng.next() as u8)
                 .collect();
             bytes.splice(at..at, fresh);
         }
         _ => {
-            let end = (at + rng.below(MUTATION_INSERT_BYTES_MAX)).min(bytes.len());
+            let end = (at + below(rng, MUTATION_INSERT_BYTES_MAX)).min(bytes.len());
             let copy = bytes[at..end].to_vec();
             bytes.splice(at..at, copy);
         }
     }
 }
 
-/// A small deterministic generator (SplitMix64) for [`mutations`].
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+/// A number in `0..bound` from `rng` (0 when `bound` is 0).
+fn below(rng: &mut Rng, bound: usize) -> usize {
+    if bound == 0 {
+        return 0;
     }
-
-    /// A number in `0..bound` (0 when `bound` is 0).
-    fn below(&mut self, bound: usize) -> usize {
-        if bound == 0 {
-            return 0;
-        }
-        (self.next() % bound as u64) as usize
-    }
+    rng.below(bound as u64) as usize
 }
 
 /// The files of fuzz corpus directory `dir`, sorted by name (none if it
