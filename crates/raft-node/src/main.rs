@@ -138,6 +138,11 @@ struct Args {
     /// Engine block cache size, in MiB.
     #[arg(long, env = "KV_BLOCK_CACHE_MB", default_value_t = 128)]
     block_cache_mb: usize,
+    /// Values of at least this many bytes live in the engine's blob files,
+    /// apart from its tables (compactions then move a pointer, not the
+    /// value); 0 keeps every value in the tables.
+    #[arg(long, env = "KV_BLOB_VALUE_MIN_BYTES", default_value_t = 1024)]
+    blob_value_min_bytes: usize,
     /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `raft_node=debug`.
     /// openraft's replication streams log every failed call to a peer (tens a
     /// second while one is down); they are off by default, and the node logs
@@ -252,6 +257,7 @@ async fn main() -> Result<()> {
         engine: storage::Options {
             memtable_bytes_max: args.memtable_mb << 20,
             block_cache_bytes: args.block_cache_mb << 20,
+            blob_value_bytes_min: (args.blob_value_min_bytes > 0).then_some(args.blob_value_min_bytes),
             ..storage::Options::default()
         },
         limits: Limits::default(),

@@ -2,14 +2,16 @@
 //! compactions the picker chooses. Both install their results through the
 //! manifest and wake writers stalled on them.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::blob::{BlobFile, Separation};
 use crate::compaction::input::RangeInput;
 use crate::compaction::picker::{self, FileSummary, KeyBounds, ManualPick, Plan, Shape};
-use crate::compaction::{write_tables, DropPolicy, WriteStats};
+use crate::compaction::{write_tables, DropPolicy, Written};
 use crate::db::{wal_name, Inner, SuperVersion};
 use crate::error::{Error, Result};
 use crate::io;
@@ -17,7 +19,7 @@ use crate::iterator::InternalIterator;
 use crate::memtable::Memtable;
 use crate::options::{Options, LEVELS};
 use crate::stats::Counters;
-use crate::version::{FileMeta, TableFile, Version, VersionEdit};
+use crate::version::{TableFile, Version, VersionEdit};
 
 /// How long an idle background thread sleeps before looking for work again.
 const IDLE_RECHECK: Duration = Duration::from_millis(500);
@@ -118,6 +120,17 @@ fn flush_loop(inner: &Inner) {
     }
 }
 
+/// The blob side of a flush or compaction, as the options set it up.
+fn separation<'a>(inner: &'a Inner, collect: &'a BTreeMap<u64, Arc<BlobFile>>) -> Separation<'a> {
+    Separation::new(
+        &*inner.options.fs,
+        &inner.dir,
+        inner.options.blob_value_bytes_min,
+        inner.options.blob_file_bytes_target,
+        collect,
+    )
+}
+
 /// Writes the frozen memtable `imm` to L0 and drops it from memory and its
 /// WALs from disk.
 fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
@@ -127,15 +140,18 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     };
     let mut iter = imm.iter();
     iter.seek_to_first()?;
-    let (outputs, _) = write_tables(
+    let nothing_to_collect = BTreeMap::new();
+    let written = write_tables(
         &*inner.options.fs,
         &inner.dir,
         &mut iter,
         policy,
+        separation(inner, &nothing_to_collect),
         inner.table_options.clone(),
         u64::MAX,
         &mut || inner.versions.lock().new_file_number(),
     )?;
+    let outputs = written.tables;
 
     let mut versions = inner.versions.lock();
     let added = outputs
@@ -158,6 +174,7 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
         last_sequence: Some(imm.last_sequence()),
         metadata: imm.metadata(),
         new_files: outputs.iter().map(|m| (0, m.clone())).collect(),
+        new_blobs: written.blobs.files,
         ..VersionEdit::default()
     };
     let version = versions.log_and_apply(edit, &added)?;
@@ -175,6 +192,7 @@ fn flush_memtable(inner: &Inner, imm: &Arc<Memtable>) -> Result<()> {
     Counters::add(&inner.counters.flushes, 1);
     let flushed: u64 = outputs.iter().map(|m| m.size_bytes).sum();
     Counters::add(&inner.counters.level_bytes_written[0], flushed);
+    Counters::add(&inner.counters.blob_bytes_written, written.stats.blob_bytes_written);
     // The manifest now says WALs below `next_wal` are not needed.
     let fs = &*inner.options.fs;
     for name in io::list_dir(fs, &inner.dir)? {
@@ -312,13 +330,22 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
                 largest,
             ),
         };
+        // Live values met in mostly-garbage blob files move to new ones.
+        let collect: BTreeMap<u64, Arc<BlobFile>> = version
+            .blobs
+            .iter()
+            .filter(|(_, blob)| blob.garbage_at_least(inner.options.blob_collection_garbage_ratio))
+            .map(|(&number, blob)| (number, Arc::clone(&blob.file)))
+            .collect();
         let points = picker::split_points(
             &summaries_of(&inputs),
             &summaries_of(&next_inputs),
             inner.options.subcompactions_max,
             inner.options.subcompaction_bytes_min,
         );
-        let (outputs, stats) = run_parts(inner, plan, &inputs, &next_inputs, policy, points)?;
+        let written = run_parts(inner, plan, &inputs, &next_inputs, policy, &collect, points)?;
+        let (outputs, stats) = (written.tables, written.stats);
+        Counters::add(&inner.counters.blob_bytes_written, stats.blob_bytes_written);
         let c = &inner.counters;
         let output_level = plan.output_level();
         Counters::add(&c.compaction_bytes_written, stats.bytes_written);
@@ -335,6 +362,8 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?
         };
         edit.new_files = outputs.iter().map(|m| (plan.output_level(), m.clone())).collect();
+        edit.blob_garbage = written.blobs.garbage_entries();
+        edit.new_blobs = written.blobs.files;
         let obsolete: Vec<Arc<TableFile>> = inputs.iter().chain(&next_inputs).cloned().collect();
         install(inner, edit, &added, &obsolete)?;
     }
@@ -361,12 +390,6 @@ fn summaries_of(files: &[Arc<TableFile>]) -> Vec<FileSummary<'_>> {
 /// A part's user-key range, `[start, end)`; `None` is unbounded.
 type KeyRange = (Option<Vec<u8>>, Option<Vec<u8>>);
 
-/// What one part of a compaction produced.
-struct PartOutput {
-    tables: Vec<FileMeta>,
-    stats: WriteStats,
-}
-
 /// Merges `inputs` (of `plan.level`) with `next_inputs` into new tables,
 /// split at `points` into key-range parts that run at the same time, each
 /// on a thread of its own (the first on the caller's). The tables come
@@ -377,28 +400,38 @@ fn run_parts(
     inputs: &[Arc<TableFile>],
     next_inputs: &[Arc<TableFile>],
     policy: DropPolicy,
+    collect: &BTreeMap<u64, Arc<BlobFile>>,
     points: Vec<Vec<u8>>,
-) -> Result<(Vec<FileMeta>, WriteStats)> {
+) -> Result<Written> {
     let starts = std::iter::once(None).chain(points.iter().cloned().map(Some));
     let ends = points.iter().cloned().map(Some).chain(std::iter::once(None));
     let mut ranges: Vec<KeyRange> = starts.zip(ends).collect();
     let first = ranges.remove(0);
     Counters::add(&inner.counters.subcompactions, ranges.len() as u64);
-    let results: Vec<Result<PartOutput>> = std::thread::scope(|scope| {
+    let results: Vec<Result<Written>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(ranges.len());
         let mut results = Vec::with_capacity(ranges.len() + 1);
         for (start, end) in ranges {
             let spawned = std::thread::Builder::new()
                 .name("storage-subcompact".to_string())
                 .spawn_scoped(scope, move || {
-                    run_part(inner, plan, inputs, next_inputs, policy, start, end)
+                    run_part(inner, plan, inputs, next_inputs, policy, collect, start, end)
                 });
             match spawned {
                 Ok(handle) => handles.push(handle),
                 Err(e) => results.push(Err(Error::io("spawn thread", "storage-subcompact", e))),
             }
         }
-        results.push(run_part(inner, plan, inputs, next_inputs, policy, first.0, first.1));
+        results.push(run_part(
+            inner,
+            plan,
+            inputs,
+            next_inputs,
+            policy,
+            collect,
+            first.0,
+            first.1,
+        ));
         for handle in handles {
             results.push(
                 handle
@@ -408,30 +441,33 @@ fn run_parts(
         }
         results
     });
-    let mut tables = Vec::new();
-    let mut stats = WriteStats::default();
+    let mut all = Written::default();
     for part in results {
         let part = part?;
-        tables.extend(part.tables);
-        stats.entries_read += part.stats.entries_read;
-        stats.entries_dropped += part.stats.entries_dropped;
-        stats.bytes_written += part.stats.bytes_written;
+        all.tables.extend(part.tables);
+        all.blobs.absorb(part.blobs);
+        all.stats.entries_read += part.stats.entries_read;
+        all.stats.entries_dropped += part.stats.entries_dropped;
+        all.stats.bytes_written += part.stats.bytes_written;
+        all.stats.blob_bytes_written += part.stats.blob_bytes_written;
     }
     // Parts cover disjoint, ascending key ranges, so their tables do too.
-    tables.sort_by(|a, b| crate::key::compare(&a.smallest, &b.smallest));
-    Ok((tables, stats))
+    all.tables.sort_by(|a, b| crate::key::compare(&a.smallest, &b.smallest));
+    Ok(all)
 }
 
 /// One key-range part of a compaction: the entries of `[start, end)`.
+#[allow(clippy::too_many_arguments)]
 fn run_part(
     inner: &Inner,
     plan: &Plan,
     inputs: &[Arc<TableFile>],
     next_inputs: &[Arc<TableFile>],
     policy: DropPolicy,
+    collect: &BTreeMap<u64, Arc<BlobFile>>,
     start: Option<Vec<u8>>,
     end: Option<Vec<u8>>,
-) -> Result<PartOutput> {
+) -> Result<Written> {
     let (level0, mut runs) = if plan.level == 0 {
         (inputs, Vec::new())
     } else {
@@ -440,16 +476,16 @@ fn run_part(
     runs.push(next_inputs.to_vec());
     let limiter = inner.compaction_limiter.clone();
     let mut input = RangeInput::open(level0, runs, start, end, limiter)?;
-    let (tables, stats) = write_tables(
+    write_tables(
         &*inner.options.fs,
         &inner.dir,
         &mut input,
         policy,
+        separation(inner, collect),
         inner.table_options.clone(),
         inner.options.table_bytes_target,
         &mut || inner.versions.lock().new_file_number(),
-    )?;
-    Ok(PartOutput { tables, stats })
+    )
 }
 
 /// Logs `edit`, publishes the new version, and marks `obsolete` files for

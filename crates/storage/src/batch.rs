@@ -203,6 +203,8 @@ fn decode_entry<'a>(decoder: &mut Decoder<'a>) -> Option<Entry<'a>> {
     let value = match kind {
         ValueKind::Put => decoder.length_prefixed()?,
         ValueKind::Delete => &[],
+        // A batch carries values, never pointers to blob files.
+        ValueKind::Blob => return None,
     };
     Some(Entry { kind, key, value })
 }

@@ -32,6 +32,13 @@ use crate::write::{WriteQueue, WriterState};
 /// The file whose lock keeps two processes from opening one database.
 const LOCK_FILE: &str = "LOCK";
 
+/// Whether a file of a database or checkpoint directory named `name` is
+/// never changed once written (tables and blob files): a copy of a
+/// checkpoint may hard-link it instead of copying its bytes.
+pub fn is_immutable_file(name: &str) -> bool {
+    name.ends_with(".sst") || name.ends_with(".blob")
+}
+
 /// The name of WAL file `number`.
 pub(crate) fn wal_name(number: u64) -> String {
     format!("{number:06}.wal")
@@ -429,6 +436,7 @@ impl Inner {
         };
         Ok(match found {
             Some(Lookup::Found(value)) => Some(value),
+            Some(Lookup::Blob(pointer)) => Some(sv.version.read_blob(&pointer)?),
             Some(Lookup::Deleted) | None => None,
         })
     }
@@ -471,6 +479,7 @@ impl Inner {
         };
         Ok(DbIter::new(
             MergingIterator::new(children),
+            Arc::clone(&sv.version),
             snapshot,
             owned(start),
             owned(end),
@@ -532,6 +541,11 @@ impl Inner {
             table_cache_tables: table_cache.cached_tables,
             table_files_open: table_cache.open_files,
             table_opens: table_cache.opens,
+            blob_files: sv.version.blobs.len() as u64,
+            blob_file_bytes: sv.version.blobs.values().map(|b| b.file.meta.file_bytes).sum(),
+            blob_garbage_bytes: sv.version.blobs.values().map(|b| b.garbage.bytes).sum(),
+            blob_bytes_written: Counters::get(&c.blob_bytes_written),
+            blob_files_open: self.versions.lock().blob_files_open() as u64,
         }
     }
 }
@@ -624,6 +638,10 @@ fn remove_obsolete_files(fs: &dyn FileSystem, dir: &Path, versions: &VersionSet)
     for name in io::list_dir(fs, dir)? {
         let obsolete = if let Some(stem) = name.strip_suffix(".sst") {
             stem.parse::<u64>().is_ok_and(|n| !live.contains(&n))
+        } else if let Some(stem) = name.strip_suffix(".blob") {
+            // Written by a flush or compaction that a crash cut short, or
+            // all garbage and dropped just before the crash.
+            stem.parse::<u64>().is_ok_and(|n| !version.blobs.contains_key(&n))
         } else if let Some(stem) = name.strip_suffix(".wal") {
             stem.parse::<u64>().is_ok_and(|n| n < versions.log_number)
         } else if name.starts_with("MANIFEST-") {

@@ -2,6 +2,7 @@
 //! range, tombstones hidden, over a fixed snapshot.
 
 use std::ops::Bound;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
@@ -9,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::iterator::InternalIterator;
 use crate::key::{self, SequenceNumber, ValueKind};
 use crate::merge::MergingIterator;
+use crate::version::Version;
 
 /// An iterator over `(key, value)` pairs in key order, as of one snapshot.
 ///
@@ -18,6 +20,8 @@ use crate::merge::MergingIterator;
 /// [`Iterator::take`] to bound a scan.
 pub struct DbIter {
     merged: MergingIterator,
+    /// The files being read: where values kept in blob files are read from.
+    version: Arc<Version>,
     snapshot: SequenceNumber,
     start: Bound<Vec<u8>>,
     end: Bound<Vec<u8>>,
@@ -47,12 +51,14 @@ pub enum BoundedStep {
 impl DbIter {
     pub(crate) fn new(
         merged: MergingIterator,
+        version: Arc<Version>,
         snapshot: SequenceNumber,
         start: Bound<Vec<u8>>,
         end: Bound<Vec<u8>>,
     ) -> Self {
         DbIter {
             merged,
+            version,
             snapshot,
             start,
             end,
@@ -120,18 +126,18 @@ impl DbIter {
                 if !self.before_end(parsed.user_key) {
                     return Ok(BoundedStep::End);
                 }
-                if steps >= steps_max && parsed.kind != ValueKind::Put {
+                if steps >= steps_max && !parsed.kind.has_value() {
                     return Ok(BoundedStep::Paused(Bytes::copy_from_slice(parsed.user_key)));
                 }
                 self.last_user_key.clear();
                 self.last_user_key.extend_from_slice(parsed.user_key);
                 self.has_last = true;
-                if parsed.kind == ValueKind::Put && after_start {
-                    let pair = (
-                        Bytes::copy_from_slice(parsed.user_key),
-                        Bytes::copy_from_slice(self.merged.value()),
-                    );
-                    return Ok(BoundedStep::Pair(pair.0, pair.1));
+                if parsed.kind.has_value() && after_start {
+                    let value = match parsed.kind {
+                        ValueKind::Blob => self.version.read_blob(self.merged.value())?,
+                        _ => Bytes::copy_from_slice(self.merged.value()),
+                    };
+                    return Ok(BoundedStep::Pair(Bytes::copy_from_slice(parsed.user_key), value));
                 }
             }
             steps += 1;

@@ -24,8 +24,11 @@ pub const TRAILER_BYTES: usize = 8;
 pub enum ValueKind {
     /// The key was deleted (a tombstone).
     Delete = 0,
-    /// The key was set to a value.
+    /// The key was set to a value, kept in the entry.
     Put = 1,
+    /// The key was set to a value kept in a blob file; the entry's value
+    /// is where (see `blob::BlobPointer`). Only tables hold such entries.
+    Blob = 2,
 }
 
 impl ValueKind {
@@ -34,14 +37,20 @@ impl ValueKind {
         match byte {
             0 => Some(ValueKind::Delete),
             1 => Some(ValueKind::Put),
+            2 => Some(ValueKind::Blob),
             _ => None,
         }
+    }
+
+    /// Whether the key has a value (in the entry or in a blob file).
+    pub fn has_value(self) -> bool {
+        matches!(self, ValueKind::Put | ValueKind::Blob)
     }
 }
 
 /// The kind used in seek keys: the largest kind, so that a seek to
 /// `(key, s)` lands before every entry of `key` with sequence `<= s`.
-const KIND_FOR_SEEK: ValueKind = ValueKind::Put;
+pub(crate) const KIND_FOR_SEEK: ValueKind = ValueKind::Blob;
 
 /// Packs a sequence number and kind into a trailer value.
 pub fn pack_trailer(sequence: SequenceNumber, kind: ValueKind) -> u64 {
@@ -168,6 +177,19 @@ mod tests {
         assert_ne!(compare(&seek, &at_seven_put), Ordering::Greater);
         assert_eq!(compare(&seek, &at_seven_delete), Ordering::Less);
         assert_eq!(compare(&at_eight, &seek), Ordering::Less);
+    }
+
+    #[test]
+    fn a_seek_key_sorts_before_every_kind_at_its_sequence() {
+        // A seek with a smaller kind than some entry's would step over that entry.
+        let seek = seek_key(b"k", 7);
+        for kind in [ValueKind::Delete, ValueKind::Put, ValueKind::Blob] {
+            assert_ne!(
+                compare(&seek, &internal_key(b"k", 7, kind)),
+                Ordering::Greater,
+                "{kind:?}"
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,10 @@
 //! - [`framing`]: record framing and the torn-tail scan, shared with the
 //!   Raft log store's segments.
 //! - `batch`: [`WriteBatch`] and its WAL encoding.
-//! - `manifest`, `version`: which table files are live, changed atomically.
+//! - `manifest`, `version`: which table and blob files are live, changed
+//!   atomically.
+//! - `blob`: blob files, where large values live apart from the tables,
+//!   and the counting of their garbage.
 //! - `sstable`: immutable sorted tables (blocks, a paged bloom filter, a
 //!   partitioned index under a top-level index, footer).
 //! - `cache`: the byte-bounded block cache shared by all tables (data
@@ -52,6 +55,7 @@
 
 mod background;
 mod batch;
+mod blob;
 mod cache;
 mod coding;
 mod compaction;
@@ -80,11 +84,11 @@ mod write;
 mod write_controller;
 
 pub use batch::{WriteBatch, BATCH_BYTES_MAX};
-pub use db::{Db, Snapshot};
+pub use db::{is_immutable_file, Db, Snapshot};
 pub use db_iter::{BoundedStep, DbIter};
 pub use error::{Error, Result};
 pub use options::{
-    Options, WriteOptions, COMPACTION_BYTES_PER_SEC_MIN, DELAYED_WRITE_BYTES_PER_SEC_FLOOR, KEY_BYTES_MAX, LEVELS,
-    METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
+    Options, WriteOptions, BLOB_VALUE_BYTES_MIN, COMPACTION_BYTES_PER_SEC_MIN, DELAYED_WRITE_BYTES_PER_SEC_FLOOR,
+    KEY_BYTES_MAX, LEVELS, METADATA_BYTES_MAX, TABLE_FILES_OPEN_MIN, VALUE_BYTES_MAX,
 };
 pub use stats::{LevelStats, Stats};

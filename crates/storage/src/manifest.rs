@@ -7,18 +7,20 @@
 //! begins with one edit describing the whole current state, then `CURRENT`
 //! is replaced atomically to point at it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::blob::{blob_path, BlobFile, BlobMeta, BlobReaders, Garbage};
 use crate::error::{Error, Result};
 use crate::io::{self, FileSystem};
 use crate::key::{SequenceNumber, SEQUENCE_MAX};
 use crate::log::{read_log, LogKind, LogWriter};
 use crate::options::LEVELS;
 use crate::table_cache::TableCache;
-use crate::version::{table_path, FileMeta, TableFile, Version, VersionEdit};
+use crate::version::{table_path, FileMeta, LiveBlob, TableFile, Version, VersionEdit};
 
 /// The file naming the manifest in use.
 pub(crate) const CURRENT_FILE: &str = "CURRENT";
@@ -42,6 +44,8 @@ pub(crate) struct VersionSet {
     dir: PathBuf,
     /// Where live tables are opened, on demand.
     cache: Arc<TableCache>,
+    /// Where live blob files are opened for reads, on demand.
+    blob_readers: Arc<BlobReaders>,
     manifest: LogWriter,
     manifest_number: u64,
     current: Arc<Version>,
@@ -61,6 +65,8 @@ pub(crate) struct VersionSet {
 #[derive(Default)]
 struct Replayed {
     files: [Vec<FileMeta>; LEVELS],
+    /// Live blob files and the garbage counted in each.
+    blobs: BTreeMap<u64, (BlobMeta, Garbage)>,
     next_file_number: u64,
     log_number: u64,
     last_sequence: SequenceNumber,
@@ -79,7 +85,7 @@ impl VersionSet {
             next_file_number: highest_file_number(&*fs, dir)? + 1,
             ..Replayed::default()
         };
-        Self::install(fs, dir, cache, replayed, Version::default())
+        Self::install(fs, dir, cache, Arc::default(), replayed, Version::default())
     }
 
     /// Recovers the live set from the manifest `CURRENT` names, then starts
@@ -112,7 +118,26 @@ impl VersionSet {
         // Tables are opened only when first read, but a missing one is
         // found now, from one directory listing, rather than by a read later.
         let on_disk: std::collections::HashSet<String> = io::list_dir(&*fs, dir)?.into_iter().collect();
+        let blob_readers = Arc::new(BlobReaders::default());
         let mut version = Version::default();
+        for (meta, garbage) in replayed.blobs.values() {
+            let file = BlobFile::new(meta.clone(), dir, Arc::clone(&fs), Arc::clone(&blob_readers));
+            let named = file.path().file_name().and_then(|name| name.to_str());
+            if !named.is_some_and(|name| on_disk.contains(name)) {
+                return Err(Error::corruption(
+                    file.path(),
+                    0,
+                    "a blob file the manifest names is missing",
+                ));
+            }
+            version.blobs.insert(
+                meta.number,
+                LiveBlob {
+                    file,
+                    garbage: *garbage,
+                },
+            );
+        }
         for (level, metas) in replayed.files.iter().enumerate() {
             for meta in metas {
                 let path = table_path(dir, meta.number);
@@ -126,7 +151,7 @@ impl VersionSet {
             }
         }
         let version = version.apply(&VersionEdit::default(), &[]);
-        Self::install(fs, dir, cache, replayed, version)
+        Self::install(fs, dir, cache, blob_readers, replayed, version)
     }
 
     /// Writes a new manifest describing `replayed`/`version` and points
@@ -135,6 +160,7 @@ impl VersionSet {
         fs: Arc<dyn FileSystem>,
         dir: &Path,
         cache: Arc<TableCache>,
+        blob_readers: Arc<BlobReaders>,
         mut replayed: Replayed,
         version: Version,
     ) -> Result<Self> {
@@ -145,6 +171,7 @@ impl VersionSet {
             fs,
             dir: dir.to_path_buf(),
             cache,
+            blob_readers,
             manifest,
             manifest_number,
             failed: None,
@@ -190,7 +217,20 @@ impl VersionSet {
             // Found by the simulated-disk crash test with an ENOSPC fsync.
             return Err(Error::Background(format!("an earlier manifest write failed: {reason}")));
         }
-        let next = self.current.apply(&edit, added);
+        let mut next = self.current.apply(&edit, added);
+        let new_blobs = edit
+            .new_blobs
+            .iter()
+            .map(|meta| {
+                BlobFile::new(
+                    meta.clone(),
+                    &self.dir,
+                    Arc::clone(&self.fs),
+                    Arc::clone(&self.blob_readers),
+                )
+            })
+            .collect();
+        let dead_blobs = next.apply_blobs(new_blobs, &edit.blob_garbage);
         edit.next_file_number = Some(self.next_file_number);
         let written = if self.manifest.len_bytes() > MANIFEST_BYTES_MAX {
             self.roll_manifest(&edit, &next)
@@ -208,6 +248,10 @@ impl VersionSet {
         }
         self.absorb_counters(&edit);
         self.current = Arc::new(next);
+        // Only now is the edit that drops them durable.
+        for file in dead_blobs {
+            file.mark_obsolete();
+        }
         Ok(self.current())
     }
 
@@ -241,6 +285,11 @@ impl VersionSet {
         io::remove_if_exists(&*self.fs, &self.dir.join(manifest_name(old)))
     }
 
+    /// Blob files open for reads now.
+    pub fn blob_files_open(&self) -> usize {
+        self.blob_readers.open_files()
+    }
+
     /// A table file just written by a flush or compaction, opened once
     /// through the table cache to verify it (and to have it open for the
     /// reads that follow).
@@ -266,6 +315,7 @@ fn file_number_of(name: &str) -> Option<u64> {
     let stem = name
         .strip_suffix(".wal")
         .or_else(|| name.strip_suffix(".sst"))
+        .or_else(|| name.strip_suffix(".blob"))
         .or_else(|| name.strip_prefix("MANIFEST-"))?;
     stem.parse().ok()
 }
@@ -291,6 +341,36 @@ fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
         }
         for (level, meta) in edit.new_files {
             live[level].insert(meta.number, meta);
+        }
+        for meta in edit.new_blobs {
+            if state.blobs.contains_key(&meta.number) {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("edit {index} adds blob file {} twice", meta.number),
+                ));
+            }
+            state.blobs.insert(meta.number, (meta, Garbage::default()));
+        }
+        for (number, more) in edit.blob_garbage {
+            let Some((meta, garbage)) = state.blobs.get_mut(&number) else {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("edit {index} counts garbage in unknown blob file {number}"),
+                ));
+            };
+            garbage.absorb(more);
+            if garbage.values > meta.values || garbage.bytes > meta.value_bytes {
+                return Err(Error::corruption(
+                    path,
+                    0,
+                    format!("edit {index} counts more garbage than blob file {number} holds"),
+                ));
+            }
+            if garbage.values == meta.values {
+                state.blobs.remove(&number);
+            }
         }
         if let Some(n) = edit.next_file_number {
             state.next_file_number = n;
@@ -319,7 +399,8 @@ fn replay(fs: &dyn FileSystem, path: &Path) -> Result<Replayed> {
     if state.log_number > FILE_NUMBER_MAX {
         return Err(Error::corruption(path, 0, "the WAL number exceeds FILE_NUMBER_MAX"));
     }
-    let max_file = state.files.iter().flatten().map(|f| f.number).max().unwrap_or(0);
+    let max_table = state.files.iter().flatten().map(|f| f.number).max().unwrap_or(0);
+    let max_file = max_table.max(state.blobs.keys().next_back().copied().unwrap_or(0));
     if state.next_file_number <= max_file {
         return Err(Error::corruption(
             path,
@@ -346,6 +427,13 @@ fn write_snapshot_manifest(
         metadata: state.metadata.clone(),
         deleted_files: Vec::new(),
         new_files: version.files().map(|(level, f)| (level, f.meta.clone())).collect(),
+        new_blobs: version.blobs.values().map(|b| b.file.meta.clone()).collect(),
+        blob_garbage: version
+            .blobs
+            .iter()
+            .filter(|(_, b)| b.garbage.values > 0)
+            .map(|(&number, b)| (number, b.garbage))
+            .collect(),
     };
     let name = manifest_name(number);
     let mut writer = LogWriter::create(fs, &dir.join(&name), LogKind::Manifest)?;
@@ -366,6 +454,13 @@ pub(crate) fn write_checkpoint(versions: &VersionSet, target: &Path) -> Result<(
     for (_, file) in version.files() {
         // Table files are immutable, so a link is as good as a copy.
         io::hard_link(&*versions.fs, file.path(), &table_path(target, file.meta.number))?;
+    }
+    for blob in version.blobs.values() {
+        io::hard_link(
+            &*versions.fs,
+            blob.file.path(),
+            &blob_path(target, blob.file.meta.number),
+        )?;
     }
     let manifest_number = versions.next_file_number;
     let mut state = Replayed {

@@ -31,6 +31,9 @@ pub(crate) enum Lookup {
     Found(Bytes),
     /// The newest visible version is a tombstone.
     Deleted,
+    /// The newest visible version is a value in a blob file, at this
+    /// encoded pointer (only tables hold such entries).
+    Blob(Bytes),
 }
 
 impl Lookup {
@@ -39,6 +42,7 @@ impl Lookup {
         match kind {
             ValueKind::Put => Lookup::Found(value),
             ValueKind::Delete => Lookup::Deleted,
+            ValueKind::Blob => Lookup::Blob(value),
         }
     }
 }

@@ -29,6 +29,8 @@ pub const COMPACTION_BYTES_PER_SEC_MIN: u64 = 1 << 20;
 
 /// Fewest table files the table cache may be limited to.
 pub const TABLE_FILES_OPEN_MIN: usize = 8;
+/// The smallest [`Options::blob_value_bytes_min`] accepted.
+pub const BLOB_VALUE_BYTES_MIN: usize = 64;
 
 /// How a [`crate::Db`] is configured when opened.
 ///
@@ -155,6 +157,27 @@ pub struct Options {
     /// bandwidth to reads and the WAL, at the risk of compaction falling
     /// behind and the write controller slowing writers.
     pub compaction_bytes_per_sec: u64,
+    /// Values of at least this many bytes are kept in blob files, apart
+    /// from the tables: a flush writes each such value once into a blob
+    /// file and a pointer of a few bytes into the table, and compactions
+    /// move only the pointer. `None` keeps every value in the tables.
+    /// Default 1 KiB. Lower moves more values out of the tables (smaller
+    /// tables, less compaction I/O) at the cost of one more read per point
+    /// lookup or scanned pair of a separated value; values of a few hundred
+    /// bytes or less are cheaper to keep in the tables.
+    pub blob_value_bytes_min: Option<usize>,
+    /// Size at which a blob file being written is closed and the next one
+    /// started. Default 256 MiB. A flush writes at most about a memtable's
+    /// worth; compactions that collect garbage may write more.
+    pub blob_file_bytes_target: u64,
+    /// Share of a blob file's value bytes that must be garbage (values no
+    /// table points to) before compactions move its live values to new
+    /// blob files as they meet them, so its space comes back. Default 0.5:
+    /// separated values take at most about twice their live bytes on disk
+    /// once their keys have been compacted. Lower reclaims sooner at the
+    /// cost of rewriting more live values; 1.0 never moves values (a file
+    /// is still deleted when every one of its values is garbage).
+    pub blob_collection_garbage_ratio: f64,
     /// Create the database when the directory holds none. Default true.
     pub create_if_missing: bool,
     /// The filesystem every file of the database goes through. Default
@@ -189,6 +212,9 @@ impl Default for Options {
             subcompactions_max: 1,
             subcompaction_bytes_min: 64 << 20,
             compaction_bytes_per_sec: 0,
+            blob_value_bytes_min: Some(1024),
+            blob_file_bytes_target: 256 << 20,
+            blob_collection_garbage_ratio: 0.5,
             create_if_missing: true,
             fs: RealFs::shared(),
         }
@@ -273,6 +299,20 @@ impl Options {
         check(
             self.compaction_bytes_per_sec == 0 || self.compaction_bytes_per_sec >= COMPACTION_BYTES_PER_SEC_MIN,
             "compaction_bytes_per_sec must be 0 (no limit) or at least 1 MiB/s",
+        )?;
+        // A pointer takes up to 30 bytes: values smaller than a few of them
+        // would grow.
+        check(
+            self.blob_value_bytes_min.is_none_or(|min| min >= BLOB_VALUE_BYTES_MIN),
+            "blob_value_bytes_min must be at least 64 (or None: no blob files)",
+        )?;
+        check(
+            self.blob_file_bytes_target >= 4096,
+            "blob_file_bytes_target must be at least 4096",
+        )?;
+        check(
+            (0.0..=1.0).contains(&self.blob_collection_garbage_ratio),
+            "blob_collection_garbage_ratio must be between 0.0 and 1.0",
         )?;
         check(
             self.table_bytes_target >= 4096,

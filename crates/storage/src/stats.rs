@@ -66,6 +66,17 @@ pub struct Stats {
     pub table_files_open: u64,
     /// Tables opened (footer read and verified) since the database opened.
     pub table_opens: u64,
+    /// Live blob files (values kept apart from the tables).
+    pub blob_files: u64,
+    /// Bytes of live blob files.
+    pub blob_file_bytes: u64,
+    /// Bytes of values in live blob files that no table points to any more.
+    pub blob_garbage_bytes: u64,
+    /// Bytes of blob files written by flushes and compactions since the
+    /// database opened.
+    pub blob_bytes_written: u64,
+    /// Blob files open for reads now.
+    pub blob_files_open: u64,
 }
 
 /// One level's share of the tree, and the I/O that built it.
@@ -121,6 +132,7 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
     pub subcompactions: AtomicU64,
+    pub blob_bytes_written: AtomicU64,
     /// Per level: bytes of the level above read by compactions into it.
     pub level_bytes_read_from_above: [AtomicU64; LEVELS],
     /// Per level: bytes of its own files read by compactions into it.

@@ -6,14 +6,16 @@
 //! table file is deleted from disk only when it is obsolete *and* the last
 //! version holding it is dropped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::blob::{BlobFile, BlobMeta, BlobPointer, Garbage};
 use crate::coding::{put_length_prefixed, put_varint, Decoder};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::io::FileSystem;
 use crate::key::{self, SequenceNumber};
 use crate::memtable::Lookup;
@@ -166,12 +168,28 @@ impl Drop for LiveTable {
     }
 }
 
+/// A blob file in a version, with the garbage counted in it so far.
+#[derive(Debug, Clone)]
+pub(crate) struct LiveBlob {
+    pub file: Arc<BlobFile>,
+    pub garbage: Garbage,
+}
+
+impl LiveBlob {
+    /// Whether at least `ratio` of its value bytes are garbage.
+    pub fn garbage_at_least(&self, ratio: f64) -> bool {
+        self.garbage.bytes as f64 >= ratio * self.file.meta.value_bytes as f64
+    }
+}
+
 /// An immutable snapshot of the live files of every level.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Version {
     /// L0 is newest file first (files may overlap); deeper levels are sorted
     /// by smallest key and never overlap.
     pub levels: [Vec<Arc<TableFile>>; LEVELS],
+    /// Blob files some table entry still points into, by number.
+    pub blobs: BTreeMap<u64, LiveBlob>,
 }
 
 impl Version {
@@ -196,6 +214,54 @@ impl Version {
             }
         }
         Ok(None)
+    }
+
+    /// The value the blob pointer `encoded` (a table entry's value) names.
+    pub fn read_blob(&self, encoded: &[u8]) -> Result<Bytes> {
+        let pointer = BlobPointer::decode(encoded)
+            .ok_or_else(|| Error::corruption("<table entry>", 0, "malformed blob pointer"))?;
+        let blob = self.blobs.get(&pointer.file).ok_or_else(|| {
+            Error::corruption(
+                format!("{:06}.blob", pointer.file),
+                pointer.offset,
+                "a table points into a blob file the version does not hold",
+            )
+        })?;
+        blob.file.read(&pointer)
+    }
+
+    /// Adds the blob files `new` and the garbage of `edit`; returns the
+    /// files all of whose values are now garbage, which leave the version.
+    pub fn apply_blobs(&mut self, new: Vec<Arc<BlobFile>>, garbage: &[(u64, Garbage)]) -> Vec<Arc<BlobFile>> {
+        for file in new {
+            let number = file.meta.number;
+            let previous = self.blobs.insert(
+                number,
+                LiveBlob {
+                    file,
+                    garbage: Garbage::default(),
+                },
+            );
+            assert!(previous.is_none(), "blob file {number} added twice");
+        }
+        let mut dead = Vec::new();
+        for &(number, more) in garbage {
+            let live = self
+                .blobs
+                .get_mut(&number)
+                .unwrap_or_else(|| panic!("garbage counted in blob file {number}, which is not live"));
+            live.garbage.absorb(more);
+            assert!(
+                live.garbage.values <= live.file.meta.values,
+                "blob file {number} has more garbage than values"
+            );
+            if live.garbage.values == live.file.meta.values {
+                if let Some(gone) = self.blobs.remove(&number) {
+                    dead.push(gone.file);
+                }
+            }
+        }
+        dead
     }
 
     /// Every live file, in no particular order.
@@ -262,6 +328,9 @@ pub(crate) struct VersionEdit {
     pub metadata: Option<Bytes>,
     pub deleted_files: Vec<(usize, u64)>,
     pub new_files: Vec<(usize, FileMeta)>,
+    pub new_blobs: Vec<BlobMeta>,
+    /// Values of blob files that no table entry points to any more.
+    pub blob_garbage: Vec<(u64, Garbage)>,
 }
 
 const TAG_LOG_NUMBER: u64 = 1;
@@ -270,6 +339,8 @@ const TAG_LAST_SEQUENCE: u64 = 3;
 const TAG_METADATA: u64 = 4;
 const TAG_DELETED_FILE: u64 = 5;
 const TAG_NEW_FILE: u64 = 6;
+const TAG_NEW_BLOB: u64 = 7;
+const TAG_BLOB_GARBAGE: u64 = 8;
 
 impl VersionEdit {
     /// Encodes the edit as a manifest record payload.
@@ -310,6 +381,19 @@ impl VersionEdit {
             put_length_prefixed(&mut body, &meta.largest);
             field(TAG_NEW_FILE, &body);
         }
+        for meta in &self.new_blobs {
+            let mut body = varint(meta.number);
+            put_varint(&mut body, meta.values);
+            put_varint(&mut body, meta.value_bytes);
+            put_varint(&mut body, meta.file_bytes);
+            field(TAG_NEW_BLOB, &body);
+        }
+        for &(number, garbage) in &self.blob_garbage {
+            let mut body = varint(number);
+            put_varint(&mut body, garbage.values);
+            put_varint(&mut body, garbage.bytes);
+            field(TAG_BLOB_GARBAGE, &body);
+        }
         out
     }
 
@@ -330,6 +414,10 @@ impl VersionEdit {
                     .deleted_files
                     .push(decode_deleted(&mut d).ok_or("bad deleted file")?),
                 TAG_NEW_FILE => edit.new_files.push(decode_new_file(&mut d).ok_or("bad new file")?),
+                TAG_NEW_BLOB => edit.new_blobs.push(decode_new_blob(&mut d).ok_or("bad new blob file")?),
+                TAG_BLOB_GARBAGE => edit
+                    .blob_garbage
+                    .push(decode_garbage(&mut d).ok_or("bad blob garbage")?),
                 // Fields from newer minor versions are skipped.
                 _ => {}
             }
@@ -361,6 +449,32 @@ fn decode_new_file(d: &mut Decoder<'_>) -> Option<(usize, FileMeta)> {
     valid.then_some((level, meta))
 }
 
+fn decode_new_blob(d: &mut Decoder<'_>) -> Option<BlobMeta> {
+    let meta = BlobMeta {
+        number: d.varint()?,
+        values: d.varint()?,
+        value_bytes: d.varint()?,
+        file_bytes: d.varint()?,
+    };
+    // Every value takes at least its record header in the file.
+    let fits = meta
+        .values
+        .checked_mul(crate::framing::RECORD_HEADER_BYTES as u64)
+        .and_then(|framing| framing.checked_add(meta.value_bytes))
+        .is_some_and(|least| least <= meta.file_bytes);
+    (meta.values > 0 && fits).then_some(meta)
+}
+
+fn decode_garbage(d: &mut Decoder<'_>) -> Option<(u64, Garbage)> {
+    Some((
+        d.varint()?,
+        Garbage {
+            values: d.varint()?,
+            bytes: d.varint()?,
+        },
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,6 +499,13 @@ mod tests {
                     largest: key::internal_key(b"z", 2, ValueKind::Delete),
                 },
             )],
+            new_blobs: vec![BlobMeta {
+                number: 10,
+                values: 3,
+                value_bytes: 9000,
+                file_bytes: 9040,
+            }],
+            blob_garbage: vec![(8, Garbage { values: 2, bytes: 5000 })],
         };
         assert_eq!(VersionEdit::decode(&edit.encode()), Ok(edit));
     }

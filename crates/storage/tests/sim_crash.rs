@@ -86,6 +86,9 @@ fn options(fs: Arc<dyn FileSystem>) -> Options {
         compaction_threads: 2,
         subcompactions_max: 3,
         subcompaction_bytes_min: 4096,
+        // About half the values live in blob files.
+        blob_value_bytes_min: Some(160),
+        blob_file_bytes_target: 8 * 1024,
         fs,
         ..Options::default()
     }
@@ -505,6 +508,16 @@ fn a_manifest_fsync_that_does_nothing_is_caught() {
         "a_manifest_fsync_that_does_nothing_is_caught",
         LyingSyncs::FilesContaining("MANIFEST".into()),
         Wal::Logged,
+    );
+}
+
+#[test]
+fn a_blob_file_fsync_that_does_nothing_is_caught() {
+    // Unlogged large values live only in blob files once flushed.
+    negative_control(
+        "a_blob_file_fsync_that_does_nothing_is_caught",
+        LyingSyncs::FilesContaining(".blob".into()),
+        Wal::Unlogged,
     );
 }
 

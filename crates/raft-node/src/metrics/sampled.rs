@@ -245,6 +245,16 @@ impl Sampled {
             stats.table_memory_bytes,
         )?;
         out.gauge(
+            "kv_engine_blob_file_bytes",
+            "Bytes of live blob files (values kept apart from the tables)",
+            stats.blob_file_bytes,
+        )?;
+        out.gauge(
+            "kv_engine_blob_garbage_bytes",
+            "Bytes of values in blob files that no table points to any more",
+            stats.blob_garbage_bytes,
+        )?;
+        out.gauge(
             "kv_engine_pending_compaction_bytes",
             "Bytes compaction must rewrite to bring every level under its target size",
             stats.pending_compaction_bytes,

@@ -373,13 +373,14 @@ impl Layout {
 }
 
 /// Makes `to` a copy of the checkpoint in `from` that shares its tables:
-/// `.sst` files are immutable and hard-linked, every other file is copied.
+/// tables and blob files are immutable and hard-linked, every other file
+/// is copied.
 /// Every copied file and the directory are synced.
 fn link_checkpoint(fs: &dyn FileSystem, from: &Path, to: &Path) -> Result<(), SnapshotError> {
     disk::create_dir_all(fs, to)?;
     for name in disk::list_dir(fs, from)? {
         let (source, target) = (from.join(&name), to.join(&name));
-        if name.ends_with(".sst") {
+        if storage::is_immutable_file(&name) {
             disk::hard_link(fs, &source, &target)?;
         } else {
             // Only the manifest and CURRENT are copied: small files.
@@ -496,7 +497,9 @@ mod tests {
         let layout = Layout::open(RealFs::shared(), root).expect("layout");
         let db = Db::open(layout.current_generation_dir(), storage::Options::default()).expect("engine");
         for i in 0..keys {
-            db.put(format!("key-{i:06}"), vec![7u8; 200]).expect("put");
+            // One value in ten is large enough to live in a blob file.
+            let bytes = if i % 10 == 0 { 2000 } else { 200 };
+            db.put(format!("key-{i:06}"), vec![7u8; bytes]).expect("put");
         }
         let mut batch = storage::WriteBatch::new();
         let state = pb::AppliedState {
@@ -515,7 +518,7 @@ mod tests {
         let mut tables: Vec<_> = fs::read_dir(dir)
             .expect("list")
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".sst"))
+            .filter(|e| storage::is_immutable_file(&e.file_name().to_string_lossy()))
             .map(|e| {
                 (
                     e.file_name().to_string_lossy().into_owned(),
@@ -540,6 +543,10 @@ mod tests {
         let engine_tables = tables(&layout.current_generation_dir());
         let snapshot_tables = tables(&dir);
         assert!(!snapshot_tables.is_empty(), "the data is in tables");
+        assert!(
+            snapshot_tables.iter().any(|(name, _)| name.ends_with(".blob")),
+            "the large values are in blob files"
+        );
         for (name, metadata) in &snapshot_tables {
             let (_, original) = engine_tables
                 .iter()

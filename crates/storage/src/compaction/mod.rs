@@ -12,6 +12,7 @@ pub(crate) mod rate_limiter;
 
 use std::path::Path;
 
+use crate::blob::{BlobOutput, Separation};
 use crate::error::{Error, Result};
 use crate::io::{self, AppendFile, FileSystem};
 use crate::iterator::InternalIterator;
@@ -35,23 +36,39 @@ pub(crate) struct DropPolicy {
 pub(crate) struct WriteStats {
     pub entries_read: u64,
     pub entries_dropped: u64,
+    /// Bytes of new tables.
     pub bytes_written: u64,
+    /// Bytes of new blob files.
+    pub blob_bytes_written: u64,
+}
+
+/// What one run of [`write_tables`] wrote.
+#[derive(Debug, Default)]
+pub(crate) struct Written {
+    pub tables: Vec<FileMeta>,
+    pub blobs: BlobOutput,
+    pub stats: WriteStats,
 }
 
 /// Writes every entry of `input` (from its current position) that `policy`
 /// keeps into new tables of at most about `table_bytes_target` bytes each,
-/// named by `next_number`. The new files are synced and so is `dir`, so a
-/// manifest edit may name them as soon as this returns.
+/// named by `next_number`; large values and values to collect go to new
+/// blob files through `separation`, which also counts the blob values of
+/// dropped entries as garbage. The new files are synced and so is `dir`,
+/// so a manifest edit may name them as soon as this returns.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn write_tables(
     fs: &dyn FileSystem,
     dir: &Path,
     input: &mut dyn InternalIterator,
     policy: DropPolicy,
+    mut separation: Separation<'_>,
     table_options: TableOptions,
     table_bytes_target: u64,
     next_number: &mut dyn FnMut() -> u64,
-) -> Result<(Vec<FileMeta>, WriteStats)> {
+) -> Result<Written> {
     let mut outputs = Vec::new();
+    let mut separated_key = Vec::new();
     let mut stats = WriteStats::default();
     let mut builder: Option<(u64, TableBuilder)> = None;
     let mut current_user_key: Vec<u8> = Vec::new();
@@ -81,6 +98,7 @@ pub(crate) fn write_tables(
         last_sequence_for_key = parsed.sequence;
         if shadowed || dead_tombstone {
             stats.entries_dropped += 1;
+            separation.dropped(parsed.kind, input.value())?;
         } else {
             let (_, b) = match &mut builder {
                 Some(open) => open,
@@ -90,7 +108,15 @@ pub(crate) fn write_tables(
                     builder.insert((number, TableBuilder::new(file, table_options.clone())))
                 }
             };
-            b.add(internal, input.value())?;
+            match separation.keep(parsed.kind, input.value(), next_number)? {
+                None => b.add(internal, input.value())?,
+                Some(pointer) => {
+                    // Same user key and sequence, so the entry keeps its place.
+                    separated_key.clear();
+                    key::append_internal_key(&mut separated_key, parsed.user_key, parsed.sequence, ValueKind::Blob);
+                    b.add(&separated_key, pointer)?;
+                }
+            }
         }
         input.next()?;
     }
@@ -99,12 +125,18 @@ pub(crate) fn write_tables(
             outputs.push(finish_table(number, b)?);
         }
     }
+    let blobs = separation.finish()?;
     stats.bytes_written = outputs.iter().map(|m| m.size_bytes).sum();
-    if !outputs.is_empty() {
+    stats.blob_bytes_written = blobs.files.iter().map(|m| m.file_bytes).sum();
+    if !outputs.is_empty() || !blobs.files.is_empty() {
         // New file names must be durable before a manifest edit names them.
         io::sync_dir(fs, dir)?;
     }
-    Ok((outputs, stats))
+    Ok(Written {
+        tables: outputs,
+        blobs,
+        stats,
+    })
 }
 
 fn finish_table(number: u64, builder: TableBuilder) -> Result<FileMeta> {

@@ -26,7 +26,7 @@ fn put(user: &[u8]) -> Vec<u8> {
 #[test]
 fn separators_are_short_and_lie_between_the_blocks() {
     // Each case names the user key the separator must carry (or the last key kept whole).
-    let shortened = |user: &[u8]| internal_key(user, SEQUENCE_MAX, ValueKind::Put);
+    let shortened = |user: &[u8]| internal_key(user, SEQUENCE_MAX, key::KIND_FOR_SEEK);
     /// A block's last key, the next block's first key, and the separator expected.
     type Case = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
     let cases: Vec<Case> = vec![

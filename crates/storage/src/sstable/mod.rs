@@ -38,7 +38,7 @@ pub(crate) use reader::{Table, TableHit, TableSource};
 pub(crate) use table_iter::TableIter;
 
 use crate::coding::{put_varint, u32_le_at, u64_le_at, Decoder};
-use crate::key::{self, ValueKind};
+use crate::key;
 
 /// The table format version this build writes. Version 3 cuts the index
 /// into partitions under a top-level index and the filter into pages (see
@@ -157,7 +157,7 @@ pub(crate) fn separator(last: &[u8], next: Option<&[u8]>, out: &mut Vec<u8>) {
     match shortened {
         Some(user) if user.len() < last_user.len() => {
             debug_assert!(last_user < user.as_slice(), "a separator sorts after the last user key");
-            key::append_internal_key(out, &user, key::SEQUENCE_MAX, ValueKind::Put);
+            key::append_internal_key(out, &user, key::SEQUENCE_MAX, key::KIND_FOR_SEEK);
             debug_assert!(key::compare(last, out).is_lt());
         }
         _ => out.extend_from_slice(last),

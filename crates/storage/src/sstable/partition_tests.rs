@@ -38,8 +38,8 @@ fn random_entries(rng: &mut fastrand::Rng, count: usize) -> Vec<Entry> {
                 ValueKind::Put
             };
             let value = match kind {
-                ValueKind::Put => (0..rng.usize(0..150)).map(|_| rng.u8(..)).collect(),
                 ValueKind::Delete => Vec::new(),
+                _ => (0..rng.usize(0..150)).map(|_| rng.u8(..)).collect(),
             };
             entries.push((internal_key(&user, sequence, kind), value));
             sequence -= rng.u64(1..5);

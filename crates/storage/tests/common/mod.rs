@@ -23,6 +23,10 @@ pub fn small_options() -> Options {
         compaction_threads: 2,
         subcompactions_max: 3,
         subcompaction_bytes_min: 4096,
+        // Values from 128 bytes on live in blob files, so the tests' larger
+        // values are separated, collected and read back from them.
+        blob_value_bytes_min: Some(128),
+        blob_file_bytes_target: 16 * 1024,
         ..Options::default()
     }
 }
