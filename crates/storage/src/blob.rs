@@ -460,6 +460,44 @@ mod tests {
     }
 
     #[test]
+    fn reads_keep_at_most_the_bounded_number_of_files_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fs = RealFs::shared();
+        let none = BTreeMap::new();
+        // One value per file: each fills the file past its target.
+        let mut separation = Separation::new(&*fs, dir.path(), Some(100), 4096, &none);
+        let mut number = 0;
+        let mut next = || {
+            number += 1;
+            number
+        };
+        let count = BLOB_FILES_OPEN_MAX + 20;
+        let mut pointers = Vec::new();
+        for i in 0..count {
+            let value = vec![i as u8; 5000];
+            let encoded = separation.keep(ValueKind::Put, &value, &mut next).expect("write");
+            pointers.push(BlobPointer::decode(encoded.expect("moved")).expect("pointer"));
+        }
+        let output = separation.finish().expect("finish");
+        assert_eq!(output.files.len(), count);
+        let readers = Arc::new(BlobReaders::default());
+        let files: Vec<Arc<BlobFile>> = output
+            .files
+            .iter()
+            .map(|meta| BlobFile::new(meta.clone(), dir.path(), Arc::clone(&fs), Arc::clone(&readers)))
+            .collect();
+        for round in 0..2 {
+            for (i, (file, pointer)) in files.iter().zip(&pointers).enumerate() {
+                assert_eq!(file.read(pointer).expect("read"), vec![i as u8; 5000], "round {round}");
+                assert!(readers.open_files() <= BLOB_FILES_OPEN_MAX);
+            }
+        }
+        assert_eq!(readers.open_files(), BLOB_FILES_OPEN_MAX);
+        drop(files);
+        assert_eq!(readers.open_files(), 0, "a dropped file is closed");
+    }
+
+    #[test]
     fn values_read_back_and_damage_is_caught() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fs = RealFs::shared();

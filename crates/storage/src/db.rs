@@ -74,6 +74,8 @@ pub(crate) struct Inner {
     pub table_options: TableOptions,
     pub cache: Arc<BlockCache>,
     pub table_cache: Arc<TableCache>,
+    /// Blob files open for reads (shared with the version set).
+    pub blob_readers: Arc<crate::blob::BlobReaders>,
     pub versions: Mutex<VersionSet>,
     pub state: RwLock<Arc<SuperVersion>>,
     /// The newest sequence number readers may see.
@@ -203,6 +205,7 @@ impl Db {
             dir,
             cache,
             table_cache,
+            blob_readers: versions.blob_readers(),
             versions: Mutex::new(versions),
             state: RwLock::new(Arc::new(SuperVersion { mem, imms, version })),
             visible_sequence: AtomicU64::new(last_sequence),
@@ -545,7 +548,7 @@ impl Inner {
             blob_file_bytes: sv.version.blobs.values().map(|b| b.file.meta.file_bytes).sum(),
             blob_garbage_bytes: sv.version.blobs.values().map(|b| b.garbage.bytes).sum(),
             blob_bytes_written: Counters::get(&c.blob_bytes_written),
-            blob_files_open: self.versions.lock().blob_files_open() as u64,
+            blob_files_open: self.blob_readers.open_files() as u64,
         }
     }
 }

@@ -285,9 +285,9 @@ impl VersionSet {
         io::remove_if_exists(&*self.fs, &self.dir.join(manifest_name(old)))
     }
 
-    /// Blob files open for reads now.
-    pub fn blob_files_open(&self) -> usize {
-        self.blob_readers.open_files()
+    /// Where live blob files are kept open for reads.
+    pub fn blob_readers(&self) -> Arc<BlobReaders> {
+        Arc::clone(&self.blob_readers)
     }
 
     /// A table file just written by a flush or compaction, opened once
