@@ -249,6 +249,7 @@ fn summaries<'a>(version: &'a Version, busy: &std::collections::HashSet<u64>) ->
                 smallest: f.meta.smallest_user_key(),
                 largest: f.meta.largest_user_key(),
                 busy: busy.contains(&f.meta.number),
+                oldest_blob: f.meta.oldest_blob,
             })
             .collect()
     })
@@ -282,10 +283,27 @@ fn publish_debt(inner: &Inner, version: &Version) {
 }
 
 fn pick_and_reserve(inner: &Inner, bg: &mut crate::db::BgState, version: &Version) -> Option<Plan> {
-    let plan = picker::pick(&summaries(version, &bg.busy_files), &shape(inner), &bg.cursors)?;
+    let summaries = summaries(version, &bg.busy_files);
+    let plan = picker::pick(&summaries, &shape(inner), &bg.cursors).or_else(|| {
+        // Nothing else to do: move the live values out of blob files that
+        // are mostly garbage, so their space comes back even where no
+        // write would make their tables compact.
+        let due: std::collections::BTreeSet<u64> = collectable_blobs(inner, version).into_keys().collect();
+        picker::pick_blob_collection(&summaries, &due)
+    })?;
     bg.busy_files
         .extend(plan.inputs.iter().chain(&plan.next_inputs).copied());
     Some(plan)
+}
+
+/// The blob files of `version` whose garbage reached the collection ratio.
+fn collectable_blobs(inner: &Inner, version: &Version) -> BTreeMap<u64, Arc<BlobFile>> {
+    version
+        .blobs
+        .iter()
+        .filter(|(_, blob)| blob.garbage_at_least(inner.options.blob_collection_garbage_ratio))
+        .map(|(&number, blob)| (number, Arc::clone(&blob.file)))
+        .collect()
 }
 
 fn files_of(version: &Version, level: usize, numbers: &[u64]) -> Vec<Arc<TableFile>> {
@@ -331,12 +349,7 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
             ),
         };
         // Live values met in mostly-garbage blob files move to new ones.
-        let collect: BTreeMap<u64, Arc<BlobFile>> = version
-            .blobs
-            .iter()
-            .filter(|(_, blob)| blob.garbage_at_least(inner.options.blob_collection_garbage_ratio))
-            .map(|(&number, blob)| (number, Arc::clone(&blob.file)))
-            .collect();
+        let collect = collectable_blobs(inner, version);
         let points = picker::split_points(
             &summaries_of(&inputs),
             &summaries_of(&next_inputs),
@@ -350,9 +363,15 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         let output_level = plan.output_level();
         Counters::add(&c.compaction_bytes_written, stats.bytes_written);
         Counters::add(&c.level_bytes_written[output_level], stats.bytes_written);
-        let read_above: u64 = inputs.iter().map(|f| f.meta.size_bytes).sum();
+        let read_inputs: u64 = inputs.iter().map(|f| f.meta.size_bytes).sum();
+        let read_next: u64 = next_inputs.iter().map(|f| f.meta.size_bytes).sum();
+        // An in-place rewrite reads the output level's own files.
+        let (read_above, read_level) = if plan.in_place {
+            (0, read_inputs)
+        } else {
+            (read_inputs, read_next)
+        };
         Counters::add(&c.level_bytes_read_from_above[output_level], read_above);
-        let read_level: u64 = next_inputs.iter().map(|f| f.meta.size_bytes).sum();
         Counters::add(&c.level_bytes_read_from_level[output_level], read_level);
         let added = {
             let versions = inner.versions.lock();
@@ -383,6 +402,7 @@ fn summaries_of(files: &[Arc<TableFile>]) -> Vec<FileSummary<'_>> {
             smallest: f.meta.smallest_user_key(),
             largest: f.meta.largest_user_key(),
             busy: false,
+            oldest_blob: f.meta.oldest_blob,
         })
         .collect()
 }
@@ -548,8 +568,11 @@ pub(crate) fn compact_range(inner: &Inner, bounds: &KeyBounds) -> Result<()> {
             for number in plan.inputs.iter().chain(&plan.next_inputs) {
                 bg.busy_files.remove(number);
             }
+            // What it made garbage may give the compaction threads work.
+            bg.compaction_wanted = true;
             drop(bg);
             inner.bg_done.notify_all();
+            inner.bg_work.notify_all();
             result?;
         }
     }

@@ -33,6 +33,10 @@ pub(crate) struct FileMeta {
     pub smallest: Vec<u8>,
     /// Largest internal key in the file.
     pub largest: Vec<u8>,
+    /// The smallest number of a blob file the file's entries point into;
+    /// 0 if none does. A table pointing into a blob file due for
+    /// collection is rewritten so the values it points to move.
+    pub oldest_blob: u64,
 }
 
 impl FileMeta {
@@ -178,7 +182,7 @@ pub(crate) struct LiveBlob {
 impl LiveBlob {
     /// Whether at least `ratio` of its value bytes are garbage.
     pub fn garbage_at_least(&self, ratio: f64) -> bool {
-        self.garbage.bytes as f64 >= ratio * self.file.meta.value_bytes as f64
+        self.garbage.bytes > 0 && self.garbage.bytes as f64 >= ratio * self.file.meta.value_bytes as f64
     }
 }
 
@@ -379,6 +383,7 @@ impl VersionEdit {
             put_varint(&mut body, meta.entries);
             put_length_prefixed(&mut body, &meta.smallest);
             put_length_prefixed(&mut body, &meta.largest);
+            put_varint(&mut body, meta.oldest_blob);
             field(TAG_NEW_FILE, &body);
         }
         for meta in &self.new_blobs {
@@ -442,6 +447,8 @@ fn decode_new_file(d: &mut Decoder<'_>) -> Option<(usize, FileMeta)> {
         entries: d.varint()?,
         smallest: d.length_prefixed()?.to_vec(),
         largest: d.length_prefixed()?.to_vec(),
+        // Absent in edits written before blob files: no pointers.
+        oldest_blob: if d.is_empty() { 0 } else { d.varint()? },
     };
     let valid = meta.smallest.len() >= key::TRAILER_BYTES
         && meta.largest.len() >= key::TRAILER_BYTES
@@ -497,6 +504,7 @@ mod tests {
                     entries: 10,
                     smallest: key::internal_key(b"a", 1, ValueKind::Put),
                     largest: key::internal_key(b"z", 2, ValueKind::Delete),
+                    oldest_blob: 10,
                 },
             )],
             new_blobs: vec![BlobMeta {

@@ -171,6 +171,39 @@ fn mostly_garbage_files_have_their_live_values_moved_and_go() {
 }
 
 #[test]
+fn mostly_garbage_files_are_collected_when_no_write_comes_to_compact_their_tables() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Db::open(dir.path(), options()).expect("open");
+    write_round(&db, 0..300, 0);
+    db.compact_range(..).expect("compact");
+    let first_files = blob_files(dir.path());
+    write_round(&db, (0..300).filter(|i| i % 4 != 0), 1);
+    db.compact_range(..).expect("compact");
+    // No more writes: the compaction threads, idle otherwise, rewrite the
+    // tables that still point into the first round's files.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let left = loop {
+        let now = blob_files(dir.path());
+        let left: Vec<String> = first_files.iter().filter(|f| now.contains(f)).cloned().collect();
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            break left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(left.is_empty(), "mostly-garbage files were never collected: {left:?}");
+    drop(db);
+    let db = Db::open(dir.path(), options()).expect("reopen");
+    for i in 0..300 {
+        let round = usize::from(i % 4 != 0);
+        assert_eq!(
+            db.get(&key(i)).expect("get").as_deref(),
+            Some(value(i, round).as_slice()),
+            "key {i}"
+        );
+    }
+}
+
+#[test]
 fn a_snapshot_keeps_the_values_it_sees() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), options()).expect("open");

@@ -12,7 +12,7 @@ pub(crate) mod rate_limiter;
 
 use std::path::Path;
 
-use crate::blob::{BlobOutput, Separation};
+use crate::blob::{BlobOutput, BlobPointer, Separation};
 use crate::error::{Error, Result};
 use crate::io::{self, AppendFile, FileSystem};
 use crate::iterator::InternalIterator;
@@ -69,6 +69,8 @@ pub(crate) fn write_tables(
 ) -> Result<Written> {
     let mut outputs = Vec::new();
     let mut separated_key = Vec::new();
+    // The smallest blob file the open table points into (0: none yet).
+    let mut oldest_blob = 0;
     let mut stats = WriteStats::default();
     let mut builder: Option<(u64, TableBuilder)> = None;
     let mut current_user_key: Vec<u8> = Vec::new();
@@ -85,7 +87,7 @@ pub(crate) fn write_tables(
             // Tables are cut only between user keys, so no user key spans two
             // files of one level.
             if let Some((number, b)) = builder.take_if(|(_, b)| b.estimated_bytes() >= table_bytes_target) {
-                outputs.push(finish_table(number, b)?);
+                outputs.push(finish_table(number, b, std::mem::take(&mut oldest_blob))?);
             }
             current_user_key.clear();
             current_user_key.extend_from_slice(parsed.user_key);
@@ -109,8 +111,14 @@ pub(crate) fn write_tables(
                 }
             };
             match separation.keep(parsed.kind, input.value(), next_number)? {
-                None => b.add(internal, input.value())?,
+                None => {
+                    if parsed.kind == ValueKind::Blob {
+                        note_blob(&mut oldest_blob, input.value(), dir)?;
+                    }
+                    b.add(internal, input.value())?
+                }
                 Some(pointer) => {
+                    note_blob(&mut oldest_blob, pointer, dir)?;
                     // Same user key and sequence, so the entry keeps its place.
                     separated_key.clear();
                     key::append_internal_key(&mut separated_key, parsed.user_key, parsed.sequence, ValueKind::Blob);
@@ -122,7 +130,7 @@ pub(crate) fn write_tables(
     }
     if let Some((number, b)) = builder {
         if b.entries() > 0 {
-            outputs.push(finish_table(number, b)?);
+            outputs.push(finish_table(number, b, oldest_blob)?);
         }
     }
     let blobs = separation.finish()?;
@@ -139,7 +147,17 @@ pub(crate) fn write_tables(
     })
 }
 
-fn finish_table(number: u64, builder: TableBuilder) -> Result<FileMeta> {
+/// Lowers `oldest` to the blob file the pointer `encoded` names.
+fn note_blob(oldest: &mut u64, encoded: &[u8], dir: &Path) -> Result<()> {
+    let pointer = BlobPointer::decode(encoded)
+        .ok_or_else(|| Error::corruption(dir, 0, "a table entry holds a malformed blob pointer"))?;
+    if *oldest == 0 || pointer.file < *oldest {
+        *oldest = pointer.file;
+    }
+    Ok(())
+}
+
+fn finish_table(number: u64, builder: TableBuilder, oldest_blob: u64) -> Result<FileMeta> {
     let summary = builder.finish()?;
     Ok(FileMeta {
         number,
@@ -147,5 +165,6 @@ fn finish_table(number: u64, builder: TableBuilder) -> Result<FileMeta> {
         entries: summary.entries,
         smallest: summary.smallest,
         largest: summary.largest,
+        oldest_blob,
     })
 }

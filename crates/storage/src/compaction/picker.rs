@@ -16,6 +16,8 @@ pub(crate) struct FileSummary<'a> {
     pub largest: &'a [u8],
     /// Whether a running compaction already owns the file.
     pub busy: bool,
+    /// The smallest blob file number the file points into (0: none).
+    pub oldest_blob: u64,
 }
 
 /// The knobs that shape the tree.
@@ -39,24 +41,42 @@ impl Shape {
 }
 
 /// A compaction to run: `inputs` of `level` merged with the overlapping
-/// `next_inputs` of `level + 1`, written to `level + 1`.
+/// `next_inputs` of `level + 1`, written to `level + 1` — or, `in_place`,
+/// `inputs` rewritten into `level` itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub level: usize,
     pub inputs: Vec<u64>,
     pub next_inputs: Vec<u64>,
+    /// A rewrite of `inputs` within their level (no `next_inputs`), for
+    /// the values they point to in blob files due for collection to move.
+    pub in_place: bool,
 }
 
 impl Plan {
+    /// A compaction of `inputs` of `level` into the overlapping `next_inputs`.
+    pub fn down(level: usize, inputs: Vec<u64>, next_inputs: Vec<u64>) -> Plan {
+        Plan {
+            level,
+            inputs,
+            next_inputs,
+            in_place: false,
+        }
+    }
+
     /// The level the output goes to.
     pub fn output_level(&self) -> usize {
-        self.level + 1
+        if self.in_place {
+            self.level
+        } else {
+            self.level + 1
+        }
     }
 
     /// Whether the plan can be carried out by moving one file down a level
     /// without rewriting it.
     pub fn is_trivial_move(&self) -> bool {
-        self.inputs.len() == 1 && self.next_inputs.is_empty()
+        !self.in_place && self.inputs.len() == 1 && self.next_inputs.is_empty()
     }
 }
 
@@ -135,11 +155,7 @@ fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS], bytes_max: u64) -> Optio
     let smallest = inputs.iter().map(|f| f.smallest).min()?;
     let largest = inputs.iter().map(|f| f.largest).max()?;
     let next_inputs = overlapping(&levels[1], smallest, largest)?;
-    Some(Plan {
-        level: 0,
-        inputs: inputs.iter().map(|f| f.number).collect(),
-        next_inputs,
-    })
+    Some(Plan::down(0, inputs.iter().map(|f| f.number).collect(), next_inputs))
 }
 
 /// The oldest files of L0 (`level0` is newest first) whose bytes stay
@@ -222,11 +238,7 @@ fn pick_deeper(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize, cursor: &[
             return None;
         }
         let next_inputs = overlapping(&levels[level + 1], file.smallest, file.largest)?;
-        Some(Plan {
-            level,
-            inputs: vec![file.number],
-            next_inputs,
-        })
+        Some(Plan::down(level, vec![file.number], next_inputs))
     })
 }
 
@@ -305,11 +317,11 @@ pub(crate) fn pick_manual(levels: &[Vec<FileSummary<'_>>; LEVELS], level: usize,
     let Some(next_inputs) = overlapping(&levels[level + 1], smallest, largest) else {
         return ManualPick::Wait;
     };
-    ManualPick::Run(Plan {
+    ManualPick::Run(Plan::down(
         level,
-        inputs: inputs.iter().map(|f| f.number).collect(),
+        inputs.iter().map(|f| f.number).collect(),
         next_inputs,
-    })
+    ))
 }
 
 /// The L0 files (`level0` is newest first) with keys in `bounds`, and every
@@ -331,6 +343,30 @@ fn level0_closure<'s, 'a>(level0: &'s [FileSummary<'a>], bounds: &KeyBounds) -> 
         }
     }
     level0.iter().zip(taken).filter(|(_, t)| *t).map(|(f, _)| f).collect()
+}
+
+/// A table of L1 or deeper whose oldest blob pointer names a file in `due`
+/// (blob files due for collection), the oldest such pointer first, to be
+/// rewritten in place so the live values it points to move; `None` if
+/// there is none (or every such table is busy). For when no level needs
+/// compaction: otherwise the values move as their tables are compacted.
+pub(crate) fn pick_blob_collection(
+    levels: &[Vec<FileSummary<'_>>; LEVELS],
+    due: &std::collections::BTreeSet<u64>,
+) -> Option<Plan> {
+    let (level, file) = levels
+        .iter()
+        .enumerate()
+        .skip(1)
+        .flat_map(|(level, files)| files.iter().map(move |file| (level, file)))
+        .filter(|(_, file)| !file.busy && due.contains(&file.oldest_blob))
+        .min_by_key(|(_, file)| file.oldest_blob)?;
+    Some(Plan {
+        level,
+        inputs: vec![file.number],
+        next_inputs: Vec::new(),
+        in_place: true,
+    })
 }
 
 /// Whether no level below `output_level` holds keys in `[smallest, largest]`:
@@ -365,6 +401,7 @@ mod tests {
             smallest: smallest.as_bytes(),
             largest: largest.as_bytes(),
             busy: false,
+            oldest_blob: 0,
         }
     }
 
@@ -480,14 +517,29 @@ mod tests {
             file(5, 10, "h", "i"),
         ];
         let plan = pick(&levels, &SHAPE, &no_cursors()).expect("a plan");
-        assert_eq!(
-            plan,
-            Plan {
-                level: 2,
-                inputs: vec![3],
-                next_inputs: vec![5]
-            }
-        );
+        assert_eq!(plan, Plan::down(2, vec![3], vec![5]));
+    }
+
+    #[test]
+    fn a_table_pointing_into_a_blob_file_due_for_collection_is_rewritten_in_place() {
+        // Values in a mostly-garbage blob file move only when a table pointing to them is rewritten.
+        let with_blob = |number, blob, busy| FileSummary {
+            oldest_blob: blob,
+            busy,
+            ..file(number, 10, "a", "b")
+        };
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![with_blob(1, 3, false)];
+        levels[1] = vec![with_blob(2, 0, false), with_blob(3, 9, false)];
+        levels[2] = vec![with_blob(4, 7, true), with_blob(5, 8, false)];
+        let due = |numbers: &[u64]| numbers.iter().copied().collect::<std::collections::BTreeSet<u64>>();
+        let plan = pick_blob_collection(&levels, &due(&[3, 7, 8, 9])).expect("a plan");
+        // L0 is left to its own compactions, busy files wait, the oldest pointer goes first.
+        assert_eq!((plan.level, plan.inputs.clone(), plan.in_place), (2, vec![5], true));
+        assert_eq!(plan.output_level(), 2);
+        assert!(!plan.is_trivial_move(), "an in-place plan rewrites its file");
+        assert_eq!(pick_blob_collection(&levels, &due(&[3, 7])), None);
+        assert_eq!(pick_blob_collection(&levels, &due(&[])), None);
     }
 
     #[test]
@@ -545,11 +597,7 @@ mod tests {
         let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
         levels[1] = vec![file(1, 10, "a", "c"), file(2, 10, "d", "f"), file(3, 10, "g", "i")];
         levels[2] = vec![file(4, 10, "a", "b"), file(5, 10, "c", "e"), file(6, 10, "h", "z")];
-        let plan = ManualPick::Run(Plan {
-            level: 1,
-            inputs: vec![2],
-            next_inputs: vec![5],
-        });
+        let plan = ManualPick::Run(Plan::down(1, vec![2], vec![5]));
         assert_eq!(pick_manual(&levels, 1, &bounds("d", "e")), plan);
         // An excluded end at a file's smallest key does not take that file.
         assert_eq!(pick_manual(&levels, 1, &bounds("dd", "g")), plan);
