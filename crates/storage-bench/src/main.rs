@@ -73,6 +73,9 @@ struct Args {
     /// Target size of a table written by compaction, in MiB.
     #[arg(long, default_value_t = 64)]
     table_mb: u64,
+    /// Values of at least this many bytes go to blob files (0: none do).
+    #[arg(long, default_value_t = 1024)]
+    blob_min_bytes: usize,
     /// Database directory (default: a fresh temporary directory).
     #[arg(long)]
     db: Option<PathBuf>,
@@ -116,6 +119,7 @@ fn main() -> Result<()> {
         table_files_open_max: args.open_files,
         table_bytes_target: args.table_mb << 20,
         l1_bytes_target: (args.table_mb << 20).max(Options::default().l1_bytes_target),
+        blob_value_bytes_min: (args.blob_min_bytes > 0).then_some(args.blob_min_bytes),
         ..Options::default()
     };
     println!(
@@ -157,6 +161,16 @@ fn main() -> Result<()> {
         stats.table_memory_bytes >> 10,
         (stats.memtable_bytes + stats.immutable_memtable_bytes) >> 20,
         resident_set().unwrap_or_else(|| "unknown".to_string()),
+    );
+    let table_bytes: u64 = stats.levels.iter().map(|l| l.bytes).sum();
+    println!(
+        "tables {} MiB, blob files {} ({} MiB, {} MiB garbage), bytes written: tables {} MiB, blob files {} MiB",
+        table_bytes >> 20,
+        stats.blob_files,
+        stats.blob_file_bytes >> 20,
+        stats.blob_garbage_bytes >> 20,
+        stats.levels.iter().map(|l| l.bytes_written).sum::<u64>() >> 20,
+        stats.blob_bytes_written >> 20,
     );
     Ok(())
 }

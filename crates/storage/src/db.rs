@@ -546,6 +546,7 @@ impl Inner {
             table_opens: table_cache.opens,
             blob_files: sv.version.blobs.len() as u64,
             blob_file_bytes: sv.version.blobs.values().map(|b| b.file.meta.file_bytes).sum(),
+            blob_value_bytes: sv.version.blobs.values().map(|b| b.file.meta.value_bytes).sum(),
             blob_garbage_bytes: sv.version.blobs.values().map(|b| b.garbage.bytes).sum(),
             blob_bytes_written: Counters::get(&c.blob_bytes_written),
             blob_files_open: self.blob_readers.open_files() as u64,

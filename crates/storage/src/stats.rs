@@ -70,6 +70,8 @@ pub struct Stats {
     pub blob_files: u64,
     /// Bytes of live blob files.
     pub blob_file_bytes: u64,
+    /// Bytes of the values in live blob files (without their framing).
+    pub blob_value_bytes: u64,
     /// Bytes of values in live blob files that no table points to any more.
     pub blob_garbage_bytes: u64,
     /// Bytes of blob files written by flushes and compactions since the
