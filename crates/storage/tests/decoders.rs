@@ -51,6 +51,8 @@ fn seeds() -> Vec<fuzzing::Seed> {
         framed.extend_from_slice(&fuzzing::join_payloads(&fuzzing::log_payloads(&file)));
         seeds.push((target, "framed".into(), framed));
     }
+    let current = fuzzing::template_current().expect("write the template database");
+    seeds.push(("current", "template".into(), current));
     seeds
 }
 
@@ -61,11 +63,12 @@ fn decode(target: &str, input: &[u8]) {
         "sst_table" => drop(fuzzing::read_table(input)),
         "wal" => drop(fuzzing::replay_wal(input)),
         "manifest" => drop(fuzzing::recover_manifest(input)),
+        "current" => drop(fuzzing::read_current(input)),
         other => panic!("no storage decoder is named {other}"),
     }
 }
 
-const TARGETS: [&str; 4] = ["sst_block", "sst_table", "wal", "manifest"];
+const TARGETS: [&str; 5] = ["sst_block", "sst_table", "wal", "manifest", "current"];
 
 #[test]
 fn valid_encodings_decode_without_error() {
@@ -76,6 +79,7 @@ fn valid_encodings_decode_without_error() {
             "sst_table" => fuzzing::read_table(&input),
             "wal" => fuzzing::replay_wal(&input),
             "manifest" => fuzzing::recover_manifest(&input),
+            "current" => fuzzing::read_current(&input),
             other => panic!("no storage decoder is named {other}"),
         };
         let count = result.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
