@@ -38,6 +38,8 @@ use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 pub use engine::{encoded_pair_bytes, Engine, PageBounds, RangePage};
 use sessions::{Sessions, Verdict};
 pub use snapshot::SnapshotBuilder;
+#[cfg(feature = "fuzzing")]
+pub(crate) use snapshot::{encode_meta, CURRENT_SNAPSHOT_FILE, GENERATION_FILE, META_SUFFIX, SNAPSHOTS_DIR};
 pub use transfer::SnapshotData;
 
 /// An applied batch is written to the engine once it holds this many bytes,

@@ -39,14 +39,15 @@ use super::{Engine, StateMachineError};
 use crate::codec;
 use crate::types::{LogId, StorageError, TypeConfig};
 
-const GENERATION_FILE: &str = "GENERATION";
-const SNAPSHOTS_DIR: &str = "snapshots";
+/// Names the engine directory in use.
+pub(crate) const GENERATION_FILE: &str = "GENERATION";
+pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 /// Names the current snapshot in the snapshots directory.
-const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
+pub(crate) const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
 /// The archive file earlier builds kept as the current snapshot.
 const LEGACY_SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_PREFIX: &str = "snap-";
-const META_SUFFIX: &str = ".meta";
+pub(crate) const META_SUFFIX: &str = ".meta";
 const RECEIVE_PREFIX: &str = "recv-";
 /// First bytes of a snapshot metadata file.
 const META_MAGIC: u32 = 0x4b56_534d; // "KVSM"
@@ -247,23 +248,14 @@ impl Layout {
         }))
     }
 
-    /// Writes snapshot `id`'s metadata file: magic, version, length, the
-    /// protobuf, and a crc32 of all before it.
+    /// Writes snapshot `id`'s metadata file ([`encode_meta`]).
     fn write_meta(&self, id: &str, meta: &pb::SnapshotMeta) -> Result<(), SnapshotError> {
-        let body = meta.encode_to_vec();
-        let mut bytes = Vec::with_capacity(body.len() + 16);
-        bytes.extend_from_slice(&META_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&META_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
         let name = format!("{id}{META_SUFFIX}");
         Ok(disk::write_atomically(
             self.fs.as_ref(),
             &self.snapshots_dir(),
             &name,
-            &bytes,
+            &encode_meta(&meta.encode_to_vec()),
         )?)
     }
 
@@ -448,6 +440,19 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             StorageIOError::read_snapshot(None, &std::io::Error::other("no snapshot after a build")).into()
         })
     }
+}
+
+/// A snapshot metadata file holding the encoded `pb::SnapshotMeta` `body`:
+/// magic, version, length, the body, and a crc32 of all before it.
+pub(crate) fn encode_meta(body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(body.len() + 16);
+    bytes.extend_from_slice(&META_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&META_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(body);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
 }
 
 fn generation_name(generation: u64) -> String {
