@@ -260,7 +260,7 @@ fn load_sessions(db: &Db, clock_ms: u64) -> Result<Sessions, StateMachineError> 
             pb::Session::decode(value.as_ref()).map_err(|e| StateMachineError::Corrupt(format!("session: {e}")))?;
         stored.push((client_id, session));
     }
-    Ok(Sessions::from_stored(stored, clock_ms))
+    Sessions::from_stored(stored, clock_ms).map_err(|e| StateMachineError::Corrupt(e.to_string()))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
