@@ -41,6 +41,10 @@ use crate::types::{LogId, StorageError, TypeConfig};
 
 /// Names the engine directory in use.
 pub(crate) const GENERATION_FILE: &str = "GENERATION";
+/// The largest generation `GENERATION` may name. Generations count snapshot
+/// installs from 1, so a larger one is damage; the bound also leaves room
+/// for the next install's `+ 1`.
+const GENERATION_MAX: u64 = u64::MAX / 2;
 pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 /// Names the current snapshot in the snapshots directory.
 pub(crate) const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
@@ -336,6 +340,8 @@ impl Layout {
         let kept = self.snapshots_dir().join(&id);
         link_checkpoint(self.fs.as_ref(), received, &kept)?;
         self.write_meta(&id, meta)?;
+        // No overflow: a generation read from disk is at most
+        // GENERATION_MAX, and each install adds one.
         let next = *self.generation.lock() + 1;
         let dir = self.root.join(generation_name(next));
         self.remove_path(&dir);
@@ -460,7 +466,10 @@ fn generation_name(generation: u64) -> String {
 }
 
 fn parse_generation(name: &str) -> Option<u64> {
-    name.strip_prefix("gen-")?.parse().ok()
+    name.strip_prefix("gen-")?
+        .parse()
+        .ok()
+        .filter(|&generation| generation <= GENERATION_MAX)
 }
 
 fn opt_log_id(log_id: Option<&pb::LogId>) -> Option<LogId> {
@@ -552,6 +561,23 @@ mod tests {
                 .expect("every snapshot table is an engine table");
             assert_eq!(metadata.ino(), original.ino(), "{name} is a link, not a copy");
         }
+    }
+
+    #[test]
+    fn a_generation_no_install_reaches_is_refused_as_corrupt() {
+        // Found by the `generation` decoder target: `gen-<u64::MAX>` was
+        // accepted, and the next snapshot install overflowed computing the
+        // next generation.
+        let root = tempfile::tempdir().expect("tempdir");
+        let generation = root.path().join(GENERATION_FILE);
+        fs::write(&generation, format!("gen-{}\n", u64::MAX)).expect("write");
+        let opened = Layout::open(RealFs::shared(), root.path());
+        assert!(matches!(opened, Err(StateMachineError::Corrupt(_))));
+        fs::write(&generation, format!("gen-{GENERATION_MAX}\n")).expect("write");
+        let layout = Layout::open(RealFs::shared(), root.path()).expect("the largest generation opens");
+        assert!(layout
+            .current_generation_dir()
+            .ends_with(generation_name(GENERATION_MAX)));
     }
 
     #[tokio::test]
