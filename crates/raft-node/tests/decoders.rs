@@ -8,7 +8,8 @@
 //! targets in `fuzz/` (see `fuzz/README.md`).
 //!
 //! `DECODER_MUTATIONS` sets the mutations per input (default
-//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed).
+//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed),
+//! `DECODER_TARGETS` (comma-separated) the targets mutated (default all).
 //! `FUZZ_WRITE_SEEDS=1 cargo test -p raft-node --test decoders -- --ignored`
 //! writes the valid encodings into the corpus directories.
 
@@ -20,7 +21,9 @@ use proto::raft as pb;
 use raft_node::fuzzing;
 use raft_node::state_machine::sessions::{Sessions, SESSION_WRITES_UNANSWERED_MAX};
 use raft_node::types::{Entry, LogCommand, LogId, Membership, Node, NodeId};
-use storage::fuzzing::{corpus_panics, env_u64, join_payloads, mutation_panics, Seed, MUTATIONS_PER_INPUT_DEFAULT};
+use storage::fuzzing::{
+    corpus_panics, env_u64, join_payloads, mutation_panics, seeds_of_env_targets, Seed, MUTATIONS_PER_INPUT_DEFAULT,
+};
 
 fn put(key: &str, value: &str, client_id: u64, sequence: u64) -> pb::Command {
     pb::Command {
@@ -341,7 +344,13 @@ fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     let seed = env_u64("DECODER_SEED", fastrand::u64(..));
     let count = env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    let panicked = mutation_panics(seed, count, &seeds(), decode);
+    let seeds = seeds_of_env_targets(seeds());
+    println!(
+        "{} inputs: {count} mutations of each of {} seeds",
+        count * seeds.len(),
+        seeds.len()
+    );
+    let panicked = mutation_panics(seed, count, &seeds, decode);
     assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 

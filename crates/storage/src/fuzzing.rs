@@ -500,6 +500,16 @@ pub fn mutation_panics(seed: u64, count: usize, seeds: &[Seed], decode: impl Fn(
     panicked
 }
 
+/// The seeds of the targets environment variable `DECODER_TARGETS` names
+/// (comma-separated), or all of `seeds` when it is unset: a long mutation
+/// run can then spend its time on the targets it is about.
+pub fn seeds_of_env_targets(mut seeds: Vec<Seed>) -> Vec<Seed> {
+    if let Ok(targets) = std::env::var("DECODER_TARGETS") {
+        seeds.retain(|(target, _, _)| targets.split(',').any(|t| t.trim() == *target));
+    }
+    seeds
+}
+
 /// Writes each of `seeds` into its target's corpus as `seed-<name>`.
 pub fn write_seed_corpus(seeds: &[Seed]) -> std::io::Result<()> {
     for (target, name, input) in seeds {

@@ -5,7 +5,8 @@
 //! `fuzz/` (see `fuzz/README.md`); it needs no nightly toolchain.
 //!
 //! `DECODER_MUTATIONS` sets the mutations per input (default
-//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed).
+//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed),
+//! `DECODER_TARGETS` (comma-separated) the targets mutated (default all).
 //! `FUZZ_WRITE_SEEDS=1 cargo test -p storage --test decoders -- --ignored`
 //! writes the valid encodings into the corpus directories.
 
@@ -102,7 +103,13 @@ fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     let seed = fuzzing::env_u64("DECODER_SEED", fastrand::u64(..));
     let count = fuzzing::env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    let panicked = fuzzing::mutation_panics(seed, count, &seeds(), decode);
+    let seeds = fuzzing::seeds_of_env_targets(seeds());
+    println!(
+        "{} inputs: {count} mutations of each of {} seeds",
+        count * seeds.len(),
+        seeds.len()
+    );
+    let panicked = fuzzing::mutation_panics(seed, count, &seeds, decode);
     assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 
