@@ -5,10 +5,10 @@
 //! Each entry point takes one fuzz input, decodes it the way the node reads
 //! it from disk or from a peer, and returns what the node returns. An error
 //! is a fine answer; a panic, a hang or an allocation the input's size does
-//! not bound is a bug. The Raft log lives on the simulated disk
-//! (`storage::sim::SimFs`); the snapshot archive, the identity file and the
-//! state machine's directories, which the node reads with `std::fs`, live
-//! in a temporary directory that is removed afterwards.
+//! not bound is a bug. The Raft log and the state machine's files live on
+//! the simulated disk (`storage::sim::SimFs`); the snapshot archive and the
+//! identity file, which these entry points hand the node through
+//! `std::fs`, live in a temporary directory that is removed afterwards.
 //!
 //! [`read_log_segment`] reads the input's first byte as a mode: bit 0 set,
 //! the rest is a list of record payloads ([`storage::fuzzing::split_payloads`])
@@ -34,7 +34,7 @@ use crate::command::LogCommand;
 use crate::log_store::{LogStore, LogStoreError, LogStoreOptions};
 use crate::state_machine::archive::{self, ArchiveError};
 use crate::state_machine::StateMachine;
-use crate::types::{Entry, LogId};
+use crate::types::{Entry, LogId, StoredMembership};
 
 /// Commands one input may hold (each becomes an entry applied in order).
 pub const COMMANDS_PER_INPUT_MAX: usize = 64;
@@ -217,7 +217,7 @@ fn current_thread_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
-/// Why [`apply_commands`] stopped.
+/// Why [`apply_commands`] or another state machine entry point stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ApplyError {
@@ -231,6 +231,9 @@ pub enum ApplyError {
     /// refused before they enter the log).
     #[error("apply: {0}")]
     Apply(String),
+    /// Reading or installing a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
 }
 
 /// Decodes each payload of `input` ([`storage::fuzzing::split_payloads`],
@@ -270,6 +273,317 @@ pub fn apply_commands(input: &[u8]) -> Result<usize, ApplyError> {
         .block_on(machine.apply(entries))
         .map_err(|e| ApplyError::Apply(e.to_string()))?;
     Ok(applied)
+}
+
+/// Where the state machine targets' files lie on the simulated disk.
+const SM_DIR: &str = "/state-machine";
+/// The state machine clock (a leader timestamp, in ms) of the session
+/// target's applied state; seeds use it too.
+pub const SESSIONS_CLOCK_MS: u64 = 1_700_000_000_000;
+/// The last applied index of the session target's applied state.
+const SESSIONS_APPLIED_INDEX: u64 = 10;
+/// Session records one [`reopen_with_sessions`] input may hold.
+pub const SESSIONS_PER_INPUT_MAX: usize = 64;
+/// The snapshot that the [`read_current_snapshot`] target's files
+/// describe: a checkpoint directory of this name is on the disk.
+pub const SNAPSHOT_ID: &str = "snap-0000000000000001";
+
+/// Engine options on the simulated disk `fs`, with one compaction thread.
+fn sim_engine_options(fs: &Arc<SimFs>) -> storage::Options {
+    storage::Options {
+        fs: Arc::clone(fs) as Arc<dyn FileSystem>,
+        compaction_threads: 1,
+        ..storage::Options::default()
+    }
+}
+
+/// An openraft error of the state machine, for [`ApplyError`].
+fn storage_error(e: crate::types::StorageError) -> ApplyError {
+    ApplyError::Apply(e.to_string())
+}
+
+/// Creates a state machine under [`SM_DIR`] on `fs` with the node's own
+/// code, then writes `batch` into its engine directly (past the state
+/// machine's encoders) and closes it, so that the next open decodes what
+/// `batch` holds.
+fn state_machine_holding(fs: &Arc<SimFs>, batch: storage::WriteBatch) -> Result<(), ApplyError> {
+    let machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(fs))?;
+    machine
+        .engine()
+        .db()
+        .write(batch, &storage::WriteOptions::default())
+        .map_err(crate::state_machine::StateMachineError::from)?;
+    Ok(())
+}
+
+/// Reopens a state machine whose engine holds `input` as its applied state
+/// (the metadata of its newest write), the way a restarted node decodes
+/// it, then applies a blank entry after the last applied one (which
+/// encodes the decoded membership again). Returns the applied state
+/// openraft is told.
+pub fn reopen_with_applied_state(input: &[u8]) -> Result<(Option<LogId>, StoredMembership), ApplyError> {
+    let fs = SimFs::new(SIM_SEED);
+    let mut batch = storage::WriteBatch::new();
+    batch.set_metadata(input.to_vec());
+    state_machine_holding(&fs, batch)?;
+    let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+    current_thread_runtime()?.block_on(async {
+        let state = machine.applied_state().await.map_err(storage_error)?;
+        // An index no log reaches is refused by the log, never applied.
+        let next = state.0.and_then(|last| {
+            let index = last.index.checked_add(1)?;
+            Some(LogId::new(last.leader_id, index))
+        });
+        if let Some(log_id) = next {
+            let blank = Entry {
+                log_id,
+                payload: EntryPayload::Blank,
+            };
+            machine.apply([blank]).await.map_err(storage_error)?;
+        }
+        Ok(state)
+    })
+}
+
+/// The applied state a state machine stores after `last_applied` with
+/// `membership` and session clock `clock_ms`, encoded (seed inputs).
+pub fn encode_applied_state(last_applied: Option<LogId>, membership: &StoredMembership, clock_ms: u64) -> Vec<u8> {
+    use prost::Message;
+    proto::raft::AppliedState {
+        last_applied: crate::codec::opt_log_id_to_pb(last_applied.as_ref()),
+        membership: Some(crate::codec::stored_membership_to_pb(membership)),
+        clock_ms,
+    }
+    .encode_to_vec()
+}
+
+/// Reopens a state machine whose engine holds the session records of
+/// `input`, the way a restarted node (or one that installed a snapshot)
+/// rebuilds its exactly-once table, then applies the writes a client may
+/// send next under each session.
+///
+/// The input's payloads ([`storage::fuzzing::split_payloads`], at most
+/// [`SESSIONS_PER_INPUT_MAX`] pairs) come in pairs: what follows the
+/// session prefix in the record's engine key (a client id, 8 bytes
+/// big-endian, when well formed) and the record (`raft.v1.Session`). The
+/// engine's applied state is at index 10 with clock [`SESSIONS_CLOCK_MS`].
+/// Under each well-formed client id, writes at sequences 1, 2, the edge of
+/// the window and `u64::MAX` are applied, then a command two idle periods
+/// later that expires every session. Returns the commands' results.
+pub fn reopen_with_sessions(input: &[u8]) -> Result<Vec<proto::raft::CommandResult>, ApplyError> {
+    use crate::state_machine::{keys, sessions};
+    let fs = SimFs::new(SIM_SEED);
+    let mut batch = storage::WriteBatch::new();
+    let (prefix, _) = keys::session_range();
+    let mut client_ids = Vec::new();
+    for pair in split_payloads(input).chunks(2).take(SESSIONS_PER_INPUT_MAX) {
+        let (suffix, record) = match pair {
+            [suffix, record] => (*suffix, *record),
+            [suffix] => (*suffix, &[][..]),
+            _ => continue,
+        };
+        let mut key = prefix.clone();
+        key.extend_from_slice(suffix);
+        if let Some(client_id) = keys::session_client_id(&key) {
+            client_ids.push(client_id);
+        }
+        batch.put(key, record);
+    }
+    let applied = LogId::new(CommittedLeaderId::new(1, 1), SESSIONS_APPLIED_INDEX);
+    batch.set_metadata(encode_applied_state(
+        Some(applied),
+        &StoredMembership::default(),
+        SESSIONS_CLOCK_MS,
+    ));
+    state_machine_holding(&fs, batch)?;
+    let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+    let write = |client_id, sequence, first_unanswered, proposed_at_ms| proto::raft::Command {
+        op: Some(proto::raft::command::Op::Put(proto::raft::Put {
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from_static(b"v"),
+        })),
+        client_id,
+        sequence,
+        first_unanswered,
+        proposed_at_ms,
+    };
+    let mut commands = Vec::new();
+    for &client_id in &client_ids {
+        for (sequence, first_unanswered) in [
+            (1, 1),
+            (2, 1),
+            (sessions::SESSION_WRITES_UNANSWERED_MAX, 2),
+            (u64::MAX, u64::MAX),
+        ] {
+            commands.push(write(client_id, sequence, first_unanswered, SESSIONS_CLOCK_MS));
+        }
+    }
+    commands.push(write(0, 0, 0, SESSIONS_CLOCK_MS + 2 * sessions::SESSION_IDLE_MS_MAX));
+    let entries: Vec<Entry> = commands
+        .iter()
+        .zip(SESSIONS_APPLIED_INDEX + 1..)
+        .map(|(command, index)| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(LogCommand::encode(command)),
+        })
+        .collect();
+    current_thread_runtime()?
+        .block_on(machine.apply(entries))
+        .map_err(storage_error)
+}
+
+/// Reopens a state machine whose current snapshot is described by the
+/// files of `input`, and reads that snapshot whole, the way a node serves
+/// it to a follower after a restart: the snapshots directory's `CURRENT`
+/// names the snapshot, its metadata file describes it, and the archive
+/// streamed carries that metadata.
+///
+/// The input's first byte is a mode, the rest two payloads
+/// ([`storage::fuzzing::split_payloads`]): `CURRENT`, then the metadata
+/// file as is (mode even) or the `raft.v1.SnapshotMeta` it holds, framed
+/// by the node's encoder with a valid checksum (mode odd). A missing
+/// payload leaves its file out. A checkpoint named [`SNAPSHOT_ID`] is on
+/// the disk beside them. Returns the metadata openraft is given, if any.
+pub fn read_current_snapshot(input: &[u8]) -> Result<Option<crate::types::SnapshotMeta>, ApplyError> {
+    use crate::state_machine::{encode_meta, CURRENT_SNAPSHOT_FILE, META_SUFFIX, SNAPSHOTS_DIR};
+    let mode = input.first().copied().unwrap_or(0);
+    let payloads = split_payloads(input.get(1..).unwrap_or_default());
+    let fs = SimFs::new(SIM_SEED);
+    let snapshots = Path::new(SM_DIR).join(SNAPSHOTS_DIR);
+    {
+        let machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+        machine
+            .engine()
+            .db()
+            .checkpoint(snapshots.join(SNAPSHOT_ID))
+            .map_err(crate::state_machine::StateMachineError::from)?;
+    }
+    let write = |name: &str, bytes: &[u8]| {
+        storage::io::write_atomically(&*fs, &snapshots, name, bytes)
+            .map_err(crate::state_machine::StateMachineError::from)
+    };
+    if let Some(current) = payloads.first() {
+        write(CURRENT_SNAPSHOT_FILE, current)?;
+    }
+    if let Some(meta) = payloads.get(1) {
+        let file = if mode & 1 == 1 {
+            encode_meta(meta)
+        } else {
+            meta.to_vec()
+        };
+        write(&format!("{SNAPSHOT_ID}{META_SUFFIX}"), &file)?;
+    }
+    let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+    current_thread_runtime()?.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let Some(snapshot) = machine.get_current_snapshot().await.map_err(storage_error)? else {
+            return Ok(None);
+        };
+        let mut archive = Vec::new();
+        let mut stream = snapshot.snapshot;
+        stream.read_to_end(&mut archive).await?;
+        Ok(Some(snapshot.meta))
+    })
+}
+
+/// The metadata file the node writes beside a snapshot described by `meta`
+/// (seed inputs).
+pub fn snapshot_meta_file(meta: &crate::types::SnapshotMeta) -> Vec<u8> {
+    use prost::Message;
+    crate::state_machine::encode_meta(&crate::codec::snapshot_meta_to_pb(meta).encode_to_vec())
+}
+
+/// The snapshot [`install_after_generation`] installs: its metadata and
+/// archive, taken once from a state machine that applied a few writes.
+fn template_snapshot() -> Result<&'static (crate::types::SnapshotMeta, Vec<u8>), ApplyError> {
+    static TEMPLATE: std::sync::OnceLock<Result<(crate::types::SnapshotMeta, Vec<u8>), String>> =
+        std::sync::OnceLock::new();
+    let template = TEMPLATE.get_or_init(|| {
+        let build = || -> Result<_, ApplyError> {
+            let fs = SimFs::new(SIM_SEED);
+            let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+            current_thread_runtime()?.block_on(async {
+                use openraft::RaftSnapshotBuilder;
+                use tokio::io::AsyncReadExt;
+                let entries = (1..=3u64).map(|index| Entry {
+                    log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+                    payload: EntryPayload::Normal(LogCommand::encode(&proto::raft::Command {
+                        op: Some(proto::raft::command::Op::Put(proto::raft::Put {
+                            key: format!("k{index}").into_bytes().into(),
+                            value: Bytes::from_static(b"v"),
+                        })),
+                        ..Default::default()
+                    })),
+                });
+                machine.apply(entries).await.map_err(storage_error)?;
+                let snapshot = machine
+                    .get_snapshot_builder()
+                    .await
+                    .build_snapshot()
+                    .await
+                    .map_err(storage_error)?;
+                let mut archive = Vec::new();
+                let mut stream = snapshot.snapshot;
+                stream.read_to_end(&mut archive).await?;
+                Ok((snapshot.meta, archive))
+            })
+        };
+        build().map_err(|e| e.to_string())
+    });
+    template
+        .as_ref()
+        .map_err(|e| ApplyError::Snapshot(format!("the template snapshot: {e}")))
+}
+
+/// Opens a state machine whose `GENERATION` file (which engine directory
+/// is in use) holds `input`, the way a restarted node reads it, then
+/// installs a snapshot, which moves the engine to the next generation.
+/// Returns the last log id the installed snapshot covers.
+pub fn install_after_generation(input: &[u8]) -> Result<Option<LogId>, ApplyError> {
+    use crate::state_machine::GENERATION_FILE;
+    let (meta, archive) = template_snapshot()?;
+    let fs = SimFs::new(SIM_SEED);
+    let root = Path::new(SM_DIR);
+    storage::io::create_dir_all(&*fs, root).map_err(crate::state_machine::StateMachineError::from)?;
+    storage::io::write_atomically(&*fs, root, GENERATION_FILE, input)
+        .map_err(crate::state_machine::StateMachineError::from)?;
+    let mut machine = StateMachine::open(root, sim_engine_options(&fs))?;
+    current_thread_runtime()?.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut incoming = machine.begin_receiving_snapshot().await.map_err(storage_error)?;
+        incoming.write_all(archive).await?;
+        machine
+            .install_snapshot(meta, incoming)
+            .await
+            .map_err(|e| ApplyError::Snapshot(e.to_string()))?;
+        let (last_applied, _) = machine.applied_state().await.map_err(storage_error)?;
+        Ok(last_applied)
+    })
+}
+
+/// The `GENERATION` files a state machine writes (seed inputs): when it is
+/// created, and after it installs a snapshot.
+pub fn generation_files() -> Result<Vec<Vec<u8>>, ApplyError> {
+    use crate::state_machine::GENERATION_FILE;
+    let (meta, archive) = template_snapshot()?;
+    let fs = SimFs::new(SIM_SEED);
+    let path = Path::new(SM_DIR).join(GENERATION_FILE);
+    let read = || {
+        fs.contents(&path)
+            .ok_or_else(|| ApplyError::Snapshot(format!("{} was not written", path.display())))
+    };
+    let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
+    let created = read()?;
+    current_thread_runtime()?.block_on(async {
+        use tokio::io::AsyncWriteExt;
+        let mut incoming = machine.begin_receiving_snapshot().await.map_err(storage_error)?;
+        incoming.write_all(archive).await?;
+        machine
+            .install_snapshot(meta, incoming)
+            .await
+            .map_err(|e| ApplyError::Snapshot(e.to_string()))
+    })?;
+    Ok(vec![created, read()?])
 }
 
 /// Unpacks `input` as a snapshot archive into a temporary directory, the

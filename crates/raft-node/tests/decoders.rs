@@ -1,22 +1,29 @@
 //! The node's decoders (Raft log segments and records, commands and their
-//! apply path, the snapshot archive, the identity file) over every input
+//! apply path, the snapshot archive, the identity file, and the state
+//! machine's applied state, session records, snapshot metadata and
+//! `GENERATION` file) over every input
 //! of their fuzz corpora (`fuzz/corpus/<target>`) and over seeded mutations
 //! of valid encodings written by the node's own encoders: an error is a
 //! fine answer, a panic fails the test. The stable-Rust guard of the fuzz
 //! targets in `fuzz/` (see `fuzz/README.md`).
 //!
 //! `DECODER_MUTATIONS` sets the mutations per input (default
-//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed).
+//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed),
+//! `DECODER_TARGETS` (comma-separated) the targets mutated (default all).
 //! `FUZZ_WRITE_SEEDS=1 cargo test -p raft-node --test decoders -- --ignored`
 //! writes the valid encodings into the corpus directories.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, EntryPayload, SnapshotMeta, StoredMembership};
+use prost::Message;
 use proto::raft as pb;
 use raft_node::fuzzing;
-use raft_node::types::{Entry, LogCommand, LogId, Membership, Node};
-use storage::fuzzing::{corpus_panics, env_u64, join_payloads, mutation_panics, Seed, MUTATIONS_PER_INPUT_DEFAULT};
+use raft_node::state_machine::sessions::{Sessions, SESSION_WRITES_UNANSWERED_MAX};
+use raft_node::types::{Entry, LogCommand, LogId, Membership, Node, NodeId};
+use storage::fuzzing::{
+    corpus_panics, env_u64, join_payloads, mutation_panics, seeds_of_env_targets, Seed, MUTATIONS_PER_INPUT_DEFAULT,
+};
 
 fn put(key: &str, value: &str, client_id: u64, sequence: u64) -> pb::Command {
     pb::Command {
@@ -143,7 +150,100 @@ fn seeds() -> Vec<Seed> {
         let identity = fuzzing::identity_file(id).expect("write an identity file");
         seeds.push(("identity", format!("node{id}"), identity));
     }
+    for (name, state) in applied_states() {
+        let (last_applied, membership, clock_ms) = state;
+        let encoded = fuzzing::encode_applied_state(last_applied, &membership, clock_ms);
+        seeds.push(("applied_state", name.into(), encoded));
+    }
+    for (name, records) in session_records() {
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = records
+            .iter()
+            .map(|(client_id, session)| (client_id.to_be_bytes().to_vec(), session.encode_to_vec()))
+            .collect();
+        let payloads: Vec<&[u8]> = pairs.iter().flat_map(|(k, v)| [k.as_slice(), v.as_slice()]).collect();
+        seeds.push(("sessions", name.into(), join_payloads(&payloads)));
+    }
+    let meta = snapshot_meta();
+    let current = format!("{}\n", fuzzing::SNAPSHOT_ID);
+    let file = fuzzing::snapshot_meta_file(&meta);
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(&join_payloads(&[current.as_bytes(), &file]));
+    seeds.push(("snapshot_meta", "raw".into(), raw));
+    let body = raft_node::codec::snapshot_meta_to_pb(&meta).encode_to_vec();
+    let mut framed = vec![1u8];
+    framed.extend_from_slice(&join_payloads(&[current.as_bytes(), &body]));
+    seeds.push(("snapshot_meta", "framed".into(), framed));
+    let generations = fuzzing::generation_files().expect("write GENERATION files");
+    for (i, generation) in generations.into_iter().enumerate() {
+        seeds.push(("generation", format!("written{i}"), generation));
+    }
     seeds
+}
+
+/// The metadata of the snapshot the `snapshot_meta` seeds describe.
+fn snapshot_meta() -> SnapshotMeta<NodeId, Node> {
+    SnapshotMeta {
+        last_log_id: Some(LogId::new(CommittedLeaderId::new(2, 1), 9)),
+        last_membership: StoredMembership::new(Some(LogId::new(CommittedLeaderId::new(1, 1), 2)), membership()),
+        snapshot_id: format!("9-{}", &fuzzing::SNAPSHOT_ID["snap-".len()..]),
+    }
+}
+
+/// An applied state as the state machine stores it: last applied log id,
+/// membership and session clock.
+type AppliedState = (Option<LogId>, StoredMembership<NodeId, Node>, u64);
+
+/// The applied states of a new node, of one after a membership change, and
+/// of one in a joint configuration.
+fn applied_states() -> Vec<(&'static str, AppliedState)> {
+    let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
+    let mut nodes: BTreeMap<u64, Node> = membership().nodes().map(|(id, node)| (*id, node.clone())).collect();
+    nodes.insert(4, Node::new("127.0.0.1:4"));
+    let joint = Membership::new(vec![BTreeSet::from([1, 2, 3]), BTreeSet::from([1, 2, 4])], nodes);
+    vec![
+        ("new", (None, StoredMembership::default(), 0)),
+        (
+            "three-voters",
+            (
+                Some(log_id(2, 9)),
+                StoredMembership::new(Some(log_id(1, 2)), membership()),
+                fuzzing::SESSIONS_CLOCK_MS,
+            ),
+        ),
+        (
+            "joint",
+            (
+                Some(log_id(3, 12)),
+                StoredMembership::new(Some(log_id(3, 11)), joint),
+                fuzzing::SESSIONS_CLOCK_MS + 1,
+            ),
+        ),
+    ]
+}
+
+/// Session records as the state machine stores them, made by its session
+/// table: a few sessions of each kind, and one whose window is full.
+fn session_records() -> Vec<(&'static str, Vec<(u64, pb::Session)>)> {
+    let records = |table: &mut Sessions| -> Vec<(u64, pb::Session)> {
+        table
+            .take_changed()
+            .into_iter()
+            .filter_map(|(client_id, session)| Some((client_id, session?)))
+            .collect()
+    };
+    let mut table = Sessions::default();
+    table.advance_clock(fuzzing::SESSIONS_CLOCK_MS);
+    let opened = table.open(3, 0).expect("open a session");
+    table.admit(opened, 1, 1, 4);
+    table.admit(opened, 2, 1, 5);
+    table.admit(opened, 3, 2, 6);
+    table.admit(77, 1, 1, 7);
+    let few = records(&mut table);
+    let full = table.open(8, 0).expect("open a session");
+    for sequence in 1..=SESSION_WRITES_UNANSWERED_MAX {
+        table.admit(full, sequence, 1, 8 + sequence);
+    }
+    vec![("few", few), ("full-window", records(&mut table))]
 }
 
 /// Runs the node decoder `target` over `input`.
@@ -153,11 +253,24 @@ fn decode(target: &str, input: &[u8]) {
         "command" => drop(fuzzing::apply_commands(input)),
         "snapshot_archive" => drop(fuzzing::unpack_archive(input)),
         "identity" => drop(fuzzing::check_identity(input)),
+        "applied_state" => drop(fuzzing::reopen_with_applied_state(input)),
+        "sessions" => drop(fuzzing::reopen_with_sessions(input)),
+        "snapshot_meta" => drop(fuzzing::read_current_snapshot(input)),
+        "generation" => drop(fuzzing::install_after_generation(input)),
         other => panic!("no node decoder is named {other}"),
     }
 }
 
-const TARGETS: [&str; 4] = ["raft_log", "command", "snapshot_archive", "identity"];
+const TARGETS: [&str; 8] = [
+    "raft_log",
+    "command",
+    "snapshot_archive",
+    "identity",
+    "applied_state",
+    "sessions",
+    "snapshot_meta",
+    "generation",
+];
 
 #[test]
 fn valid_encodings_decode_without_error() {
@@ -176,6 +289,26 @@ fn valid_encodings_decode_without_error() {
                 Err(raft_node::NodeError::DataDir { reason, .. }) if reason.contains("node 7") => Ok(()),
                 other => Err(format!("node 7's identity file checked as node 1: {other:?}")),
             },
+            "applied_state" => fuzzing::reopen_with_applied_state(&input)
+                .map(|(last_applied, membership)| {
+                    let (_, (expected_last, expected_membership, _)) = applied_states()
+                        .into_iter()
+                        .find(|(n, _)| *n == name)
+                        .expect("a seed's applied state");
+                    assert_eq!(last_applied, expected_last, "{name}");
+                    assert_eq!(membership, expected_membership, "{name}");
+                })
+                .map_err(|e| e.to_string()),
+            "sessions" => fuzzing::reopen_with_sessions(&input)
+                // Each seed has a session that applied sequence 2 with window 1 or 2.
+                .map(|results| assert!(results.iter().any(|r| r.duplicate), "{name}: no session was recovered"))
+                .map_err(|e| e.to_string()),
+            "snapshot_meta" => fuzzing::read_current_snapshot(&input)
+                .map(|meta| assert_eq!(meta, Some(snapshot_meta()), "{name}"))
+                .map_err(|e| e.to_string()),
+            "generation" => fuzzing::install_after_generation(&input)
+                .map(|last| assert!(last.is_some(), "{name}: nothing installed"))
+                .map_err(|e| e.to_string()),
             other => panic!("no node decoder is named {other}"),
         };
         outcome.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
@@ -211,7 +344,13 @@ fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     let seed = env_u64("DECODER_SEED", fastrand::u64(..));
     let count = env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    let panicked = mutation_panics(seed, count, &seeds(), decode);
+    let seeds = seeds_of_env_targets(seeds());
+    println!(
+        "{} inputs: {count} mutations of each of {} seeds",
+        count * seeds.len(),
+        seeds.len()
+    );
+    let panicked = mutation_panics(seed, count, &seeds, decode);
     assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 
@@ -228,7 +367,6 @@ fn write_seed_corpus() {
 #[test]
 fn entries_at_the_largest_indexes_are_refused_or_served_never_a_panic() {
     // Index arithmetic (`index + 1`) on a damaged log must not overflow: a checksummed record can hold any index.
-    use prost::Message;
     for (first, count) in [(u64::MAX, 1u64), (u64::MAX - 1, 2), (u64::MAX - 2, 2)] {
         let payloads: Vec<Vec<u8>> = (0..count)
             .map(|i| {

@@ -8,12 +8,13 @@
 //! answer; a panic, a hang or an allocation the input's size does not
 //! bound is a bug.
 //!
-//! The file-level entry points ([`replay_wal`], [`recover_manifest`])
-//! read the input's first byte as a mode: even, the rest is the file as
-//! is; odd, the rest is a list of record payloads that are framed with
-//! valid checksums, so that fuzzing reaches the decoders behind them. A
-//! table input ([`read_table`]) likewise has its checksums rewritten when
-//! its first byte is odd.
+//! [`read_current`] takes the input as the `CURRENT` file as is (it has
+//! no checksum). The other file-level entry points ([`replay_wal`],
+//! [`recover_manifest`]) read the input's first byte as a mode: even, the
+//! rest is the file as is; odd, the rest is a list of record payloads that
+//! are framed with valid checksums, so that fuzzing reaches the decoders
+//! behind them. A table input ([`read_table`]) likewise has its checksums
+//! rewritten when its first byte is odd.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -168,6 +169,26 @@ pub fn recover_manifest(input: &[u8]) -> Result<usize> {
     fs.corrupt(&manifest, &log_input(LogKind::Manifest, input))
         .map_err(|e| Error::io("replace the manifest", &manifest, e))?;
     open_and_scan(&fs)
+}
+
+/// Recovers the database with `input` as its `CURRENT` file: `Db::open`
+/// reads the manifest name it holds, then replays the manifest it names.
+/// Returns the entries the database then holds.
+pub fn read_current(input: &[u8]) -> Result<usize> {
+    let fs = template_db()?;
+    let current = Path::new(DB_DIR).join(crate::manifest::CURRENT_FILE);
+    fs.corrupt(&current, input)
+        .map_err(|e| Error::io("replace CURRENT", &current, e))?;
+    open_and_scan(&fs)
+}
+
+/// The `CURRENT` file of the template database as the engine wrote it
+/// (a seed input).
+pub fn template_current() -> Result<Vec<u8>> {
+    let fs = template_db()?;
+    let current = Path::new(DB_DIR).join(crate::manifest::CURRENT_FILE);
+    fs.contents(&current)
+        .ok_or_else(|| Error::corruption(&current, 0, "the template database lost CURRENT"))
 }
 
 /// The files of the template database that fuzzing replaces: its WAL and
@@ -477,6 +498,16 @@ pub fn mutation_panics(seed: u64, count: usize, seeds: &[Seed], decode: impl Fn(
         panicked.extend(panicking_inputs(&mutated, |input| decode(target, input)));
     }
     panicked
+}
+
+/// The seeds of the targets environment variable `DECODER_TARGETS` names
+/// (comma-separated), or all of `seeds` when it is unset: a long mutation
+/// run can then spend its time on the targets it is about.
+pub fn seeds_of_env_targets(mut seeds: Vec<Seed>) -> Vec<Seed> {
+    if let Ok(targets) = std::env::var("DECODER_TARGETS") {
+        seeds.retain(|(target, _, _)| targets.split(',').any(|t| t.trim() == *target));
+    }
+    seeds
 }
 
 /// Writes each of `seeds` into its target's corpus as `seed-<name>`.

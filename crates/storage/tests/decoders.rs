@@ -5,7 +5,8 @@
 //! `fuzz/` (see `fuzz/README.md`); it needs no nightly toolchain.
 //!
 //! `DECODER_MUTATIONS` sets the mutations per input (default
-//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed).
+//! `MUTATIONS_PER_INPUT_DEFAULT`), `DECODER_SEED` the seed (printed),
+//! `DECODER_TARGETS` (comma-separated) the targets mutated (default all).
 //! `FUZZ_WRITE_SEEDS=1 cargo test -p storage --test decoders -- --ignored`
 //! writes the valid encodings into the corpus directories.
 
@@ -51,6 +52,8 @@ fn seeds() -> Vec<fuzzing::Seed> {
         framed.extend_from_slice(&fuzzing::join_payloads(&fuzzing::log_payloads(&file)));
         seeds.push((target, "framed".into(), framed));
     }
+    let current = fuzzing::template_current().expect("write the template database");
+    seeds.push(("current", "template".into(), current));
     seeds
 }
 
@@ -61,11 +64,12 @@ fn decode(target: &str, input: &[u8]) {
         "sst_table" => drop(fuzzing::read_table(input)),
         "wal" => drop(fuzzing::replay_wal(input)),
         "manifest" => drop(fuzzing::recover_manifest(input)),
+        "current" => drop(fuzzing::read_current(input)),
         other => panic!("no storage decoder is named {other}"),
     }
 }
 
-const TARGETS: [&str; 4] = ["sst_block", "sst_table", "wal", "manifest"];
+const TARGETS: [&str; 5] = ["sst_block", "sst_table", "wal", "manifest", "current"];
 
 #[test]
 fn valid_encodings_decode_without_error() {
@@ -76,6 +80,7 @@ fn valid_encodings_decode_without_error() {
             "sst_table" => fuzzing::read_table(&input),
             "wal" => fuzzing::replay_wal(&input),
             "manifest" => fuzzing::recover_manifest(&input),
+            "current" => fuzzing::read_current(&input),
             other => panic!("no storage decoder is named {other}"),
         };
         let count = result.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
@@ -98,7 +103,13 @@ fn no_mutation_of_a_valid_encoding_makes_a_decoder_panic() {
     let seed = fuzzing::env_u64("DECODER_SEED", fastrand::u64(..));
     let count = fuzzing::env_u64("DECODER_MUTATIONS", MUTATIONS_PER_INPUT_DEFAULT as u64) as usize;
     println!("DECODER_SEED={seed} DECODER_MUTATIONS={count}");
-    let panicked = fuzzing::mutation_panics(seed, count, &seeds(), decode);
+    let seeds = fuzzing::seeds_of_env_targets(seeds());
+    println!(
+        "{} inputs: {count} mutations of each of {} seeds",
+        count * seeds.len(),
+        seeds.len()
+    );
+    let panicked = fuzzing::mutation_panics(seed, count, &seeds, decode);
     assert!(panicked.is_empty(), "DECODER_SEED={seed}: panicked on {panicked:?}");
 }
 

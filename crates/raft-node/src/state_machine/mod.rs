@@ -38,6 +38,8 @@ use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 pub use engine::{encoded_pair_bytes, Engine, PageBounds, RangePage};
 use sessions::{Sessions, Verdict};
 pub use snapshot::SnapshotBuilder;
+#[cfg(feature = "fuzzing")]
+pub(crate) use snapshot::{encode_meta, CURRENT_SNAPSHOT_FILE, GENERATION_FILE, META_SUFFIX, SNAPSHOTS_DIR};
 pub use transfer::SnapshotData;
 
 /// An applied batch is written to the engine once it holds this many bytes,
@@ -258,7 +260,7 @@ fn load_sessions(db: &Db, clock_ms: u64) -> Result<Sessions, StateMachineError> 
             pb::Session::decode(value.as_ref()).map_err(|e| StateMachineError::Corrupt(format!("session: {e}")))?;
         stored.push((client_id, session));
     }
-    Ok(Sessions::from_stored(stored, clock_ms))
+    Sessions::from_stored(stored, clock_ms).map_err(|e| StateMachineError::Corrupt(e.to_string()))
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {

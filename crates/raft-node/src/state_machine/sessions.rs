@@ -93,19 +93,48 @@ impl State {
         }
     }
 
-    fn from_pb(session: Session) -> State {
-        State {
-            first_unanswered: session.first_unanswered.max(1),
-            applied: session
-                .applied
-                .into_iter()
-                .filter(|w| w.sequence >= session.first_unanswered)
-                .map(|w| (w.sequence, w.applied_index))
-                .collect(),
+    /// The state of `client_id` stored as `session`. An applied write at or
+    /// past the window's end (`first_unanswered` plus
+    /// [`SESSION_WRITES_UNANSWERED_MAX`]) is refused: no write is admitted
+    /// there, and a session remembering more writes than its window would
+    /// break [`Sessions::admit`]'s bound at its next write. Writes below the
+    /// window were answered and are dropped, as a window move drops them.
+    fn from_pb(client_id: u64, session: Session) -> Result<State, CorruptSession> {
+        let first_unanswered = session.first_unanswered.max(1);
+        let mut applied = BTreeMap::new();
+        for write in session.applied {
+            if write.sequence < first_unanswered {
+                continue;
+            }
+            if write.sequence - first_unanswered >= SESSION_WRITES_UNANSWERED_MAX {
+                return Err(CorruptSession {
+                    client_id,
+                    reason: format!(
+                        "applied write {} lies past the window of {SESSION_WRITES_UNANSWERED_MAX} from {first_unanswered}",
+                        write.sequence
+                    ),
+                });
+            }
+            applied.insert(write.sequence, write.applied_index);
+        }
+        Ok(State {
+            first_unanswered,
+            applied,
             last_active_ms: session.last_active_ms,
             last_index: session.last_index,
-        }
+        })
     }
+}
+
+/// A stored session that no state machine writes: the table is not rebuilt
+/// from it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("session {client_id}: {reason}")]
+pub struct CorruptSession {
+    /// The session's client id.
+    pub client_id: u64,
+    /// What is wrong with it.
+    pub reason: String,
 }
 
 /// The sessions of every remembered client, and the state machine clock.
@@ -121,18 +150,22 @@ pub struct Sessions {
 }
 
 impl Sessions {
-    /// Rebuilds the table from stored sessions and the stored clock.
-    pub fn from_stored(stored: impl IntoIterator<Item = (u64, Session)>, clock_ms: u64) -> Self {
+    /// Rebuilds the table from stored sessions and the stored clock;
+    /// fails on the first session no state machine could have stored.
+    pub fn from_stored(
+        stored: impl IntoIterator<Item = (u64, Session)>,
+        clock_ms: u64,
+    ) -> Result<Self, CorruptSession> {
         let mut sessions = Sessions {
             clock_ms,
             ..Sessions::default()
         };
         for (client_id, session) in stored {
-            let state = State::from_pb(session);
+            let state = State::from_pb(client_id, session)?;
             sessions.by_age.insert((state.last_active_ms, client_id));
             sessions.by_client.insert(client_id, state);
         }
-        sessions
+        Ok(sessions)
     }
 
     /// Number of remembered sessions.
@@ -410,10 +443,41 @@ mod tests {
         let mut reloaded = Sessions::from_stored(
             changed.into_iter().map(|(id, s)| (id, s.expect("alive"))),
             sessions.clock_ms(),
-        );
+        )
+        .expect("what the table stored reloads");
         for (seq, fu) in [(1, 2), (2, 2), (3, 2)] {
             assert_eq!(reloaded.admit(id, seq, fu, 20), sessions.admit(id, seq, fu, 20));
         }
+    }
+
+    #[test]
+    fn a_stored_session_with_writes_past_its_window_is_refused_on_reload() {
+        // Found by the `sessions` decoder target: such a record reloaded, and
+        // the session's next write tripped admit's window assertion (a panic
+        // in apply, at every restart).
+        let (mut sessions, id) = opened();
+        for sequence in 1..=SESSION_WRITES_UNANSWERED_MAX {
+            assert_eq!(sessions.admit(id, sequence, 1, 10 + sequence), Verdict::Apply);
+        }
+        let (_, stored) = sessions.take_changed().pop().expect("changed");
+        let full = stored.expect("alive");
+        let reloaded = Sessions::from_stored([(id, full.clone())], sessions.clock_ms());
+        assert!(reloaded.is_ok(), "a full window is what admit stores");
+        let mut past = full.clone();
+        past.applied.push(AppliedWrite {
+            sequence: SESSION_WRITES_UNANSWERED_MAX + 1,
+            applied_index: 5_000,
+        });
+        let refused = Sessions::from_stored([(id, past)], sessions.clock_ms()).map(|s| s.len());
+        assert!(matches!(refused, Err(CorruptSession { client_id, .. }) if client_id == id));
+        // Answered writes below the window are dropped, not refused.
+        let mut below = full;
+        below.first_unanswered = 2;
+        let mut reloaded = Sessions::from_stored([(id, below)], sessions.clock_ms()).expect("reload");
+        assert_eq!(
+            reloaded.admit(id, 1, 2, 9_000),
+            Verdict::Refuse(Refusal::SequenceForgotten)
+        );
     }
 
     #[test]

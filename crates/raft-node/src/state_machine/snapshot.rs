@@ -39,14 +39,19 @@ use super::{Engine, StateMachineError};
 use crate::codec;
 use crate::types::{LogId, StorageError, TypeConfig};
 
-const GENERATION_FILE: &str = "GENERATION";
-const SNAPSHOTS_DIR: &str = "snapshots";
+/// Names the engine directory in use.
+pub(crate) const GENERATION_FILE: &str = "GENERATION";
+/// The largest generation `GENERATION` may name. Generations count snapshot
+/// installs from 1, so a larger one is damage; the bound also leaves room
+/// for the next install's `+ 1`.
+const GENERATION_MAX: u64 = u64::MAX / 2;
+pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
 /// Names the current snapshot in the snapshots directory.
-const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
+pub(crate) const CURRENT_SNAPSHOT_FILE: &str = "CURRENT";
 /// The archive file earlier builds kept as the current snapshot.
 const LEGACY_SNAPSHOT_FILE: &str = "current.snap";
 const SNAPSHOT_PREFIX: &str = "snap-";
-const META_SUFFIX: &str = ".meta";
+pub(crate) const META_SUFFIX: &str = ".meta";
 const RECEIVE_PREFIX: &str = "recv-";
 /// First bytes of a snapshot metadata file.
 const META_MAGIC: u32 = 0x4b56_534d; // "KVSM"
@@ -247,23 +252,14 @@ impl Layout {
         }))
     }
 
-    /// Writes snapshot `id`'s metadata file: magic, version, length, the
-    /// protobuf, and a crc32 of all before it.
+    /// Writes snapshot `id`'s metadata file ([`encode_meta`]).
     fn write_meta(&self, id: &str, meta: &pb::SnapshotMeta) -> Result<(), SnapshotError> {
-        let body = meta.encode_to_vec();
-        let mut bytes = Vec::with_capacity(body.len() + 16);
-        bytes.extend_from_slice(&META_MAGIC.to_le_bytes());
-        bytes.extend_from_slice(&META_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        bytes.extend_from_slice(&body);
-        let crc = crc32fast::hash(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
         let name = format!("{id}{META_SUFFIX}");
         Ok(disk::write_atomically(
             self.fs.as_ref(),
             &self.snapshots_dir(),
             &name,
-            &bytes,
+            &encode_meta(&meta.encode_to_vec()),
         )?)
     }
 
@@ -344,6 +340,8 @@ impl Layout {
         let kept = self.snapshots_dir().join(&id);
         link_checkpoint(self.fs.as_ref(), received, &kept)?;
         self.write_meta(&id, meta)?;
+        // No overflow: a generation read from disk is at most
+        // GENERATION_MAX, and each install adds one.
         let next = *self.generation.lock() + 1;
         let dir = self.root.join(generation_name(next));
         self.remove_path(&dir);
@@ -451,12 +449,28 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     }
 }
 
+/// A snapshot metadata file holding the encoded `pb::SnapshotMeta` `body`:
+/// magic, version, length, the body, and a crc32 of all before it.
+pub(crate) fn encode_meta(body: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(body.len() + 16);
+    bytes.extend_from_slice(&META_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&META_VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(body);
+    let crc = crc32fast::hash(&bytes);
+    bytes.extend_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
 fn generation_name(generation: u64) -> String {
     format!("gen-{generation:06}")
 }
 
 fn parse_generation(name: &str) -> Option<u64> {
-    name.strip_prefix("gen-")?.parse().ok()
+    name.strip_prefix("gen-")?
+        .parse()
+        .ok()
+        .filter(|&generation| generation <= GENERATION_MAX)
 }
 
 fn opt_log_id(log_id: Option<&pb::LogId>) -> Option<LogId> {
@@ -554,6 +568,23 @@ mod tests {
                 .expect("every snapshot table is an engine table");
             assert_eq!(metadata.ino(), original.ino(), "{name} is a link, not a copy");
         }
+    }
+
+    #[test]
+    fn a_generation_no_install_reaches_is_refused_as_corrupt() {
+        // Found by the `generation` decoder target: `gen-<u64::MAX>` was
+        // accepted, and the next snapshot install overflowed computing the
+        // next generation.
+        let root = tempfile::tempdir().expect("tempdir");
+        let generation = root.path().join(GENERATION_FILE);
+        fs::write(&generation, format!("gen-{}\n", u64::MAX)).expect("write");
+        let opened = Layout::open(RealFs::shared(), root.path());
+        assert!(matches!(opened, Err(StateMachineError::Corrupt(_))));
+        fs::write(&generation, format!("gen-{GENERATION_MAX}\n")).expect("write");
+        let layout = Layout::open(RealFs::shared(), root.path()).expect("the largest generation opens");
+        assert!(layout
+            .current_generation_dir()
+            .ends_with(generation_name(GENERATION_MAX)));
     }
 
     #[tokio::test]
