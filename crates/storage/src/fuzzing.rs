@@ -103,13 +103,20 @@ fn sim_options(fs: &Arc<SimFs>) -> Options {
     }
 }
 
+/// Bytes of the template database's large values, kept in its blob file.
+const LARGE_VALUE_BYTES: usize = 1500;
+
 /// A database on a fresh simulated disk: one flushed table holding
-/// `a`..`c`, then `d` in the WAL, closed. Returns the disk.
+/// `a`..`c` and two large values (`big1`, `big2`, in a blob file), then `d`
+/// in the WAL, closed. Returns the disk.
 fn template_db() -> Result<Arc<SimFs>> {
     let fs = SimFs::new(SIM_SEED);
     let db = Db::open(DB_DIR, sim_options(&fs))?;
     for key in [&b"a"[..], b"b", b"c"] {
         db.put(key, b"value")?;
+    }
+    for (key, fill) in [(&b"big1"[..], b'1'), (b"big2", b'2')] {
+        db.put(key, vec![fill; LARGE_VALUE_BYTES])?;
     }
     db.flush()?;
     db.put(b"d", b"in the wal")?;
@@ -180,6 +187,28 @@ pub fn read_current(input: &[u8]) -> Result<usize> {
     fs.corrupt(&current, input)
         .map_err(|e| Error::io("replace CURRENT", &current, e))?;
     open_and_scan(&fs)
+}
+
+/// Recovers the database with `input` as its blob file (the large values
+/// its table points into) and reads every entry back, each large value
+/// through its pointer: the file's framing and checksums, and pointers
+/// that fall outside a file shorter or longer than the manifest says.
+/// Returns the entries read.
+pub fn read_blob_file(input: &[u8]) -> Result<usize> {
+    let fs = template_db()?;
+    let blob = file_named(&fs, |name| name.ends_with(".blob"))?;
+    fs.corrupt(&blob, input)
+        .map_err(|e| Error::io("replace the blob file", &blob, e))?;
+    open_and_scan(&fs)
+}
+
+/// The blob file of the template database as the engine wrote it (a seed
+/// input).
+pub fn template_blob_file() -> Result<Vec<u8>> {
+    let fs = template_db()?;
+    let blob = file_named(&fs, |name| name.ends_with(".blob"))?;
+    fs.contents(&blob)
+        .ok_or_else(|| Error::corruption(&blob, 0, "the template database lost its blob file"))
 }
 
 /// The `CURRENT` file of the template database as the engine wrote it

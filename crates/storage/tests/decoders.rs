@@ -54,6 +54,8 @@ fn seeds() -> Vec<fuzzing::Seed> {
     }
     let current = fuzzing::template_current().expect("write the template database");
     seeds.push(("current", "template".into(), current));
+    let blob = fuzzing::template_blob_file().expect("write the template database");
+    seeds.push(("blob_file", "template".into(), blob));
     seeds
 }
 
@@ -65,11 +67,12 @@ fn decode(target: &str, input: &[u8]) {
         "wal" => drop(fuzzing::replay_wal(input)),
         "manifest" => drop(fuzzing::recover_manifest(input)),
         "current" => drop(fuzzing::read_current(input)),
+        "blob_file" => drop(fuzzing::read_blob_file(input)),
         other => panic!("no storage decoder is named {other}"),
     }
 }
 
-const TARGETS: [&str; 5] = ["sst_block", "sst_table", "wal", "manifest", "current"];
+const TARGETS: [&str; 6] = ["sst_block", "sst_table", "wal", "manifest", "current", "blob_file"];
 
 #[test]
 fn valid_encodings_decode_without_error() {
@@ -81,6 +84,7 @@ fn valid_encodings_decode_without_error() {
             "wal" => fuzzing::replay_wal(&input),
             "manifest" => fuzzing::recover_manifest(&input),
             "current" => fuzzing::read_current(&input),
+            "blob_file" => fuzzing::read_blob_file(&input),
             other => panic!("no storage decoder is named {other}"),
         };
         let count = result.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
