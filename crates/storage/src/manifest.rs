@@ -217,6 +217,12 @@ impl VersionSet {
             // Found by the simulated-disk crash test with an ENOSPC fsync.
             return Err(Error::Background(format!("an earlier manifest write failed: {reason}")));
         }
+        if let Err(reason) = self.current.check_blob_garbage(&edit.blob_garbage) {
+            // The edit is refused before anything is logged: the engine's
+            // tables and blob files disagree, and deleting a blob file on
+            // such a count could lose values still pointed to.
+            return Err(Error::corruption(&self.dir, 0, reason));
+        }
         let mut next = self.current.apply(&edit, added);
         let new_blobs = edit
             .new_blobs
@@ -518,6 +524,51 @@ mod tests {
         let after = fs.crash(CrashMode::DropUnsynced);
         let recovered = VersionSet::recover(after, dir, cache).expect("recover");
         assert_eq!(recovered.log_number, 5);
+    }
+
+    #[test]
+    fn garbage_that_does_not_match_the_blob_files_is_refused_and_a_file_all_garbage_leaves() {
+        // A count past a file's values would delete a blob file tables still point into.
+        let fs = SimFs::new(1);
+        let dir = Path::new("/db");
+        fs.create_dir_all(dir).expect("mkdir");
+        let block_cache = Arc::new(crate::cache::BlockCache::new(0));
+        let cache = Arc::new(TableCache::new(fs.clone(), dir, block_cache, 16).expect("table cache"));
+        let mut versions = VersionSet::create(fs.clone(), dir, cache).expect("create");
+        let meta = BlobMeta {
+            number: 5,
+            values: 2,
+            value_bytes: 3000,
+            file_bytes: 3032,
+        };
+        let added = VersionEdit {
+            new_blobs: vec![meta],
+            ..VersionEdit::default()
+        };
+        versions.log_and_apply(added, &[]).expect("add a blob file");
+        let garbage = |number, values, bytes| VersionEdit {
+            blob_garbage: vec![(number, Garbage { values, bytes })],
+            ..VersionEdit::default()
+        };
+        for (edit, what) in [
+            (garbage(9, 1, 10), "an unknown file"),
+            (garbage(5, 3, 10), "more values than the file has"),
+            (garbage(5, 1, 4000), "more bytes than the file has"),
+        ] {
+            let error = versions.log_and_apply(edit, &[]).expect_err(what);
+            assert!(error.is_corruption(), "{what}: {error}");
+        }
+        versions
+            .log_and_apply(garbage(5, 1, 1000), &[])
+            .expect("one value dies");
+        assert!(versions.current().blobs.contains_key(&5));
+        versions
+            .log_and_apply(garbage(5, 1, 2000), &[])
+            .expect("the other dies");
+        assert!(
+            versions.current().blobs.is_empty(),
+            "a file all garbage leaves the version"
+        );
     }
 
     #[test]

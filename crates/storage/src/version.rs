@@ -234,6 +234,26 @@ impl Version {
         blob.file.read(&pointer)
     }
 
+    /// Why `garbage` cannot be counted against this version's blob files,
+    /// if it cannot: a pointer into a file the version does not hold, or
+    /// more dead values than a file has (a table whose pointers do not
+    /// match the manifest, say one restored from another database).
+    pub fn check_blob_garbage(&self, garbage: &[(u64, Garbage)]) -> std::result::Result<(), String> {
+        for &(number, more) in garbage {
+            let Some(live) = self.blobs.get(&number) else {
+                return Err(format!(
+                    "a dropped entry points into blob file {number}, which is not live"
+                ));
+            };
+            let values = live.garbage.values.saturating_add(more.values);
+            let bytes = live.garbage.bytes.saturating_add(more.bytes);
+            if values > live.file.meta.values || bytes > live.file.meta.value_bytes {
+                return Err(format!("more values of blob file {number} died than it holds"));
+            }
+        }
+        Ok(())
+    }
+
     /// Adds the blob files `new` and the garbage of `edit`; returns the
     /// files all of whose values are now garbage, which leave the version.
     pub fn apply_blobs(&mut self, new: Vec<Arc<BlobFile>>, garbage: &[(u64, Garbage)]) -> Vec<Arc<BlobFile>> {

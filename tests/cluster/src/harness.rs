@@ -293,6 +293,11 @@ impl Cluster {
             .arg("4")
             .arg("--block-cache-mb")
             .arg("8")
+            // The workload's padded values (see `workload::value`) go to
+            // the engine's blob files, so crashes and snapshot transfers
+            // meet them too.
+            .arg("--blob-value-min-bytes")
+            .arg(crate::workload::PADDED_VALUE_BYTES.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

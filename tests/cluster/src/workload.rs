@@ -167,7 +167,7 @@ async fn run_client(
             return;
         }
         counter += 1;
-        let value = format!("c{client_index}-{counter}");
+        let value = value(client_index, counter);
         let kind = choose(&mut rng, options.keys, value);
         let (id, invoke_us) = recorder.invoke();
         let (kind, outcome, error) = execute(&client, kind).await;
@@ -175,6 +175,21 @@ async fn run_client(
         if options.think_ms_max > 0 {
             tokio::time::sleep(Duration::from_millis(rng.u64(0..=options.think_ms_max))).await;
         }
+    }
+}
+
+/// Bytes of every third value written: padded to the size from which the
+/// cluster's nodes keep values in the engine's blob files.
+pub const PADDED_VALUE_BYTES: usize = 64;
+
+/// The value of a client's `counter`-th write: unique, and every third one
+/// padded to [`PADDED_VALUE_BYTES`].
+fn value(client_index: u64, counter: u64) -> String {
+    let value = format!("c{client_index}-{counter}");
+    if counter % 3 == 0 {
+        format!("{value:.<PADDED_VALUE_BYTES$}")
+    } else {
+        value
     }
 }
 
