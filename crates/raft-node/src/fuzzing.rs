@@ -548,6 +548,20 @@ pub fn install_after_generation(input: &[u8]) -> Result<Option<LogId>, ApplyErro
     storage::io::write_atomically(&*fs, root, GENERATION_FILE, input)
         .map_err(crate::state_machine::StateMachineError::from)?;
     let mut machine = StateMachine::open(root, sim_engine_options(&fs))?;
+    install_template(&mut machine, meta, archive)?;
+    current_thread_runtime()?.block_on(async {
+        let (last_applied, _) = machine.applied_state().await.map_err(storage_error)?;
+        Ok(last_applied)
+    })
+}
+
+/// Installs the template snapshot (`meta`, `archive`) into `machine`, as a
+/// follower installs one its leader streamed.
+fn install_template(
+    machine: &mut StateMachine,
+    meta: &crate::types::SnapshotMeta,
+    archive: &[u8],
+) -> Result<(), ApplyError> {
     current_thread_runtime()?.block_on(async {
         use tokio::io::AsyncWriteExt;
         let mut incoming = machine.begin_receiving_snapshot().await.map_err(storage_error)?;
@@ -555,9 +569,7 @@ pub fn install_after_generation(input: &[u8]) -> Result<Option<LogId>, ApplyErro
         machine
             .install_snapshot(meta, incoming)
             .await
-            .map_err(|e| ApplyError::Snapshot(e.to_string()))?;
-        let (last_applied, _) = machine.applied_state().await.map_err(storage_error)?;
-        Ok(last_applied)
+            .map_err(|e| ApplyError::Snapshot(e.to_string()))
     })
 }
 
@@ -574,15 +586,7 @@ pub fn generation_files() -> Result<Vec<Vec<u8>>, ApplyError> {
     };
     let mut machine = StateMachine::open(Path::new(SM_DIR), sim_engine_options(&fs))?;
     let created = read()?;
-    current_thread_runtime()?.block_on(async {
-        use tokio::io::AsyncWriteExt;
-        let mut incoming = machine.begin_receiving_snapshot().await.map_err(storage_error)?;
-        incoming.write_all(archive).await?;
-        machine
-            .install_snapshot(meta, incoming)
-            .await
-            .map_err(|e| ApplyError::Snapshot(e.to_string()))
-    })?;
+    install_template(&mut machine, meta, archive)?;
     Ok(vec![created, read()?])
 }
 

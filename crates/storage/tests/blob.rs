@@ -118,8 +118,7 @@ fn overwritten_values_become_garbage_and_their_files_go() {
     write_round(&db, 0..300, 1);
     db.compact_range(..).expect("compact");
     check(&db, 0..300, 1);
-    let now = blob_files(dir.path());
-    let left: Vec<&String> = first_files.iter().filter(|f| now.contains(f)).collect();
+    let left = still_there(&first_files, dir.path());
     assert!(
         left.is_empty(),
         "files of overwritten values are still on disk: {left:?}"
@@ -134,17 +133,29 @@ fn overwritten_values_become_garbage_and_their_files_go() {
     assert!(blob_files(dir.path()).is_empty(), "{:?}", blob_files(dir.path()));
 }
 
+/// Writes keys 0..300, then overwrites three in four, each round compacted:
+/// the first round's blob files are then mostly garbage but still hold
+/// live values. Returns their names.
+fn three_in_four_overwritten(db: &Db, dir: &Path) -> Vec<String> {
+    write_round(db, 0..300, 0);
+    db.compact_range(..).expect("compact");
+    let first_files = blob_files(dir);
+    write_round(db, (0..300).filter(|i| i % 4 != 0), 1);
+    db.compact_range(..).expect("compact");
+    first_files
+}
+
+/// Which of `files` are still in `dir`.
+fn still_there(files: &[String], dir: &Path) -> Vec<String> {
+    let now = blob_files(dir);
+    files.iter().filter(|f| now.contains(f)).cloned().collect()
+}
+
 #[test]
 fn mostly_garbage_files_have_their_live_values_moved_and_go() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), options()).expect("open");
-    write_round(&db, 0..300, 0);
-    db.compact_range(..).expect("compact");
-    let first_files = blob_files(dir.path());
-    // Three keys in four overwritten: the first files are mostly garbage
-    // but still hold live values, which compaction must move.
-    write_round(&db, (0..300).filter(|i| i % 4 != 0), 1);
-    db.compact_range(..).expect("compact");
+    let first_files = three_in_four_overwritten(&db, dir.path());
     // The garbage is counted now. Writes across the whole key range make
     // the next compaction rewrite every table, meeting every live value.
     write_round(&db, (0..300).filter(|i| i % 50 == 1), 2);
@@ -158,8 +169,7 @@ fn mostly_garbage_files_have_their_live_values_moved_and_go() {
         let got = db.get(&key(i)).expect("get");
         assert_eq!(got.as_deref(), Some(value(i, round).as_slice()), "key {i}");
     }
-    let now = blob_files(dir.path());
-    let left: Vec<&String> = first_files.iter().filter(|f| now.contains(f)).collect();
+    let left = still_there(&first_files, dir.path());
     assert!(left.is_empty(), "mostly-garbage files were kept: {left:?}");
     let stats = db.stats();
     assert!(
@@ -174,17 +184,12 @@ fn mostly_garbage_files_have_their_live_values_moved_and_go() {
 fn mostly_garbage_files_are_collected_when_no_write_comes_to_compact_their_tables() {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), options()).expect("open");
-    write_round(&db, 0..300, 0);
-    db.compact_range(..).expect("compact");
-    let first_files = blob_files(dir.path());
-    write_round(&db, (0..300).filter(|i| i % 4 != 0), 1);
-    db.compact_range(..).expect("compact");
+    let first_files = three_in_four_overwritten(&db, dir.path());
     // No more writes: the compaction threads, idle otherwise, rewrite the
     // tables that still point into the first round's files.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let left = loop {
-        let now = blob_files(dir.path());
-        let left: Vec<String> = first_files.iter().filter(|f| now.contains(f)).cloned().collect();
+        let left = still_there(&first_files, dir.path());
         if left.is_empty() || std::time::Instant::now() > deadline {
             break left;
         }
