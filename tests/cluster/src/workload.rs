@@ -186,7 +186,7 @@ pub const PADDED_VALUE_BYTES: usize = 64;
 /// padded to [`PADDED_VALUE_BYTES`].
 fn value(client_index: u64, counter: u64) -> String {
     let value = format!("c{client_index}-{counter}");
-    if counter % 3 == 0 {
+    if counter.is_multiple_of(3) {
         format!("{value:.<PADDED_VALUE_BYTES$}")
     } else {
         value
