@@ -20,7 +20,8 @@
 //! - `write_controller`: how fast writers may go given compaction debt (pure).
 //! - `background`: the flush thread and the compaction threads.
 //! - `memtable`: recent writes, in `skiplist`: an arena skip list that
-//!   readers walk without locks (the engine's only `unsafe` code).
+//!   readers walk without locks (the engine's `unsafe` code, with one
+//!   system call in `io`).
 //! - `log`: the WAL's and the manifest's files, framed by [`framing`].
 //! - [`framing`]: record framing and the torn-tail scan, shared with the
 //!   Raft log store's segments.
