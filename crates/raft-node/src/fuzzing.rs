@@ -653,3 +653,109 @@ fn identity_io(e: std::io::Error) -> crate::NodeError {
         reason: e.to_string(),
     }
 }
+
+/// What [`inspect_and_restore_backup`] made of a backup file.
+#[derive(Debug)]
+pub struct BackupOutcome {
+    /// What `kvctl backup inspect` reports, or why it refused the file.
+    pub inspected: Result<crate::state_machine::backup::BackupSummary, crate::state_machine::backup::BackupError>,
+    /// The log id a node restored from the file continues after, or why
+    /// the restore refused it.
+    pub restored: Result<proto::raft::LogId, crate::state_machine::backup::BackupError>,
+}
+
+/// Reads `input` as a backup file the way an operator's tools do: inspected
+/// (unpacked into a scratch directory with every checksum checked, the
+/// engine in it opened, its applied state compared with the archive's
+/// metadata, its keys digested), then restored as a new three-node
+/// cluster's state machine on the simulated disk.
+///
+/// The input's first byte is a mode. Even, the rest is the file as is.
+/// Odd, the rest is payloads ([`storage::fuzzing::split_payloads`]): the
+/// archive's metadata (`raft.v1.SnapshotMeta`; empty metadata when it does
+/// not decode), then pairs of file name and contents, packed by the node's
+/// archive writer with valid checksums, so that fuzzing reaches the engine
+/// files behind them. A pair whose name is not a plain file name (letters,
+/// digits, `.`, `_`, `-`; at most 64 bytes) is left out.
+pub fn inspect_and_restore_backup(input: &[u8]) -> Result<BackupOutcome, ApplyError> {
+    use crate::state_machine::backup;
+    let mode = input.first().copied().unwrap_or(0);
+    let rest = input.get(1..).unwrap_or_default();
+    let scratch = tempfile::Builder::new().prefix("fuzz-backup-").tempdir()?;
+    let path = scratch.path().join("backup");
+    if mode & 1 == 1 {
+        std::fs::write(&path, pack_backup_parts(rest, &scratch.path().join("parts"))?)?;
+    } else {
+        std::fs::write(&path, rest)?;
+    }
+    let inspected = backup::inspect(&path, scratch.path());
+    let fs = SimFs::new(SIM_SEED);
+    let membership = crate::codec::membership_to_pb(&three_voters());
+    let restored = backup::restore_state_machine(&path, Path::new(SM_DIR), membership, sim_engine_options(&fs));
+    Ok(BackupOutcome { inspected, restored })
+}
+
+/// Packs the metadata and files that `parts` lists (see
+/// [`inspect_and_restore_backup`]) into an archive, through `dir`.
+fn pack_backup_parts(parts: &[u8], dir: &Path) -> Result<Vec<u8>, ApplyError> {
+    use prost::Message;
+    let payloads = split_payloads(parts);
+    let meta = payloads
+        .first()
+        .and_then(|raw| proto::raft::SnapshotMeta::decode(*raw).ok())
+        .unwrap_or_default();
+    std::fs::create_dir_all(dir)?;
+    for pair in payloads.get(1..).unwrap_or_default().chunks_exact(2) {
+        let (name, contents) = (pair[0], pair[1]);
+        let plain = !name.is_empty()
+            && name.len() <= 64
+            && name != b"."
+            && name != b".."
+            && name.iter().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(b));
+        if plain {
+            std::fs::write(dir.join(String::from_utf8_lossy(name).as_ref()), contents)?;
+        }
+    }
+    let mut out = Vec::new();
+    archive::pack_to(&storage::io::RealFs, dir, &meta, &mut out).map_err(|e| ApplyError::Snapshot(e.to_string()))?;
+    Ok(out)
+}
+
+/// The voters a restore in [`inspect_and_restore_backup`] names.
+fn three_voters() -> crate::types::Membership {
+    let nodes = (1..=3u64).map(|id| (id, crate::types::Node::new(format!("127.0.0.1:{id}"))));
+    crate::types::Membership::new(
+        vec![(1..=3).collect()],
+        nodes.collect::<std::collections::BTreeMap<_, _>>(),
+    )
+}
+
+/// A backup file of a state machine that applied three puts (`k1`..`k3`
+/// at indexes 1..3): a snapshot archive, the same format (seed input).
+pub fn backup_file() -> Result<Vec<u8>, ApplyError> {
+    Ok(template_snapshot()?.1.clone())
+}
+
+/// A backup taken apart: its metadata, encoded, and its files (name,
+/// contents) in name order.
+pub type BackupParts = (Vec<u8>, Vec<(String, Vec<u8>)>);
+
+/// The parts of [`backup_file`] (seed input for
+/// [`inspect_and_restore_backup`]'s odd mode).
+pub fn backup_parts() -> Result<BackupParts, ApplyError> {
+    use prost::Message;
+    let (_, archive) = template_snapshot()?;
+    let dir = tempfile::Builder::new().prefix("fuzz-backup-parts-").tempdir()?;
+    let meta = archive::unpack(&archive[..], &storage::io::RealFs, dir.path())
+        .map_err(|e| ApplyError::Snapshot(e.to_string()))?;
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir.path())? {
+        let entry = entry?;
+        files.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            std::fs::read(entry.path())?,
+        ));
+    }
+    files.sort();
+    Ok((meta.encode_to_vec(), files))
+}

@@ -177,6 +177,17 @@ fn seeds() -> Vec<Seed> {
     for (i, generation) in generations.into_iter().enumerate() {
         seeds.push(("generation", format!("written{i}"), generation));
     }
+    let mut raw = vec![0u8];
+    raw.extend_from_slice(&fuzzing::backup_file().expect("take a backup"));
+    seeds.push(("backup", "raw".into(), raw));
+    let (meta, files) = fuzzing::backup_parts().expect("take a backup apart");
+    let mut parts: Vec<&[u8]> = vec![&meta];
+    for (name, contents) in &files {
+        parts.extend([name.as_bytes(), contents.as_slice()]);
+    }
+    let mut packed = vec![1u8];
+    packed.extend_from_slice(&join_payloads(&parts));
+    seeds.push(("backup", "parts".into(), packed));
     seeds
 }
 
@@ -257,11 +268,12 @@ fn decode(target: &str, input: &[u8]) {
         "sessions" => drop(fuzzing::reopen_with_sessions(input)),
         "snapshot_meta" => drop(fuzzing::read_current_snapshot(input)),
         "generation" => drop(fuzzing::install_after_generation(input)),
+        "backup" => drop(fuzzing::inspect_and_restore_backup(input)),
         other => panic!("no node decoder is named {other}"),
     }
 }
 
-const TARGETS: [&str; 8] = [
+const TARGETS: [&str; 9] = [
     "raft_log",
     "command",
     "snapshot_archive",
@@ -270,6 +282,7 @@ const TARGETS: [&str; 8] = [
     "sessions",
     "snapshot_meta",
     "generation",
+    "backup",
 ];
 
 #[test]
@@ -309,6 +322,15 @@ fn valid_encodings_decode_without_error() {
             "generation" => fuzzing::install_after_generation(&input)
                 .map(|last| assert!(last.is_some(), "{name}: nothing installed"))
                 .map_err(|e| e.to_string()),
+            "backup" => fuzzing::inspect_and_restore_backup(&input)
+                .map_err(|e| e.to_string())
+                .and_then(|outcome| {
+                    let summary = outcome.inspected.map_err(|e| format!("inspect: {e}"))?;
+                    assert_eq!((summary.index, summary.keys), (3, 3), "{name}: {summary:?}");
+                    let restored = outcome.restored.map_err(|e| format!("restore: {e}"))?;
+                    assert_eq!(restored.index, 3, "{name}");
+                    Ok(())
+                }),
             other => panic!("no node decoder is named {other}"),
         };
         outcome.unwrap_or_else(|e| panic!("{target}/{name} does not decode: {e}"));
