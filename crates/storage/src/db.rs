@@ -600,8 +600,12 @@ fn replay_wals(fs: &dyn FileSystem, dir: &Path, log_number: u64, mem: &Memtable)
     }
     for (path, contents) in &logs {
         let path = path.as_path();
-        if contents.torn_tail {
+        if contents.zero_tail {
+            tracing::debug!(path = %path.display(), valid_bytes = contents.valid_bytes, "cut the zeros after the last WAL record");
+        } else if contents.torn_tail {
             tracing::warn!(path = %path.display(), valid_bytes = contents.valid_bytes, "dropped a torn WAL tail");
+        }
+        if contents.torn_tail {
             // Cut the torn bytes off for good before this open creates a
             // newer WAL: from then on this one is no longer the newest, and
             // a torn record in it would read as damage at the next open.

@@ -48,6 +48,10 @@ impl LogKind {
     }
 }
 
+/// How far ahead [`LogWriter::allocate_ahead`] writes zeros at a time: one
+/// sync per step pays for the new length, the rest only for their data.
+pub const ALLOCATE_STEP_BYTES: u64 = 1 << 20;
+
 /// Appends records to a new log file.
 #[derive(Debug)]
 pub struct LogWriter {
@@ -95,6 +99,26 @@ impl LogWriter {
         self.file.sync()
     }
 
+    /// Makes sure the file already extends `bytes` past the last record, by
+    /// writing zeros ahead in steps of [`ALLOCATE_STEP_BYTES`]: a sync after
+    /// records that only overwrite those zeros is cheaper than one after
+    /// records that grow the file. Recovery reads the zeros after the last
+    /// record as the end of the log.
+    pub fn allocate_ahead(&mut self, bytes: u64) -> Result<()> {
+        let needed = self.file.len_bytes() + bytes;
+        if needed <= self.file.allocated_bytes() {
+            return Ok(());
+        }
+        self.file.allocate(needed.next_multiple_of(ALLOCATE_STEP_BYTES))
+    }
+
+    /// Makes every record durable and cuts the zeros written ahead, so the
+    /// file ends with its last record: done when writes move to a newer
+    /// log, since only the newest log may end in anything but a record.
+    pub fn finish(&mut self) -> Result<()> {
+        self.file.trim_and_sync()
+    }
+
     /// Bytes in the file so far.
     pub fn len_bytes(&self) -> u64 {
         self.file.len_bytes()
@@ -110,6 +134,10 @@ pub struct LogContents {
     pub valid_bytes: u64,
     /// Whether a torn tail was found (and dropped) after `valid_bytes`.
     pub torn_tail: bool,
+    /// Whether what follows `valid_bytes` is only zeros: zeros written
+    /// ahead of the records ([`LogWriter::allocate_ahead`]), or an append
+    /// none of whose sectors reached the disk. Counted as a torn tail.
+    pub zero_tail: bool,
 }
 
 impl LogContents {
@@ -130,6 +158,7 @@ pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogCo
     let buf = ReadFile::open(fs, path)?.read_all()?;
     let file_len = buf.len();
     let torn_from = |offset: usize, buf: Vec<u8>, records| LogContents {
+        zero_tail: all_zero(&buf[offset.min(buf.len())..]),
         buf,
         records,
         valid_bytes: offset as u64,
@@ -149,6 +178,7 @@ pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogCo
             records: scan.payloads,
             valid_bytes: offset,
             torn_tail: false,
+            zero_tail: false,
         }),
         // A zeroed header, with or without data after it, is a header that
         // never reached the disk, possibly with later sectors of the same
@@ -226,6 +256,39 @@ mod tests {
         let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
         assert_eq!(payloads_of(&contents), vec![b"one".to_vec(), vec![], b"three".to_vec()]);
         assert!(!contents.torn_tail);
+    }
+
+    #[test]
+    fn records_over_zeros_written_ahead_read_back_and_finish_cuts_the_zeros() {
+        // A log written into space allocated ahead ends in zeros until it is finished, then in its last record.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let mut writer = LogWriter::create(&RealFs, &path, LogKind::Wal).expect("create");
+        let payloads: Vec<Vec<u8>> = (0..300u32).map(|i| vec![i as u8; 100 + i as usize * 37]).collect();
+        let mut steps = Vec::new();
+        for payload in &payloads {
+            writer.allocate_ahead(payload.len() as u64 + 64).expect("allocate");
+            writer.add_record(payload).expect("append");
+            writer.sync().expect("sync");
+            steps.push(std::fs::metadata(&path).expect("stat").len());
+        }
+        let on_disk = std::fs::metadata(&path).expect("stat").len();
+        assert_eq!(
+            on_disk,
+            ALLOCATE_STEP_BYTES * 2,
+            "1.7 MB of records in two steps: {steps:?}"
+        );
+        assert!(steps.iter().all(|len| len.is_multiple_of(ALLOCATE_STEP_BYTES)));
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
+        assert_eq!(payloads_of(&contents), payloads);
+        assert!(contents.torn_tail && contents.zero_tail, "the zeros ahead end the log");
+        assert_eq!(contents.valid_bytes, writer.len_bytes());
+
+        writer.finish().expect("finish");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), writer.len_bytes());
+        let contents = read_log(&RealFs, &path, LogKind::Wal).expect("read");
+        assert_eq!(payloads_of(&contents), payloads);
+        assert!(!contents.torn_tail && !contents.zero_tail);
     }
 
     #[test]

@@ -236,6 +236,9 @@ fn commit_group(inner: &Inner, writer: &mut WriterState, group: &[Pending]) -> R
         sequence += pending.batch.len() as u64;
     }
     if !writer.buf.is_empty() {
+        if sync {
+            writer.wal.allocate_ahead(writer.buf.len() as u64)?;
+        }
         writer.wal.add_framed(&writer.buf)?;
         if sync {
             writer.wal.sync()?;
@@ -418,8 +421,10 @@ fn rotate(inner: &Inner, writer: &mut WriterState, sv: &SuperVersion) -> Result<
         "a new memtable's WAL must be numbered after the one it replaces"
     );
     // The old WAL is synced before writes go to the new one, so a machine
-    // crash cannot keep a later write while losing an earlier one.
-    writer.wal.sync()?;
+    // crash cannot keep a later write while losing an earlier one; the
+    // zeros written ahead of its records are cut off, since only the newest
+    // WAL may end in anything but a record.
+    writer.wal.finish()?;
     if !name_synced {
         crate::io::sync_dir(fs, &inner.dir)?;
     }

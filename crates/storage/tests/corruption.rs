@@ -47,9 +47,12 @@ fn a_torn_wal_tail_is_dropped_and_the_rest_recovered() {
     write_synced(&db, 100);
     drop(db);
     let wal = largest_wal(dir.path());
-    let len = std::fs::metadata(&wal).expect("stat").len();
+    // Sync writes leave zeros written ahead after the last record (whose
+    // value ends in a digit): cut into that record.
+    let bytes = std::fs::read(&wal).expect("read wal");
+    let records_end = bytes.iter().rposition(|&b| b != 0).expect("records") + 1;
     let file = std::fs::OpenOptions::new().write(true).open(&wal).expect("open wal");
-    file.set_len(len - 3).expect("truncate");
+    file.set_len(records_end as u64 - 3).expect("truncate");
     drop(file);
 
     let db = Db::open(dir.path(), Options::default()).expect("a torn tail is not an error");
