@@ -27,7 +27,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -36,7 +35,7 @@ use parking_lot::Mutex;
 use crate::coding::{put_varint, Decoder};
 use crate::error::{Error, Result};
 use crate::framing::{self, FILE_HEADER_BYTES, RECORD_HEADER_BYTES};
-use crate::io::{AppendFile, FileSystem, ReadFile};
+use crate::io::{AppendFile, DeletedWhenObsolete, FileSystem, ReadFile};
 use crate::key::ValueKind;
 use crate::options::VALUE_BYTES_MAX;
 
@@ -125,28 +124,25 @@ impl Garbage {
 #[derive(Debug)]
 pub(crate) struct BlobFile {
     pub meta: BlobMeta,
-    path: PathBuf,
-    fs: Arc<dyn FileSystem>,
     readers: Arc<BlobReaders>,
-    /// Whether a durable manifest edit counted every value as garbage.
-    obsolete: AtomicBool,
+    /// The file, deleted once every value in it is garbage and nothing
+    /// holds it (a field: it drops after the readers close it).
+    file: DeletedWhenObsolete,
 }
 
 impl BlobFile {
     /// A blob file recorded in the manifest; nothing is opened or read.
     pub fn new(meta: BlobMeta, dir: &Path, fs: Arc<dyn FileSystem>, readers: Arc<BlobReaders>) -> Arc<Self> {
         Arc::new(BlobFile {
-            path: blob_path(dir, meta.number),
+            file: DeletedWhenObsolete::new(fs, blob_path(dir, meta.number)),
             meta,
-            fs,
             readers,
-            obsolete: AtomicBool::new(false),
         })
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.file.path()
     }
 
     /// Reads the value `pointer` (into this file) names, checking its crc.
@@ -159,7 +155,7 @@ impl BlobFile {
                 .is_some_and(|end| end <= self.meta.file_bytes);
         if !in_file {
             return Err(Error::corruption(
-                &self.path,
+                self.path(),
                 pointer.offset,
                 format!(
                     "a pointer to {} bytes lies outside the blob file's {} bytes",
@@ -169,31 +165,24 @@ impl BlobFile {
         }
         let file = self
             .readers
-            .get(self.meta.number, || ReadFile::open(&*self.fs, &self.path))?;
+            .get(self.meta.number, || ReadFile::open(self.file.fs(), self.file.path()))?;
         // Bounded by VALUE_BYTES_MAX (checked when the pointer was decoded).
         let mut record = vec![0u8; record_bytes as usize];
         file.read_exact_at(pointer.offset, &mut record)?;
-        framing::check_record(&record).map_err(|reason| Error::corruption(&self.path, pointer.offset, reason))?;
+        framing::check_record(&record).map_err(|reason| Error::corruption(self.path(), pointer.offset, reason))?;
         Ok(Bytes::from(record).slice(RECORD_HEADER_BYTES..))
     }
 
     /// Marks the file for deletion once nothing holds it. Called only after
     /// the manifest edit that drops it is durable.
     pub fn mark_obsolete(&self) {
-        self.obsolete.store(true, Ordering::Release);
+        self.file.mark_obsolete();
     }
 }
 
 impl Drop for BlobFile {
     fn drop(&mut self) {
         self.readers.evict(self.meta.number);
-        if self.obsolete.load(Ordering::Acquire) {
-            if let Err(error) = crate::io::remove_if_exists(&*self.fs, &self.path) {
-                // A leftover file wastes space but loses nothing: the next
-                // open deletes blob files the manifest does not name.
-                tracing::warn!(%error, "could not delete an obsolete blob file");
-            }
-        }
     }
 }
 

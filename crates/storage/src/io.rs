@@ -345,6 +345,58 @@ impl AppendFile {
     }
 }
 
+/// A file that lives as long as something holds it: deleted when this is
+/// dropped, if it was marked obsolete by then. Tables and blob files are
+/// held so by versions, cursors and reads in flight after a compaction or a
+/// collection has dropped them.
+#[derive(Debug)]
+pub(crate) struct DeletedWhenObsolete {
+    fs: Arc<dyn FileSystem>,
+    path: PathBuf,
+    /// Whether a durable manifest edit removed the file.
+    obsolete: std::sync::atomic::AtomicBool,
+}
+
+impl DeletedWhenObsolete {
+    /// The file at `path` on `fs`, not obsolete.
+    pub fn new(fs: Arc<dyn FileSystem>, path: PathBuf) -> Self {
+        DeletedWhenObsolete {
+            fs,
+            path,
+            obsolete: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The filesystem the file is on.
+    pub fn fs(&self) -> &dyn FileSystem {
+        &*self.fs
+    }
+
+    /// Marks the file for deletion once nothing holds it. Called only after
+    /// the manifest edit that removes it is durable, so a crash never leaves
+    /// a manifest naming a deleted file.
+    pub fn mark_obsolete(&self) {
+        self.obsolete.store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl Drop for DeletedWhenObsolete {
+    fn drop(&mut self) {
+        if self.obsolete.load(std::sync::atomic::Ordering::Acquire) {
+            if let Err(error) = remove_if_exists(&*self.fs, &self.path) {
+                // A leftover file wastes space but loses nothing: the next
+                // open deletes the files the manifest does not name.
+                tracing::warn!(%error, "could not delete an obsolete file");
+            }
+        }
+    }
+}
+
 /// A file opened for positional reads: tables, and logs during recovery.
 #[derive(Debug)]
 pub struct ReadFile {

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use crate::blob::{BlobFile, BlobMeta, BlobPointer, Garbage};
 use crate::coding::{put_length_prefixed, put_varint, Decoder};
 use crate::error::{Error, Result};
-use crate::io::FileSystem;
+use crate::io::{DeletedWhenObsolete, FileSystem};
 use crate::key::{self, SequenceNumber};
 use crate::memtable::Lookup;
 use crate::options::LEVELS;
@@ -83,9 +83,7 @@ impl TableFile {
             table: Arc::new(LiveTable {
                 id,
                 cache,
-                path,
-                fs,
-                obsolete: AtomicBool::new(false),
+                file: DeletedWhenObsolete::new(fs, path),
                 in_level0: AtomicBool::new(false),
             }),
         })
@@ -95,12 +93,12 @@ impl TableFile {
     /// Called only after the manifest edit that removes it is durable, so a
     /// crash never leaves a manifest naming a deleted file.
     pub fn mark_obsolete(&self) {
-        self.table.obsolete.store(true, Ordering::Release);
+        self.table.file.mark_obsolete();
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
-        &self.table.path
+        self.table.file.path()
     }
 }
 
@@ -112,12 +110,9 @@ pub(crate) struct LiveTable {
     id: TableId,
     /// Where the table is opened and kept open.
     cache: Arc<TableCache>,
-    /// The file's path.
-    path: PathBuf,
-    /// The filesystem that removes the file once it is obsolete.
-    fs: Arc<dyn FileSystem>,
-    /// Whether a durable manifest edit removed the file.
-    obsolete: AtomicBool,
+    /// The file, deleted after the table is dropped if obsolete by then
+    /// (a field: it drops after the table cache evicts the table).
+    file: DeletedWhenObsolete,
     /// Whether the file is in L0, where lookups pin the index and filter
     /// (every point lookup consults every overlapping L0 file).
     in_level0: AtomicBool,
@@ -162,13 +157,6 @@ impl Drop for LiveTable {
         // Nothing can ask for this table any more (asking takes a
         // reference to `self`), so once evicted it is never reopened.
         self.cache.evict(self.id.number);
-        if self.obsolete.load(Ordering::Acquire) {
-            if let Err(error) = crate::io::remove_if_exists(&*self.fs, &self.path) {
-                // A leftover file wastes space but loses nothing: the next
-                // open deletes files the manifest does not name.
-                tracing::warn!(%error, "could not delete an obsolete table file");
-            }
-        }
     }
 }
 
