@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 use proto::kv as api;
 use proto::kv::cluster_client::ClusterClient;
 use proto::kv::kv_client::KvClient;
+use proto::raft as pb;
+use proto::raft::raft_client::RaftClient;
 use raft_node::testing::{fast_timing, retry_unavailable, TestCluster, WAIT_TIMEOUT};
 use raft_node::{Limits, RaftTiming};
 use tonic::transport::Channel;
@@ -483,6 +485,65 @@ async fn a_wiped_node_rejoins_and_catches_up_through_a_snapshot() {
     let got = cluster.digest(victim).await;
     assert_eq!((got.keys, got.digest.clone()), (want.keys, want.digest.clone()));
     assert_eq!(got.keys, 300);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_stream_cut_short_is_refused_and_the_follower_keeps_running() {
+    // A leader that gives up sending a snapshot part-way ends its stream as
+    // cleanly as a whole one. The follower must see that the archive is not
+    // whole and refuse it, not hand it to Raft, whose failed install is
+    // fatal: a node once stopped here for good ("archive ends within the
+    // magic number") after a membership change cut its snapshot transfer.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start(3).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let (vote, term) = {
+        let metrics = cluster.raft(leader).metrics();
+        let m = metrics.borrow();
+        (m.vote, m.current_term)
+    };
+    let log_id = |index| {
+        Some(pb::LogId {
+            leader_id: Some(pb::LeaderId { term, node_id: leader }),
+            index,
+        })
+    };
+    let first = pb::SnapshotChunk {
+        vote: Some(pb::Vote {
+            leader_id: Some(pb::LeaderId {
+                term: vote.leader_id.term,
+                node_id: vote.leader_id.node_id,
+            }),
+            committed: vote.committed,
+        }),
+        meta: Some(pb::SnapshotMeta {
+            last_log_id: log_id(10_000),
+            last_membership: Some(pb::StoredMembership {
+                log_id: log_id(1),
+                membership: None,
+            }),
+            snapshot_id: "10000-cut-short".into(),
+        }),
+        // The first bytes of an archive's magic number, then nothing.
+        data: vec![0x01, 0x00, 0x50, 0x41].into(),
+    };
+    let channel = Channel::from_shared(format!("http://{}", cluster.addr(follower)))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let refused = RaftClient::new(channel)
+        .install_snapshot(cluster.raft_request(follower, tokio_stream::iter([first])))
+        .await
+        .expect_err("a cut archive is refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("not whole"), "{refused:?}");
+    // Still a working member: it applies what the cluster writes next.
+    let applied = cluster.put(leader, "after", "cut").await.expect("put").applied_index;
+    cluster.wait_applied(follower, applied).await;
+    assert!(cluster.raft(follower).metrics().borrow().running_state.is_ok());
     cluster.shutdown().await;
 }
 

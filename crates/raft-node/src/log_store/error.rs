@@ -70,7 +70,9 @@ pub enum LogStoreError {
     },
     /// A purge waited in vain for the state machine to apply what it
     /// would remove ([`super::LogStore::purge_after_applied`]).
-    #[error("cannot purge up to index {index}: the state machine applied only {applied} after {waited_ms} ms")]
+    #[error(
+        "cannot purge up to index {index}: the state machine applied only {applied} after {waited_ms} ms (or stopped)"
+    )]
     PurgeAheadOfApplied {
         /// The last index to purge.
         index: u64,

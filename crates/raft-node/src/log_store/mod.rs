@@ -426,6 +426,8 @@ impl LogStore {
             return Ok(());
         };
         let wait = Duration::from_millis(PURGE_WAIT_FOR_APPLY_MS_MAX);
+        let started = std::time::Instant::now();
+        // An error before the time is up means the state machine stopped.
         let reached = matches!(
             tokio::time::timeout(wait, applied.wait_for(|applied| *applied >= index)).await,
             Ok(Ok(_))
@@ -436,7 +438,7 @@ impl LogStore {
         Err(LogStoreError::PurgeAheadOfApplied {
             index,
             applied: *applied.borrow(),
-            waited_ms: PURGE_WAIT_FOR_APPLY_MS_MAX,
+            waited_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         })
     }
 

@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::cluster_id::ClusterIdentity;
 use crate::codec;
+use crate::state_machine::archive::ArchiveError;
 use crate::types::Raft;
 
 /// Serves `raft.v1.Raft` for one node.
@@ -117,6 +118,21 @@ impl pb::raft_server::Raft for RaftService {
             file.write_all(&chunk.data).await.map_err(io_error)?;
         }
         file.flush().await.map_err(io_error)?;
+        // The stream's end is not proof that the archive is whole: a sender
+        // that gives up part-way ends it cleanly too. Only a whole archive
+        // that holds the snapshot the first chunk names goes to Raft, which
+        // treats a failed install as fatal.
+        let (_, archived) = file.finish_receiving().await.map_err(|e| match e {
+            ArchiveError::Corrupt(_) => Status::invalid_argument(format!("the snapshot received is not whole: {e}")),
+            _ => Status::internal(format!("storing the received snapshot: {e}")),
+        })?;
+        let named = codec::snapshot_meta_to_pb(&meta);
+        if archived.last_log_id != named.last_log_id {
+            return Err(Status::invalid_argument(format!(
+                "the snapshot's archive holds entries up to {:?}, its first chunk names {:?}",
+                archived.last_log_id, named.last_log_id
+            )));
+        }
         let reply = self
             .raft
             .install_full_snapshot(vote, Snapshot { meta, snapshot: file })

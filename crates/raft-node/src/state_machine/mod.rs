@@ -318,7 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<SnapshotData>) -> Result<(), StorageError> {
         let signature = Some(meta.signature());
-        let snapshot = if snapshot.is_incoming() {
+        let mut snapshot = if snapshot.is_incoming() {
             *snapshot
         } else {
             // A snapshot this node built (openraft's own tests install one):
@@ -330,9 +330,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
             incoming
         };
+        // `snapshot` lives on until the install is done: while it does, no
+        // other reception takes its directory for garbage.
         let (received, archived) = snapshot
-            .finish_incoming()
+            .finish_receiving()
             .await
+            .map(|(dir, meta)| (dir.to_path_buf(), meta.clone()))
             .map_err(|e| StorageIOError::write_snapshot(signature.clone(), &e))?;
         let layout = self.layout.clone();
         let options = self.engine_options.clone();
@@ -346,6 +349,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::write_snapshot(signature, &e))?;
         let old = self.engine.replace(db);
         drop(old);
+        drop(snapshot);
         self.layout.remove_stale_generations();
         self.sessions = sessions;
         self.last_applied = meta.last_log_id;

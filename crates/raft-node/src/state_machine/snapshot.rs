@@ -24,6 +24,7 @@
 //! leaves the old engine in use, after it the new one. Leftovers of
 //! interrupted builds, receptions and installs are removed at startup.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -100,6 +101,24 @@ pub(crate) struct Layout {
     generation: Arc<parking_lot::Mutex<u64>>,
     /// Serialises replacing the current snapshot.
     publish_lock: Arc<parking_lot::Mutex<()>>,
+    /// The directories of receptions still in progress or not yet
+    /// installed: the only `recv-` directories that are not garbage.
+    receiving: Arc<parking_lot::Mutex<HashSet<PathBuf>>>,
+}
+
+/// Marks a reception's directory as in use for as long as it lives (it
+/// lives in the [`SnapshotData`] being received), so that a reception
+/// started meanwhile does not take it for garbage.
+#[derive(Debug)]
+pub(crate) struct Receiving {
+    dir: PathBuf,
+    registry: Arc<parking_lot::Mutex<HashSet<PathBuf>>>,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.dir);
+    }
 }
 
 impl Layout {
@@ -124,6 +143,7 @@ impl Layout {
             root: root.to_path_buf(),
             generation: Arc::new(parking_lot::Mutex::new(generation)),
             publish_lock: Arc::new(parking_lot::Mutex::new(())),
+            receiving: Arc::default(),
         };
         layout.remove_stale_generations();
         layout
@@ -202,14 +222,29 @@ impl Layout {
     /// A new snapshot being received: unpacked as it arrives into a new
     /// directory of its own.
     pub fn receive(&self) -> SnapshotData {
-        // openraft receives one snapshot at a time: any earlier reception
-        // left behind was cut short, and its directory is garbage.
-        if let Ok(names) = disk::list_dir(self.fs.as_ref(), &self.root) {
-            for name in names.iter().filter(|name| name.starts_with(RECEIVE_PREFIX)) {
-                self.remove_path(&self.root.join(name));
+        // Receptions overlap: a leader whose replication to this node
+        // restarts (a membership change does that) sends the snapshot
+        // again while the first stream may still be arriving or waiting to
+        // be installed. Only directories no reception holds are garbage:
+        // those of receptions that failed or were dropped.
+        let dir = self.receive_dir();
+        let in_use = {
+            let mut receiving = self.receiving.lock();
+            if let Ok(names) = disk::list_dir(self.fs.as_ref(), &self.root) {
+                for name in names.iter().filter(|name| name.starts_with(RECEIVE_PREFIX)) {
+                    let path = self.root.join(name);
+                    if !receiving.contains(&path) {
+                        self.remove_path(&path);
+                    }
+                }
             }
-        }
-        SnapshotData::incoming(Arc::clone(&self.fs), self.receive_dir())
+            receiving.insert(dir.clone());
+            Receiving {
+                dir: dir.clone(),
+                registry: Arc::clone(&self.receiving),
+            }
+        };
+        SnapshotData::incoming(Arc::clone(&self.fs), dir).holding(in_use)
     }
 
     /// A new directory name to receive a snapshot into; removed at the
@@ -632,5 +667,57 @@ mod tests {
         for (name, metadata) in tables(&kept_dir) {
             assert!(metadata.nlink() >= 2, "{name} shares its data with the engine");
         }
+    }
+
+    #[tokio::test]
+    async fn a_reception_started_meanwhile_leaves_one_in_progress_alone() {
+        // A leader whose replication restarts sends the snapshot again while
+        // the first stream is still arriving. The second reception took the
+        // first one's directory for garbage and removed it, and the install
+        // of the first then failed, which stops Raft for good.
+        let sender_root = tempfile::tempdir().expect("tempdir");
+        let (sender, engine) = layout_with_data(sender_root.path(), 2_000);
+        SnapshotBuilder::new(engine, sender.clone())
+            .build_blocking()
+            .expect("build");
+        let receiver_root = tempfile::tempdir().expect("tempdir");
+        let receiver = Layout::open(RealFs::shared(), receiver_root.path()).expect("layout");
+        let snapshot = sender.current_snapshot().expect("read").expect("a snapshot");
+        let mut first = receiver.receive();
+        let mut outgoing = snapshot.snapshot;
+        let mut buffer = vec![0u8; 4096];
+        let n = outgoing.read(&mut buffer).await.expect("read");
+        first.write_all(&buffer[..n]).await.expect("write");
+        let receptions = || {
+            fs::read_dir(receiver_root.path())
+                .expect("list")
+                .flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with(RECEIVE_PREFIX))
+                .count()
+        };
+        // The first reception's directory exists (it is unpacked into as
+        // the bytes arrive) when the second one starts.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while receptions() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the first reception made no directory"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let second = receiver.receive();
+        tokio::io::copy(&mut outgoing, &mut first).await.expect("stream");
+        let (received, meta) = first.finish_receiving().await.expect("the first arrives whole");
+        let (received, meta) = (received.to_path_buf(), meta.clone());
+        let db = receiver
+            .install(
+                &received,
+                &meta,
+                &codec::snapshot_meta_to_pb(&snapshot.meta),
+                storage::Options::default(),
+            )
+            .expect("installed");
+        assert_eq!(db.get(b"key-001999").expect("get").map(|v| v.len()), Some(200));
+        drop(second);
     }
 }

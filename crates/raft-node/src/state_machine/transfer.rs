@@ -5,7 +5,7 @@
 //! and consumed by a blocking thread on each side.
 
 use std::io::{self, Read, SeekFrom, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -19,6 +19,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::PollSender;
 
 use super::archive::{self, ArchiveError, OpenedDir};
+use super::snapshot::Receiving;
 
 /// Chunks buffered between the async side and the blocking thread, each of
 /// at most [`CHUNK_BYTES`]: bounds a transfer's memory per side.
@@ -29,6 +30,9 @@ const CHUNK_BYTES: usize = 256 << 10;
 /// A snapshot being sent (read from) or received (written to).
 pub struct SnapshotData {
     mode: Mode,
+    /// For a reception: keeps its directory from being taken for garbage
+    /// while this lives ([`super::snapshot::Layout::receive`]).
+    _receiving: Option<Receiving>,
 }
 
 enum Mode {
@@ -44,6 +48,9 @@ enum Mode {
         unpacker: Option<JoinHandle<Result<pb::SnapshotMeta, ArchiveError>>>,
         dir: PathBuf,
     },
+    /// Received whole: unpacked into `dir`, every checksum verified and
+    /// synced, waiting to be installed.
+    Received { dir: PathBuf, meta: pb::SnapshotMeta },
 }
 
 impl std::fmt::Debug for SnapshotData {
@@ -54,6 +61,7 @@ impl std::fmt::Debug for SnapshotData {
                 .field("started", &source.is_none())
                 .finish(),
             Mode::Incoming { dir, .. } => f.debug_struct("SnapshotData::Incoming").field("dir", dir).finish(),
+            Mode::Received { dir, .. } => f.debug_struct("SnapshotData::Received").field("dir", dir).finish(),
         }
     }
 }
@@ -69,6 +77,7 @@ impl SnapshotData {
                 chunks: None,
                 current: Bytes::new(),
             },
+            _receiving: None,
         }
     }
 
@@ -93,36 +102,57 @@ impl SnapshotData {
                 unpacker: Some(unpacker),
                 dir,
             },
+            _receiving: None,
         }
     }
 
-    /// Whether this is a snapshot being received (written to).
-    pub(crate) fn is_incoming(&self) -> bool {
-        matches!(self.mode, Mode::Incoming { .. })
+    /// This snapshot, holding `receiving` for as long as it lives.
+    pub(crate) fn holding(self, receiving: Receiving) -> SnapshotData {
+        SnapshotData {
+            _receiving: Some(receiving),
+            ..self
+        }
     }
 
-    /// Ends a received snapshot: waits until everything written is
-    /// unpacked and synced, and returns the directory and the archive's
-    /// metadata.
-    pub(crate) async fn finish_incoming(self) -> Result<(PathBuf, pb::SnapshotMeta), ArchiveError> {
-        let Mode::Incoming {
-            mut sender,
-            unpacker,
-            dir,
-        } = self.mode
-        else {
-            return Err(ArchiveError::Corrupt(
+    /// Whether this is a snapshot being received (written to), finished
+    /// or not.
+    pub(crate) fn is_incoming(&self) -> bool {
+        matches!(self.mode, Mode::Incoming { .. } | Mode::Received { .. })
+    }
+
+    /// Ends the writing of a received snapshot: waits until everything
+    /// written is unpacked and synced, and returns the directory it was
+    /// unpacked into and the archive's metadata. An error means the bytes written are not one whole archive (a
+    /// transfer cut short, damaged bytes) or could not be stored; nothing
+    /// of it may be installed then. Called again, it answers as the first
+    /// call did, without waiting.
+    pub(crate) async fn finish_receiving(&mut self) -> Result<(&Path, &pb::SnapshotMeta), ArchiveError> {
+        if let Mode::Incoming { sender, unpacker, dir } = &mut self.mode {
+            // Closing the channel is the end of the archive for the unpacker.
+            sender.close();
+            let unpacker = unpacker
+                .take()
+                .ok_or_else(|| ArchiveError::Corrupt("an earlier reception of this snapshot failed".into()))?;
+            let meta = unpacker.await.map_err(|e| ArchiveError::Io {
+                path: dir.clone(),
+                source: io::Error::other(e),
+            })??;
+            let dir = std::mem::take(dir);
+            self.mode = Mode::Received { dir, meta };
+        }
+        match &self.mode {
+            Mode::Received { dir, meta } => Ok((dir, meta)),
+            Mode::Incoming { .. } | Mode::Outgoing { .. } => Err(ArchiveError::Corrupt(
                 "a snapshot being sent was given to install".into(),
-            ));
-        };
-        // Closing the channel is the end of the archive for the unpacker.
-        sender.close();
-        let unpacker = unpacker.ok_or_else(|| ArchiveError::Corrupt("snapshot already finished".into()))?;
-        let meta = unpacker.await.map_err(|e| ArchiveError::Io {
-            path: dir.clone(),
-            source: io::Error::other(e),
-        })??;
-        Ok((dir, meta))
+            )),
+        }
+    }
+
+    /// [`SnapshotData::finish_receiving`], owned.
+    #[cfg(test)]
+    pub(crate) async fn finish_incoming(mut self) -> Result<(PathBuf, pb::SnapshotMeta), ArchiveError> {
+        let (dir, meta) = self.finish_receiving().await?;
+        Ok((dir.to_path_buf(), meta.clone()))
     }
 }
 
@@ -234,11 +264,20 @@ impl AsyncRead for SnapshotData {
 
 impl AsyncWrite for SnapshotData {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, bytes: &[u8]) -> Poll<io::Result<usize>> {
-        let Mode::Incoming { sender, .. } = &mut self.get_mut().mode else {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "a snapshot being sent cannot be written",
-            )));
+        let sender = match &mut self.get_mut().mode {
+            Mode::Incoming { sender, .. } => sender,
+            Mode::Received { .. } => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a snapshot received whole cannot be written to",
+                )))
+            }
+            Mode::Outgoing { .. } => {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a snapshot being sent cannot be written",
+                )))
+            }
         };
         let broken = || {
             io::Error::new(
@@ -257,7 +296,7 @@ impl AsyncWrite for SnapshotData {
     }
 
     fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Durability comes with `finish_incoming`, which waits for the
+        // Durability comes with `finish_receiving`, which waits for the
         // unpacker's fsyncs; nothing is buffered here.
         Poll::Ready(Ok(()))
     }
@@ -272,7 +311,7 @@ impl AsyncSeek for SnapshotData {
     fn start_seek(self: Pin<&mut Self>, position: SeekFrom) -> io::Result<()> {
         let at_start = match &self.mode {
             Mode::Outgoing { source, .. } => source.is_some(),
-            Mode::Incoming { .. } => false,
+            Mode::Incoming { .. } | Mode::Received { .. } => false,
         };
         match position {
             SeekFrom::Start(0) if at_start => Ok(()),
