@@ -250,6 +250,7 @@ fn summaries<'a>(version: &'a Version, busy: &std::collections::HashSet<u64>) ->
                 largest: f.meta.largest_user_key(),
                 busy: busy.contains(&f.meta.number),
                 oldest_blob: f.meta.oldest_blob,
+                largest_sequence: f.meta.largest_sequence,
             })
             .collect()
     })
@@ -341,12 +342,15 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         let largest = all.iter().map(|f| f.meta.largest_user_key()).max().unwrap_or_default();
         let policy = DropPolicy {
             smallest_snapshot: inner.smallest_snapshot(),
-            drop_tombstones: picker::is_bottommost(
-                &summaries(version, &Default::default()),
-                plan.output_level(),
-                smallest,
-                largest,
-            ),
+            // Never in L0: older L0 files outside the compaction may hold
+            // what a tombstone shadows.
+            drop_tombstones: plan.output_level() > 0
+                && picker::is_bottommost(
+                    &summaries(version, &Default::default()),
+                    plan.output_level(),
+                    smallest,
+                    largest,
+                ),
         };
         // Live values met in mostly-garbage blob files move to new ones.
         let collect = collectable_blobs(inner, version);
@@ -390,6 +394,9 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         inner.bg.lock().cursors[plan.level] = largest.to_vec();
     }
     Counters::add(&inner.counters.compactions, 1);
+    if plan.in_place && plan.level == 0 {
+        Counters::add(&inner.counters.intra_l0_compactions, 1);
+    }
     Ok(())
 }
 
@@ -403,6 +410,7 @@ fn summaries_of(files: &[Arc<TableFile>]) -> Vec<FileSummary<'_>> {
             largest: f.meta.largest_user_key(),
             busy: false,
             oldest_blob: f.meta.oldest_blob,
+            largest_sequence: f.meta.largest_sequence,
         })
         .collect()
 }

@@ -531,6 +531,7 @@ impl Inner {
             compactions: Counters::get(&c.compactions),
             compaction_bytes_written: Counters::get(&c.compaction_bytes_written),
             subcompactions: Counters::get(&c.subcompactions),
+            intra_l0_compactions: Counters::get(&c.intra_l0_compactions),
             block_cache_hits: self.cache.hits(),
             block_cache_misses: self.cache.misses(),
             block_cache_bytes: self.cache.used_bytes(),

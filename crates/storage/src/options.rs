@@ -115,7 +115,10 @@ pub struct Options {
     /// more levels (slower reads), larger ratios more write amplification.
     pub level_size_ratio: u64,
     /// Background compaction threads (one more thread always flushes
-    /// memtables). Default 1.
+    /// memtables). Default 1. With two or more, while a deeper compaction
+    /// holds the L1 files an L0 -> L1 compaction needs, another thread
+    /// merges the newest L0 files within L0 (intra-L0 compaction), so L0
+    /// does not grow towards the write controller's triggers meanwhile.
     pub compaction_threads: usize,
     /// Bytes compaction is behind (the bytes it must still rewrite to bring
     /// every level under its target) at which writes start to be paced.
@@ -137,7 +140,8 @@ pub struct Options {
     /// Default 1 MiB/s.
     pub delayed_write_bytes_per_sec_min: u64,
     /// Bytes of L0 files one L0 -> L1 compaction takes at most (the oldest
-    /// first, at least one file). Default 1 GiB. Smaller bounds how long
+    /// first, at least one file), and one intra-L0 compaction merges at
+    /// most. Default 1 GiB. Smaller bounds how long
     /// one compaction holds L0 back; larger rewrites L1 less often.
     pub l0_compaction_bytes_max: u64,
     /// Key-range parts one compaction is split into at most, each merged

@@ -48,6 +48,9 @@ pub struct Stats {
     /// Key-range parts split off compactions to run on threads of their
     /// own (a compaction in `n` parts adds `n - 1`).
     pub subcompactions: u64,
+    /// Intra-L0 compactions: the newest L0 files merged within L0 while
+    /// the L1 files an L0 -> L1 compaction needs were busy.
+    pub intra_l0_compactions: u64,
     /// Block cache hits.
     pub block_cache_hits: u64,
     /// Block cache misses.
@@ -134,6 +137,7 @@ pub(crate) struct Counters {
     pub compactions: AtomicU64,
     pub compaction_bytes_written: AtomicU64,
     pub subcompactions: AtomicU64,
+    pub intra_l0_compactions: AtomicU64,
     pub blob_bytes_written: AtomicU64,
     /// Per level: bytes of the level above read by compactions into it.
     pub level_bytes_read_from_above: [AtomicU64; LEVELS],

@@ -336,6 +336,7 @@ mod tests {
             smallest: entries[0].0.clone(),
             largest: entries[entries.len() - 1].0.clone(),
             oldest_blob: 0,
+            largest_sequence: 0,
         };
         TableFile::new(meta, Arc::clone(cache), table_path(dir, id.number), RealFs::shared())
     }

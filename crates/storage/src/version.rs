@@ -37,6 +37,10 @@ pub(crate) struct FileMeta {
     /// 0 if none does. A table pointing into a blob file due for
     /// collection is rewritten so the values it points to move.
     pub oldest_blob: u64,
+    /// The largest sequence number of any entry in the file; 0 if not
+    /// recorded (files written before it was, all older than any file that
+    /// records it). Orders L0 (see [`Version::levels`]).
+    pub largest_sequence: SequenceNumber,
 }
 
 impl FileMeta {
@@ -177,8 +181,14 @@ impl LiveBlob {
 /// An immutable snapshot of the live files of every level.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Version {
-    /// L0 is newest file first (files may overlap); deeper levels are sorted
-    /// by smallest key and never overlap.
+    /// L0 is newest file first (files may overlap): by largest sequence
+    /// number, then by file number. Not by file number alone: an intra-L0
+    /// compaction's output has a number newer than files flushed while it
+    /// ran, but data older than theirs. (Flushed files and intra-L0 outputs
+    /// hold disjoint sequence ranges, so the largest sequence orders them;
+    /// files that record none are older than all that do, and among
+    /// themselves the file number orders them, as it did when they were
+    /// written.) Deeper levels are sorted by smallest key and never overlap.
     pub levels: [Vec<Arc<TableFile>>; LEVELS],
     /// Blob files some table entry still points into, by number.
     pub blobs: BTreeMap<u64, LiveBlob>,
@@ -301,7 +311,7 @@ impl Version {
             file.table.place_at_level(*level);
             next.levels[*level].push(Arc::clone(file));
         }
-        next.levels[0].sort_by_key(|f| std::cmp::Reverse(f.meta.number));
+        next.levels[0].sort_by_key(|f| std::cmp::Reverse((f.meta.largest_sequence, f.meta.number)));
         for files in &mut next.levels[1..] {
             files.sort_by(|a, b| key::compare(&a.meta.smallest, &b.meta.smallest));
             for pair in files.windows(2) {
@@ -392,6 +402,7 @@ impl VersionEdit {
             put_length_prefixed(&mut body, &meta.smallest);
             put_length_prefixed(&mut body, &meta.largest);
             put_varint(&mut body, meta.oldest_blob);
+            put_varint(&mut body, meta.largest_sequence);
             field(TAG_NEW_FILE, &body);
         }
         for meta in &self.new_blobs {
@@ -457,6 +468,8 @@ fn decode_new_file(d: &mut Decoder<'_>) -> Option<(usize, FileMeta)> {
         largest: d.length_prefixed()?.to_vec(),
         // Absent in edits written before blob files: no pointers.
         oldest_blob: if d.is_empty() { 0 } else { d.varint()? },
+        // Absent in edits written before it was recorded: unknown.
+        largest_sequence: if d.is_empty() { 0 } else { d.varint()? },
     };
     let valid = meta.smallest.len() >= key::TRAILER_BYTES
         && meta.largest.len() >= key::TRAILER_BYTES
@@ -513,6 +526,7 @@ mod tests {
                     smallest: key::internal_key(b"a", 1, ValueKind::Put),
                     largest: key::internal_key(b"z", 2, ValueKind::Delete),
                     oldest_blob: 10,
+                    largest_sequence: 2,
                 },
             )],
             new_blobs: vec![BlobMeta {

@@ -69,8 +69,10 @@ pub(crate) fn write_tables(
 ) -> Result<Written> {
     let mut outputs = Vec::new();
     let mut separated_key = Vec::new();
-    // The smallest blob file the open table points into (0: none yet).
+    // The smallest blob file the open table points into (0: none yet), and
+    // the largest sequence number it holds.
     let mut oldest_blob = 0;
+    let mut largest_sequence: SequenceNumber = 0;
     let mut stats = WriteStats::default();
     let mut builder: Option<(u64, TableBuilder)> = None;
     let mut current_user_key: Vec<u8> = Vec::new();
@@ -87,7 +89,8 @@ pub(crate) fn write_tables(
             // Tables are cut only between user keys, so no user key spans two
             // files of one level.
             if let Some((number, b)) = builder.take_if(|(_, b)| b.estimated_bytes() >= table_bytes_target) {
-                outputs.push(finish_table(number, b, std::mem::take(&mut oldest_blob))?);
+                let blob = std::mem::take(&mut oldest_blob);
+                outputs.push(finish_table(number, b, blob, std::mem::take(&mut largest_sequence))?);
             }
             current_user_key.clear();
             current_user_key.extend_from_slice(parsed.user_key);
@@ -110,6 +113,7 @@ pub(crate) fn write_tables(
                     builder.insert((number, TableBuilder::new(file, table_options.clone())))
                 }
             };
+            largest_sequence = largest_sequence.max(parsed.sequence);
             match separation.keep(parsed.kind, input.value(), next_number)? {
                 None => {
                     if parsed.kind == ValueKind::Blob {
@@ -130,7 +134,7 @@ pub(crate) fn write_tables(
     }
     if let Some((number, b)) = builder {
         if b.entries() > 0 {
-            outputs.push(finish_table(number, b, oldest_blob)?);
+            outputs.push(finish_table(number, b, oldest_blob, largest_sequence)?);
         }
     }
     let blobs = separation.finish()?;
@@ -157,7 +161,12 @@ fn note_blob(oldest: &mut u64, encoded: &[u8], dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn finish_table(number: u64, builder: TableBuilder, oldest_blob: u64) -> Result<FileMeta> {
+fn finish_table(
+    number: u64,
+    builder: TableBuilder,
+    oldest_blob: u64,
+    largest_sequence: SequenceNumber,
+) -> Result<FileMeta> {
     let summary = builder.finish()?;
     Ok(FileMeta {
         number,
@@ -166,5 +175,6 @@ fn finish_table(number: u64, builder: TableBuilder, oldest_blob: u64) -> Result<
         smallest: summary.smallest,
         largest: summary.largest,
         oldest_blob,
+        largest_sequence,
     })
 }

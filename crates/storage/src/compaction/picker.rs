@@ -18,6 +18,8 @@ pub(crate) struct FileSummary<'a> {
     pub busy: bool,
     /// The smallest blob file number the file points into (0: none).
     pub oldest_blob: u64,
+    /// The largest sequence number in the file (0: not recorded).
+    pub largest_sequence: u64,
 }
 
 /// The knobs that shape the tree.
@@ -42,7 +44,8 @@ impl Shape {
 
 /// A compaction to run: `inputs` of `level` merged with the overlapping
 /// `next_inputs` of `level + 1`, written to `level + 1` — or, `in_place`,
-/// `inputs` rewritten into `level` itself.
+/// `inputs` rewritten into `level` itself (an intra-L0 compaction, or a
+/// deeper table rewritten for blob collection).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub level: usize,
@@ -147,15 +150,54 @@ pub(crate) fn pick(
 
 fn pick_level0(levels: &[Vec<FileSummary<'_>>; LEVELS], bytes_max: u64) -> Option<Plan> {
     // Only one L0 compaction runs at a time: two would write overlapping
-    // files into L1.
+    // files into L1, or an intra-L0 output could land between them.
     if levels[0].is_empty() || levels[0].iter().any(|f| f.busy) {
         return None;
     }
     let inputs = oldest_level0_files(&levels[0], bytes_max);
     let smallest = inputs.iter().map(|f| f.smallest).min()?;
     let largest = inputs.iter().map(|f| f.largest).max()?;
-    let next_inputs = overlapping(&levels[1], smallest, largest)?;
-    Some(Plan::down(0, inputs.iter().map(|f| f.number).collect(), next_inputs))
+    match overlapping(&levels[1], smallest, largest) {
+        Some(next_inputs) => Some(Plan::down(0, inputs.iter().map(|f| f.number).collect(), next_inputs)),
+        // A deeper compaction holds the L1 files these would merge into.
+        None => pick_intra_level0(&levels[0], bytes_max),
+    }
+}
+
+/// Fewest L0 files an intra-L0 compaction merges: fewer would rewrite
+/// bytes to save a lookup one or two file probes.
+pub(crate) const INTRA_L0_FILES_MIN: usize = 4;
+
+/// An intra-L0 compaction: while L1 is busy, the newest L0 files merged
+/// into one run within L0 (`in_place`), so point lookups probe fewer files
+/// and L0 stays further from the write controller's slowdown and stop
+/// triggers until L1 is free.
+///
+/// Only a run of the newest files (`level0` is newest first): the output
+/// holds every sequence number between the run's smallest and largest and
+/// none of any file outside it, so ordering L0 by largest sequence puts it
+/// exactly where the run was. A file that records no sequence ends the run.
+/// A file larger than the run so far ends it too: an earlier output is
+/// merged again only once newer files add up to its size, so each byte is
+/// rewritten a few times, not once per flush. At most `bytes_max` bytes.
+fn pick_intra_level0(level0: &[FileSummary<'_>], bytes_max: u64) -> Option<Plan> {
+    let mut bytes: u64 = 0;
+    let mut count = 0;
+    for file in level0 {
+        let grown = bytes.saturating_add(file.size_bytes);
+        let larger_than_run = count > 0 && file.size_bytes > bytes;
+        if file.largest_sequence == 0 || file.busy || larger_than_run || grown > bytes_max {
+            break;
+        }
+        bytes = grown;
+        count += 1;
+    }
+    (count >= INTRA_L0_FILES_MIN).then(|| Plan {
+        level: 0,
+        inputs: level0[..count].iter().map(|f| f.number).collect(),
+        next_inputs: Vec::new(),
+        in_place: true,
+    })
 }
 
 /// The oldest files of L0 (`level0` is newest first) whose bytes stay
@@ -402,6 +444,7 @@ mod tests {
             largest: largest.as_bytes(),
             busy: false,
             oldest_blob: 0,
+            largest_sequence: number,
         }
     }
 
@@ -439,6 +482,69 @@ mod tests {
         assert_eq!(plan.inputs, vec![9, 8, 7, 6]);
         assert_eq!(plan.next_inputs, vec![2, 3]);
         assert!(!plan.is_trivial_move());
+    }
+
+    #[test]
+    fn while_l1_is_busy_the_newest_l0_files_merge_within_l0() {
+        // L0 -> L1 must wait for the deeper compaction holding L1; L0 must not grow meanwhile.
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = (1..=6).rev().map(|n| file(n, 10, "a", "z")).collect();
+        levels[1] = vec![FileSummary {
+            busy: true,
+            ..file(20, 999, "a", "m")
+        }];
+        let plan = pick(&levels, &SHAPE, &no_cursors()).expect("a plan");
+        assert_eq!(
+            (plan.level, plan.inputs.clone(), plan.in_place, plan.output_level()),
+            (0, vec![6, 5, 4, 3, 2, 1], true, 0)
+        );
+        // With L1 free, L0 goes down as usual.
+        levels[1][0].busy = false;
+        assert_eq!(
+            pick(&levels, &SHAPE, &no_cursors()),
+            Some(Plan::down(0, vec![6, 5, 4, 3, 2, 1], vec![20]))
+        );
+    }
+
+    #[test]
+    fn an_intra_l0_run_is_the_newest_files_that_record_a_sequence_and_do_not_outweigh_it() {
+        // The output takes the run's place in L0's order only if the run is
+        // the newest files and each one's sequence range is known; an
+        // earlier, larger output is merged again only once newer files add
+        // up to its size.
+        let busy_l1 = || {
+            vec![FileSummary {
+                busy: true,
+                ..file(20, 999, "a", "z")
+            }]
+        };
+        let mut levels: [Vec<FileSummary<'_>>; LEVELS] = Default::default();
+        levels[0] = vec![
+            file(9, 10, "a", "z"),
+            file(8, 10, "a", "z"),
+            file(7, 10, "a", "z"),
+            file(6, 10, "a", "z"),
+            file(5, 100, "a", "z"),
+        ];
+        levels[1] = busy_l1();
+        let plan = pick(&levels, &SHAPE, &no_cursors()).expect("a plan");
+        assert_eq!(plan.inputs, vec![9, 8, 7, 6], "the large earlier output waits");
+        // Files written before sequences were recorded end the run.
+        levels[0][2].largest_sequence = 0;
+        assert_eq!(pick(&levels, &SHAPE, &no_cursors()), None, "two files are too few");
+        // Fewer than INTRA_L0_FILES_MIN files: not worth a rewrite.
+        levels[0] = (1..=3).rev().map(|n| file(n, 10, "a", "z")).collect();
+        levels[0].push(file(0, 10, "a", "z"));
+        levels[0][3].largest_sequence = 0;
+        assert_eq!(pick(&levels, &SHAPE, &no_cursors()), None);
+        // Within the byte cap.
+        levels[0] = (1..=8).rev().map(|n| file(n, 10, "a", "z")).collect();
+        let capped = Shape {
+            l0_compaction_bytes_max: 45,
+            ..SHAPE
+        };
+        let plan = pick(&levels, &capped, &no_cursors()).expect("a plan");
+        assert_eq!(plan.inputs, vec![8, 7, 6, 5]);
     }
 
     #[test]
