@@ -140,7 +140,7 @@ fn main() -> Result<()> {
     let stats = db.stats();
     let levels: Vec<String> = stats.levels.iter().map(|l| format!("{}", l.files)).collect();
     println!(
-        "files per level [{}], stalls {} ({} ms), slowdowns {} ({} ms), compactions {} (+{} parts), write-amp {:.2}, cache hits {} misses {}",
+        "files per level [{}], stalls {} ({} ms), slowdowns {} ({} ms), compactions {} (+{} parts, {} intra-L0), write-amp {:.2}, cache hits {} misses {}",
         levels.join(" "),
         stats.write_stalls,
         stats.write_stall_micros / 1000,
@@ -148,6 +148,7 @@ fn main() -> Result<()> {
         stats.write_slowdown_micros / 1000,
         stats.compactions,
         stats.subcompactions,
+        stats.intra_l0_compactions,
         stats.write_amplification().unwrap_or(0.0),
         stats.block_cache_hits,
         stats.block_cache_misses
