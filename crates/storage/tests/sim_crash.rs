@@ -256,6 +256,9 @@ struct Coverage {
     attempts: u64,
     torn_crashes: u64,
     steps: u64,
+    /// Compactions, and those of them within L0, in the lives cut.
+    compactions: u64,
+    intra_l0_compactions: u64,
 }
 
 /// How the workload's writes reach the disk.
@@ -338,6 +341,11 @@ fn run_seed(seed: u64, lying: &LyingSyncs, wal: Wal, coverage: &mut Coverage) ->
         coverage.attempts += life.attempts.len() as u64;
         coverage.torn_crashes += u64::from(mode == CrashMode::Torn);
         coverage.steps += fs.steps();
+        if let Some(db) = &db {
+            let stats = db.stats();
+            coverage.compactions += stats.compactions;
+            coverage.intra_l0_compactions += stats.intra_l0_compactions;
+        }
         let after = fs.crash(mode);
         drop(db);
         let round = format!(
