@@ -12,8 +12,10 @@
 //! segment may end torn, say).
 //!
 //! The scan's rule for a torn write: a record is torn if its declared end
-//! lies past the end of the file; or its crc fails and only zeros (or the
-//! end of the file) follow it, or one of the 512-byte disk sectors it spans
+//! lies past the end of the file, or its crc fails and only zeros follow
+//! it, unless valid records start inside the bytes it claims and follow
+//! one another to the end (then its length is damaged:
+//! [`ScanEnd::DamagedLength`]); or its crc fails and one of the 512-byte disk sectors it spans
 //! holds only zeros there (that part of the write never reached the disk:
 //! unsynced sectors land in any order, so a lost one can be followed by
 //! written ones); or its header is eight zero bytes with data after it (no
@@ -115,10 +117,24 @@ pub enum ScanEnd {
         /// Why the bytes there are a torn write.
         reason: &'static str,
     },
-    /// A record declares a length above the limit, within the file.
+    /// A record declares a length above the limit.
     LengthTooLarge {
         /// The declared length.
         len: usize,
+    },
+    /// A record's declared length runs past the records that follow it (to
+    /// past the end of the file, or into the zeros after them), yet valid
+    /// records start inside the bytes it claims, one after another up to
+    /// the end of the file or its zero tail: the length is damaged, and
+    /// reading it as a torn write would drop every record after it. (A
+    /// torn write leaves no such chain: a tear that cuts the file ends the
+    /// records after it too, and one that zeroes a sector leaves the
+    /// length as written or smaller.)
+    DamagedLength {
+        /// The declared length.
+        len: usize,
+        /// Offset of the first record of that chain.
+        records_at: usize,
     },
     /// A record's checksum fails, and it cannot be a torn write.
     ChecksumMismatch {
@@ -166,17 +182,25 @@ pub fn scan_records(buf: &[u8], start: usize, record_bytes_max: usize) -> Record
         let stored = u32_at(rest, 0);
         let len = u32_at(rest, 4) as usize;
         let record_end = RECORD_HEADER_BYTES.saturating_add(len);
+        // No write of a valid record leaves a length above the limit, torn
+        // or not: that is damage wherever it is.
+        if len > record_bytes_max {
+            break ScanEnd::LengthTooLarge { len };
+        }
         if record_end > rest.len() {
+            if let Some(records_at) = records_to_the_end(buf, offset + RECORD_HEADER_BYTES, record_bytes_max) {
+                break ScanEnd::DamagedLength { len, records_at };
+            }
             break ScanEnd::Torn {
                 reason: "record runs past the end of the file",
             };
         }
-        if len > record_bytes_max {
-            break ScanEnd::LengthTooLarge { len };
-        }
         let computed = crc32fast::hash(&rest[4..record_end]);
         if computed != stored {
             if all_zero(&rest[record_end..]) {
+                if let Some(records_at) = records_to_the_end(buf, offset + RECORD_HEADER_BYTES, record_bytes_max) {
+                    break ScanEnd::DamagedLength { len, records_at };
+                }
                 break ScanEnd::Torn {
                     reason: "checksum mismatch on the final record",
                 };
@@ -196,6 +220,67 @@ pub fn scan_records(buf: &[u8], start: usize, record_bytes_max: usize) -> Record
         valid_bytes: offset.min(buf.len()),
         end,
     }
+}
+
+/// The first offset at or after `from` where valid records start and
+/// follow one another up to the end of `buf` or to only zeros, if any.
+///
+/// Only asked about the bytes of a record that would otherwise read as the
+/// torn last one: a torn write leaves part of one record's payload there,
+/// which holds such a chain only if that payload itself holds framed
+/// records that end exactly where the tear did.
+///
+/// Linear in the bytes searched (plus one checksum per plausible record):
+/// an offset whose chain was found not to reach the end is remembered, so
+/// no chain is walked twice, even through bytes crafted to hold records.
+fn records_to_the_end(buf: &[u8], from: usize, record_bytes_max: usize) -> Option<usize> {
+    // Where the trailing zeros (if any) start: a chain may end there.
+    let zeros_from = buf.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+    let reaches_end = |at: usize| at == buf.len() || at >= zeros_from;
+    // One bit per offset that can start a chain (those before the zeros).
+    let mut dead = vec![0u64; zeros_from.saturating_sub(from).div_ceil(64)];
+    let is_dead = |dead: &[u64], at: usize| dead[(at - from) / 64] & (1 << ((at - from) % 64)) != 0;
+    let mut chain = Vec::new();
+    for start in from..zeros_from.min(buf.len().saturating_sub(RECORD_HEADER_BYTES) + 1) {
+        if is_dead(&dead, start) {
+            continue;
+        }
+        chain.clear();
+        let mut at = start;
+        let found = loop {
+            if reaches_end(at) {
+                break true;
+            }
+            if is_dead(&dead, at) {
+                break false;
+            }
+            chain.push(at);
+            match record_at(buf, at, record_bytes_max) {
+                Some(end) => at = end,
+                None => break false,
+            }
+        };
+        if found {
+            return Some(start);
+        }
+        for &at in &chain {
+            dead[(at - from) / 64] |= 1 << ((at - from) % 64);
+        }
+    }
+    None
+}
+
+/// The end of the valid record at `at` in `buf`, if one is there: a
+/// payload within the limit and the file, with its checksum.
+fn record_at(buf: &[u8], at: usize, record_bytes_max: usize) -> Option<usize> {
+    let header = buf.get(at..at.checked_add(RECORD_HEADER_BYTES)?)?;
+    let len = u32_at(header, 4) as usize;
+    if len > record_bytes_max {
+        return None;
+    }
+    let end = at.checked_add(RECORD_HEADER_BYTES)?.checked_add(len)?;
+    let body = buf.get(at + 4..end)?;
+    (crc32fast::hash(body) == u32_at(header, 0)).then_some(end)
 }
 
 /// Checks one whole record (header and payload) read back at a known place
@@ -269,6 +354,63 @@ mod tests {
         let mut bad = buf.clone();
         bad[9] ^= 1;
         assert!(matches!(read_file_header(&bad), FileHeader::ChecksumMismatch { .. }));
+    }
+
+    #[test]
+    fn a_damaged_length_that_runs_past_the_end_is_not_a_torn_write() {
+        // One flipped bit in a length field used to read as a torn tail and
+        // drop every synced record after it.
+        let records: Vec<Vec<u8>> = (0..6).map(|i| vec![b'a' + i; 40 + usize::from(i)]).collect();
+        let payloads: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+        let buf = framed(&payloads);
+        let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 40;
+        let third = second + RECORD_HEADER_BYTES + 41;
+        for tail in [Vec::new(), vec![0u8; 3000], vec![0u8; 8000]] {
+            let mut damaged = buf.clone();
+            damaged[second + 5] ^= 0x10; // length 41 -> 4137: past the end, or into the zeros
+            damaged.extend_from_slice(&tail);
+            let scan = scan_records(&damaged, FILE_HEADER_BYTES, 1 << 20);
+            assert_eq!(scan.valid_bytes, second);
+            assert_eq!(
+                scan.end,
+                ScanEnd::DamagedLength {
+                    len: 41 + 0x1000,
+                    records_at: third
+                },
+                "with {} zeros after the records",
+                tail.len()
+            );
+        }
+        // A length above the limit is damage even where it runs past the end.
+        let mut huge = buf.clone();
+        huge[second + 7] = 0x7f;
+        let scan = scan_records(&huge, FILE_HEADER_BYTES, 1 << 20);
+        assert!(matches!(scan.end, ScanEnd::LengthTooLarge { .. }), "{:?}", scan.end);
+        // The last record cut short is still a torn write, with or without
+        // zeros written ahead after it.
+        for cut in [1, 9, 30] {
+            let torn = &buf[..buf.len() - cut];
+            let scan = scan_records(torn, FILE_HEADER_BYTES, 1 << 20);
+            assert_eq!(scan.payloads.len(), 5, "cut {cut}");
+            assert!(matches!(scan.end, ScanEnd::Torn { .. }), "cut {cut}: {:?}", scan.end);
+        }
+    }
+
+    #[test]
+    fn records_inside_a_torn_payload_that_stop_short_of_the_end_leave_it_torn() {
+        // A value may hold framed records of its own; cut short, it is still
+        // a torn write, and the search through it stays linear (20k
+        // embedded records, each a possible start, walked once).
+        let mut inner = Vec::new();
+        for _ in 0..20_000 {
+            frame(&mut inner, b"", 1 << 20);
+        }
+        inner.extend_from_slice(b"not a record");
+        let mut buf = framed(&[b"first", &inner]);
+        buf.truncate(buf.len() - 3);
+        let scan = scan_records(&buf, FILE_HEADER_BYTES, 1 << 20);
+        assert_eq!(scan.payloads.len(), 1);
+        assert!(matches!(scan.end, ScanEnd::Torn { .. }), "{:?}", scan.end);
     }
 
     #[test]

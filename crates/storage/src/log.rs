@@ -191,6 +191,14 @@ pub fn read_log(fs: &dyn FileSystem, path: &Path, kind: LogKind) -> Result<LogCo
             offset,
             format!("record length {len} exceeds the limit"),
         )),
+        ScanEnd::DamagedLength { len, records_at } => Err(Error::corruption(
+            path,
+            offset,
+            format!(
+                "record length {len} runs past the records after it, but valid records follow from offset \
+                 {records_at}: a damaged length, not a torn write"
+            ),
+        )),
         ScanEnd::ChecksumMismatch { stored, computed } => Err(Error::ChecksumMismatch {
             file: path.to_path_buf(),
             offset,

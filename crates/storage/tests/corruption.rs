@@ -96,6 +96,33 @@ fn a_flipped_byte_in_the_middle_of_the_wal_refuses_to_open() {
 }
 
 #[test]
+fn a_flipped_bit_in_a_wal_record_length_refuses_to_open() {
+    // A length grown by one flipped bit runs into the zeros written ahead
+    // (or past the end of the file) and used to read as a torn last
+    // record: every synced write after it was dropped without a word.
+    for bit in [4u8, 6] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(dir.path(), Options::default()).expect("open");
+        write_synced(&db, 100);
+        drop(db);
+        let wal = largest_wal(dir.path());
+        let mut bytes = std::fs::read(&wal).expect("read");
+        // The first record's length field: after the 16-byte file header
+        // and the record's 4-byte checksum.
+        bytes[16 + 4 + 1] ^= 1 << bit;
+        std::fs::write(&wal, &bytes).expect("write");
+
+        let err = Db::open(dir.path(), Options::default()).expect_err("the damage must be reported");
+        assert!(err.is_corruption(), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains(".wal") && message.contains("offset") && message.contains("damaged length"),
+            "bit {bit}: {message}"
+        );
+    }
+}
+
+#[test]
 fn a_flipped_byte_in_a_table_block_is_a_checksum_error_not_wrong_data() {
     // Every block read is verified: damage shows up as an error on the read that meets it.
     let dir = tempfile::tempdir().expect("tempdir");

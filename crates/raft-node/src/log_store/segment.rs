@@ -408,6 +408,16 @@ fn scan_v1(path: &Path, buf: &[u8]) -> Result<Scanned, LogStoreError> {
                 format!("record length {len} exceeds {RECORD_BYTES_MAX}"),
             ))
         }
+        ScanEnd::DamagedLength { len, records_at } => {
+            return Err(LogStoreError::corrupt(
+                path,
+                offset as u64,
+                format!(
+                    "record length {len} runs past the records after it, but valid records follow from offset \
+                     {records_at}: a damaged length, not a torn write"
+                ),
+            ))
+        }
         ScanEnd::ChecksumMismatch { stored, computed } => {
             return Err(LogStoreError::corrupt(
                 path,
