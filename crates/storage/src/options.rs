@@ -31,6 +31,17 @@ pub const COMPACTION_BYTES_PER_SEC_MIN: u64 = 1 << 20;
 pub const TABLE_FILES_OPEN_MIN: usize = 8;
 /// The smallest [`Options::blob_value_bytes_min`] accepted.
 pub const BLOB_VALUE_BYTES_MIN: usize = 64;
+/// Largest memtable accepted: its key filter is allocated whole up front
+/// (a 64th of this), and a WAL this big takes long to replay at startup.
+pub const MEMTABLE_BYTES_MAX: usize = 4 << 30;
+/// Most immutable memtables accepted (each may be up to a memtable's size).
+pub const IMMUTABLE_MEMTABLES_MAX: usize = 64;
+/// Largest data block and table targets accepted.
+pub const BLOCK_BYTES_MAX: usize = 16 << 20;
+/// Largest table target accepted.
+pub const TABLE_BYTES_MAX: u64 = 4 << 30;
+/// Largest size ratio between levels accepted.
+pub const LEVEL_SIZE_RATIO_MAX: u64 = 1000;
 
 /// How a [`crate::Db`] is configured when opened.
 ///
@@ -236,8 +247,12 @@ impl Options {
             }
         };
         check(
-            self.memtable_bytes_max >= 4096,
-            "memtable_bytes_max must be at least 4096",
+            (4096..=MEMTABLE_BYTES_MAX).contains(&self.memtable_bytes_max),
+            "memtable_bytes_max must be between 4096 and 4 GiB",
+        )?;
+        check(
+            self.immutable_memtables_max <= IMMUTABLE_MEMTABLES_MAX,
+            "immutable_memtables_max must be at most 64",
         )?;
         // With no room for an immutable memtable, a full memtable could
         // never be frozen and every write would wait forever.
@@ -253,7 +268,10 @@ impl Options {
             self.l1_bytes_target >= self.table_bytes_target,
             "l1_bytes_target must be at least table_bytes_target",
         )?;
-        check(self.block_bytes_target >= 64, "block_bytes_target must be at least 64")?;
+        check(
+            (64..=BLOCK_BYTES_MAX).contains(&self.block_bytes_target),
+            "block_bytes_target must be between 64 and 16 MiB",
+        )?;
         check(
             self.block_restart_interval >= 1,
             "block_restart_interval must be at least 1",
@@ -270,7 +288,10 @@ impl Options {
             self.table_files_open_max >= TABLE_FILES_OPEN_MIN,
             "table_files_open_max must be at least 8",
         )?;
-        check(self.level_size_ratio >= 2, "level_size_ratio must be at least 2")?;
+        check(
+            (2..=LEVEL_SIZE_RATIO_MAX).contains(&self.level_size_ratio),
+            "level_size_ratio must be between 2 and 1000",
+        )?;
         check(self.compaction_threads >= 1, "compaction_threads must be at least 1")?;
         check(
             self.compaction_threads <= COMPACTION_THREADS_MAX,
@@ -319,8 +340,8 @@ impl Options {
             "blob_collection_garbage_ratio must be between 0.0 and 1.0",
         )?;
         check(
-            self.table_bytes_target >= 4096,
-            "table_bytes_target must be at least 4096",
+            (4096..=TABLE_BYTES_MAX).contains(&self.table_bytes_target),
+            "table_bytes_target must be between 4096 and 4 GiB",
         )
     }
 }

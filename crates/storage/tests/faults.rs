@@ -152,3 +152,54 @@ fn options_that_could_never_work_are_refused_at_open() {
     };
     assert!(refused.to_string().contains("immutable_memtables_max"), "{refused}");
 }
+
+#[test]
+fn options_past_their_upper_bounds_are_refused_at_open() {
+    // A huge memtable allocated its key filter (a 64th of it) at open; the
+    // other bounds keep a typo from building a tree that cannot work.
+    let cases: Vec<(&str, Options)> = vec![
+        (
+            "memtable_bytes_max",
+            Options {
+                memtable_bytes_max: usize::MAX,
+                ..Options::default()
+            },
+        ),
+        (
+            "immutable_memtables_max",
+            Options {
+                immutable_memtables_max: 1000,
+                ..Options::default()
+            },
+        ),
+        (
+            "block_bytes_target",
+            Options {
+                block_bytes_target: 1 << 30,
+                ..Options::default()
+            },
+        ),
+        (
+            "level_size_ratio",
+            Options {
+                level_size_ratio: u64::MAX,
+                ..Options::default()
+            },
+        ),
+        (
+            "table_bytes_target",
+            Options {
+                table_bytes_target: 1 << 40,
+                l1_bytes_target: 1 << 41,
+                ..Options::default()
+            },
+        ),
+    ];
+    for (knob, options) in cases {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match Db::open(dir.path(), options) {
+            Ok(_) => panic!("opened with {knob} past its bound"),
+            Err(refused) => assert!(refused.to_string().contains(knob), "{knob}: {refused}"),
+        }
+    }
+}
