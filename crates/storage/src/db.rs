@@ -424,6 +424,8 @@ impl Inner {
     /// shadowed by a newer one the reader cannot see).
     fn read_view(&self, snapshot: Option<SequenceNumber>) -> (Arc<SuperVersion>, SequenceNumber) {
         let sv = self.super_version();
+        #[cfg(test)]
+        tests::between_view_loads();
         let sequence = snapshot.unwrap_or_else(|| self.visible_sequence.load(Ordering::Acquire));
         (sv, sequence)
     }
@@ -667,9 +669,52 @@ fn remove_obsolete_files(fs: &dyn FileSystem, dir: &Path, versions: &VersionSet)
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+
     use super::*;
     use crate::framing;
     use crate::io::RealFs;
+
+    thread_local! {
+        /// Run once by this thread's next read, between the two loads of
+        /// its read view.
+        static BETWEEN_VIEW_LOADS: RefCell<Option<Box<dyn FnOnce()>>> = RefCell::new(None);
+    }
+
+    /// The hook `Inner::read_view` calls between its two loads.
+    pub(super) fn between_view_loads() {
+        if let Some(hook) = BETWEEN_VIEW_LOADS.with(|hook| hook.borrow_mut().take()) {
+            hook();
+        }
+    }
+
+    #[test]
+    fn a_read_sees_a_version_a_compaction_between_its_two_loads_drops() {
+        // A reader that loaded its sequence before its SuperVersion could
+        // meet a compaction in between that dropped the version the
+        // sequence should see (shadowed by a newer write the reader cannot
+        // see) and read nothing at all. The SuperVersion comes first: its
+        // files keep that version, and the sequence loaded after it sees
+        // everything in them.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Arc::new(Db::open(dir.path(), Options::default()).expect("open"));
+        db.put("k", "old").expect("put");
+        db.flush().expect("flush");
+        let writer = Arc::clone(&db);
+        BETWEEN_VIEW_LOADS.with(|hook| {
+            *hook.borrow_mut() = Some(Box::new(move || {
+                writer.put("k", "new").expect("put");
+                writer.flush().expect("flush");
+                writer.compact_range(..).expect("compact");
+            }));
+        });
+        let seen = db.get(b"k").expect("get");
+        assert!(
+            matches!(seen.as_deref(), Some(b"old" | b"new")),
+            "a key written before the read was missing: {seen:?}"
+        );
+        assert_eq!(db.get(b"k").expect("get").as_deref(), Some(&b"new"[..]));
+    }
 
     /// A database whose directory holds two WALs past the manifest's log
     /// number, each with one synced batch, as after a memtable rotation and
