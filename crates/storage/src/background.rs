@@ -354,12 +354,20 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         };
         // Live values met in mostly-garbage blob files move to new ones.
         let collect = collectable_blobs(inner, version);
-        let points = picker::split_points(
-            &summaries_of(&inputs),
-            &summaries_of(&next_inputs),
-            inner.options.subcompactions_max,
-            inner.options.subcompaction_bytes_min,
-        );
+        // An intra-L0 compaction writes one file: cut into several, or
+        // split into parts, it would leave L0 with as many files as it
+        // took, and the next pick could take the same ones again.
+        let intra_l0 = plan.in_place && plan.level == 0;
+        let points = if intra_l0 {
+            Vec::new()
+        } else {
+            picker::split_points(
+                &summaries_of(&inputs),
+                &summaries_of(&next_inputs),
+                inner.options.subcompactions_max,
+                inner.options.subcompaction_bytes_min,
+            )
+        };
         let written = run_parts(inner, plan, &inputs, &next_inputs, policy, &collect, points)?;
         let (outputs, stats) = (written.tables, written.stats);
         Counters::add(&inner.counters.blob_bytes_written, stats.blob_bytes_written);
@@ -511,7 +519,11 @@ fn run_part(
         policy,
         separation(inner, collect),
         inner.table_options.clone(),
-        inner.options.table_bytes_target,
+        if plan.in_place && plan.level == 0 {
+            u64::MAX
+        } else {
+            inner.options.table_bytes_target
+        },
         &mut || inner.versions.lock().new_file_number(),
     )
 }

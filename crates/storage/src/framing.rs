@@ -13,8 +13,8 @@
 //!
 //! The scan's rule for a torn write: a record is torn if its declared end
 //! lies past the end of the file, or its crc fails and only zeros follow
-//! it, unless valid records start inside the bytes it claims and follow
-//! one another to the end (then its length is damaged:
+//! it, unless a length one or two bits away passes its crc and valid
+//! records follow to the end (then its length field is damaged:
 //! [`ScanEnd::DamagedLength`]); or its crc fails and one of the 512-byte disk sectors it spans
 //! holds only zeros there (that part of the write never reached the disk:
 //! unsynced sectors land in any order, so a lost one can be followed by
@@ -122,18 +122,18 @@ pub enum ScanEnd {
         /// The declared length.
         len: usize,
     },
-    /// A record's declared length runs past the records that follow it (to
-    /// past the end of the file, or into the zeros after them), yet valid
-    /// records start inside the bytes it claims, one after another up to
-    /// the end of the file or its zero tail: the length is damaged, and
-    /// reading it as a torn write would drop every record after it. (A
-    /// torn write leaves no such chain: a tear that cuts the file ends the
-    /// records after it too, and one that zeroes a sector leaves the
-    /// length as written or smaller.)
+    /// A record's declared length runs past the end of the file or into
+    /// the zeros after the records, yet a length one or two bits away
+    /// passes the record's checksum and valid records follow it one after
+    /// another to the end of the file or its zero tail: the length field
+    /// is damaged, and reading the record as a torn write would drop every
+    /// record after it. (A torn record keeps the length it was written
+    /// with, which the checksum covers.)
     DamagedLength {
         /// The declared length.
         len: usize,
-        /// Offset of the first record of that chain.
+        /// Where the record ends with its length repaired: the first
+        /// record after it, or the end of the records.
         records_at: usize,
     },
     /// A record's checksum fails, and it cannot be a torn write.
@@ -188,7 +188,7 @@ pub fn scan_records(buf: &[u8], start: usize, record_bytes_max: usize) -> Record
             break ScanEnd::LengthTooLarge { len };
         }
         if record_end > rest.len() {
-            if let Some(records_at) = records_to_the_end(buf, offset + RECORD_HEADER_BYTES, record_bytes_max) {
+            if let Some(records_at) = repaired_length(buf, offset, record_bytes_max) {
                 break ScanEnd::DamagedLength { len, records_at };
             }
             break ScanEnd::Torn {
@@ -198,7 +198,7 @@ pub fn scan_records(buf: &[u8], start: usize, record_bytes_max: usize) -> Record
         let computed = crc32fast::hash(&rest[4..record_end]);
         if computed != stored {
             if all_zero(&rest[record_end..]) {
-                if let Some(records_at) = records_to_the_end(buf, offset + RECORD_HEADER_BYTES, record_bytes_max) {
+                if let Some(records_at) = repaired_length(buf, offset, record_bytes_max) {
                     break ScanEnd::DamagedLength { len, records_at };
                 }
                 break ScanEnd::Torn {
@@ -222,52 +222,105 @@ pub fn scan_records(buf: &[u8], start: usize, record_bytes_max: usize) -> Record
     }
 }
 
-/// The first offset at or after `from` where valid records start and
-/// follow one another up to the end of `buf` or to only zeros, if any.
+/// Most bits of a length field a repair may flip back: one flipped bit is
+/// the damage seen in practice; two leave room without opening the door
+/// to chance (a repair must also pass the record's own checksum).
+const LENGTH_BITS_REPAIRED_MAX: u32 = 2;
+
+/// Where the record at `offset` really ends, if its length field is
+/// damaged: the end of a shorter length, at most
+/// [`LENGTH_BITS_REPAIRED_MAX`] bits away from the declared one, with which
+/// the record's checksum holds and after which valid records follow one
+/// another to the end of `buf` (or to only zeros).
 ///
-/// Only asked about the bytes of a record that would otherwise read as the
-/// torn last one: a torn write leaves part of one record's payload there,
-/// which holds such a chain only if that payload itself holds framed
-/// records that end exactly where the tear did.
-///
-/// Linear in the bytes searched (plus one checksum per plausible record):
-/// an offset whose chain was found not to reach the end is remembered, so
-/// no chain is walked twice, even through bytes crafted to hold records.
-fn records_to_the_end(buf: &[u8], from: usize, record_bytes_max: usize) -> Option<usize> {
+/// Only asked about a record that would otherwise read as the torn last
+/// one. A torn record keeps the length it was written with, so no other
+/// length passes its checksum (but by a 2^-32 chance per candidate): the
+/// checksum covers the length field. At most 528 candidate lengths; the
+/// chains after them are walked once each (a failed one is remembered),
+/// so the search stays linear even through a value full of framed
+/// records.
+fn repaired_length(buf: &[u8], offset: usize, record_bytes_max: usize) -> Option<usize> {
+    let header = buf.get(offset..offset + RECORD_HEADER_BYTES)?;
+    let stored = u32_at(header, 0);
+    let declared = u32_at(header, 4);
+    let payload_at = offset + RECORD_HEADER_BYTES;
     // Where the trailing zeros (if any) start: a chain may end there.
     let zeros_from = buf.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
-    let reaches_end = |at: usize| at == buf.len() || at >= zeros_from;
-    // One bit per offset that can start a chain (those before the zeros).
-    let mut dead = vec![0u64; zeros_from.saturating_sub(from).div_ceil(64)];
-    let is_dead = |dead: &[u64], at: usize| dead[(at - from) / 64] & (1 << ((at - from) % 64)) != 0;
-    let mut chain = Vec::new();
-    for start in from..zeros_from.min(buf.len().saturating_sub(RECORD_HEADER_BYTES) + 1) {
-        if is_dead(&dead, start) {
+    let mut lengths: Vec<u32> = (0..32)
+        .flat_map(|a| (a..32).map(move |b| (1u32 << a) | (1u32 << b)))
+        .filter(|mask| mask.count_ones() <= LENGTH_BITS_REPAIRED_MAX && declared & mask == *mask)
+        .map(|mask| declared ^ mask)
+        .collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    let mut chains = Chains::new(payload_at, zeros_from.max(payload_at));
+    for len in lengths {
+        let end = payload_at + len as usize;
+        if end > buf.len() || !chains.reach_the_end(buf, end, record_bytes_max) {
             continue;
         }
-        chain.clear();
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&len.to_le_bytes());
+        crc.update(&buf[payload_at..end]);
+        if crc.finalize() == stored {
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Which offsets start a chain of valid records that runs to the end of
+/// the buffer or to its trailing zeros; every offset is walked at most
+/// once, the ones whose chain fails remembered in a bitmap.
+struct Chains {
+    from: usize,
+    zeros_from: usize,
+    dead: Vec<u64>,
+}
+
+impl Chains {
+    /// For offsets from `from`, in a buffer whose trailing zeros start at
+    /// `zeros_from`.
+    fn new(from: usize, zeros_from: usize) -> Chains {
+        Chains {
+            from,
+            zeros_from,
+            dead: vec![0; (zeros_from - from).div_ceil(64)],
+        }
+    }
+
+    fn is_dead(&self, at: usize) -> bool {
+        let bit = at - self.from;
+        self.dead[bit / 64] & (1 << (bit % 64)) != 0
+    }
+
+    /// Whether valid records follow one another from `at` to the end of
+    /// `buf` or to its trailing zeros.
+    fn reach_the_end(&mut self, buf: &[u8], start: usize, record_bytes_max: usize) -> bool {
+        let mut walked = Vec::new();
         let mut at = start;
-        let found = loop {
-            if reaches_end(at) {
+        let reached = loop {
+            if at == buf.len() || at >= self.zeros_from {
                 break true;
             }
-            if is_dead(&dead, at) {
+            if self.is_dead(at) {
                 break false;
             }
-            chain.push(at);
+            walked.push(at);
             match record_at(buf, at, record_bytes_max) {
                 Some(end) => at = end,
                 None => break false,
             }
         };
-        if found {
-            return Some(start);
+        if !reached {
+            for at in walked {
+                let bit = at - self.from;
+                self.dead[bit / 64] |= 1 << (bit % 64);
+            }
         }
-        for &at in &chain {
-            dead[(at - from) / 64] |= 1 << ((at - from) % 64);
-        }
+        reached
     }
-    None
 }
 
 /// The end of the valid record at `at` in `buf`, if one is there: a
@@ -406,9 +459,44 @@ mod tests {
             frame(&mut inner, b"", 1 << 20);
         }
         inner.extend_from_slice(b"not a record");
-        let mut buf = framed(&[b"first", &inner]);
-        buf.truncate(buf.len() - 3);
-        let scan = scan_records(&buf, FILE_HEADER_BYTES, 1 << 20);
+        let buf = framed(&[b"first", &inner]);
+        let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
+        let cuts = [
+            buf.len() - 3,
+            // Exactly at the end of an embedded record: from there back,
+            // records chain to the end of the file.
+            second + RECORD_HEADER_BYTES + 800 * RECORD_HEADER_BYTES,
+        ];
+        for cut in cuts {
+            let mut torn = buf[..cut].to_vec();
+            let scan = scan_records(&torn, FILE_HEADER_BYTES, 1 << 20);
+            assert_eq!(scan.payloads.len(), 1, "cut at {cut}");
+            assert!(matches!(scan.end, ScanEnd::Torn { .. }), "cut at {cut}: {:?}", scan.end);
+            // The same with the lost sectors read as zeros after the cut.
+            torn.resize(buf.len() + 4096, 0);
+            let scan = scan_records(&torn, FILE_HEADER_BYTES, 1 << 20);
+            assert!(
+                matches!(scan.end, ScanEnd::Torn { .. }),
+                "zeros from {cut}: {:?}",
+                scan.end
+            );
+        }
+    }
+
+    #[test]
+    fn a_torn_payload_ending_in_an_empty_records_checksum_is_still_torn() {
+        // An empty record is its checksum (0x2144df1c) and a zero length:
+        // a payload whose surviving bytes end with that checksum, then the
+        // zeros of its lost sectors, holds a "record" that reaches the
+        // zeros. It is still a torn write.
+        let mut value = vec![7u8; 1000];
+        let crc_of_empty = crc32fast::hash(&[0u8; 4]).to_le_bytes();
+        value[508..512].copy_from_slice(&crc_of_empty);
+        let buf = framed(&[b"first", &value]);
+        let second = FILE_HEADER_BYTES + RECORD_HEADER_BYTES + 5;
+        let mut torn = buf.clone();
+        torn[second + RECORD_HEADER_BYTES + 512..].fill(0);
+        let scan = scan_records(&torn, FILE_HEADER_BYTES, 1 << 20);
         assert_eq!(scan.payloads.len(), 1);
         assert!(matches!(scan.end, ScanEnd::Torn { .. }), "{:?}", scan.end);
     }
