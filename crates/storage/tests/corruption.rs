@@ -74,25 +74,31 @@ fn a_torn_wal_tail_is_dropped_and_the_rest_recovered() {
     assert!(db.get(b"key0000").expect("get").is_some());
 }
 
-#[test]
-fn a_flipped_byte_in_the_middle_of_the_wal_refuses_to_open() {
-    // Silent loss of acknowledged writes is worse than a refusal with a clear message.
+/// Opens a database with 100 synced writes in its WAL after `damage`
+/// flipped bits of that WAL; the error it fails with.
+fn open_after_wal_damage(damage: impl FnOnce(&mut [u8])) -> storage::Error {
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Db::open(dir.path(), Options::default()).expect("open");
     write_synced(&db, 100);
     drop(db);
     let wal = largest_wal(dir.path());
     let mut bytes = std::fs::read(&wal).expect("read");
-    bytes[40] ^= 0x01;
+    damage(&mut bytes);
     std::fs::write(&wal, &bytes).expect("write");
-
-    let err = Db::open(dir.path(), Options::default()).expect_err("corruption must be reported");
+    let err = Db::open(dir.path(), Options::default()).expect_err("the damage must be reported");
     assert!(err.is_corruption(), "{err}");
     let message = err.to_string();
     assert!(
         message.contains(".wal") && message.contains("offset"),
         "the message names file and offset: {message}"
     );
+    err
+}
+
+#[test]
+fn a_flipped_byte_in_the_middle_of_the_wal_refuses_to_open() {
+    // Silent loss of acknowledged writes is worse than a refusal with a clear message.
+    open_after_wal_damage(|bytes| bytes[40] ^= 0x01);
 }
 
 #[test]
@@ -101,24 +107,10 @@ fn a_flipped_bit_in_a_wal_record_length_refuses_to_open() {
     // (or past the end of the file) and used to read as a torn last
     // record: every synced write after it was dropped without a word.
     for bit in [4u8, 6] {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(dir.path(), Options::default()).expect("open");
-        write_synced(&db, 100);
-        drop(db);
-        let wal = largest_wal(dir.path());
-        let mut bytes = std::fs::read(&wal).expect("read");
         // The first record's length field: after the 16-byte file header
         // and the record's 4-byte checksum.
-        bytes[16 + 4 + 1] ^= 1 << bit;
-        std::fs::write(&wal, &bytes).expect("write");
-
-        let err = Db::open(dir.path(), Options::default()).expect_err("the damage must be reported");
-        assert!(err.is_corruption(), "{err}");
-        let message = err.to_string();
-        assert!(
-            message.contains(".wal") && message.contains("offset") && message.contains("damaged length"),
-            "bit {bit}: {message}"
-        );
+        let err = open_after_wal_damage(|bytes| bytes[16 + 4 + 1] ^= 1 << bit);
+        assert!(err.to_string().contains("damaged length"), "bit {bit}: {err}");
     }
 }
 
