@@ -15,8 +15,8 @@
 //! lies past the end of the file, or its crc fails and only zeros follow
 //! it, unless a length one or two bits away passes its crc and valid
 //! records follow to the end (then its length field is damaged:
-//! [`ScanEnd::DamagedLength`]); or its crc fails and one of the 512-byte disk sectors it spans
-//! holds only zeros there (that part of the write never reached the disk:
+//! [`ScanEnd::DamagedLength`]); or its crc fails and one of the 512-byte
+//! disk sectors it spans holds only zeros there (that part of the write never reached the disk:
 //! unsynced sectors land in any order, so a lost one can be followed by
 //! written ones); or its header is eight zero bytes with data after it (no
 //! record starts so: the crc of a zero length is not zero). Zeros alone
