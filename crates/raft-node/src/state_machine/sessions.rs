@@ -522,6 +522,9 @@ mod tests {
         let mut applied: HashMap<(u64, u64), u64> = HashMap::new();
         let mut last_active: HashMap<u64, u64> = HashMap::new();
         let (mut clock, mut index) = (1_000u64, 1u64);
+        // The model's clock and the table's start together: a session opened
+        // before the first tick is active at `clock`, not at zero.
+        sessions.advance_clock(clock);
         for _ in 0..20_000 {
             index += 1;
             match rng.u32(0..100) {
