@@ -354,11 +354,8 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         };
         // Live values met in mostly-garbage blob files move to new ones.
         let collect = collectable_blobs(inner, version);
-        // An intra-L0 compaction writes one file: cut into several, or
-        // split into parts, it would leave L0 with as many files as it
-        // took, and the next pick could take the same ones again.
-        let intra_l0 = plan.in_place && plan.level == 0;
-        let points = if intra_l0 {
+        // An intra-L0 compaction writes one file (see `Plan::is_intra_l0`).
+        let points = if plan.is_intra_l0() {
             Vec::new()
         } else {
             picker::split_points(
@@ -402,7 +399,7 @@ fn run_compaction(inner: &Inner, plan: &Plan, version: &Version) -> Result<()> {
         inner.bg.lock().cursors[plan.level] = largest.to_vec();
     }
     Counters::add(&inner.counters.compactions, 1);
-    if plan.in_place && plan.level == 0 {
+    if plan.is_intra_l0() {
         Counters::add(&inner.counters.intra_l0_compactions, 1);
     }
     Ok(())
@@ -519,7 +516,7 @@ fn run_part(
         policy,
         separation(inner, collect),
         inner.table_options.clone(),
-        if plan.in_place && plan.level == 0 {
+        if plan.is_intra_l0() {
             u64::MAX
         } else {
             inner.options.table_bytes_target

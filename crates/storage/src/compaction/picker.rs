@@ -76,6 +76,14 @@ impl Plan {
         }
     }
 
+    /// Whether the plan merges L0 files into one run within L0: it then
+    /// writes one output file, since cut into several (or split into
+    /// parts) it would leave L0 with as many files as it took, and the
+    /// next pick could take the same ones again.
+    pub fn is_intra_l0(&self) -> bool {
+        self.in_place && self.level == 0
+    }
+
     /// Whether the plan can be carried out by moving one file down a level
     /// without rewriting it.
     pub fn is_trivial_move(&self) -> bool {
