@@ -163,6 +163,7 @@ pub fn recycled_segment() -> Result<(u64, Vec<u8>), LogStoreError> {
         segment_bytes_max: RECYCLED_SEED_SEGMENT_BYTES,
         preallocate: true,
         memory_window_bytes_max: 0,
+        node_id: None,
     };
     let log_id = |index| LogId::new(CommittedLeaderId::new(1, 1), index);
     let stuck = || {

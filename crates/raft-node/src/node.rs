@@ -182,6 +182,7 @@ impl KvNode {
         let log_options = LogStoreOptions {
             memory_window_bytes_max: config.timing.log_memory_window_bytes_max,
             segment_bytes_max: config.timing.log_segment_bytes_max,
+            node_id: Some(config.id),
             ..LogStoreOptions::default()
         };
         if let (true, Some(backup)) = (config.initialize, &config.restore_from) {

@@ -90,6 +90,47 @@ async fn appended_entries_read_back_and_survive_reopen() {
 }
 
 #[tokio::test]
+async fn a_follower_fsyncs_on_the_appending_thread_and_a_leader_on_the_sync_thread() {
+    // Node 1's vote is saved: as node 2 the store follows and runs each
+    // append's callback before append returns, on the caller's thread; as
+    // node 1 (the leader) the sync thread runs it, so the leader's fsync
+    // can overlap the replication openraft starts after append returns.
+    for (me, follows) in [(2, true), (1, false)] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = LogStoreOptions {
+            node_id: Some(me),
+            ..LogStoreOptions::default()
+        };
+        let mut store = LogStore::open_with(dir.path(), options.clone()).expect("open");
+        store.save_vote(&Vote::new_committed(1, 1)).await.expect("vote");
+        let (tx, rx) = mpsc::channel();
+        for index in 0..3 {
+            let tx = tx.clone();
+            store
+                .append_with_callback(entries(1, index..=index), move |r| {
+                    let thread = std::thread::current().name().map(str::to_string);
+                    tx.send((index, r.is_ok(), thread)).expect("send");
+                })
+                .expect("append");
+            if follows {
+                let (done, ok, thread) = rx.try_recv().expect("a follower's append is durable when it returns");
+                assert_eq!((done, ok), (index, true));
+                assert_ne!(thread.as_deref(), Some("raft-log-sync"), "node {me}");
+            }
+        }
+        if !follows {
+            for index in 0..3 {
+                let (done, ok, thread) = rx.recv().expect("callback");
+                assert_eq!((done, ok, thread.as_deref()), (index, true, Some("raft-log-sync")));
+            }
+        }
+        drop(store);
+        let mut store = LogStore::open_with(dir.path(), options).expect("reopen");
+        assert_eq!(all_entries(&mut store).await, entries(1, 0..=2), "node {me}");
+    }
+}
+
+#[tokio::test]
 async fn entries_are_readable_as_soon_as_append_returns() {
     // openraft's contract: a reader sees entries when append returns, before the flush callback.
     let dir = tempfile::tempdir().expect("tempdir");
@@ -399,6 +440,7 @@ fn small_window() -> LogStoreOptions {
         segment_bytes_max: 8 * 1024,
         preallocate: true,
         memory_window_bytes_max: 4 * 1024,
+        ..LogStoreOptions::default()
     }
 }
 
@@ -497,6 +539,7 @@ fn memory_stays_within_the_window_while_many_large_entries_are_appended() {
         segment_bytes_max: 16 << 20,
         preallocate: false,
         memory_window_bytes_max: WINDOW_BYTES_MAX,
+        ..LogStoreOptions::default()
     };
     let mut store = LogStore::open_with(dir.path(), options).expect("open");
     let (tx, rx) = mpsc::channel();

@@ -38,6 +38,10 @@ fn options() -> LogStoreOptions {
         segment_bytes_max: SEGMENT_BYTES_MAX,
         preallocate: true,
         memory_window_bytes_max: MEMORY_WINDOW_BYTES_MAX,
+        // The votes saved here are node 1's: as node 2 the store follows,
+        // and its appends are fsynced on the writing thread (the cluster
+        // tests' leaders cover the sync thread).
+        node_id: Some(2),
     }
 }
 

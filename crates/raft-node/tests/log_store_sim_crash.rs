@@ -199,6 +199,10 @@ fn options(rng: &mut fastrand::Rng) -> LogStoreOptions {
         segment_bytes_max: rng.u64(2..=12) * 1024,
         preallocate: rng.u8(0..4) != 0,
         memory_window_bytes_max: rng.u64(0..=8) * 1024,
+        // The votes saved here are node 1's: as node 2 the store follows
+        // and fsyncs appends on the caller's thread; as node 1, or not
+        // told its id, it leaves them to the sync thread.
+        node_id: [None, Some(1), Some(2)][rng.usize(0..3)],
     }
 }
 
@@ -569,6 +573,7 @@ fn recycled_after_power_cut(ignore_numbers: bool) -> (Vec<Entry>, Result<Vec<Ent
         segment_bytes_max: 4096,
         preallocate: true,
         memory_window_bytes_max: 0,
+        node_id: None,
     };
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
     let mut store = LogStore::open_on(Arc::clone(&disk) as Arc<dyn FileSystem>, dir, options.clone()).expect("open");
@@ -652,6 +657,7 @@ fn a_truncation_cut_interrupted_at_any_length_reopens() {
         segment_bytes_max: 64 * 1024,
         preallocate: false,
         memory_window_bytes_max: 0,
+        node_id: None,
     };
     let mut store = LogStore::open_on(Arc::clone(&disk) as Arc<dyn FileSystem>, dir, options.clone()).expect("open");
     let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");

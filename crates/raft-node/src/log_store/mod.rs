@@ -38,7 +38,9 @@
 //!
 //! - `append` writes all its entries with one `write`, makes them readable,
 //!   and hands the callback to the sync thread, which runs one `fsync` for
-//!   every append that arrived meanwhile (group commit).
+//!   every append that arrived meanwhile (group commit). A follower, whose
+//!   appends come one AppendEntries at a time, fsyncs on the caller's
+//!   thread instead ([`LogStoreOptions::node_id`]).
 //! - Segments are preallocated, so appends overwrite blocks the file
 //!   already has and each fsync writes data only, not the file size and
 //!   the journal commit it costs. The next segment is a purged one,
@@ -116,7 +118,7 @@ pub(crate) use self::segment::{
 };
 use self::sync::Syncer;
 pub use self::sync::{SyncTimes, FSYNC_BUCKET_BOUNDS_SECONDS};
-use crate::types::{Entry, LogId, Vote};
+use crate::types::{Entry, LogId, NodeId, Vote};
 
 /// Default size after which appends go to a new segment, in bytes.
 pub const SEGMENT_BYTES_MAX: u64 = 64 << 20;
@@ -157,6 +159,17 @@ pub struct LogStoreOptions {
     /// records, plus decoding), at the cost of that much memory. Default:
     /// [`MEMORY_WINDOW_BYTES_MAX`] (32 MiB).
     pub memory_window_bytes_max: u64,
+    /// The id of the node this log belongs to, if known. While the saved
+    /// vote is another node's committed one (this node follows a leader),
+    /// appends are fsynced on the caller's thread, openraft's core, rather
+    /// than by the sync thread: a follower's appends arrive one
+    /// AppendEntries at a time (openraft keeps one in flight per
+    /// follower), so there is nothing to group, and the hand-off to the
+    /// sync thread and back costs two thread wake-ups on the path of every
+    /// replicated write. A leader, a candidate, or a store not told its id
+    /// keeps the sync thread, so the leader's own fsync overlaps sending
+    /// the entries to the followers. Default: None.
+    pub node_id: Option<NodeId>,
 }
 
 impl Default for LogStoreOptions {
@@ -165,6 +178,7 @@ impl Default for LogStoreOptions {
             segment_bytes_max: SEGMENT_BYTES_MAX,
             preallocate: true,
             memory_window_bytes_max: MEMORY_WINDOW_BYTES_MAX,
+            node_id: None,
         }
     }
 }
@@ -557,8 +571,22 @@ impl LogStore {
         self.segment_info(segment).last_index = Some(last_index);
         // Queued only after the write returned: the sync thread's next
         // fsync starts after it and so covers these records.
-        self.syncer.submit(Box::new(on_durable), self.current.len_bytes);
+        if self.follows_another_node() {
+            self.syncer
+                .sync_here_or_submit(self.current.file.as_ref(), Box::new(on_durable), self.current.len_bytes);
+        } else {
+            self.syncer.submit(Box::new(on_durable), self.current.len_bytes);
+        }
         Ok(())
+    }
+
+    /// Whether the saved vote is another node's committed one: this node
+    /// follows a leader (see [`LogStoreOptions::node_id`]).
+    fn follows_another_node(&self) -> bool {
+        match (self.options.node_id, self.state.vote) {
+            (Some(me), Some(vote)) => vote.is_committed() && vote.leader_id().voted_for() != Some(me),
+            _ => false,
+        }
     }
 
     /// Saves `vote`, durably, before returning.

@@ -167,6 +167,26 @@ impl Syncer {
         self.shared.work.notify_one();
     }
 
+    /// Like [`submit`](Self::submit), but when the sync thread is idle
+    /// (nothing queued, no fsync in flight) fsyncs `file`, the current
+    /// segment, on the calling thread and runs `on_durable` here: callbacks
+    /// still run in append order, and the caller saves the two thread
+    /// hand-offs of the sync thread.
+    pub(crate) fn sync_here_or_submit(&self, file: &dyn File, on_durable: OnDurable, end_bytes: u64) {
+        {
+            let state = self.shared.state.lock();
+            // Only the writer (the caller) submits, so the thread cannot
+            // take new work between this check and the fsync below.
+            if state.failed.is_some() || !state.pending.is_empty() || state.in_flight {
+                drop(state);
+                self.submit(on_durable, end_bytes);
+                return;
+            }
+        }
+        let result = self.sync(file, end_bytes);
+        on_durable(result.map_err(|reason| failed_error(&reason)));
+    }
+
     /// Points the thread at a new current segment, of which `synced_bytes`
     /// (its opening) are durable.
     ///
