@@ -183,3 +183,61 @@ fn scraped_histogram_has_buckets(scrape: &prometheus_parse::Scrape, name: &str) 
             && matches!(&sample.value, prometheus_parse::Value::Histogram(buckets) if !buckets.is_empty())
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_puts_share_log_entries_and_each_is_answered_once() {
+    // Batching: a write that finds a batch slot free goes alone, at once;
+    // writes arriving while the slots are taken are proposed together as
+    // one entry. So many concurrent puts take far fewer entries than puts.
+    let _serial = SERIAL.lock().await;
+    let cluster = TestCluster::start_with_metrics(3).await;
+    let leader = cluster.wait_for_leader(None).await;
+    let leader_metrics = cluster.metrics_addr(leader);
+    let put_ok = [("method", "Put"), ("code", "OK")];
+    let count = |scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]| {
+        value(scrape, name, labels).unwrap_or(0.0)
+    };
+    let before = scrape(&leader_metrics).await;
+    let client = KvClient::connect(format!("http://{}", cluster.addr(leader)))
+        .await
+        .expect("connect");
+    let puts: u32 = 256;
+    let tasks: Vec<_> = (0..puts)
+        .map(|i| {
+            let mut client = client.clone();
+            tokio::spawn(async move {
+                client
+                    .put(api::PutRequest {
+                        key: format!("concurrent-{i}").into_bytes().into(),
+                        value: b"value".to_vec().into(),
+                        write_id: None,
+                    })
+                    .await
+                    .map(|_| ())
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("join").expect("put on the leader");
+    }
+    let after = scrape(&leader_metrics).await;
+    let delta = |name: &str, labels: &[(&str, &str)]| count(&after, name, labels) - count(&before, name, labels);
+    assert_eq!(
+        delta("kv_rpc_requests_total", &put_ok),
+        f64::from(puts),
+        "each put answered once, OK"
+    );
+    let batches = delta("kv_raft_proposal_batch_commands_count", &[]);
+    let commands = delta("kv_raft_proposal_batch_commands_sum", &[]);
+    assert_eq!(commands, f64::from(puts), "every put proposed once, in some batch");
+    assert!(
+        batches >= 1.0 && batches <= f64::from(puts / 2),
+        "{puts} concurrent puts took {batches} entries"
+    );
+    let applied = delta("kv_raft_applied_index", &[]);
+    assert!(
+        applied <= batches,
+        "one entry per batch: {applied} applied for {batches} batches"
+    );
+    cluster.shutdown().await;
+}
