@@ -9,10 +9,8 @@
 //! A batch is proposed as soon as a slot is free (at most
 //! [`ProposerOptions::batches_in_flight`] batches are between proposal and
 //! apply). An idle leader therefore proposes a lone write at once, with no
-//! added wait — on the caller's own task when a slot is free as it
-//! arrives, sparing the hand-offs to the batcher and back; a busy one
-//! gathers everything that queued while its slots were taken. Batching
-//! never holds a write back to wait for company.
+//! added wait; a busy one gathers everything that queued while its slots
+//! were taken. Batching never holds a write back to wait for company.
 //!
 //! Bounded under overload: a proposal holds a share of
 //! [`ProposerOptions::proposals_max`] and of
@@ -105,8 +103,6 @@ impl Proposal {
 pub struct Proposer {
     /// Unbounded as a channel, bounded by the two semaphores below.
     queue: mpsc::UnboundedSender<Proposal>,
-    /// Batches proposed and not yet applied: one permit each.
-    slots: Arc<Semaphore>,
     proposals: Arc<Semaphore>,
     proposal_bytes: Arc<Semaphore>,
     options: Arc<ProposerOptions>,
@@ -125,17 +121,15 @@ impl Proposer {
     /// [`Proposer::start`], closed by and counting into `hooks`.
     pub(crate) fn start_with(raft: Raft, options: ProposerOptions, hooks: ProposerHooks) -> Proposer {
         let (queue, queued) = mpsc::unbounded_channel();
-        let slots = Arc::new(Semaphore::new(options.batches_in_flight.max(1)));
         let proposer = Proposer {
             queue,
-            slots: Arc::clone(&slots),
             proposals: Arc::new(Semaphore::new(options.proposals_max.max(1))),
             proposal_bytes: Arc::new(Semaphore::new(options.proposal_bytes_max.clamp(1, u32::MAX as usize))),
             options: Arc::new(options.clone()),
             hooks: hooks.clone(),
             raft: raft.clone(),
         };
-        tokio::spawn(batch_and_propose(raft, options, hooks, slots, queued));
+        tokio::spawn(batch_and_propose(raft, options, hooks, queued));
         proposer
     }
 
@@ -182,22 +176,9 @@ impl Proposer {
                 self.hooks.metrics.as_ref().map(ProposalMetrics::in_flight),
             ),
         };
-        // A slot free as the write arrives means no batch is waiting to
-        // form: the write goes alone, proposed on this task. Were this
-        // caller to leave meanwhile, its slot and shares would come free
-        // before the entry is applied — a bound loosened by one lone write,
-        // on a leader that was idle.
-        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
-            if let Some(metrics) = &self.hooks.metrics {
-                metrics.observe_batch(1);
-            }
-            propose_batch(&self.raft, vec![proposal]).await;
-            drop(slot);
-        } else {
-            self.queue
-                .send(proposal)
-                .map_err(|_| status::not_applied(Status::unavailable("the node is shutting down")))?;
-        }
+        self.queue
+            .send(proposal)
+            .map_err(|_| status::not_applied(Status::unavailable("the node is shutting down")))?;
         let answer = result
             .await
             .unwrap_or_else(|_| Err(Status::unavailable("the node stopped before the write was applied")));
@@ -214,9 +195,9 @@ async fn batch_and_propose(
     raft: Raft,
     options: ProposerOptions,
     hooks: ProposerHooks,
-    slots: Arc<Semaphore>,
     mut proposals: mpsc::UnboundedReceiver<Proposal>,
 ) {
+    let slots = Arc::new(Semaphore::new(options.batches_in_flight.max(1)));
     let mut draining = hooks.draining.clone();
     let is_draining = |draining: &Option<watch::Receiver<bool>>| draining.as_ref().is_some_and(|d| *d.borrow());
     // A proposal that did not fit the previous batch starts the next one.
