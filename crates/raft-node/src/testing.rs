@@ -434,6 +434,24 @@ impl TestCluster {
         }
     }
 
+    /// Waits until running node `id` has purged its log up to at least
+    /// `index` (after a snapshot): a node that joins later can then only
+    /// catch up from a snapshot.
+    pub async fn wait_purged(&self, id: u64, index: u64) {
+        let deadline = Instant::now() + WAIT_TIMEOUT;
+        loop {
+            let purged = self.running[&id].node.raft().metrics().borrow().purged.map(|l| l.index);
+            if purged.is_some_and(|purged| purged >= index) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {id} purged its log up to {purged:?} < {index}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every running node has applied at least `index`.
     pub async fn wait_all_applied(&self, index: u64) {
         for &id in self.running.keys() {
